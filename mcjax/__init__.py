@@ -1,0 +1,3 @@
+"""mcjax: Moment&Cross in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,165 @@
+"""The sample schema: one declaration used by the Moment engine, the shard writer and reader,
+the model and the tests.
+
+A *sample* is one training (or evaluation) example for one live exposure at one event time.
+Scalar fields have shape ``()``; crowd features, labels and masks are fixed-length vectors;
+history fields are variable-length sequences (most recent first) that the input pipeline pads
+to the configured length. Bump SCHEMA_VERSION on any change; readers refuse other versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+SCHEMA_VERSION = "1.0.0"
+
+# Tasks, in head order. Each is a binary label of one live exposure.
+TASKS = ("ctr", "lvtr", "ltr", "cmtr", "gtr", "wtr")
+TASK_EVENT = {  # which log event makes each task's label positive
+    "ctr": "click",
+    "lvtr": "long_view",  # watch reaches the long-view threshold (a flag of the engine)
+    "ltr": "like",
+    "cmtr": "comment",
+    "gtr": "gift",
+    "wtr": "follow",
+}
+
+# Sample kinds.
+REALTIME, CLOSE, FAST, SLOW, EVAL = 0, 1, 2, 3, 4
+KIND_NAMES = {REALTIME: "realtime", CLOSE: "close", FAST: "fast", SLOW: "slow", EVAL: "eval"}
+
+# Real-time crowd features of the live at the sample's time, from all users' events strictly
+# before it. Counts are raw (the model log-scales them).
+CROWD_WINDOWS = ("30s", "5m", "all")
+CROWD_COUNTS = ("exposures", "clicks", "likes", "comments", "gifts", "gift_value")
+CROWD_FEATURES = tuple(
+    [f"{c}_{w}" for w in CROWD_WINDOWS for c in CROWD_COUNTS]
+    + [f"click_rate_{w}" for w in CROWD_WINDOWS]
+    + ["live_age_s", "viewers_now"]
+)
+CROWD_INDEX = {name: i for i, name in enumerate(CROWD_FEATURES)}
+
+# Action bitmasks stored in the history sequences.
+SV_ACTION_BITS = {"like": 1, "follow": 2}
+LIVE_ACTION_BITS = {"click": 1, "like": 2, "comment": 4, "gift": 8, "follow": 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  name: str
+  dtype: np.dtype
+  shape: tuple  # () scalar, (n,) fixed vector, (None,) variable-length sequence
+  doc: str
+
+  @property
+  def is_sequence(self) -> bool:
+    return self.shape == (None,)
+
+
+def _f(name, dtype, shape, doc):
+  return Field(name, np.dtype(dtype), shape, doc)
+
+
+_N_TASKS = len(TASKS)
+_N_CROWD = len(CROWD_FEATURES)
+
+FIELDS = (
+    # identity and time
+    _f("sample_ts_ms", np.int64, (), "event time of the sample (features use events strictly before it)"),
+    _f("kind", np.int32, (), "REALTIME, CLOSE, FAST, SLOW or EVAL"),
+    _f("exposure_id", np.int64, (), "the exposure this sample belongs to"),
+    _f("exposure_ts_ms", np.int64, (), "time of the exposure event"),
+    # ids and side features
+    _f("user_id", np.int64, (), "raw user id (the model hashes it)"),
+    _f("live_id", np.int64, (), "raw live-room id"),
+    _f("author_id", np.int64, (), "raw author (streamer) id"),
+    _f("live_category", np.int32, (), "live room category"),
+    _f("author_fans_bucket", np.int32, (), "author popularity bucket"),
+    _f("user_age", np.int32, (), "user age bucket"),
+    _f("user_gender", np.int32, (), "user gender code"),
+    _f("user_activity", np.int32, (), "user activity bucket"),
+    _f("hour_of_day", np.int32, (), "hour of sample_ts_ms, 0..23 (UTC)"),
+    # real-time crowd features
+    _f("crowd", np.float32, (_N_CROWD,), "CROWD_FEATURES of the live at sample time"),
+    # labels
+    _f("labels", np.float32, (_N_TASKS,), "0/1 per task in TASKS order"),
+    _f("label_mask", np.float32, (_N_TASKS,), "1 where the label is trained in this sample"),
+    # short-video history of the user as of sample time, most recent first
+    _f("sv_item", np.int64, (None,), "short-video id"),
+    _f("sv_author", np.int64, (None,), "short-video author id"),
+    _f("sv_category", np.int32, (None,), "short-video category"),
+    _f("sv_tag", np.int32, (None,), "short-video tag"),
+    _f("sv_ts_ms", np.int64, (None,), "time the play ended"),
+    _f("sv_progress", np.float32, (None,), "play progress (fraction of the video)"),
+    _f("sv_action", np.int32, (None,), "SV_ACTION_BITS"),
+    # live history of the user as of sample time, most recent first
+    _f("lv_item", np.int64, (None,), "live-room id"),
+    _f("lv_author", np.int64, (None,), "live author id"),
+    _f("lv_category", np.int32, (None,), "live category"),
+    _f("lv_ts_ms", np.int64, (None,), "time of the past exposure"),
+    _f("lv_watch_s", np.float32, (None,), "seconds watched (0 when not clicked or not ended yet)"),
+    _f("lv_action", np.int32, (None,), "LIVE_ACTION_BITS observed before sample time"),
+    # ground truth for slicing; -1 / NaN when there is no oracle or for training samples
+    _f("in_highlight", np.int32, (), "1 inside an oracle highlight at exposure time, 0 outside, -1 unknown"),
+    _f("oracle_p_click", np.float32, (), "oracle click probability (NaN unknown)"),
+    _f("oracle_p_no_highlight", np.float32, (), "oracle p without the highlight term (NaN unknown)"),
+    _f("oracle_p_no_affinity", np.float32, (), "oracle p without the user-author affinity term (NaN unknown)"),
+)
+
+FIELD = {f.name: f for f in FIELDS}
+SEQUENCE_FIELDS = tuple(f.name for f in FIELDS if f.is_sequence)
+SV_FIELDS = tuple(n for n in SEQUENCE_FIELDS if n.startswith("sv_"))
+LV_FIELDS = tuple(n for n in SEQUENCE_FIELDS if n.startswith("lv_"))
+
+
+def pad_sequences(batch: dict, sv_len: int, lv_len: int) -> dict:
+  """Turns a dict of lists of variable-length arrays into fixed-size padded arrays.
+
+  Adds ``sv_len`` and ``lv_len`` (int32 valid lengths). Padding is 0 and lies after the valid
+  items; sequences longer than the target are truncated (they are most recent first).
+  """
+  out = {}
+  for name, value in batch.items():
+    field = FIELD.get(name)
+    if field is None or not field.is_sequence:
+      out[name] = np.asarray(value)
+      continue
+    width = sv_len if name in SV_FIELDS else lv_len
+    padded = np.zeros((len(value), width), field.dtype)
+    for i, seq in enumerate(value):
+      seq = np.asarray(seq, field.dtype)[:width]
+      padded[i, : len(seq)] = seq
+    out[name] = padded
+  for prefix, width in (("sv", sv_len), ("lv", lv_len)):
+    key = f"{prefix}_item"
+    if key in batch:
+      out[f"{prefix}_len"] = np.array([min(len(s), width) for s in batch[key]], np.int32)
+  return out
+
+
+def dummy_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) -> dict:
+  """A random, schema-valid padded batch (for shape tests and synthetic benchmarks)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for f in FIELDS:
+    shape = (batch_size,) + tuple(
+        (sv_len if f.name in SV_FIELDS else lv_len) if d is None else d for d in f.shape)
+    if f.name == "crowd":
+      out[f.name] = rng.poisson(3.0, shape).astype(f.dtype)
+    elif f.name in ("labels",):
+      out[f.name] = (rng.random(shape) < 0.2).astype(f.dtype)
+    elif f.name == "label_mask":
+      out[f.name] = np.ones(shape, f.dtype)
+    elif f.name.startswith("oracle_"):
+      out[f.name] = np.full(shape, np.nan, f.dtype)
+    elif f.name == "in_highlight":
+      out[f.name] = np.full(shape, -1, f.dtype)
+    elif f.dtype.kind == "f":
+      out[f.name] = rng.random(shape).astype(f.dtype)
+    else:
+      out[f.name] = rng.integers(0, 1000, shape).astype(f.dtype)
+  out["sv_len"] = rng.integers(0, sv_len + 1, batch_size).astype(np.int32)
+  out["lv_len"] = rng.integers(0, lv_len + 1, batch_size).astype(np.int32)
+  return out

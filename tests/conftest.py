@@ -1,0 +1,13 @@
+"""Shared test set-up: CPU only, 8 fake host devices for mesh tests, absl flags parsed."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+  os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+from absl import flags as absl_flags  # noqa: E402
+
+# Grain workers and library code read absl flags; pytest never parses them.
+absl_flags.FLAGS.mark_as_parsed()
