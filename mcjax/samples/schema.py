@@ -5,6 +5,12 @@ A *sample* is one training (or evaluation) example for one live exposure at one 
 Scalar fields have shape ``()``; crowd features, labels and masks are fixed-length vectors;
 history fields are variable-length sequences (most recent first) that the input pipeline pads
 to the configured length. Bump SCHEMA_VERSION on any change; readers refuse other versions.
+
+In memory, a set of N samples travels as a *sample table* (a plain dict, columnar):
+every non-sequence field is an array with leading dimension N; every sequence field is the
+flat concatenation of its N sequences, and ``sv_offsets`` / ``lv_offsets`` (int64, length
+N + 1) give sample i's slice ``values[offsets[i]:offsets[i + 1]]`` for the ``sv_*`` and
+``lv_*`` fields. Rows are sorted by (sample_ts_ms, exposure_id, kind).
 """
 
 from __future__ import annotations
@@ -112,6 +118,7 @@ FIELD = {f.name: f for f in FIELDS}
 SEQUENCE_FIELDS = tuple(f.name for f in FIELDS if f.is_sequence)
 SV_FIELDS = tuple(n for n in SEQUENCE_FIELDS if n.startswith("sv_"))
 LV_FIELDS = tuple(n for n in SEQUENCE_FIELDS if n.startswith("lv_"))
+OFFSETS = {"sv": "sv_offsets", "lv": "lv_offsets"}
 
 
 def pad_sequences(batch: dict, sv_len: int, lv_len: int) -> dict:
