@@ -1,0 +1,219 @@
+"""Training losses: masked multi-task BCE, the fast/slow correction and the InfoNCE alignment.
+
+``compute_loss(out, batch, cfg)`` is the one entry point used by the train and eval steps. It
+dispatches per sample by ``batch["kind"]`` through masks (never Python branches on data):
+
+* REALTIME, CLOSE, FAST and EVAL samples train every (sample, task) pair whose
+  ``label_mask`` is 1 with binary cross-entropy. Real-time samples carry first-only masks;
+  CLOSE and FAST samples carry all-ones masks, so the same code is plain BCE for them.
+* SLOW samples carry only the labels that turned positive after the FAST sample was emitted
+  (label 1, mask 1) and train the bounded correction term of :func:`slow_correction`.
+* The contrastive terms align the short-video and live interest vectors of the model
+  (:func:`info_nce`), and optionally the author-level ones.
+
+Normalisation: the BCE and slow-correction sums share one denominator, the weighted number
+of trained pairs in the batch (BCE pairs + SLOW pairs), so a correction cancels the negative
+it corrects at the same scale; with no SLOW samples ``loss/bce`` is the mean BCE over trained
+pairs. ``batch["weight"]`` (0 for padding rows, missing = all ones) weights every term. A
+batch (or a task) without trained pairs gives 0 and finite gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mcjax.samples.schema import SLOW, TASKS
+
+# Logit given to excluded pairs in InfoNCE: finite (no NaN in an all-padding batch) and far
+# below any cosine similarity / temperature.
+_EXCLUDED_LOGIT = -1e9
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  """Default loss settings.
+
+  Keys:
+    task_weights: per task in TASKS, the weight of its BCE (and slow-correction) pairs in
+      the total; 0 switches a task off.
+    contrastive_weight: weight of the sv/lv interest InfoNCE term; 0 switches it off (the
+      "no contrastive loss" ablation).
+    contrastive_temperature: InfoNCE temperature on cosine similarities.
+    contrastive_author_weight: weight of the author_sv/author_lv InfoNCE term (needs the
+      model to return ``author_sv`` and ``author_lv``); 0 switches it off.
+    contrastive_mask_same_group: if True, other rows of the same user (same author for the
+      author term) are not used as negatives: a time-ordered batch holds several samples of
+      one user, whose interests are not negatives of each other.
+    slow_logit_clip: the SLOW correction pushes a logit up only while it is below this
+      value (see :func:`slow_correction`).
+  """
+  cfg = ml_collections.ConfigDict()
+  cfg.task_weights = ml_collections.ConfigDict({t: 1.0 for t in TASKS})
+  cfg.contrastive_weight = 0.1
+  cfg.contrastive_temperature = 0.1
+  cfg.contrastive_author_weight = 0.0
+  cfg.contrastive_mask_same_group = True
+  cfg.slow_logit_clip = 3.0
+  return cfg
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad key of a loss config."""
+  tw = dict(cfg.task_weights)
+  if set(tw) != set(TASKS):
+    raise ValueError(f"loss.task_weights must have exactly the keys {TASKS}, got {sorted(tw)}")
+  for task, w in tw.items():
+    if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+      raise ValueError(f"loss.task_weights.{task} must be a finite number >= 0, got {w!r}")
+  for key in ("contrastive_weight", "contrastive_author_weight"):
+    v = cfg[key]
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+      raise ValueError(f"loss.{key} must be a finite number >= 0, got {v!r}")
+  t = cfg.contrastive_temperature
+  if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+    raise ValueError(f"loss.contrastive_temperature must be a finite number > 0, got {t!r}")
+  c = cfg.slow_logit_clip
+  if not (isinstance(c, (int, float)) and math.isfinite(c)):
+    raise ValueError(f"loss.slow_logit_clip must be a finite number (a bound), got {c!r}")
+  if not isinstance(cfg.contrastive_mask_same_group, bool):
+    raise ValueError("loss.contrastive_mask_same_group must be a bool, "
+                     f"got {cfg.contrastive_mask_same_group!r}")
+
+
+def bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Elementwise, numerically stable binary cross-entropy on logits."""
+  return -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+
+
+def slow_correction(logits: jax.Array, clip: float) -> jax.Array:
+  """Elementwise correction for a label that turned positive after its FAST sample.
+
+  The FAST sample already trained this pair as a negative, with loss
+  ``-log(1 - sigmoid(z))``. The SLOW sample must leave the pair trained as a positive, so it
+  adds the positive term and removes the negative one:
+
+      -log sigmoid(z) + log(1 - sigmoid(z)) = -log(sigmoid(z) / sigmoid(-z)) = -z,
+
+  since ``sigmoid(z) / (1 - sigmoid(z)) = exp(z)``. Its gradient is -1 for every z: unlike
+  BCE it never fades, so the term alone drives z to +infinity. It is bounded by using
+  ``-min(z, clip)``: the pair is pushed up only while its logit is below ``clip`` (gradient
+  -1), and not at all above it (gradient 0). The value is >= -clip (it may be negative:
+  the correction removes loss the FAST sample added).
+  """
+  return -jnp.minimum(logits, clip)
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+  # rsqrt of a floored squared norm: a zero (padding) row stays finite, with finite gradient.
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def info_nce(a: jax.Array, b: jax.Array, weight: jax.Array, temperature: float,
+             group: jax.Array | None = None) -> jax.Array:
+  """Symmetric in-batch InfoNCE between rows of ``a`` [B, D] and ``b`` [B, D].
+
+  Row i of ``a`` and row i of ``b`` are a positive pair; every other valid row is a negative.
+  Vectors are L2-normalised, similarities divided by ``temperature``. Rows with
+  ``weight == 0`` (padding) are neither anchors, positives nor negatives; anchors are
+  averaged with their weights. If ``group`` [B] is given, other rows of the same group (the
+  same user) are not negatives. Returns ``(loss_a->b + loss_b->a) / 2``; 0 if no row is valid.
+  """
+  a = _l2_normalize(a.astype(jnp.float32))
+  b = _l2_normalize(b.astype(jnp.float32))
+  sim = (a @ b.T) / temperature  # [B, B]: rows are a anchors, columns b candidates
+  valid = weight > 0
+  keep = valid[:, None] & valid[None, :]
+  if group is not None:
+    eye = jnp.eye(sim.shape[0], dtype=bool)
+    keep = keep & ((group[:, None] != group[None, :]) | eye)
+  sim = jnp.where(keep, sim, _EXCLUDED_LOGIT)
+  diag = jnp.diagonal(sim)
+  loss_ab = jax.nn.logsumexp(sim, axis=1) - diag
+  loss_ba = jax.nn.logsumexp(sim, axis=0) - diag
+  w = jnp.where(valid, weight, 0.0).astype(jnp.float32)
+  per_row = jnp.where(valid, 0.5 * (loss_ab + loss_ba), 0.0)
+  return jnp.sum(w * per_row) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def _interest_pair(out: dict, key_a: str, key_b: str, term: str):
+  missing = [k for k in (key_a, key_b) if k not in out]
+  if missing:
+    raise ValueError(f"loss.{term} > 0 needs the model output(s) {missing}; "
+                     f"the model returned {sorted(out)}")
+  return out[key_a], out[key_b]
+
+
+def compute_loss(out: dict, batch: dict, cfg: ml_collections.ConfigDict):
+  """Total training loss and its named terms.
+
+  Args:
+    out: model outputs: ``logits`` [B, len(TASKS)], ``sv_interest`` / ``lv_interest`` [B, D]
+      (needed when ``cfg.contrastive_weight > 0``), ``author_sv`` / ``author_lv`` [B, D]
+      (needed when ``cfg.contrastive_author_weight > 0``).
+    batch: ``labels`` [B, T], ``label_mask`` [B, T], ``kind`` [B], optional ``weight`` [B]
+      (missing = ones), ``user_id`` / ``author_id`` [B] (group ids for the contrastive
+      masking when ``cfg.contrastive_mask_same_group``).
+    cfg: from :func:`loss_config`.
+
+  Returns:
+    ``(total, terms)``: ``total`` a scalar to differentiate; ``terms`` a flat dict of scalars:
+    ``loss/bce_<task>`` (mean BCE over the task's trained pairs, unweighted by task weight),
+    ``loss/bce``, ``loss/slow_correction``, ``loss/contrastive``,
+    ``loss/contrastive_author``, ``loss/total`` (= bce + slow_correction
+    + contrastive_weight * contrastive + contrastive_author_weight * contrastive_author),
+    and the pair counts ``loss/n_bce_pairs``, ``loss/n_slow_pairs`` (weighted).
+  """
+  logits = out["logits"].astype(jnp.float32)
+  labels = batch["labels"].astype(jnp.float32)
+  mask = batch["label_mask"].astype(jnp.float32)
+  if logits.shape != labels.shape or labels.shape != mask.shape:
+    raise ValueError(f"logits {logits.shape}, labels {labels.shape} and label_mask "
+                     f"{mask.shape} must have the same shape [B, {len(TASKS)}]")
+  weight = batch.get("weight")
+  weight = (jnp.ones(logits.shape[:1], jnp.float32) if weight is None
+            else weight.astype(jnp.float32))
+  task_w = jnp.asarray([float(cfg.task_weights[t]) for t in TASKS], jnp.float32)
+
+  is_slow = (batch["kind"] == SLOW)[:, None]
+  bce_w = jnp.where(is_slow, 0.0, mask) * weight[:, None]               # [B, T]
+  slow_w = jnp.where(is_slow, mask * labels, 0.0) * weight[:, None]     # late positives only
+  # Zero-weight pairs must give exactly zero gradient: select, do not multiply, so that an
+  # inf/NaN in a masked pair cannot leak (0 * inf = NaN).
+  bce_el = jnp.where(bce_w > 0, bce(logits, labels), 0.0)
+  slow_el = jnp.where(slow_w > 0, slow_correction(logits, cfg.slow_logit_clip), 0.0)
+
+  n_bce_task = jnp.sum(bce_w, axis=0)                                   # [T]
+  bce_task = jnp.sum(bce_w * bce_el, axis=0) / jnp.maximum(n_bce_task, 1e-12)
+  n_bce, n_slow = jnp.sum(bce_w), jnp.sum(slow_w)
+  denom = jnp.maximum(n_bce + n_slow, 1e-12)
+  bce_total = jnp.sum(task_w * jnp.sum(bce_w * bce_el, axis=0)) / denom
+  slow_total = jnp.sum(task_w * jnp.sum(slow_w * slow_el, axis=0)) / denom
+
+  zero = jnp.zeros((), jnp.float32)
+  group = {"user": None, "author": None}
+  if cfg.contrastive_mask_same_group:
+    group = {"user": batch.get("user_id"), "author": batch.get("author_id")}
+  contrastive = contrastive_author = zero
+  if cfg.contrastive_weight > 0:
+    a, b = _interest_pair(out, "sv_interest", "lv_interest", "contrastive_weight")
+    contrastive = info_nce(a, b, weight, cfg.contrastive_temperature, group["user"])
+  if cfg.contrastive_author_weight > 0:
+    a, b = _interest_pair(out, "author_sv", "author_lv", "contrastive_author_weight")
+    contrastive_author = info_nce(a, b, weight, cfg.contrastive_temperature, group["author"])
+
+  total = (bce_total + slow_total + cfg.contrastive_weight * contrastive
+           + cfg.contrastive_author_weight * contrastive_author)
+  terms = {f"loss/bce_{t}": bce_task[i] for i, t in enumerate(TASKS)}
+  terms.update({
+      "loss/bce": bce_total,
+      "loss/slow_correction": slow_total,
+      "loss/contrastive": contrastive,
+      "loss/contrastive_author": contrastive_author,
+      "loss/total": total,
+      "loss/n_bce_pairs": n_bce,
+      "loss/n_slow_pairs": n_slow,
+  })
+  return total, terms
