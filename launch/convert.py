@@ -1,0 +1,36 @@
+"""Converts a public dataset folder into an mcjax event log (validated, written atomically).
+
+    python -m launch.convert --format=kuailive --src=KUAILIVE_DIR --out=LOG_DIR
+    python -m launch.convert --format=kuailive_m3 --src=M3_DIR --out=LOG_DIR --overwrite
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from mcjax import convert
+
+_FORMAT = flags.DEFINE_enum("format", None, sorted(convert.FORMATS), "Source dataset format.",
+                            required=True)
+_SRC = flags.DEFINE_string("src", None, "Folder holding the dataset's files.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Event-log folder to write.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
+
+
+def main(argv) -> None:
+  del argv
+  try:
+    stats, log_stats = convert.convert_to_log(_FORMAT.value, _SRC.value, _OUT.value,
+                                              overwrite=_OVERWRITE.value)
+  except (ValueError, FileExistsError) as e:  # SourceError, LogValidationError, ...
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(f"wrote {_OUT.value}")
+  print(stats.summary())
+  print(log_stats.summary())
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,33 @@
+"""Converters from public live-streaming datasets into the mcjax event log.
+
+``convert_to_log(fmt, src, out_dir)`` reads a dataset folder, builds the log in memory,
+validates it (``eventlog.validate``) and only then writes it atomically (``eventlog.io``).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from mcjax.convert import assemble, kuailive, kuailive_m3
+from mcjax.convert.assemble import ConvertStats
+from mcjax.convert.sources import SourceError
+from mcjax.eventlog.validate import LogStats
+
+FORMATS = {"kuailive": kuailive.convert, "kuailive_m3": kuailive_m3.convert}
+
+__all__ = ["FORMATS", "ConvertStats", "SourceError", "convert_tables", "convert_to_log"]
+
+
+def convert_tables(fmt: str, src: str) -> tuple[pa.Table, dict[str, pa.Table], ConvertStats]:
+  """Reads dataset folder ``src`` of format ``fmt`` (a key of FORMATS) into log tables."""
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
+  return FORMATS[fmt](src)
+
+
+def convert_to_log(fmt: str, src: str, out_dir: str, *, overwrite: bool = False
+                   ) -> tuple[ConvertStats, LogStats]:
+  """Converts, validates, then writes the log folder ``out_dir`` atomically."""
+  events, side, stats = convert_tables(fmt, src)
+  log_stats = assemble.finish(events, side, out_dir, overwrite, stats)
+  return stats, log_stats
