@@ -46,7 +46,7 @@ class WorldConfig:
   familiar_sv_share: float = 0.35           # short-video plays drawn from familiar authors
   follower_feed_share: float = 0.2          # live exposures sent to the author's familiar users
   # Click model: logit = base + affinity + highlight.
-  click_bias: float = -1.7
+  click_bias: float = -2.5
   click_activity: float = 0.4               # * log(user activity)
   click_popularity: float = 0.3             # * log(author popularity)
   click_hour: float = 0.3                   # * cos(2 pi (hour - 21) / 24)
@@ -75,8 +75,9 @@ class WorldConfig:
 
 PRESETS = {
     "default": WorldConfig(),
-    "small": WorldConfig(users=500, authors=60, topics=8, videos_per_author=6.0,
-                         live_exposures=6000, live_author_share=0.5),
+    # Few lives, so each still draws a crowd in which highlights show.
+    "small": WorldConfig(users=600, authors=60, topics=8, videos_per_author=6.0,
+                         live_exposures=10_000, live_author_share=0.25),
 }
 
 SIZE_FLAGS = ("users", "authors", "hours", "topics", "live_exposures")

@@ -168,3 +168,11 @@ def write_world(out_dir: str, world: World, *, overwrite: bool = False) -> str:
   meta = json.dumps(world.meta, indent=2, sort_keys=True).encode() + b"\n"
   return eio.write_log(out_dir, world.events, world.side, world.oracle, overwrite=overwrite,
                        extra_files={META_FILE: meta})
+
+
+def build(out_dir: str, preset: str = "default", seed: int = 0, *, overwrite: bool = False,
+          on_stage: Callable[[str], None] | None = None, **overrides) -> str:
+  """Generates the ``preset`` world (with size ``overrides``) and writes it to ``out_dir``."""
+  cfg = C.make_config(preset, **overrides)
+  world = generate_world(cfg, seed, preset=preset, on_stage=on_stage)
+  return write_world(out_dir, world, overwrite=overwrite)

@@ -1,0 +1,190 @@
+"""The simulated world (small preset): determinism, event rules and each carried phenomenon."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mcjax.eventlog import io as eio
+from mcjax.eventlog import schema as S
+from mcjax.eventlog import validate
+from mcjax.sim import config as C
+from mcjax.sim import summary, world
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED = 1
+
+
+def _digests(log_dir):
+  out = {}
+  for root, _, files in os.walk(log_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, log_dir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+  return world.build(str(tmp_path_factory.mktemp("sim") / "world"), "small", SEED)
+
+
+@pytest.fixture(scope="module")
+def ev(log_dir):
+  t = eio.read_events(log_dir)
+  out = {c: t[c].to_numpy() for c in ("ts_ms", "exposure_id", "item_id", "value", "user_id")}
+  out["domain"] = t["domain"].to_numpy(zero_copy_only=False).astype(str)
+  out["event"] = t["event"].to_numpy(zero_copy_only=False).astype(str)
+  return out
+
+
+@pytest.fixture(scope="module")
+def stats(log_dir):
+  return summary.summarize(log_dir)
+
+
+def test_same_seed_same_bytes_other_seed_differs(log_dir, tmp_path):
+  again = world.build(str(tmp_path / "again"), "small", SEED)
+  other = world.build(str(tmp_path / "other"), "small", SEED + 1)
+  first = _digests(log_dir)
+  assert set(first) >= {S.EVENTS_FILE, *S.SIDE_TABLES, "meta.json",
+                        *(f"{S.ORACLE_DIR}/{n}" for n in S.ORACLE_TABLES)}
+  assert _digests(again) == first
+  assert _digests(other)[S.EVENTS_FILE] != first[S.EVENTS_FILE]
+
+
+def test_log_passes_the_validator(log_dir):
+  validate.validate_log(log_dir)
+
+
+def test_only_events_allowed_by_domain(ev):
+  pairs = set(zip(ev["domain"], ev["event"]))
+  for d, e in pairs:
+    assert e in S.DOMAIN_EVENTS[d], (d, e)
+  # Every allowed event actually occurs.
+  assert pairs == {(d, e) for d in S.DOMAINS for e in S.DOMAIN_EVENTS[d]}
+
+
+def test_sorted_and_ordered_within_exposures(ev):
+  ts, xid = ev["ts_ms"], ev["exposure_id"]
+  assert np.all((np.diff(ts) > 0) | ((np.diff(ts) == 0) & (np.diff(xid) >= 0)))
+  order = np.lexsort((np.arange(len(xid)), xid))   # stable by exposure, then log order
+  x, t, e, d = xid[order], ts[order], ev["event"][order], ev["domain"][order]
+  first = np.concatenate([[True], x[1:] != x[:-1]])
+  assert np.all(e[first] == S.EXPOSURE) and np.sum(e == S.EXPOSURE) == first.sum()
+  exp_ts = np.repeat(t[first], np.diff(np.append(np.flatnonzero(first), len(x))))
+  assert np.all(t >= exp_ts)
+  # Live: one click, one watch_end after it, interactions inside [click, watch_end].
+  live = d == S.LIVE
+  clicks = {k: v for k, v in zip(x[live & (e == S.CLICK)], t[live & (e == S.CLICK)])}
+  ends = {k: v for k, v in zip(x[e == S.WATCH_END], t[e == S.WATCH_END])}
+  assert len(clicks) == np.sum(e == S.CLICK) and clicks.keys() == ends.keys()
+  assert all(ends[k] >= clicks[k] for k in clicks)
+  inter = live & np.isin(e, [S.LIKE, S.COMMENT, S.GIFT, S.FOLLOW])
+  c = np.array([clicks[k] for k in x[inter]])
+  w = np.array([ends[k] for k in x[inter]])
+  assert np.all((t[inter] >= c) & (t[inter] <= w))
+  # Short video: like/follow during the play.
+  sv_end = dict(zip(x[e == S.PLAY_END], t[e == S.PLAY_END]))
+  sv_inter = (d == S.SHORT_VIDEO) & np.isin(e, [S.LIKE, S.FOLLOW])
+  assert np.all(t[sv_inter] <= np.array([sv_end[k] for k in x[sv_inter]]))
+
+
+def test_exposure_ratio_and_live_sparse_share(stats):
+  assert 7.0 <= stats["sv_per_live_ratio"] <= 11.0
+  assert abs(stats["live_sparse_share"] - C.PRESETS["small"].live_sparse_share) < 0.1
+
+
+def test_live_sparse_users_have_rich_short_video_history(log_dir, ev):
+  users = eio.read_side(log_dir, "users.parquet")["user_id"].to_numpy()
+  live_n = np.bincount(ev["user_id"][(ev["domain"] == S.LIVE) & (ev["event"] == S.EXPOSURE)],
+                       minlength=len(users))
+  sv_n = np.bincount(ev["user_id"][(ev["domain"] == S.SHORT_VIDEO) & (ev["event"] == S.EXPOSURE)],
+                     minlength=len(users))
+  sparse = live_n < summary.SPARSE_LIVE_EXPOSURES
+  assert np.median(sv_n[sparse]) >= 50
+  assert np.median(sv_n[sparse]) > 0.5 * np.median(sv_n[~sparse])
+
+
+def test_click_rate_higher_inside_highlights(stats, log_dir):
+  assert stats["ctr_in_highlight"] > 1.5 * stats["ctr_outside_highlight"]
+  hl = eio.read_oracle(log_dir, "highlights.parquet")
+  minutes = (hl["end_ms"].to_numpy() - hl["start_ms"].to_numpy()) / 60_000
+  assert minutes.min() >= 1.0 and minutes.max() <= 6.0 and np.median(minutes) >= 2.0
+  per_live = np.bincount(np.unique(hl["live_id"].to_numpy(), return_inverse=True)[1])
+  assert per_live.max() >= 2
+
+
+def test_in_highlight_matches_highlight_table(log_dir, ev):
+  hl = eio.read_oracle(log_dir, "highlights.parquet")
+  ora = eio.read_oracle(log_dir, "exposures.parquet")
+  m = (ev["domain"] == S.LIVE) & (ev["event"] == S.EXPOSURE)
+  xid, item, ts = ev["exposure_id"][m], ev["item_id"][m], ev["ts_ms"][m]
+  inside = np.zeros(len(xid), bool)
+  for live, s, e in zip(*(hl[c].to_numpy() for c in ("live_id", "start_ms", "end_ms"))):
+    inside |= (item == live) & (ts >= s) & (ts < e)
+  o = dict(zip(ora["exposure_id"].to_numpy(), ora["in_highlight"].to_numpy()))
+  assert np.array_equal(inside, np.array([o[k] for k in xid]))
+
+
+def test_oracle_aucs(stats):
+  assert stats["auc_p_click"] > stats["auc_p_click_no_highlight"] + 0.01
+  assert stats["auc_p_click"] > stats["auc_p_click_no_affinity"] + 0.05
+
+
+def test_effects_observable_from_the_log(stats):
+  obs = stats["observability"]
+  assert obs["highlight"]["share"] > 0.25, obs
+  assert obs["affinity"]["share"] > 0.4, obs
+
+
+def test_evening_heavy_lives_of_tens_of_minutes_to_hours(log_dir):
+  lives = pq.read_table(os.path.join(log_dir, "lives.parquet"))
+  start, end = lives["start_ms"].to_numpy(), lives["end_ms"].to_numpy()
+  hour = (start - C.EPOCH_MS) / 3_600_000 % 24
+  assert np.mean((hour >= 18) & (hour < 24)) > 0.4      # 0.25 if uniform
+  hours = np.arange(0, 24, 0.25)
+  assert 20.0 <= hours[np.argmax(C.live_start_curve(hours))] <= 23.0
+  minutes = (end - start) / 60_000
+  assert minutes.min() >= 5 and 20 <= np.median(minutes) <= 180 and minutes.max() >= 60
+
+
+def test_watch_times_and_gifts(ev):
+  watch = ev["value"][ev["event"] == S.WATCH_END]
+  assert np.mean(watch < 3.0) > 0.05 and np.mean(watch >= 60.0) > 0.3
+  gifts = ev["value"][ev["event"] == S.GIFT]
+  assert gifts.min() > 0 and gifts.max() > 10 * np.median(gifts)
+  top = np.sort(gifts)[::-1][:max(len(gifts) // 100, 1)]
+  assert top.sum() > 0.1 * gifts.sum()                   # heavy tail: top 1% > 10% of value
+  progress = ev["value"][ev["event"] == S.PLAY_END]
+  assert progress.min() >= 0 and 0.2 < np.median(progress) < 1.5
+
+
+def test_likes_and_comments_several_per_watch(ev):
+  live = ev["domain"] == S.LIVE
+  for name in (S.LIKE, S.COMMENT):
+    per = np.bincount(np.unique(ev["exposure_id"][live & (ev["event"] == name)],
+                                return_inverse=True)[1])
+    assert per.max() >= 3
+
+
+def test_generate_launcher(tmp_path):
+  out = tmp_path / "gen"
+  r = subprocess.run([sys.executable, "-m", "launch.generate", "--preset=small", f"--out={out}",
+                      "--seed=3", "--users=200", "--hours=20"], cwd=REPO, capture_output=True,
+                     text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  meta = (out / "meta.json").read_text()
+  assert '"preset": "small"' in meta and '"users": 200' in meta and '"seed": 3' in meta
+
+
+def test_bad_flag_values_are_named():
+  with pytest.raises(ValueError, match="--preset"):
+    C.make_config("huge")
+  with pytest.raises(ValueError, match="--users"):
+    C.make_config("small", users=0)
