@@ -108,7 +108,7 @@ def attach_to_spans(span_user, span_item, start, end, user, item, ts) -> np.ndar
   kind = np.r_[np.zeros(ns, np.int8), np.ones(len(ts), np.int8)]  # spans first on ties
   order = np.lexsort((kind, t, key))
   pos = np.where(kind[order] == 0, np.arange(order.size), -1)
-  last = np.maximum.accumulate(pos) if pos.size else pos
+  last = np.maximum.accumulate(pos)
   q = np.flatnonzero(kind[order] == 1)
   w = last[q]
   span = np.where(w >= 0, order[np.maximum(w, 0)], 0)

@@ -99,7 +99,7 @@ def ids(col) -> np.ndarray:
 
 
 def times_ms(col) -> np.ndarray:
-  """Timestamps (ms numbers, numeric strings or Arrow timestamps) -> int64 ms (MISSING where null)."""
+  """Timestamps (ms numbers, numeric strings, Arrow timestamps) -> int64 ms (MISSING if null)."""
   col = plain(col)
   if pa.types.is_timestamp(col.type):
     col = col.cast(pa.timestamp("ms", col.type.tz)).cast(pa.int64())
