@@ -50,8 +50,7 @@ def _grouped_auc_sorted(y, p, w, group):
   # Negatives strictly below each tie block, within its group: a global exclusive cumsum
   # minus the value at the group's first tie block.
   cum_neg = np.cumsum(tie_neg) - tie_neg
-  first_block = np.flatnonzero(np.r_[True, tie_group[1:] != tie_group[:-1]]) if len(
-      tie_group) else np.zeros(0, int)
+  first_block = np.flatnonzero(_segment_starts(tie_group))  # [G]: first tie block per group
   below = cum_neg - cum_neg[first_block][tie_group]
   pairs = np.bincount(tie_group, tie_pos * (below + 0.5 * tie_neg), minlength=n_groups)
   pos = np.bincount(gid, wp, minlength=n_groups)
