@@ -37,7 +37,7 @@ def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray, *, l2: float = 1e-3,
                  steps: int = 30):
-  """Fits p = sigmoid(offset + b + x @ w) by Newton's method; returns a scoring function.
+  """Fits p = sigmoid(offset + b + x @ w) by damped Newton; returns a scoring function.
 
   Features are standardised with the training mean and deviation; ``l2`` is a ridge on ``w``
   (per example).  The returned function maps (x, offset) to the logit.
@@ -49,12 +49,26 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray, *, l2: float 
   w = np.zeros(z.shape[1])
   ridge = l2 * len(x) * np.eye(z.shape[1])
   ridge[0, 0] = 0.0
+
+  def loss(w):
+    m = offset + z @ w
+    return np.sum(np.logaddexp(0.0, m) - y * m) + 0.5 * w @ ridge @ w
+
+  current = loss(w)
   for _ in range(steps):
-    p = 1.0 / (1.0 + np.exp(-(offset + z @ w)))
+    p = 1.0 / (1.0 + np.exp(-np.clip(offset + z @ w, -30, 30)))
     grad = z.T @ (p - y) + ridge @ w
-    hess = (z * (p * (1 - p))[:, None]).T @ z + ridge
+    hess = (z * (p * (1 - p))[:, None]).T @ z + ridge + 1e-9 * np.eye(len(w))
     step = np.linalg.solve(hess, grad)
-    w -= step
+    # Damped Newton: halve the step until the loss does not increase.
+    for _ in range(30):
+      new = loss(w - step)
+      if new <= current:
+        break
+      step = step / 2
+    else:
+      break
+    w, current = w - step, new
     if np.abs(step).max() < 1e-8:
       break
 
