@@ -1,7 +1,7 @@
 """Converts a public dataset folder into an mcjax event log (validated, written atomically).
 
     python -m launch.convert --format=kuailive --src=KUAILIVE_DIR --out=LOG_DIR
-    python -m launch.convert --format=kuailive_m3 --src=M3_DIR --out=LOG_DIR --overwrite
+    python -m launch.convert --format=klm3 --src=M3_DIR --out=LOG_DIR --overwrite
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from mcjax.convert.assemble import ConvertStats
 from mcjax.convert.sources import SourceError
 from mcjax.eventlog.validate import LogStats
 
-FORMATS = {"kuailive": kuailive.convert, "kuailive_m3": kuailive_m3.convert}
+FORMATS = {"kuailive": kuailive.convert, "klm3": kuailive_m3.convert,
+           "kuailive_m3": kuailive_m3.convert}  # klm3 is the short name of KuaiLive-M3
 
 __all__ = ["FORMATS", "ConvertStats", "SourceError", "convert_tables", "convert_to_log"]
 
