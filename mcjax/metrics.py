@@ -179,8 +179,8 @@ def evaluate(probs, labels, mask, user_id, slices: dict | None = None,
 def standard_slices(records: dict, live_sparse_threshold: int = 5) -> dict:
   """The standard evaluation slices of a batch or sample table of evaluation records.
 
-  ``in_highlight`` / ``outside_highlight`` (``in_highlight == 1`` / ``== 0``) when any record
-  has an oracle (``in_highlight >= 0``); ``live_sparse`` / ``live_rich``: the user's live
+  ``highlight`` / ``non_highlight`` (``in_highlight == 1`` / ``== 0``) when any record
+  has an oracle (``in_highlight >= 0``); ``live_sparse`` / ``other``: the user's live
   history at exposure time holds fewer than / at least ``live_sparse_threshold`` items
   (from ``lv_offsets`` of a sample table, else ``lv_len`` of a padded batch; a padded length
   is truncated, so keep the threshold <= the padded width).
@@ -196,10 +196,10 @@ def standard_slices(records: dict, live_sparse_threshold: int = 5) -> dict:
   if "in_highlight" in records:
     hl = np.asarray(records["in_highlight"])
     if (hl >= 0).any():
-      out["in_highlight"] = hl == 1
-      out["outside_highlight"] = hl == 0
+      out["highlight"] = hl == 1
+      out["non_highlight"] = hl == 0
   out["live_sparse"] = lv_len < live_sparse_threshold
-  out["live_rich"] = ~out["live_sparse"]
+  out["other"] = ~out["live_sparse"]
   return out
 
 

@@ -83,7 +83,7 @@ def test_evaluate_structure_slices_and_json():
   records = {"in_highlight": rng.integers(-1, 2, n).astype(np.int32),
              "lv_offsets": np.r_[0, np.cumsum(rng.integers(0, 10, n))]}
   slices = metrics.standard_slices(records, live_sparse_threshold=5)
-  assert set(slices) == {"in_highlight", "outside_highlight", "live_sparse", "live_rich"}
+  assert set(slices) == {"highlight", "non_highlight", "live_sparse", "other"}
   report = metrics.evaluate(probs, labels, mask, user, slices)
   json.dumps(report)
   ctr = TASKS.index("ctr")
@@ -107,7 +107,7 @@ def test_evaluate_structure_slices_and_json():
 
 def test_standard_slices_without_oracle_and_padded_lengths():
   slices = metrics.standard_slices({"in_highlight": np.full(4, -1), "lv_len": [0, 4, 5, 9]})
-  assert set(slices) == {"live_sparse", "live_rich"}
+  assert set(slices) == {"live_sparse", "other"}
   np.testing.assert_array_equal(slices["live_sparse"], [True, True, False, False])
   with pytest.raises(ValueError, match="lv_len"):
     metrics.standard_slices({"in_highlight": np.zeros(3)})
