@@ -1,0 +1,174 @@
+"""Hashed id features and the embedding tables they index.
+
+Every id-like feature (raw int64 ids, categories, buckets, action bits) is hashed into a
+fixed-size table with a salt: ``row = fmix(fmix(lo32 ^ salt) ^ hi32') mod vocab`` (murmur3's
+32-bit finalizer). ``hi32'`` is the high word minus the sign extension of the low word, so it
+is 0 for every id in int32 range and the hash is the same whether the id arrives as int64
+(numpy, or JAX with x64) or as JAX's default int32. Ids never seen before simply hash to a row.
+
+Features of one entity share a salt (``live_id`` and ``lv_item`` both use "live"), so the
+candidate and its appearances in the history hit the same row; different features sharing a
+table use different salts, so they do not collide systematically. The two domains have
+separate item, author and side tables; the user table is shared.
+
+``lookup_ids`` flattens each table's features into one 1-D id vector (in ``feature_plan``
+order); ``split_rows`` cuts the gathered rows back into per-feature arrays. Both use only
+static shapes, so they run under jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mcjax.model import features as F
+
+
+class Embedding(nnx.Param):
+  """An embedding table (rows, dim): updated sparsely by the trainer, never read densely."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+  name: str    # key in split_rows' output
+  table: str   # embedding table it indexes
+  salt: str    # hash salt (shared by features of the same entity)
+  field: str   # batch field it is read from (also gives its shape)
+
+
+def _plan_entries(cfg: ml_collections.ConfigDict):
+  yield Feature("user", "user", "user", "user_id")
+  yield Feature("user_age", "user_side", "age", "user_age")
+  yield Feature("user_gender", "user_side", "gender", "user_gender")
+  yield Feature("user_activity", "user_side", "activity", "user_activity")
+  yield Feature("hour_of_day", "user_side", "hour", "hour_of_day")
+  yield Feature("live", "live_item", "live", "live_id")
+  yield Feature("author", "live_author", "author", "author_id")
+  yield Feature("live_category", "live_side", "category", "live_category")
+  yield Feature("author_fans", "live_side", "fans", "author_fans_bucket")
+  if cfg.use_lv_history:
+    yield Feature("lv_item", "live_item", "live", "lv_item")
+    yield Feature("lv_author", "live_author", "author", "lv_author")
+    yield Feature("lv_category", "live_side", "category", "lv_category")
+    yield Feature("lv_action", "live_side", "action", "lv_action")
+    yield Feature("lv_watch", "live_side", "watch", "lv_watch_s")
+    yield Feature("lv_gap", "live_side", "gap", "lv_ts_ms")
+  if cfg.use_sv_history:
+    yield Feature("sv_item", "sv_item", "sv_item", "sv_item")
+    yield Feature("sv_author", "sv_author", "author", "sv_author")
+    yield Feature("sv_category", "sv_side", "category", "sv_category")
+    yield Feature("sv_tag", "sv_side", "tag", "sv_tag")
+    yield Feature("sv_action", "sv_side", "action", "sv_action")
+    yield Feature("sv_progress", "sv_side", "progress", "sv_progress")
+    yield Feature("sv_gap", "sv_side", "gap", "sv_ts_ms")
+  if cfg.contrastive.author_level:
+    yield Feature("author_in_sv", "sv_author", "author", "author_id")
+
+
+def feature_plan(cfg: ml_collections.ConfigDict) -> tuple[Feature, ...]:
+  """The id features the config uses, in lookup order."""
+  return tuple(_plan_entries(cfg))
+
+
+def table_sizes(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+  """table name -> (rows, dim), for the tables the config uses."""
+  used = dict.fromkeys(f.table for f in feature_plan(cfg))
+  return {t: (int(cfg.embedding.vocab[t]), int(cfg.embedding.dim)) for t in used}
+
+
+def salt_of(salt: str | int) -> int:
+  """A stable uint32 salt from a name (crc32) or an int."""
+  if isinstance(salt, str):
+    return zlib.crc32(salt.encode())
+  return int(salt) & 0xFFFFFFFF
+
+
+def _fmix32(xp, h):
+  h = h ^ (h >> 16)
+  h = h * xp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * xp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def hash_ids(ids, salt: str | int, vocab: int, xp=jnp):
+  """Row indices (int32, in [0, vocab)) of integer ids of any shape; xp is jnp or numpy."""
+  ids = xp.asarray(ids)
+  if ids.dtype.kind not in "iu":
+    raise TypeError(f"hash_ids needs integer ids, got dtype {ids.dtype}")
+  s = xp.uint32(salt_of(salt))
+  if ids.dtype.itemsize == 8:
+    u = ids.astype(xp.uint64)
+    lo = (u & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+    sign = xp.where(lo >> 31 == 1, xp.uint32(0xFFFFFFFF), xp.uint32(0))
+    hi = (u >> xp.uint64(32)).astype(xp.uint32) ^ sign
+  else:
+    lo = ids.astype(xp.int32).astype(xp.uint32)
+    hi = xp.zeros_like(lo)
+  with np.errstate(over="ignore"):
+    h = _fmix32(xp, _fmix32(xp, lo ^ s) ^ (hi * xp.uint32(0x9E3779B1)))
+    return (h % xp.uint32(vocab)).astype(xp.int32)
+
+
+def raw_feature(f: Feature, batch: dict, cfg: ml_collections.ConfigDict):
+  """The integer values of a feature before hashing (buckets computed here)."""
+  x = batch[f.field]
+  if f.name in ("lv_gap", "sv_gap"):
+    return F.time_gap_bucket(jnp.asarray(batch["sample_ts_ms"]), jnp.asarray(x),
+                             cfg.features.time_gap_buckets)
+  if f.name == "lv_watch":
+    return F.watch_bucket(jnp.asarray(x), cfg.features.watch_buckets)
+  if f.name == "sv_progress":
+    return F.progress_bucket(jnp.asarray(x), cfg.features.progress_buckets)
+  return x
+
+
+def lookup_ids(cfg: ml_collections.ConfigDict, batch: dict) -> dict[str, jax.Array]:
+  """table -> 1-D int32 row indices: the table's features flattened, in plan order."""
+  parts = {}
+  for f in feature_plan(cfg):
+    rows = hash_ids(raw_feature(f, batch, cfg), f.salt, cfg.embedding.vocab[f.table])
+    parts.setdefault(f.table, []).append(rows.reshape(-1))
+  return {t: jnp.concatenate(p) if len(p) > 1 else p[0] for t, p in parts.items()}
+
+
+def split_rows(cfg: ml_collections.ConfigDict, batch: dict,
+               rows: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """feature -> gathered rows of shape batch[field].shape + (dim,)."""
+  offsets = {t: 0 for t in rows}
+  out = {}
+  for f in feature_plan(cfg):
+    shape = tuple(np.shape(batch[f.field]))
+    n = int(np.prod(shape))
+    start = offsets[f.table]
+    table_rows = rows[f.table]
+    out[f.name] = table_rows[start:start + n].reshape(shape + table_rows.shape[-1:])
+    offsets[f.table] = start + n
+  for t, used in offsets.items():
+    if used != rows[t].shape[0]:
+      raise ValueError(f"rows[{t!r}] has {rows[t].shape[0]} rows, the batch needs {used}")
+  return out
+
+
+class Tables(nnx.Module):
+  """The embedding tables of a config, as ``Embedding`` variables with logical axes."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.sizes = table_sizes(cfg)
+    init = jax.nn.initializers.normal(cfg.embedding.init_stddev)
+    for name, (rows, dim) in self.sizes.items():
+      vocab_axis = "vocab" if rows >= cfg.embedding.large_table_rows else "vocab_small"
+      value = init(rngs.params(), (rows, dim), jnp.float32)
+      setattr(self, name, Embedding(value, out_sharding=(vocab_axis, "embed")))
+
+  def gather(self, ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    unknown = [t for t in ids if t not in self.sizes]
+    if unknown:
+      raise KeyError(f"unknown embedding table(s) {unknown}; known: {list(self.sizes)}")
+    return {t: jnp.take(getattr(self, t)[...], i, axis=0) for t, i in ids.items()}

@@ -1,0 +1,41 @@
+"""Exact Search Unit: multi-head target attention of a candidate over a few history items.
+
+Padded slots (mask False) get zero weight exactly, so their contents never change the output;
+when no slot is valid the output is a learned null vector (never NaN).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mcjax.model import layers
+
+
+class TargetAttention(nnx.Module):
+  """query [B, D] attends over items [B, K, D] (mask [B, K]) -> [B, D]."""
+
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+    if d_model % num_heads:
+      raise ValueError(f"model.esu.num_heads={num_heads} must divide d_model={d_model}")
+    self.num_heads = num_heads
+    self.q = layers.linear(d_model, d_model, rngs=rngs, use_bias=False)
+    self.k = layers.linear(d_model, d_model, rngs=rngs, use_bias=False)
+    self.v = layers.linear(d_model, d_model, rngs=rngs, use_bias=False)
+    self.out = layers.linear(d_model, d_model, rngs=rngs)
+    self.null = nnx.Param(jnp.zeros((d_model,)))
+
+  def __call__(self, query, items, mask, bias=None):
+    b, n, d = items.shape
+    h = self.num_heads
+    q = self.q(query).reshape(b, h, d // h)
+    k = self.k(items).reshape(b, n, h, d // h)
+    v = self.v(items).reshape(b, n, h, d // h)
+    logits = jnp.einsum("bhe,bnhe->bhn", q, k) / jnp.sqrt(jnp.float32(d // h))
+    if bias is not None:
+      logits = logits + bias[:, None, :] / jnp.sqrt(jnp.float32(d))
+    logits = jnp.where(mask[:, None, :], logits, -1e30)
+    weights = jax.nn.softmax(logits, axis=-1) * mask[:, None, :]
+    attended = jnp.einsum("bhn,bnhe->bhe", weights, v).reshape(b, d)
+    return jnp.where(mask.any(-1, keepdims=True), self.out(attended), self.null[...])

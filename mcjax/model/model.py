@@ -1,0 +1,165 @@
+"""The Moment&Cross ranking model: hashed embeddings -> domain encoders -> GSU/ESU cross
+attention over both histories -> crowd ("moment") encoder -> CGC/PLE towers -> task logits.
+
+The trainer's interface::
+
+  ids = model.lookup_ids(batch)          # table -> 1-D int32 rows (pure jnp hashing)
+  rows = model.gather(ids)               # table -> rows [n, dim] = table[ids]
+  out = model.apply_rows(batch, rows)    # dense params only; never reads the tables
+  out = model(batch)                     # the same, in one call
+
+``out``: "logits" [B, len(TASKS)], "sv_interest" / "lv_interest" [B, d_model] (the user's
+short-video and live interests in the common contrastive space) and, with
+``contrastive.author_level``, "author_sv" / "author_lv" [B, d_model] (the candidate's author
+in each domain's embedding space, projected to the same space).
+
+Ablations: with ``use_sv_history`` (``use_lv_history``) off, that branch's tables and layers
+are not built, it does not enter the towers, and its interest output is a learned constant
+vector (so a contrastive loss on it stays well-defined and simply has nothing to align).
+``use_crowd`` off drops the crowd encoder. No dropout and no RNG in the forward pass.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mcjax.model import config as model_config
+from mcjax.model import crowd, embedding, encoders, esu, gsu, layers, towers
+from mcjax.samples import schema
+
+_USER = ("user", "user_age", "user_gender", "user_activity", "hour_of_day")
+_HARD_MATCH = {"hard_author": ("author", "author_id"),
+               "hard_category": ("category", "live_category")}
+
+
+class MomentCross(nnx.Module):
+  """See the module docstring; build with ``build_model``."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    model_config.validate(cfg)
+    self.cfg = ml_collections.FrozenConfigDict(cfg)
+    d, dim = cfg.d_model, cfg.embedding.dim
+    self.tables = embedding.Tables(cfg, rngs=rngs)
+    self.lv_encoder = encoders.DomainEncoder("lv", dim, d, rngs=rngs)  # also the candidate
+    d_in = len(_USER) * dim + d + dim  # user features, candidate content, author fans bucket
+    for dom, on in (("lv", cfg.use_lv_history), ("sv", cfg.use_sv_history)):
+      if not on:
+        setattr(self, f"{dom}_null", nnx.Param(jnp.zeros((d,))))
+        continue
+      if dom == "sv":
+        self.sv_encoder = encoders.DomainEncoder("sv", dim, d, rngs=rngs)
+      setattr(self, f"{dom}_query", layers.linear(d, d, rngs=rngs))
+      setattr(self, f"{dom}_esu", esu.TargetAttention(d, cfg.esu.num_heads, rngs=rngs))
+      setattr(self, f"{dom}_interest", layers.linear(d, d, rngs=rngs))
+      d_in += d
+    self.use_recent = cfg.use_lv_history and cfg.esu.recent_n > 0
+    if self.use_recent:
+      self.lv_recent_esu = esu.TargetAttention(d, cfg.esu.num_heads, rngs=rngs)
+      d_in += d
+    if cfg.use_crowd:
+      self.crowd = crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs)
+      d_in += d
+    if cfg.contrastive.author_level:
+      self.author_sv_proj = layers.linear(dim, d, rngs=rngs)
+      self.author_lv_proj = layers.linear(dim, d, rngs=rngs)
+    self.towers = towers.Towers(len(schema.TASKS), d_in, cfg.towers, rngs=rngs)
+
+  @property
+  def table_sizes(self) -> dict[str, tuple[int, int]]:
+    """table name -> (rows, dim)."""
+    return dict(self.tables.sizes)
+
+  @property
+  def table_names(self) -> tuple[str, ...]:
+    return tuple(self.tables.sizes)
+
+  def lookup_ids(self, batch: dict) -> dict:
+    """table -> 1-D int32 row indices of every id feature in the batch (hashing only)."""
+    return embedding.lookup_ids(self.cfg, batch)
+
+  def gather(self, ids: dict) -> dict:
+    """table -> table[ids] rows [n, dim]."""
+    return self.tables.gather(ids)
+
+  def __call__(self, batch: dict, train: bool = False) -> dict:
+    return self.apply_rows(batch, self.gather(self.lookup_ids(batch)), train=train)
+
+  def _domain(self, dom: str, batch: dict, rows: dict, cand, cand_raw: dict):
+    """One history branch: (interest before projection [B, D], recent vector or None)."""
+    cfg = self.cfg
+    enc = self.lv_encoder if dom == "lv" else self.sv_encoder
+    length = jnp.asarray(batch[f"{dom}_len"])
+    query = getattr(self, f"{dom}_query")(cand)
+    content = enc.content(rows)
+    behaviour = enc.behaviour(rows)
+    match = None
+    if cfg.gsu.mode in _HARD_MATCH:
+      hist_field, cand_field = _HARD_MATCH[cfg.gsu.mode]
+      match = jnp.asarray(batch[f"{dom}_{hist_field}"]) == cand_raw[cand_field][:, None]
+    idx, valid, bias = gsu.search(cfg.gsu.mode, cfg.gsu.top_k, length, query=query,
+                                  keys=content, match=match)
+    items = enc.item(gsu.take(content, idx), gsu.take(behaviour, idx))
+    interest = getattr(self, f"{dom}_esu")(query, items, valid, bias)
+    recent = None
+    if dom == "lv" and self.use_recent:
+      n = min(cfg.esu.recent_n, content.shape[1])
+      items = enc.item(content[:, :n], behaviour[:, :n])
+      recent = self.lv_recent_esu(query, items, gsu.valid_positions(length, n))
+    return interest, recent
+
+  def apply_rows(self, batch: dict, rows: dict, train: bool = False) -> dict:
+    """Forward pass from gathered rows (see ``gather``); ``train`` is accepted for the
+    trainer's interface and changes nothing (no dropout)."""
+    del train
+    cfg = self.cfg
+    r = embedding.split_rows(cfg, batch, rows)
+    batch_size = np.shape(batch["user_id"])[0]
+    cand = self.lv_encoder.content(
+        {"cand_item": r["live"], "cand_author": r["author"], "cand_category": r["live_category"]},
+        prefix="cand")
+    parts = [r[k] for k in _USER] + [cand, r["author_fans"]]
+    cand_raw = {k: jnp.asarray(batch[k]) for k in ("author_id", "live_category")}
+    out = {}
+    for dom, on in (("lv", cfg.use_lv_history), ("sv", cfg.use_sv_history)):
+      if not on or np.shape(batch[f"{dom}_item"])[1] == 0:
+        if on:
+          raise ValueError(f"batch[{dom + '_item'!r}] has history length 0; pad to >= 1 or "
+                           f"turn off model.use_{dom}_history")
+        out[f"{dom}_interest"] = jnp.broadcast_to(getattr(self, f"{dom}_null")[...],
+                                                  (batch_size, cfg.d_model))
+        continue
+      interest, recent = self._domain(dom, batch, r, cand, cand_raw)
+      parts.append(interest)
+      if recent is not None:
+        parts.append(recent)
+      out[f"{dom}_interest"] = getattr(self, f"{dom}_interest")(interest)
+    if cfg.use_crowd:
+      parts.append(self.crowd(jnp.asarray(batch["crowd"])))
+    out["logits"] = self.towers(jnp.concatenate(parts, axis=-1))
+    if cfg.contrastive.author_level:
+      out["author_sv"] = self.author_sv_proj(r["author_in_sv"])
+      out["author_lv"] = self.author_lv_proj(r["author"])
+    return out
+
+
+def _mesh_active() -> bool:
+  import jax
+  return not jax.sharding.get_abstract_mesh().empty
+
+
+def build_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs,
+                eager_sharding: bool | None = None) -> MomentCross:
+  """Builds the model; variables carry logical axis metadata either way.
+
+  eager_sharding: place variables on the mesh at creation (needs ``jax.set_mesh`` and
+    ``nnx.logical_axis_rules`` mapping every name in ``config.LOGICAL_AXES``). Default: on iff
+    a mesh and logical rules are both active; otherwise off (metadata only, no mesh needed).
+  """
+  from flax.core import spmd
+  if eager_sharding is None:
+    eager_sharding = _mesh_active() and bool(spmd.get_logical_axis_rules())
+  with nnx.use_eager_sharding(eager_sharding):
+    return MomentCross(cfg, rngs=rngs)
