@@ -112,3 +112,43 @@ def test_overwrite_and_bad_tables(written, tmp_path):
   bad = dict(table, sv_tag=table["sv_tag"][:-1])
   with pytest.raises(ValueError, match="sv_tag"):
     shards.write_samples(bad, str(tmp_path), "x")
+
+
+def test_ensure_samples_builds_once_per_config(tmp_path, monkeypatch):
+  import dataclasses
+  import sys
+  import types
+
+  from launch import build_samples
+
+  @dataclasses.dataclass(frozen=True)
+  class Cfg:
+    mode: str = "realtime"
+    window_s: float = 30.0
+
+    def validate(self):
+      return self
+
+  calls = []
+
+  def fake_engine(log_dir, cfg):
+    calls.append(cfg)
+    t = shards.random_sample_table(20, seed=len(calls))
+    return {"train": t, "eval": shards.take_rows(t, np.arange(5)), "stats": {"n": 20}}
+
+  monkeypatch.setitem(sys.modules, "mcjax.moment",
+                      types.SimpleNamespace(build_samples=fake_engine))
+  monkeypatch.setattr("mcjax.moment", sys.modules["mcjax.moment"], raising=False)
+  log = tmp_path / "log"
+  log.mkdir()
+  (log / "events.parquet").write_bytes(b"x")
+  root = str(tmp_path / "cache")
+  path = build_samples.ensure_samples(str(log), root, Cfg())
+  assert build_samples.ensure_samples(str(log), root, Cfg()) == path and len(calls) == 1
+  assert os.path.basename(path).startswith("realtime-")
+  assert len(shards.open_samples(path, "eval")) == 5
+  other = build_samples.ensure_samples(str(log), root, Cfg(window_s=10.0))
+  assert other != path and len(calls) == 2
+  assert sorted(os.listdir(root)) == sorted([os.path.basename(path), os.path.basename(other)])
+  assert "engine" in build_samples.format_report(
+      json.load(open(os.path.join(path, build_samples.BUILD_INFO))))

@@ -73,8 +73,13 @@ def num_rows(table: dict) -> int:
 
 
 def take_rows(table: dict, rows) -> dict:
-  """Rows of a sample table (any order, repeats allowed) as a new sample table."""
+  """Rows of a sample table (any order, repeats allowed) as a new sample table.
+
+  A contiguous ascending run of rows is returned as views (no copy).
+  """
   rows = np.asarray(rows, np.int64)
+  if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+    return B.table_block(table, int(rows[0]), int(rows[-1]) + 1)
   out = {}
   for p, name in S.OFFSETS.items():
     off = table[name]

@@ -1,0 +1,166 @@
+"""Runs the Moment engine on an event log and writes its samples as ArrayRecord shards.
+
+    python -m launch.build_samples --log=LOG_DIR --out=SAMPLES_DIR --mode=realtime
+
+writes ``SAMPLES_DIR/train/`` and ``SAMPLES_DIR/eval/`` (see ``mcjax.samples.shards``) and
+``SAMPLES_DIR/build_info.json``, then prints the sample counts per kind and the throughput.
+Moment flags left unset take ``MomentConfig``'s defaults.
+
+The trainer calls ``ensure_samples(log_dir, cache_root, cfg)``, which builds into
+``cache_root/<mode>-<hash>/`` only when that folder is missing; the hash covers the config,
+the sample schema version and the log's events.parquet size and mtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from tabulate import tabulate
+
+from mcjax.eventlog import schema as E
+from mcjax.samples import schema as S
+from mcjax.samples import shards
+
+SPLITS = ("train", "eval")
+BUILD_INFO = "build_info.json"
+
+_LOG = flags.DEFINE_string("log", None, "Event-log folder to read.")
+_OUT = flags.DEFINE_string("out", None, "Samples folder to write.")
+_MODE = flags.DEFINE_enum("mode", None, ["realtime", "on_close", "fast_slow"],
+                          "Sample stream (default: MomentConfig's).")
+_WINDOW_S = flags.DEFINE_float("window_s", None, "Real-time window length in seconds.")
+_FIRST_ONLY = flags.DEFINE_bool("first_only", None, "Train each label only the first time "
+                                "it fires (False: the no_first_only ablation).")
+_LONG_VIEW_S = flags.DEFINE_float("long_view_s", None, "Watch seconds that fire lvtr.")
+_SV_HIST_LEN = flags.DEFINE_integer("sv_hist_len", None, "Short-video history length.")
+_LV_HIST_LEN = flags.DEFINE_integer("lv_hist_len", None, "Live history length.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per split "
+                                   "(default: from the size).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
+
+
+def _jsonable(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if dataclasses.is_dataclass(value):
+    return dataclasses.asdict(value)
+  return str(value)
+
+
+def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool = False,
+                      num_shards: int | None = None) -> dict:
+  """Runs the engine and writes all splits into out_dir atomically; returns build info."""
+  from mcjax import moment  # the engine, imported only when samples are built
+  moment_cfg.validate()
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+  start = time.perf_counter()
+  result = moment.build_samples(log_dir, moment_cfg)
+  engine_s = time.perf_counter() - start
+  for split in SPLITS:
+    if split not in result:
+      raise ValueError(f"the Moment engine returned no {split!r} split (got {sorted(result)})")
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+  try:
+    start = time.perf_counter()
+    meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
+    for split in SPLITS:
+      shards.write_samples(result[split], tmp, split, num_shards=num_shards, metadata=meta)
+    write_s = time.perf_counter() - start
+    counts = {split: shards.kind_counts(result[split]) for split in SPLITS}
+    info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
+            "counts": counts, "stats": result.get("stats"), "engine_s": engine_s,
+            "write_s": write_s}
+    with open(os.path.join(tmp, BUILD_INFO), "w") as f:
+      json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
+    _move_into_place(tmp, out_dir, overwrite)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return info
+
+
+def _move_into_place(tmp: str, out_dir: str, overwrite: bool) -> None:
+  if os.path.exists(out_dir):
+    if not overwrite:
+      raise FileExistsError(f"{out_dir} appeared while building")
+    old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(out_dir))
+    os.rename(out_dir, os.path.join(old, "x"))
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, out_dir)
+
+
+def cache_key(log_dir: str, moment_cfg) -> str:
+  """'<mode>-<hash>' of the config, the schema version and the log's events file."""
+  stat = os.stat(os.path.join(log_dir, E.EVENTS_FILE))
+  blob = json.dumps({"moment": dataclasses.asdict(moment_cfg), "schema": S.SCHEMA_VERSION,
+                     "events": [stat.st_size, stat.st_mtime_ns]}, sort_keys=True)
+  return f"{moment_cfg.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def ensure_samples(log_dir: str, cache_root: str, moment_cfg) -> str:
+  """The samples folder for (log, config) under cache_root, built only when missing.
+
+  Safe when several processes call it at once: a builder that loses the race keeps the
+  folder already in place.
+  """
+  path = os.path.join(os.path.abspath(cache_root), cache_key(log_dir, moment_cfg))
+  if os.path.exists(os.path.join(path, BUILD_INFO)):
+    return path
+  try:
+    build_samples_dir(log_dir, path, moment_cfg)
+  except (FileExistsError, OSError):
+    if not os.path.exists(os.path.join(path, BUILD_INFO)):
+      raise
+  return path
+
+
+def format_report(info: dict) -> str:
+  """Counts per split and kind, and throughput, as a small table."""
+  kinds = [S.KIND_NAMES[k] for k in sorted(S.KIND_NAMES)]
+  rows = [[split] + [info["counts"][split][k] for k in kinds]
+          + [sum(info["counts"][split].values())] for split in SPLITS]
+  total = sum(r[-1] for r in rows)
+  lines = [tabulate(rows, headers=["split"] + kinds + ["total"]),
+           f"engine: {info['engine_s']:.1f} s ({total / max(info['engine_s'], 1e-9):,.0f} "
+           f"samples/s); write: {info['write_s']:.1f} s "
+           f"({total / max(info['write_s'], 1e-9):,.0f} samples/s)"]
+  return "\n".join(lines)
+
+
+def moment_config_from_flags():
+  """MomentConfig from the flags that were set (others keep the config's defaults)."""
+  from mcjax.moment.config import MomentConfig
+  overrides = {name: flag.value for name, flag in (
+      ("mode", _MODE), ("window_s", _WINDOW_S), ("first_only", _FIRST_ONLY),
+      ("long_view_s", _LONG_VIEW_S), ("sv_hist_len", _SV_HIST_LEN),
+      ("lv_hist_len", _LV_HIST_LEN)) if flag.value is not None}
+  return MomentConfig(**overrides).validate()
+
+
+def main(argv) -> None:
+  del argv
+  if not _LOG.value or not _OUT.value:
+    raise app.UsageError("--log and --out are required")
+  info = build_samples_dir(_LOG.value, _OUT.value, moment_config_from_flags(),
+                           overwrite=_OVERWRITE.value, num_shards=_NUM_SHARDS.value)
+  print(f"wrote {os.path.abspath(_OUT.value)}")
+  print(format_report(info))
+
+
+if __name__ == "__main__":
+  app.run(main)
