@@ -92,21 +92,21 @@ def _assemble(ent, live_ex, sv_ex, live_fb, sv_fb) -> tuple[pa.Table, np.ndarray
   live_id, sv_id = exp_id[:n_live], exp_id[n_live:]
   live_author = ent.live_author[live_ex.live]
   sv_author = ent.video_author[sv_ex.video]
+  live_x, sv_x = live_fb.exposure, sv_fb.exposure
+  n_lfb, n_sfb = len(live_x), len(sv_x)
+  exposure = S.EVENT_CODE[S.EXPOSURE]
+  # Four parts, in this order: live exposures, live feedback, short-video ones, their feedback.
   cols = {
-      "ts_ms": [live_ex.ts_ms, sv_ex.ts_ms, live_fb.ts_ms, sv_fb.ts_ms],
-      "user_id": [live_ex.user, sv_ex.user, live_ex.user[live_fb.exposure],
-                  sv_ex.user[sv_fb.exposure]],
-      "exposure_id": [live_id, sv_id, live_id[live_fb.exposure], sv_id[sv_fb.exposure]],
-      "domain": [np.full(n_live, S.DOMAIN_CODE[S.LIVE]), np.full(n_sv, S.DOMAIN_CODE[S.SHORT_VIDEO]),
-                 np.full(len(live_fb.ts_ms), S.DOMAIN_CODE[S.LIVE]),
-                 np.full(len(sv_fb.ts_ms), S.DOMAIN_CODE[S.SHORT_VIDEO])],
-      "item_id": [LIVE_ID_BASE + live_ex.live, VIDEO_ID_BASE + sv_ex.video,
-                  LIVE_ID_BASE + live_ex.live[live_fb.exposure],
-                  VIDEO_ID_BASE + sv_ex.video[sv_fb.exposure]],
-      "author_id": [live_author, sv_author, live_author[live_fb.exposure],
-                    sv_author[sv_fb.exposure]],
-      "event": [np.full(n_live + n_sv, S.EVENT_CODE[S.EXPOSURE]), live_fb.event, sv_fb.event],
-      "value": [np.zeros(n_live + n_sv), live_fb.value, sv_fb.value],
+      "ts_ms": [live_ex.ts_ms, live_fb.ts_ms, sv_ex.ts_ms, sv_fb.ts_ms],
+      "user_id": [live_ex.user, live_ex.user[live_x], sv_ex.user, sv_ex.user[sv_x]],
+      "exposure_id": [live_id, live_id[live_x], sv_id, sv_id[sv_x]],
+      "domain": [np.full(n_live + n_lfb, S.DOMAIN_CODE[S.LIVE]),
+                 np.full(n_sv + n_sfb, S.DOMAIN_CODE[S.SHORT_VIDEO])],
+      "item_id": [LIVE_ID_BASE + live_ex.live, LIVE_ID_BASE + live_ex.live[live_x],
+                  VIDEO_ID_BASE + sv_ex.video, VIDEO_ID_BASE + sv_ex.video[sv_x]],
+      "author_id": [live_author, live_author[live_x], sv_author, sv_author[sv_x]],
+      "event": [np.full(n_live, exposure), live_fb.event, np.full(n_sv, exposure), sv_fb.event],
+      "value": [np.zeros(n_live), live_fb.value, np.zeros(n_sv), sv_fb.value],
   }
   cols = {k: np.concatenate(v) for k, v in cols.items()}
   cols["ts_ms"] = cols["ts_ms"] + C.EPOCH_MS
