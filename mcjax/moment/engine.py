@@ -185,7 +185,7 @@ def build_samples(log_dir_or_tables, cfg: MomentConfig) -> dict:
   start = time.perf_counter()
   log = load_log(log_dir_or_tables)
   ctx = _Context(log)
-  labels = windows.label_times(ctx.group, ctx.ts, ctx.code, ctx.value, ctx.exposure_ts, cfg)
+  labels = windows.label_times(ctx.group, ctx.ts, ctx.code, ctx.exposure_ts, cfg)
   train_rows, mode_stats = windows.emit_samples(labels, cfg)
   train_rows = _sort(train_rows, ctx.exposure_id)
   eval_rows = _sort(windows.eval_rows(labels), ctx.exposure_id)

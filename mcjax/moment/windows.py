@@ -11,8 +11,9 @@ like, comment, gift, follow. Each label *fires* at the time of its first event i
 * The exposure *closes* at its first watch_end after the click, capped at click + max_watch_s
   (a clicked exposure without watch_end closes at that horizon); an exposure without click
   closes at exposure_ts + no_click_close_s.
-* lvtr fires at click_ts + long_view_s when the watch lasts that long: the watch_end value
-  (seconds watched), or max_watch_s when the watch reaches the horizon.
+* lvtr fires at click_ts + long_view_s when the watch lasts that long, i.e. when the exposure
+  is still open then (no watch_end before it). This uses event times only, so it is known at
+  the fire time itself (the watch_end value agrees: watch_end ts = click ts + value).
 * ltr, cmtr, gtr, wtr fire at the first like, comment, gift, follow at or after the click.
   Interactions without a click (or before it) are ignored (``ignored_without_click``).
 * Only events at or before the close count (others: ``ignored_after_close``).
@@ -59,13 +60,13 @@ class Labels:
   stats: dict
 
 
-def label_times(group: np.ndarray, ts: np.ndarray, code: np.ndarray, value: np.ndarray,
-                exposure_ts: np.ndarray, cfg: MomentConfig) -> Labels:
+def label_times(group: np.ndarray, ts: np.ndarray, code: np.ndarray, exposure_ts: np.ndarray,
+                cfg: MomentConfig) -> Labels:
   """Fire and close times of n exposures from their events.
 
   Args:
     group: (m,) exposure row 0..n-1 of each event.
-    ts, code, value: (m,) event time, EVENT_CODE and value, sorted by time.
+    ts, code: (m,) event time and EVENT_CODE, sorted by time.
     exposure_ts: (n,) time of each exposure.
     cfg: the engine settings.
   """
@@ -77,13 +78,10 @@ def label_times(group: np.ndarray, ts: np.ndarray, code: np.ndarray, value: np.n
   clicked = click != NEVER
   horizon = np.where(clicked, click + np.where(clicked, cfg.max_watch_ms, 0), NEVER)
   after_click = ts >= click[group]
-  watch = first_rows(group, (code == ec[S.WATCH_END]) & after_click, n)
-  watch_ts = gather(ts, watch, NEVER)
+  watch_ts = gather(ts, first_rows(group, (code == ec[S.WATCH_END]) & after_click, n), NEVER)
   close = np.where(clicked, np.minimum(watch_ts, horizon), exposure_ts + cfg.no_click_close_ms)
-  watched_ms = np.where(watch_ts <= horizon,
-                        np.round(gather(value, watch, 0.0) * 1000.0), cfg.max_watch_ms)
   long_view = click + np.where(clicked, cfg.long_view_ms, 0)
-  long_view_ok = clicked & (watched_ms >= cfg.long_view_ms) & (long_view <= close)
+  long_view_ok = clicked & (long_view <= close)
 
   fire = np.full((n, len(SS.TASKS)), NEVER, np.int64)
   fire[:, _TASK["ctr"]] = click
