@@ -188,3 +188,16 @@ def test_bad_flag_values_are_named():
     C.make_config("huge")
   with pytest.raises(ValueError, match="--users"):
     C.make_config("small", users=0)
+
+
+def test_authors_in_both_domains_and_click_delays(log_dir, ev):
+  t = eio.read_events(log_dir, columns=["author_id", "domain"])
+  a, d = t["author_id"].to_numpy(), t["domain"].to_numpy(zero_copy_only=False).astype(str)
+  both = np.intersect1d(a[d == S.LIVE], a[d == S.SHORT_VIDEO])
+  assert len(both) >= 0.5 * len(np.unique(a[d == S.LIVE]))
+  live = ev["domain"] == S.LIVE
+  ex = dict(zip(ev["exposure_id"][live & (ev["event"] == S.EXPOSURE)],
+                ev["ts_ms"][live & (ev["event"] == S.EXPOSURE)]))
+  click = live & (ev["event"] == S.CLICK)
+  delay = ev["ts_ms"][click] - np.array([ex[k] for k in ev["exposure_id"][click]])
+  assert delay.min() >= 1000 and delay.max() <= 30_000 and np.median(delay) < 10_000
