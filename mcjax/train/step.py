@@ -1,0 +1,149 @@
+"""The jitted train and eval steps over a ``TrainState``, sharing one forward + loss.
+
+``train_step(state, batch) -> (state, metrics)``: the model looks up its ids and gathers rows;
+the loss is differentiated w.r.t. the dense params and the *gathered rows*; AdamW updates the
+dense params and ``sparse.sparse_update`` the touched table rows (``sparse=False`` instead
+differentiates w.r.t. whole tables and uses ``sparse.dense_update``: the O(vocabulary)
+reference, for tests and benchmarks). ``eval_step(state, batch) -> (probs [B, T], metrics)``.
+
+Both are ``jax.jit`` once with explicit shardings (batch on "data"); the train step donates
+the state. The model must implement ``lookup_ids(batch) -> {table: ids}``, ``gather(ids) ->
+{table: ids.shape + (dim,)}`` (a pure row lookup) and ``apply_rows(batch, rows, train)``.
+``loss_fn(out, batch) -> (total, terms)``, e.g.
+``functools.partial(mcjax.losses.compute_loss, cfg=loss_config())``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+from jax.sharding import Mesh
+
+from mcjax.train import mesh as mesh_lib
+from mcjax.train import sparse
+from mcjax.train.state import ModelDef, OptimConfig, TrainState
+
+LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
+
+
+def logits_to_probs(out) -> jax.Array:
+  """Default ``predict_fn``: sigmoid of ``out["logits"]`` ([B, T])."""
+  return jax.nn.sigmoid(out["logits"].astype(jnp.float32))
+
+
+def _group_by_table(model_def: ModelDef, ids: dict, row_grads: dict) -> dict:
+  """{table path: (flat ids [n], flat row grads [n, dim])}, merging keys of the same table."""
+  groups = {}
+  for key in ids:
+    path = model_def.table_path(key)
+    flat_ids = ids[key].reshape(-1)
+    grads = row_grads[key].reshape(flat_ids.shape[0], -1)
+    if path in groups:
+      prev_ids, prev_grads = groups[path]
+      flat_ids = jnp.concatenate([prev_ids, flat_ids])
+      grads = jnp.concatenate([prev_grads, grads])
+    groups[path] = (flat_ids, grads)
+  return groups
+
+
+def _update_tables(state: TrainState, updates: dict):
+  """Applies ``update(table, row_state) -> (table, row_state)`` per table path."""
+  tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
+  rows = traverse_util.flatten_dict(state.row_state) if state.row_state else {}
+  for path, update in updates.items():
+    table_rows = {k[-1]: v for k, v in rows.items() if k[:-1] == path}
+    tables[path], table_rows = update(tables[path], table_rows)
+    rows.update({path + (k,): v for k, v in table_rows.items()})
+  unflat = lambda d: traverse_util.unflatten_dict(d) if d else {}  # noqa: E731
+  return unflat(tables), unflat(rows)
+
+
+def _metrics(total: jax.Array, terms: dict, prefix: str) -> dict:
+  metrics = {f"{prefix}/loss": total.astype(jnp.float32)}
+  for name, value in terms.items():
+    metrics[f"loss/{name}" if prefix == "learning" else f"{prefix}/{name}"] = (
+        jnp.asarray(value, jnp.float32))
+  return metrics
+
+
+def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
+                    shardings: TrainState, mesh: Mesh, *, sparse_update: bool = True):
+  """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated).
+
+  Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),
+  ``learning/row_grad_norm``, ``learning/lr`` and ``loss/<term>`` for each loss term.
+  """
+  tx = optim.dense_tx()
+  schedule = optim.schedule()
+
+  def forward(params, tables, rest, batch, rows=None):
+    model = model_def.merge(tables, params, rest)
+    ids = model.lookup_ids(batch)
+    if rows is None:
+      rows = model.gather(ids)
+    out = model.apply_rows(batch, rows, train=True)
+    total, terms = loss_fn(out, batch)
+    return total, (terms, model_def.split(model)[2])
+
+  def train_step(state: TrainState, batch: dict):
+    if sparse_update:
+      model = model_def.merge(state.tables, state.params, state.rest)
+      ids = model.lookup_ids(batch)
+      rows = model.gather(ids)
+      grad_fn = jax.value_and_grad(
+          lambda p, r: forward(p, state.tables, state.rest, batch, r), argnums=(0, 1),
+          has_aux=True)
+      (total, (terms, rest)), (g_params, g_rows) = grad_fn(state.params, rows)
+      vocab = {p: t.shape[0] for p, t in traverse_util.flatten_dict(state.tables).items()}
+      uniq = {path: sparse.unique_rows(i, g, vocab[path])
+              for path, (i, g) in _group_by_table(model_def, ids, g_rows).items()}
+      row_grad_sq = sum((jnp.sum(jnp.square(g)) for _, g in uniq.values()),
+                        jnp.zeros((), jnp.float32))
+      updates = {
+          path: (lambda t, s, r=r, g=g: sparse.update_rows(t, s, r, g, state.step, optim.rows))
+          for path, (r, g) in uniq.items()}
+    else:
+      grad_fn = jax.value_and_grad(
+          lambda p, t: forward(p, t, state.rest, batch), argnums=(0, 1), has_aux=True)
+      (total, (terms, rest)), (g_params, g_tables) = grad_fn(state.params, state.tables)
+      flat_g = traverse_util.flatten_dict(g_tables) if g_tables else {}
+      row_grad_sq = sum((jnp.sum(jnp.square(g)) for g in flat_g.values()),
+                        jnp.zeros((), jnp.float32))
+      updates = {
+          path: (lambda t, s, g=g: sparse.dense_update(t, s, g, state.step, optim.rows))
+          for path, g in flat_g.items()}
+    tables, row_state = _update_tables(state, updates)
+    param_updates, opt_state = tx.update(g_params, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    new_state = TrainState(step=state.step + 1, params=params, tables=tables, rest=rest,
+                           opt_state=opt_state, row_state=row_state)
+    metrics = _metrics(total, terms, "learning")
+    metrics["learning/grad_norm"] = optax.tree.norm(g_params)
+    metrics["learning/row_grad_norm"] = jnp.sqrt(row_grad_sq)
+    metrics["learning/lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return new_state, metrics
+
+  return jax.jit(train_step,
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, mesh: Mesh,
+                   *, predict_fn: Callable = logits_to_probs):
+  """The jitted ``eval_step(state, batch) -> (probs [B, T], metrics)``; metrics are
+  ``eval/loss`` and ``eval/<term>``."""
+
+  def eval_step(state: TrainState, batch: dict):
+    model = model_def.merge(state.tables, state.params, state.rest)
+    out = model.apply_rows(batch, model.gather(model.lookup_ids(batch)), train=False)
+    total, terms = loss_fn(out, batch)
+    return predict_fn(out), _metrics(total, terms, "eval")
+
+  return jax.jit(eval_step,
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)))
