@@ -42,6 +42,7 @@ def write_log(out_dir: str, events: pa.Table, side: dict[str, pa.Table],
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+  os.chmod(tmp, 0o755)  # mkdtemp makes it private; a log folder is meant to be shared
   try:
     pq.write_table(_conform(events, S.EVENT_SCHEMA, S.EVENTS_FILE),
                    os.path.join(tmp, S.EVENTS_FILE))
