@@ -50,6 +50,14 @@ def test_random_rows_and_time_order(written):
   np.testing.assert_array_equal(shards.sample_ts_ms(src), ts)
 
 
+def test_source_pickles_for_grain_workers(written):
+  import pickle
+  out, table = written
+  src = pickle.loads(pickle.dumps(shards.open_samples(out, "train")))
+  np.testing.assert_array_equal(src.__getitems__([3, 40])["lv_item"],
+                                shards.take_rows(table, [3, 40])["lv_item"])
+
+
 def test_info_records_counts_and_metadata(written):
   out, table = written
   info = shards.read_info(os.path.join(out, "train"))
