@@ -1,6 +1,6 @@
 """Runs the Moment engine on an event log and writes its samples as ArrayRecord shards.
 
-    python -m launch.build_samples --log=LOG_DIR --out=SAMPLES_DIR --mode=realtime
+    python -m launch.build_samples --events=LOG_DIR --out=SAMPLES_DIR --mode=realtime
 
 writes ``SAMPLES_DIR/train/`` and ``SAMPLES_DIR/eval/`` (see ``mcjax.samples.shards``) and
 ``SAMPLES_DIR/build_info.json``, then prints the sample counts per kind and the throughput.
@@ -32,7 +32,7 @@ from mcjax.samples import shards
 SPLITS = ("train", "eval")
 BUILD_INFO = "build_info.json"
 
-_LOG = flags.DEFINE_string("log", None, "Event-log folder to read.")
+_LOG = flags.DEFINE_string("events", None, "Event-log folder to read.")
 _OUT = flags.DEFINE_string("out", None, "Samples folder to write.")
 _MODE = flags.DEFINE_enum("mode", None, ["realtime", "on_close", "fast_slow"],
                           "Sample stream (default: MomentConfig's).")
@@ -155,7 +155,7 @@ def moment_config_from_flags():
 def main(argv) -> None:
   del argv
   if not _LOG.value or not _OUT.value:
-    raise app.UsageError("--log and --out are required")
+    raise app.UsageError("--events and --out are required")
   info = build_samples_dir(_LOG.value, _OUT.value, moment_config_from_flags(),
                            overwrite=_OVERWRITE.value, num_shards=_NUM_SHARDS.value)
   print(f"wrote {os.path.abspath(_OUT.value)}")
