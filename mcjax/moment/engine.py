@@ -15,11 +15,15 @@ Evaluation records: one per live exposure, kind EVAL, sample_ts = exposure time,
 the exposure time whatever ``features_at``, final labels with mask 1, and the oracle fields from
 ``_oracle/exposures.parquet`` when the log has one (else -1 / NaN, as for training samples).
 They do not depend on the mode. Both tables are sorted by (sample_ts_ms, exposure_id, kind).
+
+``SampleBuilder`` does the same in bounded memory: it labels every exposure up front and
+attaches features to consecutive chunks of rows (the histories dominate the tables' size).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 from absl import logging
@@ -28,7 +32,7 @@ from mcjax.eventlog import schema as S
 from mcjax.moment import windows
 from mcjax.moment.config import MomentConfig
 from mcjax.moment.crowd import CrowdIndex
-from mcjax.moment.events import NEVER, Log, load_log
+from mcjax.moment.events import NEVER, Log, gather, load_log
 from mcjax.moment.history import LiveHistory, ShortVideoHistory
 from mcjax.samples import schema as SS
 
@@ -85,7 +89,7 @@ class _Context:
     ids, inverse = np.unique(self.live_id, return_inverse=True)
     earliest = np.full(len(ids), NEVER, np.int64)
     np.minimum.at(earliest, inverse, self.exposure_ts)
-    return np.where(rows >= 0, log.lives.columns["start_ms"][np.maximum(rows, 0)],
+    return np.where(rows >= 0, gather(log.lives.columns["start_ms"], rows, 0),
                     earliest[inverse])
 
   def _short_video_history(self, log: Log) -> ShortVideoHistory:
@@ -94,14 +98,12 @@ class _Context:
     xi = log.xi[play]
     item = ex.item[xi]
     rows = log.videos.rows(item)
-    known = rows >= 0
-    rows = np.maximum(rows, 0)
     video = log.videos.columns
-    self.stats["unknown_videos"] = int((~known).sum())
+    self.stats["unknown_videos"] = int((rows < 0).sum())
     return ShortVideoHistory(
         ex.user[xi], log.ts[play], item,
-        np.where(known, video["author_id"][rows], ex.author[xi]),
-        np.where(known, video["category"][rows], -1), np.where(known, video["tag"][rows], -1),
+        np.where(rows >= 0, gather(video["author_id"], rows, 0), ex.author[xi]),
+        gather(video["category"], rows, -1), gather(video["tag"], rows, -1),
         log.value[play], ex.first[xi, _EC[S.LIKE]], ex.first[xi, _EC[S.FOLLOW]])
 
   def features(self, x: np.ndarray, q: np.ndarray, cfg: MomentConfig) -> dict:
@@ -113,26 +115,6 @@ class _Context:
     out |= self.sv.snapshot(self.user[x], q, cfg.sv_hist_len)
     out |= self.lv.snapshot(self.user[x], q, cfg.lv_hist_len, current=x)
     return out
-
-
-def take_rows(table: dict, idx: np.ndarray) -> dict:
-  """Rows ``idx`` of a columnar sample table (or feature dict), sequences included."""
-  out = {}
-  for name, values in table.items():
-    if name not in SS.SEQUENCE_FIELDS and name not in SS.OFFSETS.values():
-      out[name] = values[idx]
-  for prefix, key in SS.OFFSETS.items():
-    if key not in table:
-      continue
-    offsets = table[key]
-    lengths = np.diff(offsets)[idx]
-    new = np.zeros(len(idx) + 1, np.int64)
-    np.cumsum(lengths, out=new[1:])
-    flat = np.repeat(offsets[idx] - new[:-1], lengths) + np.arange(new[-1])
-    out[key] = new
-    for name in (SS.SV_FIELDS if prefix == "sv" else SS.LV_FIELDS):
-      out[name] = table[name][flat]
-  return out
 
 
 def _sort(rows: dict, exposure_id: np.ndarray) -> dict:
@@ -157,14 +139,60 @@ def _oracle(log: Log, exposure_id: np.ndarray, is_eval: bool) -> dict:
   return out
 
 
-def _table(ctx: _Context, log: Log, rows: dict, features: dict, is_eval: bool) -> dict:
-  x = rows["x"]
-  parts = {**features, **{k: v for k, v in rows.items() if k != "x"},
-           "exposure_id": ctx.exposure_id[x], "exposure_ts_ms": ctx.exposure_ts[x],
-           **_oracle(log, ctx.exposure_id[x], is_eval)}
-  table = {f.name: np.asarray(parts[f.name]).astype(f.dtype, copy=False) for f in SS.FIELDS}
-  table |= {key: parts[key] for key in SS.OFFSETS.values()}
-  return table
+class SampleBuilder:
+  """The labelled rows of a log; features are attached chunk by chunk (bounded memory).
+
+  ``SampleBuilder(log, cfg).tables("train", chunk_rows=100_000)`` yields consecutive sorted
+  sample tables of at most ``chunk_rows`` rows; ``build_samples`` takes each split whole.
+  """
+
+  def __init__(self, log_dir_or_tables, cfg: MomentConfig):
+    self.cfg = cfg.validate()
+    self.log = load_log(log_dir_or_tables)
+    self.ctx = _Context(self.log)
+    ctx = self.ctx
+    labels = windows.label_times(ctx.group, ctx.ts, ctx.code, ctx.exposure_ts, cfg)
+    train, mode_stats = windows.emit_samples(labels, cfg)
+    self.rows = {"train": _sort(train, ctx.exposure_id),
+                 "eval": _sort(windows.eval_rows(labels), ctx.exposure_id)}
+    kinds = self.rows["train"]["kind"]
+    self.stats = {"live_exposures": ctx.n, "train_samples": int(len(kinds)),
+                  "eval_records": ctx.n,
+                  "samples": {SS.KIND_NAMES[k]: int((kinds == k).sum())
+                              for k in SS.KIND_NAMES if k != SS.EVAL},
+                  **self.log.stats, **ctx.stats, **labels.stats, **mode_stats}
+    if self.stats["late_clicks"]:
+      logging.warning("%d click(s) came after no_click_close_s=%s and were ignored; raise "
+                      "no_click_close_s above the click delay", self.stats["late_clicks"],
+                      cfg.no_click_close_s)
+
+  def num_rows(self, split: str) -> int:
+    return len(self._split(split)["x"])
+
+  def _split(self, split: str) -> dict:
+    if split not in self.rows:
+      raise ValueError(f"split={split!r}: expected one of {sorted(self.rows)}")
+    return self.rows[split]
+
+  def tables(self, split: str, chunk_rows: int | None = None) -> Iterator[dict]:
+    """Sorted sample tables of ``split`` ("train" or "eval"), ``chunk_rows`` rows at most."""
+    rows = self._split(split)
+    n = len(rows["x"])
+    if chunk_rows is not None and chunk_rows < 1:
+      raise ValueError(f"chunk_rows={chunk_rows}: expected a positive number of rows")
+    step = max(chunk_rows or n, 1)
+    for lo in range(0, max(n, 1), step):
+      yield self._table({k: v[lo:lo + step] for k, v in rows.items()}, split == "eval")
+
+  def _table(self, rows: dict, is_eval: bool) -> dict:
+    ctx, x = self.ctx, rows["x"]
+    at_sample = not is_eval and self.cfg.features_at == "sample"
+    q = rows["sample_ts_ms"] if at_sample else ctx.exposure_ts[x]
+    parts = {**ctx.features(x, q, self.cfg), **{k: v for k, v in rows.items() if k != "x"},
+             "exposure_id": ctx.exposure_id[x], "exposure_ts_ms": ctx.exposure_ts[x],
+             **_oracle(self.log, ctx.exposure_id[x], is_eval)}
+    table = {f.name: np.asarray(parts[f.name]).astype(f.dtype, copy=False) for f in SS.FIELDS}
+    return table | {key: parts[key] for key in SS.OFFSETS.values()}
 
 
 def build_samples(log_dir_or_tables, cfg: MomentConfig) -> dict:
@@ -179,34 +207,9 @@ def build_samples(log_dir_or_tables, cfg: MomentConfig) -> dict:
   Returns:
     {"train": sample table, "eval": sample table, "stats": dict}; sample tables are columnar
     (see ``mcjax.samples.schema``), sorted by (sample_ts_ms, exposure_id, kind). stats holds
-    the counts per kind and of dropped or ignored events.
+    the counts per kind and of dropped or ignored events, and ``build_seconds``.
   """
-  cfg.validate()
   start = time.perf_counter()
-  log = load_log(log_dir_or_tables)
-  ctx = _Context(log)
-  labels = windows.label_times(ctx.group, ctx.ts, ctx.code, ctx.exposure_ts, cfg)
-  train_rows, mode_stats = windows.emit_samples(labels, cfg)
-  train_rows = _sort(train_rows, ctx.exposure_id)
-  eval_rows = _sort(windows.eval_rows(labels), ctx.exposure_id)
-
-  at_exposure = ctx.features(np.arange(ctx.n), ctx.exposure_ts, cfg)
-  if cfg.features_at == "exposure":
-    train_features = take_rows(at_exposure, train_rows["x"])
-  else:
-    train_features = ctx.features(train_rows["x"], train_rows["sample_ts_ms"], cfg)
-  train = _table(ctx, log, train_rows, train_features, is_eval=False)
-  evals = _table(ctx, log, eval_rows, take_rows(at_exposure, eval_rows["x"]), is_eval=True)
-
-  kinds = train["kind"]
-  stats = {"live_exposures": ctx.n, "train_samples": int(len(kinds)),
-           "eval_records": int(len(evals["kind"])),
-           "samples": {SS.KIND_NAMES[k]: int((kinds == k).sum())
-                       for k in SS.KIND_NAMES if k != SS.EVAL},
-           **log.stats, **ctx.stats, **labels.stats, **mode_stats}
-  stats["build_seconds"] = time.perf_counter() - start
-  if stats["late_clicks"]:
-    logging.warning("%d click(s) came after no_click_close_s=%s and were ignored; raise "
-                    "no_click_close_s above the click delay", stats["late_clicks"],
-                    cfg.no_click_close_s)
-  return {"train": train, "eval": evals, "stats": stats}
+  builder = SampleBuilder(log_dir_or_tables, cfg)
+  out = {split: next(builder.tables(split)) for split in ("train", "eval")}
+  return out | {"stats": builder.stats | {"build_seconds": time.perf_counter() - start}}

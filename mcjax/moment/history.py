@@ -63,8 +63,8 @@ class ShortVideoHistory:
 
   def __init__(self, user, ts, item, author, category, tag, progress, like_ts, follow_ts):
     self.recent = _Recent(user, ts)
-    self.columns = {"sv_item": item, "sv_author": author, "sv_category": category,
-                    "sv_tag": tag, "sv_ts_ms": ts, "sv_progress": progress}
+    self.columns = _typed({"sv_item": item, "sv_author": author, "sv_category": category,
+                           "sv_tag": tag, "sv_ts_ms": ts, "sv_progress": progress})
     self.actions = {bit: t for bit, t in ((SS.SV_ACTION_BITS["like"], like_ts),
                                           (SS.SV_ACTION_BITS["follow"], follow_ts))}
 
@@ -81,8 +81,8 @@ class LiveHistory:
   def __init__(self, user, ts, item, author, category, watch_ts, watch_value, action_ts):
     """``action_ts``: LIVE_ACTION_BITS name -> (n,) time of the exposure's first such event."""
     self.recent = _Recent(user, ts)
-    self.columns = {"lv_item": item, "lv_author": author, "lv_category": category,
-                    "lv_ts_ms": ts}
+    self.columns = _typed({"lv_item": item, "lv_author": author, "lv_category": category,
+                           "lv_ts_ms": ts})
     self.watch_ts, self.watch_value = watch_ts, watch_value
     self.actions = {SS.LIVE_ACTION_BITS[name]: t for name, t in action_ts.items()}
 
@@ -97,6 +97,11 @@ class LiveHistory:
     return out | {"lv_offsets": offsets}
 
 
+def _typed(columns: dict) -> dict:
+  return {name: np.asarray(v).astype(SS.FIELD[name].dtype, copy=False)
+          for name, v in columns.items()}
+
+
 def _gather(columns: dict, actions: dict, rows: np.ndarray, q: np.ndarray,
             action_field: str) -> dict:
   out = {name: values[rows] for name, values in columns.items()}
@@ -104,4 +109,4 @@ def _gather(columns: dict, actions: dict, rows: np.ndarray, q: np.ndarray,
   for bit, times in actions.items():
     bits |= np.where(times[rows] < q, bit, 0).astype(np.int32)
   out[action_field] = bits
-  return {name: v.astype(SS.FIELD[name].dtype, copy=False) for name, v in out.items()}
+  return out
