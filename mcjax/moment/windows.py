@@ -60,6 +60,12 @@ class Labels:
   stats: dict
 
 
+def _later(t: np.ndarray, ms: int) -> np.ndarray:
+  """t + ms, with NEVER staying NEVER (no overflow)."""
+  never = t == NEVER
+  return np.where(never, NEVER, np.where(never, 0, t) + ms)
+
+
 def label_times(group: np.ndarray, ts: np.ndarray, code: np.ndarray, exposure_ts: np.ndarray,
                 cfg: MomentConfig) -> Labels:
   """Fire and close times of n exposures from their events.
@@ -76,11 +82,11 @@ def label_times(group: np.ndarray, ts: np.ndarray, code: np.ndarray, exposure_ts
   late = (click != NEVER) & (click > exposure_ts + cfg.no_click_close_ms)
   click = np.where(late, NEVER, click)
   clicked = click != NEVER
-  horizon = np.where(clicked, click + np.where(clicked, cfg.max_watch_ms, 0), NEVER)
+  horizon = _later(click, cfg.max_watch_ms)
   after_click = ts >= click[group]
   watch_ts = gather(ts, first_rows(group, (code == ec[S.WATCH_END]) & after_click, n), NEVER)
   close = np.where(clicked, np.minimum(watch_ts, horizon), exposure_ts + cfg.no_click_close_ms)
-  long_view = click + np.where(clicked, cfg.long_view_ms, 0)
+  long_view = _later(click, cfg.long_view_ms)
   long_view_ok = clicked & (long_view <= close)
 
   fire = np.full((n, len(SS.TASKS)), NEVER, np.int64)
