@@ -86,7 +86,7 @@ FIELDS = (
     _f("user_age", np.int32, (), "user age bucket"),
     _f("user_gender", np.int32, (), "user gender code"),
     _f("user_activity", np.int32, (), "user activity bucket"),
-    _f("hour_of_day", np.int32, (), "hour of sample_ts_ms, 0..23 (UTC)"),
+    _f("hour_of_day", np.int32, (), "hour of the features' query time (exposure time by default), 0..23 (UTC)"),
     # real-time crowd features
     _f("crowd", np.float32, (_N_CROWD,), "CROWD_FEATURES of the live at sample time"),
     # labels
