@@ -1,0 +1,15 @@
+"""no_contrastive: Cross search over both histories, without the contrastive loss.
+
+Command:  python -m launch.train --config=experiments/configs/no_contrastive.py --workdir=runs/no_contrastive
+Hardware: any; sized for a 2-core CPU.
+Expected: at or slightly below `full`.
+"""
+
+from mcjax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.name = "no_contrastive"
+  c.loss.contrastive_weight = 0.0
+  return c

@@ -1,0 +1,16 @@
+"""no_cross: no short-video history and no contrastive alignment (live domain only).
+
+Command:  python -m launch.train --config=experiments/configs/no_cross.py --workdir=runs/no_cross
+Hardware: any; sized for a 2-core CPU.
+Expected: below `full`, most of all for live-sparse users.
+"""
+
+from mcjax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.name = "no_cross"
+  c.model.use_sv_history = False
+  c.loss.contrastive_weight = 0.0
+  return c

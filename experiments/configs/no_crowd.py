@@ -1,0 +1,15 @@
+"""no_crowd: real-time samples without the real-time crowd features.
+
+Command:  python -m launch.train --config=experiments/configs/no_crowd.py --workdir=runs/no_crowd
+Hardware: any; sized for a 2-core CPU.
+Expected: below `full` inside highlight moments.
+"""
+
+from mcjax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.name = "no_crowd"
+  c.model.use_crowd = False
+  return c

@@ -1,0 +1,82 @@
+"""The experiment config: one tree, composed of each part's own section.
+
+``default_config()`` is the `full` Moment&Cross setup on the default simulated world. Named
+configs in ``experiments/configs/`` start from it and change a few fields; launchers override
+any leaf with ``--config.a.b=v``. ``validate(cfg)`` checks the whole tree before anything
+touches a device, and names the offending key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mcjax import losses
+from mcjax.model import config as model_config
+from mcjax.moment.config import MomentConfig
+
+MODES = ("online", "offline")
+
+
+def moment_section() -> ml_collections.ConfigDict:
+  """The Moment engine section; its keys are the fields of ``MomentConfig``."""
+  return ml_collections.ConfigDict(
+      {k: v for k, v in MomentConfig().__dict__.items()})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "full"
+  c.seed = 0                      # model init and shuffling seed
+
+  c.data = ml_collections.ConfigDict()
+  c.data.log_dir = ""             # event-log folder; "" = the simulated world below
+  c.data.preset = "default"       # simulated world preset when log_dir is ""
+  c.data.world_seed = 0           # simulated world seed when log_dir is ""
+
+  c.moment = moment_section()     # sample engine: mode, windows, first-only, history lengths
+  c.model = model_config.default()
+  c.loss = losses.loss_config()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.mode = "online"         # "online": prequential windows; "offline": time split
+  c.train.window_min = 10.0       # online: evaluation window length (simulated minutes)
+  c.train.offline_split = 0.8     # offline: train on the first share of time, eval on the rest
+  c.train.batch_size = 256
+  c.train.eval_batch_size = 1024
+  c.train.shuffle_within_window = True
+  c.train.learning_rate = 1e-3    # AdamW for dense parameters
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 1.0
+  c.train.embedding_learning_rate = 0.05   # row-wise Adagrad for embedding tables
+  c.train.checkpoint_every_steps = 500
+  c.train.log_every_steps = 50
+  c.train.max_steps = -1          # -1 = until the data ends
+  c.train.live_sparse_threshold = 5
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
+  return c
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key when the config is impossible."""
+  if cfg.train.mode not in MODES:
+    raise ValueError(f"config.train.mode must be one of {MODES}, got {cfg.train.mode!r}")
+  for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
+    if int(cfg.train[key]) <= 0:
+      raise ValueError(f"config.train.{key} must be > 0, got {cfg.train[key]}")
+  if cfg.train.window_min <= 0:
+    raise ValueError(f"config.train.window_min must be > 0, got {cfg.train.window_min}")
+  if not 0.0 < cfg.train.offline_split < 1.0:
+    raise ValueError(f"config.train.offline_split must be in (0, 1), got {cfg.train.offline_split}")
+  if len(tuple(cfg.mesh.shape)) != 2:
+    raise ValueError(f"config.mesh.shape must have 2 entries (data, model), got {cfg.mesh.shape}")
+  if not cfg.data.log_dir and cfg.data.preset not in ("small", "default"):
+    raise ValueError(f"config.data.preset must be 'small' or 'default', got {cfg.data.preset!r}")
+  MomentConfig(**cfg.moment.to_dict()).validate()
+  model_config.validate(cfg.model)
+  losses.validate(cfg.loss)
+
+
+def moment_config(cfg: ml_collections.ConfigDict) -> MomentConfig:
+  return MomentConfig(**cfg.moment.to_dict())
