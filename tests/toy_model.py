@@ -34,8 +34,8 @@ class ToyModel(nnx.Module):
     self.item = cfg.table_class(nnx.with_partitioning(init, ("vocab_small", "embed"))(
         rngs.params(), (cfg.item_vocab, cfg.dim)))
     n_in = 3 * cfg.dim + len(schema.CROWD_FEATURES)
-    self.hidden = nnx.Linear(n_in, cfg.hidden, rngs=rngs)
-    self.head = nnx.Linear(cfg.hidden, len(schema.TASKS), rngs=rngs)
+    self.hidden = nnx.Linear(n_in, cfg.hidden, kernel_init=init, rngs=rngs)
+    self.head = nnx.Linear(cfg.hidden, len(schema.TASKS), kernel_init=init, rngs=rngs)
 
   def lookup_ids(self, batch):
     live = batch["live_id"][:, None]

@@ -111,6 +111,13 @@ def _init_state(model_def: ModelDef, build_fn, optim: OptimConfig, seed: int) ->
                     opt_state=optim.dense_tx().init(params), row_state=row_state)
 
 
+# Init runs once, so on CPU it is compiled for compile speed (about 3x faster to compile
+# a large model's initialisers; the arrays are the same random draws).
+INIT_COMPILER_OPTIONS = {
+    "cpu": {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True},
+}
+
+
 def _is_spec(x) -> bool:
   return isinstance(x, P)
 
@@ -185,6 +192,7 @@ def create_train_state(build_fn: Callable[..., nnx.Module], mesh: Mesh, optim: O
     partition.check_sharding(abstract_with_shardings(abstract, specs, mesh), mesh,
                              max_replicated_bytes)
   init = jax.jit(lambda: _init_state(model_def, build_fn, optim, seed), out_shardings=shardings)
+  options = INIT_COMPILER_OPTIONS.get(mesh.devices.flat[0].platform, {})
   with jax.set_mesh(mesh):
-    state = init()
+    state = init.lower().compile(compiler_options=options)()
   return model_def, state, shardings

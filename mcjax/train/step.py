@@ -63,10 +63,15 @@ def _update_tables(state: TrainState, updates: dict):
 
 
 def _metrics(total: jax.Array, terms: dict, prefix: str) -> dict:
+  """``<prefix>/loss`` plus the loss terms: in training a term ``t`` becomes ``loss/t``
+  (names already under ``loss/`` are kept); in eval every name gets ``<prefix>/``."""
   metrics = {f"{prefix}/loss": total.astype(jnp.float32)}
   for name, value in terms.items():
-    metrics[f"loss/{name}" if prefix == "learning" else f"{prefix}/{name}"] = (
-        jnp.asarray(value, jnp.float32))
+    if prefix == "learning":
+      name = name if name.startswith("loss/") else f"loss/{name}"
+    else:
+      name = f"{prefix}/{name}"
+    metrics[name] = jnp.asarray(value, jnp.float32)
   return metrics
 
 
@@ -75,7 +80,8 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
   """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated).
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),
-  ``learning/row_grad_norm``, ``learning/lr`` and ``loss/<term>`` for each loss term.
+  ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/lr`` and
+  ``loss/<term>`` for each loss term.
   """
   tx = optim.dense_tx()
   schedule = optim.schedule()
@@ -136,7 +142,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
 def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, mesh: Mesh,
                    *, predict_fn: Callable = logits_to_probs):
   """The jitted ``eval_step(state, batch) -> (probs [B, T], metrics)``; metrics are
-  ``eval/loss`` and ``eval/<term>``."""
+  ``eval/loss`` and ``eval/<term>`` (e.g. ``eval/loss/bce`` for a term named ``loss/bce``)."""
 
   def eval_step(state: TrainState, batch: dict):
     model = model_def.merge(state.tables, state.params, state.rest)
