@@ -32,6 +32,7 @@ def test_save_on_one_mesh_restore_on_others(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), host)
     jax.tree.map(lambda r, t: assert_same_sharding(r, t.sharding), restored, target)
   assert restored.tables["user"].sharding.spec == jax.P("model", None)
+  assert restored.row_state["user"]["acc"].sharding.spec == jax.P("model")
   ckpt.close()
 
 
@@ -50,8 +51,8 @@ def test_grain_iterator_resumes_at_same_element(tmp_path):
     ckpt.wait_until_finished()
     expected = next(data_iter)
     resumed = iter(dataset)
-    abstract = {"w": jax.ShapeDtypeStruct((6,), np.float32,
-                                          sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {"w": jax.ShapeDtypeStruct((6,), np.float32, sharding=device)}
     restored = ckpt.restore(abstract, resumed)
   np.testing.assert_array_equal(restored["w"], state["w"])
   np.testing.assert_array_equal(next(resumed), expected)

@@ -111,8 +111,8 @@ def _init_state(model_def: ModelDef, build_fn, optim: OptimConfig, seed: int) ->
                     opt_state=optim.dense_tx().init(params), row_state=row_state)
 
 
-# Init runs once, so on CPU it is compiled for compile speed (about 3x faster to compile
-# a large model's initialisers; the arrays are the same random draws).
+# Init runs once, so on CPU it is compiled for compile speed: about 3x faster to compile a
+# large model's initialisers (same random bits; float transforms may round differently).
 INIT_COMPILER_OPTIONS = {
     "cpu": {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True},
 }
@@ -157,8 +157,8 @@ def setup(build_fn: Callable[..., nnx.Module], optim: OptimConfig, *, table_filt
       optim.dense_tx(), lambda _, s: s, abstract.opt_state, param_specs,
       transform_non_params=lambda _: P(), is_leaf=_is_spec)
   flat_tables = traverse_util.flatten_dict(table_specs)
-  row_specs = traverse_util.unflatten_dict(
-      {k: sparse.row_state_specs(s, optim.rows) for k, s in flat_tables.items()}) if flat_tables else {}
+  row_specs = {k: sparse.row_state_specs(s, optim.rows) for k, s in flat_tables.items()}
+  row_specs = traverse_util.unflatten_dict(row_specs) if row_specs else {}
   specs = TrainState(step=P(), params=param_specs, tables=table_specs, rest=spec(rest),
                      opt_state=opt_specs, row_state=row_specs)
   return model_def, abstract, specs

@@ -88,9 +88,8 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
 
   def forward(params, tables, rest, batch, rows=None):
     model = model_def.merge(tables, params, rest)
-    ids = model.lookup_ids(batch)
-    if rows is None:
-      rows = model.gather(ids)
+    if rows is None:  # dense mode: rows as a function of the tables
+      rows = model.gather(model.lookup_ids(batch))
     out = model.apply_rows(batch, rows, train=True)
     total, terms = loss_fn(out, batch)
     return total, (terms, model_def.split(model)[2])
