@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from mcjax.model import features as F
+from mcjax.model import layers
 
 
 class Embedding(nnx.Param):
@@ -141,18 +142,23 @@ def lookup_ids(cfg: ml_collections.ConfigDict, batch: dict) -> dict[str, jax.Arr
 def split_rows(cfg: ml_collections.ConfigDict, batch: dict,
                rows: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """feature -> gathered rows of shape batch[field].shape + (dim,)."""
-  offsets = {t: 0 for t in rows}
+  plan = feature_plan(cfg)
+  sizes = [int(np.prod(np.shape(batch[f.field]))) for f in plan]
+  need = {}
+  for f, n in zip(plan, sizes):
+    need[f.table] = need.get(f.table, 0) + n
+  for t, n in need.items():
+    if t not in rows or rows[t].shape[0] != n:
+      got = rows[t].shape[0] if t in rows else "no"
+      raise ValueError(f"rows[{t!r}] has {got} rows, the batch needs {n}")
+  offsets = dict.fromkeys(need, 0)
   out = {}
-  for f in feature_plan(cfg):
-    shape = tuple(np.shape(batch[f.field]))
-    n = int(np.prod(shape))
+  for f, n in zip(plan, sizes):
     start = offsets[f.table]
     table_rows = rows[f.table]
-    out[f.name] = table_rows[start:start + n].reshape(shape + table_rows.shape[-1:])
+    out[f.name] = table_rows[start:start + n].reshape(np.shape(batch[f.field])
+                                                      + table_rows.shape[-1:])
     offsets[f.table] = start + n
-  for t, used in offsets.items():
-    if used != rows[t].shape[0]:
-      raise ValueError(f"rows[{t!r}] has {rows[t].shape[0]} rows, the batch needs {used}")
   return out
 
 
@@ -161,7 +167,7 @@ class Tables(nnx.Module):
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.sizes = table_sizes(cfg)
-    init = jax.nn.initializers.normal(cfg.embedding.init_stddev)
+    init = layers.stddev_init(cfg.embedding.init_stddev)
     for name, (rows, dim) in self.sizes.items():
       vocab_axis = "vocab" if rows >= cfg.embedding.large_table_rows else "vocab_small"
       value = init(rngs.params(), (rows, dim), jnp.float32)

@@ -21,6 +21,7 @@ vector (so a contrastive loss on it stays well-defined and simply has nothing to
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -146,7 +147,6 @@ class MomentCross(nnx.Module):
 
 
 def _mesh_active() -> bool:
-  import jax
   return not jax.sharding.get_abstract_mesh().empty
 
 
@@ -157,9 +157,14 @@ def build_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs,
   eager_sharding: place variables on the mesh at creation (needs ``jax.set_mesh`` and
     ``nnx.logical_axis_rules`` mapping every name in ``config.LOGICAL_AXES``). Default: on iff
     a mesh and logical rules are both active; otherwise off (metadata only, no mesh needed).
+    With eager sharding the model is built under jit, so big tables are born sharded;
+    without, it is built eagerly (per-shape compiles are cached across builds).
   """
   from flax.core import spmd
+  model_config.validate(cfg)
   if eager_sharding is None:
     eager_sharding = _mesh_active() and bool(spmd.get_logical_axis_rules())
   with nnx.use_eager_sharding(eager_sharding):
+    if eager_sharding:
+      return nnx.jit(lambda rngs: MomentCross(cfg, rngs=rngs))(rngs)
     return MomentCross(cfg, rngs=rngs)
