@@ -1,17 +1,22 @@
 """The main job: runs with no flags at all on the embedded default world.
 
-    python -m launch.run [--workdir=runs/default] [--preset=default] [--seed=0]
+    python -m launch.run [--workdir=runs/default] [--preset=default] [--seed=0] \
+        [--configs=full,no_moment,no_cross]
 
-Generates the simulated world into WORKDIR/world (once), prints its summary and writes
-WORKDIR/world_summary.json.
+1. generates the simulated world into WORKDIR/world (once) and prints its summary;
+2. trains and evaluates each named config online (prequential) on it, into WORKDIR/<config>
+   (sample caches shared in WORKDIR/samples; a rerun resumes or reuses finished runs);
+3. writes WORKDIR/report.md with the metric tables and PNG plots.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from tqdm import tqdm
 
 from mcjax.sim import config, summary, world
@@ -19,6 +24,11 @@ from mcjax.sim import config, summary, world
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Folder for the world and results.")
 _PRESET = flags.DEFINE_enum("preset", "default", sorted(config.PRESETS), "World preset.")
 _SEED = flags.DEFINE_integer("seed", 0, "World seed.")
+_CONFIGS = flags.DEFINE_list("configs", ["full", "no_moment", "no_cross"],
+                             "Named configs from experiments/configs to train and compare.")
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments", "configs")
 
 
 def ensure_world(workdir: str, preset: str, seed: int) -> str:
@@ -31,13 +41,48 @@ def ensure_world(workdir: str, preset: str, seed: int) -> str:
   return log_dir
 
 
+def load_config(name: str):
+  path = os.path.join(CONFIG_DIR, f"{name}.py")
+  if not os.path.exists(path):
+    known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py"))
+    raise app.UsageError(f"--configs: no config named {name!r}; known: {known}")
+  spec = importlib.util.spec_from_file_location(f"mcjax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def main(argv) -> None:
   del argv
-  log_dir = ensure_world(_WORKDIR.value, _PRESET.value, _SEED.value)
+  logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  cfgs = {name: load_config(name) for name in _CONFIGS.value}  # fail early on a bad name
+  timings = {}
+  t = time.time()
+  log_dir = ensure_world(workdir, _PRESET.value, _SEED.value)
+  timings["world"] = time.time() - t
+  t = time.time()
   stats = summary.summarize(log_dir)
-  print(summary.format_summary(stats))
-  with open(os.path.join(_WORKDIR.value, "world_summary.json"), "w") as f:
+  text = summary.format_summary(stats)
+  print(text)
+  with open(os.path.join(workdir, "world_summary.json"), "w") as f:
     json.dump(stats, f, indent=2, sort_keys=True)
+  timings["world summary"] = time.time() - t
+
+  from mcjax import report, trainer
+  runs = {}
+  for name, cfg in cfgs.items():
+    cfg.data.log_dir = log_dir
+    cfg.seed = _SEED.value
+    t = time.time()
+    runs[name] = trainer.train_and_evaluate(
+        cfg, os.path.join(workdir, name), cache_dir=os.path.join(workdir, "samples"))
+    timings[f"train + eval {name}"] = time.time() - t
+    ctr = runs[name]["overall"]["ctr"]
+    print(f"{name}: CTR AUC {ctr['auc']:.4f}  GAUC {ctr['gauc']:.4f}  "
+          f"({timings[f'train + eval {name}']:.0f} s)")
+  path = report.write_report(workdir, runs, world_summary=text, timings=timings)
+  print(f"report: {path}")
 
 
 if __name__ == "__main__":

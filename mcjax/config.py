@@ -34,6 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.world_seed = 0           # simulated world seed when log_dir is ""
 
   c.moment = moment_section()     # sample engine: mode, windows, first-only, history lengths
+  c.moment.sv_hist_len = 128      # sized for a 2-core CPU run (the engine allows 10,000)
+  c.moment.lv_hist_len = 32
   c.model = model_config.default()
   c.loss = losses.loss_config()
 
@@ -55,6 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
+  c.mesh.max_replicated_mb = 64.0  # a parameter larger than this may not be replicated
+  #                                  on a multi-device mesh (put devices on "model")
   return c
 
 

@@ -35,9 +35,10 @@ from mcjax.train import checkpoint, mesh as mesh_lib, sparse, state as state_lib
 HOST_ONLY = ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity", "in_highlight")
 
 
-def prepare_data(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
+def prepare_data(cfg: ml_collections.ConfigDict, workdir: str,
+                 cache_dir: str | None = None) -> tuple[str, str]:
   """(event-log folder, samples folder): the simulated world and the sample cache are built
-  under ``workdir`` when missing (process 0 builds; the others wait for it)."""
+  under ``workdir`` (or ``cache_dir``) when missing (process 0 builds; the others wait)."""
   from launch.build_samples import ensure_samples
   log_dir = cfg.data.log_dir
   if not log_dir:
@@ -48,7 +49,7 @@ def prepare_data(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[str, str
   _sync("world")
   if not os.path.isdir(log_dir):
     raise FileNotFoundError(f"--data / config.data.log_dir: {log_dir} is not a folder")
-  cache_root = os.path.join(workdir, "samples")
+  cache_root = cache_dir or os.path.join(workdir, "samples")
   path = None
   if jax.process_index() == 0:
     path = ensure_samples(log_dir, cache_root, mcconfig.moment_config(cfg))
@@ -98,7 +99,8 @@ class Runner:
     build_fn = functools.partial(build_model, cfg.model)
     optim = optim_config(cfg)
     self.model_def, self.state, self.shardings = state_lib.create_train_state(
-        build_fn, self.mesh, optim, seed=cfg.seed)
+        build_fn, self.mesh, optim, seed=cfg.seed,
+        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
     self.train_step = step_lib.make_train_step(self.model_def, optim, loss_fn, self.shardings,
                                                self.mesh)
@@ -223,13 +225,18 @@ def compute_metrics(cfg, plan: list[windows.Window], preds: dict[int, dict]) -> 
           "slices": overall.get("slices", {}), "windows": out_windows}
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs one config end to end in ``workdir``; returns (and writes) metrics.json."""
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
+                       cache_dir: str | None = None) -> dict:
+  """Runs one config end to end in ``workdir``; returns (and writes) metrics.json.
+
+  ``cache_dir`` holds the built samples (default ``workdir/samples``); runs sharing it
+  share the samples of their Moment config.
+  """
   mcconfig.validate(cfg)
   check_layout(cfg)
   os.makedirs(workdir, exist_ok=True)
   main = jax.process_index() == 0
-  _, samples_dir = prepare_data(cfg, workdir)
+  _, samples_dir = prepare_data(cfg, workdir, cache_dir)
   runner = Runner(cfg, workdir, samples_dir)
   window_ms = int(cfg.train.window_min * 60_000)
   if cfg.train.mode == "online":

@@ -84,12 +84,27 @@ def test_other_schema_version_is_refused(written, tmp_path):
 def test_truncated_shard_error_names_the_file(written, tmp_path):
   out, table = written
   shards.write_samples(table, str(tmp_path), "train", num_shards=2, block_size=4)
-  shard = sorted(f for f in os.listdir(tmp_path / "train") if "array_record" in f)[-1]
-  path = tmp_path / "train" / shard
+  part = tmp_path / "train" / "part-00000"
+  shard = sorted(f for f in os.listdir(part) if "array_record" in f)[-1]
+  path = part / shard
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) // 3)
   with pytest.raises(ValueError, match=shard):
     shards.open_samples(str(tmp_path), "train")
+
+
+def test_chunked_write_reads_back_as_one_split(written, tmp_path):
+  _, table = written
+  n = shards.num_rows(table)
+  chunks = [shards.take_rows(table, np.arange(a, min(a + 17, n))) for a in range(0, n, 17)]
+  shards.write_samples(iter(chunks), str(tmp_path), "train", block_size=4)
+  src = shards.open_samples(str(tmp_path), "train")
+  assert len(src) == n and len(src.info["parts"]) == len(chunks)
+  idx = np.array([n - 1, 0, 16, 17, 33, 5])
+  got, want = src.__getitems__(idx), shards.take_rows(table, idx)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  np.testing.assert_array_equal(shards.sample_ts_ms(src), table["sample_ts_ms"])
 
 
 def test_failed_write_leaves_nothing(written, tmp_path, monkeypatch):
@@ -122,41 +137,25 @@ def test_overwrite_and_bad_tables(written, tmp_path):
     shards.write_samples(bad, str(tmp_path), "x")
 
 
-def test_ensure_samples_builds_once_per_config(tmp_path, monkeypatch):
-  import dataclasses
-  import sys
-  import types
+def test_ensure_samples_builds_once_per_config(tmp_path):
+  import shutil
 
   from launch import build_samples
+  from mcjax.moment import MomentConfig
 
-  @dataclasses.dataclass(frozen=True)
-  class Cfg:
-    mode: str = "realtime"
-    window_s: float = 30.0
-
-    def validate(self):
-      return self
-
-  calls = []
-
-  def fake_engine(log_dir, cfg):
-    calls.append(cfg)
-    t = shards.random_sample_table(20, seed=len(calls))
-    return {"train": t, "eval": shards.take_rows(t, np.arange(5)), "stats": {"n": 20}}
-
-  monkeypatch.setitem(sys.modules, "mcjax.moment",
-                      types.SimpleNamespace(build_samples=fake_engine))
-  monkeypatch.setattr("mcjax.moment", sys.modules["mcjax.moment"], raising=False)
+  example = os.path.join(os.path.dirname(__file__), "..", "data", "example")
   log = tmp_path / "log"
-  log.mkdir()
-  (log / "events.parquet").write_bytes(b"x")
+  shutil.copytree(example, log)
   root = str(tmp_path / "cache")
-  path = build_samples.ensure_samples(str(log), root, Cfg())
-  assert build_samples.ensure_samples(str(log), root, Cfg()) == path and len(calls) == 1
+  path = build_samples.ensure_samples(str(log), root, MomentConfig())
+  built = os.path.getmtime(os.path.join(path, build_samples.BUILD_INFO))
+  assert build_samples.ensure_samples(str(log), root, MomentConfig()) == path
+  assert os.path.getmtime(os.path.join(path, build_samples.BUILD_INFO)) == built  # not rebuilt
   assert os.path.basename(path).startswith("realtime-")
-  assert len(shards.open_samples(path, "eval")) == 5
-  other = build_samples.ensure_samples(str(log), root, Cfg(window_s=10.0))
-  assert other != path and len(calls) == 2
+  info = json.load(open(os.path.join(path, build_samples.BUILD_INFO)))
+  n_live = info["stats"]["live_exposures"]
+  assert len(shards.open_samples(path, "eval")) == n_live > 0
+  other = build_samples.ensure_samples(str(log), root, MomentConfig(window_s=10.0))
+  assert other != path
   assert sorted(os.listdir(root)) == sorted([os.path.basename(path), os.path.basename(other)])
-  assert "engine" in build_samples.format_report(
-      json.load(open(os.path.join(path, build_samples.BUILD_INFO))))
+  assert "samples/s" in build_samples.format_report(info)

@@ -156,14 +156,16 @@ def build_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs,
 
   eager_sharding: place variables on the mesh at creation (needs ``jax.set_mesh`` and
     ``nnx.logical_axis_rules`` mapping every name in ``config.LOGICAL_AXES``). Default: on iff
-    a mesh and logical rules are both active; otherwise off (metadata only, no mesh needed).
+    a mesh and logical rules are both active and no enclosing ``nnx.use_eager_sharding(False)``
+    turned it off; otherwise off (metadata only, no mesh needed).
     With eager sharding the model is built under jit, so big tables are born sharded;
     without, it is built eagerly (per-shape compiles are cached across builds).
   """
   from flax.core import spmd
   model_config.validate(cfg)
   if eager_sharding is None:
-    eager_sharding = _mesh_active() and bool(spmd.get_logical_axis_rules())
+    eager_sharding = (nnx.using_eager_sharding() and _mesh_active()
+                      and bool(spmd.get_logical_axis_rules()))
   with nnx.use_eager_sharding(eager_sharding):
     if eager_sharding:
       return nnx.jit(lambda rngs: MomentCross(cfg, rngs=rngs))(rngs)

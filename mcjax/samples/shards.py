@@ -166,16 +166,19 @@ def _one_sample(table: dict) -> dict:
 
 # ---------------------------------------------------------------------------- writing
 
-def write_samples(table: dict, out_dir: str, split: str, *, num_shards: int | None = None,
+def write_samples(table, out_dir: str, split: str, *, num_shards: int | None = None,
                   block_size: int = DEFAULT_BLOCK_SIZE, metadata: dict | None = None,
                   overwrite: bool = False) -> str:
   """Writes a sample table as ``<out_dir>/<split>/``, atomically; returns that path.
 
   Args:
-    table: a sample table (see ``schema``), rows sorted by time.
+    table: a sample table (see ``schema``), rows sorted by time, or an iterable of such
+      tables (consecutive chunks, e.g. ``SampleBuilder.tables(split, chunk_rows=...)``). Each
+      chunk becomes one part (its own TFDS dataset folder ``part-NNNNN``), so memory stays
+      bounded by a chunk whatever the split's size.
     out_dir: the samples folder (created if missing).
     split: the split name, e.g. "train" or "eval".
-    num_shards: ArrayRecord files to write (None: TFDS picks from the size).
+    num_shards: ArrayRecord files per part (None: TFDS picks from the size).
     block_size: samples per record.
     metadata: JSON-able extras kept in samples_info.json (e.g. {"moment": config dict}).
     overwrite: replace an existing split (only after the new one is fully written).
@@ -184,10 +187,7 @@ def write_samples(table: dict, out_dir: str, split: str, *, num_shards: int | No
     raise ValueError(f"split={split!r}: expected a name like 'train' or 'eval'")
   if block_size < 1:
     raise ValueError(f"block_size={block_size}: expected >= 1")
-  table = conform_table(table)
-  n = num_rows(table)
-  if n == 0:
-    raise ValueError(f"write_samples: split {split!r} has no samples")
+  chunks = [table] if isinstance(table, dict) else table
   target = os.path.join(os.path.abspath(out_dir), split)
   if os.path.exists(target) and not overwrite:
     raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
@@ -195,19 +195,38 @@ def write_samples(table: dict, out_dir: str, split: str, *, num_shards: int | No
   tmp = tempfile.mkdtemp(prefix=f".tmp-{split}-", dir=os.path.dirname(target))
   try:
     tfds.disable_progress_bar()
-    builder = B.SampleShardBuilder(table=table, split=split, block_size=block_size,
-                                   data_dir=tmp, file_format="array_record")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(num_shards=num_shards))
-    built = str(builder.data_path)
-    info = {"schema_version": S.SCHEMA_VERSION, "split": split, "num_samples": n,
-            "block_size": block_size, "kind_counts": kind_counts(table),
-            "sample_ts_ms_range": [int(table["sample_ts_ms"][0]),
-                                   int(table["sample_ts_ms"][-1])],
-            "metadata": metadata or {}}
+    built = os.path.join(tmp, "split")
+    os.makedirs(built)
+    parts, ts, counts, last_ts = [], [], collections.Counter(), None
+    for chunk in chunks:
+      chunk = conform_table(chunk)
+      n = num_rows(chunk)
+      if n == 0:
+        continue
+      if last_ts is not None and chunk["sample_ts_ms"][0] < last_ts:
+        raise ValueError(f"write_samples: chunk {len(parts)} of split {split!r} starts before "
+                         "the previous one ends (sample_ts_ms must be sorted)")
+      last_ts = chunk["sample_ts_ms"][-1]
+      name = f"part-{len(parts):05d}"
+      builder = B.SampleShardBuilder(table=chunk, split=split, block_size=block_size,
+                                     data_dir=os.path.join(tmp, name), file_format="array_record")
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+      os.rename(str(builder.data_path), os.path.join(built, name))
+      shutil.rmtree(os.path.join(tmp, name))
+      parts.append({"dir": name, "num_samples": n})
+      ts.append(chunk["sample_ts_ms"])
+      counts.update(kind_counts(chunk))
+    if not parts:
+      raise ValueError(f"write_samples: split {split!r} has no samples")
+    ts = np.concatenate(ts)
+    info = {"schema_version": S.SCHEMA_VERSION, "split": split,
+            "num_samples": int(sum(p["num_samples"] for p in parts)), "parts": parts,
+            "block_size": block_size, "kind_counts": dict(counts),
+            "sample_ts_ms_range": [int(ts[0]), int(ts[-1])], "metadata": metadata or {}}
     with open(os.path.join(built, INFO_FILE), "w") as f:
       json.dump(info, f, indent=1, sort_keys=True)
-    np.save(os.path.join(built, TS_FILE), table["sample_ts_ms"])
+    np.save(os.path.join(built, TS_FILE), ts)
     if os.path.exists(target):
       old = tempfile.mkdtemp(prefix=f".old-{split}-", dir=os.path.dirname(target))
       os.rename(target, os.path.join(old, split))
@@ -254,21 +273,27 @@ class ShardSource:
     self._open()
 
   def _open(self):
-    try:
-      builder = tfds.builder_from_directory(self.split_dir)
-      split_info = builder.info.splits[self.info["split"]]
-      self._files = [str(p) for p in split_info.filepaths]
-      lengths = list(split_info.shard_lengths)
-    except Exception as e:
-      raise ValueError(f"cannot open sample shards in {self.split_dir}: {e}") from e
-    self._check_files(lengths)
-    self._file_ends = np.cumsum(lengths)
-    self._data = builder.as_data_source(split=self.info["split"])
+    self._data, self._files, self._file_ends = [], [], []
+    for part in self.info["parts"]:
+      part_dir = os.path.join(self.split_dir, part["dir"])
+      try:
+        builder = tfds.builder_from_directory(part_dir)
+        split_info = builder.info.splits[self.info["split"]]
+        files = [str(p) for p in split_info.filepaths]
+        lengths = list(split_info.shard_lengths)
+      except Exception as e:
+        raise ValueError(f"cannot open sample shards in {part_dir}: {e}") from e
+      self._check_files(files, lengths)
+      self._files.append(files)
+      self._file_ends.append(np.cumsum(lengths))
+      self._data.append(builder.as_data_source(split=self.info["split"]))
+    sizes = np.array([p["num_samples"] for p in self.info["parts"]], np.int64)
+    self._part_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     self._cache = collections.OrderedDict()
     self._lock = threading.Lock()
 
-  def _check_files(self, lengths):
-    for path, length in zip(self._files, lengths):
+  def _check_files(self, files, lengths):
+    for path, length in zip(files, lengths):
       try:
         reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
         got = reader.num_records()
@@ -294,8 +319,8 @@ class ShardSource:
     path = os.path.join(self.split_dir, TS_FILE)
     if os.path.exists(path):
       return np.load(path)
-    ts = np.concatenate([self._blocks([b])[0]["sample_ts_ms"]
-                         for b in range(len(self._data))])
+    ts = np.concatenate([self._blocks([(p, b)])[0]["sample_ts_ms"]
+                         for p, data in enumerate(self._data) for b in range(len(data))])
     try:
       np.save(path, ts)
     except OSError:
@@ -303,22 +328,25 @@ class ShardSource:
     return ts
 
   def _blocks(self, block_ids) -> list[dict]:
+    """Decoded records of (part, block) keys, through the LRU cache."""
     with self._lock:
       found = {b: self._cache[b] for b in block_ids if b in self._cache}
       for b in found:
         self._cache.move_to_end(b)
-    missing = [int(b) for b in block_ids if b not in found]
-    if missing:
+    by_part = collections.defaultdict(list)
+    for p, b in (k for k in block_ids if k not in found):
+      by_part[p].append(b)
+    for p, blocks in by_part.items():
       try:
-        records = self._data.__getitems__(missing)
+        records = self._data[p].__getitems__(blocks)
       except Exception as e:
-        files = sorted({self._files[int(np.searchsorted(self._file_ends, b, "right"))]
-                        for b in missing})
+        files = sorted({self._files[p][int(np.searchsorted(self._file_ends[p], b, "right"))]
+                        for b in blocks})
         raise ValueError(f"cannot read sample shard(s) {files}: {e}") from e
       with self._lock:
-        for b, rec in zip(missing, records):
-          found[b] = rec
-          self._cache[b] = rec
+        for b, rec in zip(blocks, records):
+          found[(p, b)] = rec
+          self._cache[(p, b)] = rec
         while len(self._cache) > self.cache_blocks:
           self._cache.popitem(last=False)
     return [found[b] for b in block_ids]
@@ -327,12 +355,15 @@ class ShardSource:
     idx = np.asarray(indices, np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= self._num):
       raise IndexError(f"sample index out of range [0, {self._num}) in {self.split_dir}")
-    block_of = idx // self.block_size
-    ids, inverse = np.unique(block_of, return_inverse=True)
-    blocks = self._blocks(list(ids))
+    part = np.searchsorted(self._part_starts, idx, side="right") - 1
+    local = idx - self._part_starts[part]
+    block_of = local // self.block_size
+    key = (part << 40) + block_of
+    ids, inverse = np.unique(key, return_inverse=True)
+    blocks = self._blocks([(int(k >> 40), int(k & ((1 << 40) - 1))) for k in ids])
     sizes = np.array([len(b["sample_ts_ms"]) for b in blocks], np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rows = starts[inverse] + idx - block_of * self.block_size
+    rows = starts[inverse] + local - block_of * self.block_size
     return take_rows(concat_tables(blocks), rows)
 
   def __getitem__(self, i: int) -> dict:
