@@ -162,8 +162,7 @@ def test_empty_histories_are_finite_and_gradients_finite(model_a):
 
 
 def test_build_with_and_without_mesh(model_a):
-  cfg, model_c, run = model_a
-  batch = schema.dummy_batch(4, 8, 6)
+  cfg, model_c, _ = model_a
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(model_config.DEFAULT_LOGICAL_RULES):
     model = build_model(cfg, rngs=nnx.Rngs(0))
@@ -173,12 +172,10 @@ def test_build_with_and_without_mesh(model_a):
     row_sharded = jax.NamedSharding(mesh, jax.P("model", None))
     assert model.tables.sv_item[...].sharding.is_equivalent_to(row_sharded, 2)
     assert model.tables.live_side[...].sharding.is_fully_replicated
-    on_mesh = jit_forward(model)(batch)
   with jax.set_mesh(mesh):  # a mesh but no rules: built unsharded, metadata only
     model_b = build_model(cfg, rngs=nnx.Rngs(0))
   assert model_c.tables.user.get_metadata()["out_sharding"] == ("vocab", "embed")
   assert model_c.tables.user_side.get_metadata()["out_sharding"] == ("vocab_small", "embed")
-  np.testing.assert_allclose(on_mesh["logits"], run(batch)[2]["logits"], rtol=1e-5, atol=1e-6)
   assert model_b.tables.user.get_metadata()["out_sharding"] == ("vocab", "embed")
   np.testing.assert_array_equal(model.tables.user[...], model_c.tables.user[...])
 
@@ -225,7 +222,7 @@ def test_ranking_score():
 
 
 def test_costs():
-  cfg = tiny()
+  cfg = tiny(use_sv_history=False, use_crowd=False, **{"esu.recent_n": 0})  # compiles fast
   model = build_model(cfg, rngs=nnx.Rngs(0))
   counts = costs.param_count(model)
   assert counts["tables"] == sum(r * d for r, d in model.table_sizes.values())
