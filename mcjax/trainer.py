@@ -102,8 +102,9 @@ class Runner:
         build_fn, self.mesh, optim, seed=cfg.seed,
         max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
-    self.train_step = step_lib.make_train_step(self.model_def, optim, loss_fn, self.shardings,
-                                               self.mesh)
+    self.train_step = step_lib.make_train_step(
+        self.model_def, optim, loss_fn, self.shardings, self.mesh,
+        dense_below_rows=cfg.model.embedding.large_table_rows)
     self.eval_step = step_lib.make_eval_step(self.model_def, loss_fn, self.shardings,
                                              self.mesh)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)

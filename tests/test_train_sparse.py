@@ -90,14 +90,17 @@ def test_train_step_sparse_equals_dense_mode():
   model_def, state, shardings = state_lib.create_train_state(build, mesh, optim)
   initial = jax.device_get(state)
   results = []
-  for sparse_mode in (True, False):
+  # sparse everywhere; sparse for the 32-row user table with the 16-row item table dense;
+  # dense everywhere (the reference)
+  for sparse_mode, dense_below in ((True, 0), (True, 20), (False, 0)):
     state = jax.device_put(initial, shardings)
     step = step_lib.make_train_step(model_def, optim, toy_model.bce_loss, shardings, mesh,
-                                    sparse_update=sparse_mode)
+                                    sparse_update=sparse_mode, dense_below_rows=dense_below)
     for _ in range(3):
       state, metrics = step(state, batch)
     results.append((jax.device_get(state), metrics))
-  (a, ma), (b, mb) = results
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
-  np.testing.assert_allclose(ma["learning/row_grad_norm"], mb["learning/row_grad_norm"],
-                             rtol=1e-5)
+  (b, mb) = results[-1]
+  for a, ma in results[:-1]:
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
+    np.testing.assert_allclose(ma["learning/row_grad_norm"], mb["learning/row_grad_norm"],
+                               rtol=1e-5)

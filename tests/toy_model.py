@@ -44,8 +44,7 @@ class ToyModel(nnx.Module):
             "item": (items % self.cfg.item_vocab).astype(jnp.int32)}
 
   def gather(self, ids):
-    return {"user": jnp.take(self.user[...], ids["user"], axis=0),
-            "item": jnp.take(self.item[...], ids["item"], axis=0)}
+    return {k: jnp.take(getattr(self, k)[...], v, axis=0) for k, v in ids.items()}
 
   def apply_rows(self, batch, rows, train: bool = False):
     del train

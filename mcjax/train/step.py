@@ -76,8 +76,14 @@ def _metrics(total: jax.Array, terms: dict, prefix: str) -> dict:
 
 
 def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
-                    shardings: TrainState, mesh: Mesh, *, sparse_update: bool = True):
+                    shardings: TrainState, mesh: Mesh, *, sparse_update: bool = True,
+                    dense_below_rows: int = 0):
   """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated).
+
+  With ``sparse_update``, tables of fewer than ``dense_below_rows`` rows (side features:
+  categories, buckets, actions, whose ids repeat thousands of times per batch) are
+  differentiated whole and updated with ``sparse.dense_update`` (same rows touched, same
+  result), which is cheaper than sorting their ids; larger tables get sparse row updates.
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),
   ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/lr`` and
@@ -95,22 +101,39 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
     return total, (terms, model_def.split(model)[2])
 
   def train_step(state: TrainState, batch: dict):
+    flat_tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
     if sparse_update:
       model = model_def.merge(state.tables, state.params, state.rest)
       ids = model.lookup_ids(batch)
-      rows = model.gather(ids)
-      grad_fn = jax.value_and_grad(
-          lambda p, r: forward(p, state.tables, state.rest, batch, r), argnums=(0, 1),
-          has_aux=True)
-      (total, (terms, rest)), (g_params, g_rows) = grad_fn(state.params, rows)
-      vocab = {p: t.shape[0] for p, t in traverse_util.flatten_dict(state.tables).items()}
+      small = {path for path, t in flat_tables.items() if t.shape[0] < dense_below_rows}
+      large_ids = {k: v for k, v in ids.items() if model_def.table_path(k) not in small}
+      small_ids = {k: v for k, v in ids.items() if model_def.table_path(k) in small}
+      rows = model.gather(large_ids)
+
+      def loss_of(params, small_tables, rows):
+        tables = traverse_util.unflatten_dict({**flat_tables, **small_tables})
+        m = model_def.merge(tables, params, state.rest)
+        all_rows = {**rows, **m.gather(small_ids)} if small_ids else rows
+        out = m.apply_rows(batch, all_rows, train=True)
+        total, terms = loss_fn(out, batch)
+        return total, (terms, model_def.split(m)[2])
+
+      grad_fn = jax.value_and_grad(loss_of, argnums=(0, 1, 2), has_aux=True)
+      (total, (terms, rest)), (g_params, g_small, g_rows) = grad_fn(
+          state.params, {p: flat_tables[p] for p in small}, rows)
+      vocab = {p: t.shape[0] for p, t in flat_tables.items()}
       uniq = {path: sparse.unique_rows(i, g, vocab[path])
-              for path, (i, g) in _group_by_table(model_def, ids, g_rows).items()}
+              for path, (i, g) in _group_by_table(model_def, large_ids, g_rows).items()}
       row_grad_sq = sum((jnp.sum(jnp.square(g)) for _, g in uniq.values()),
                         jnp.zeros((), jnp.float32))
+      row_grad_sq += sum((jnp.sum(jnp.square(g)) for g in g_small.values()),
+                         jnp.zeros((), jnp.float32))
       updates = {
           path: (lambda t, s, r=r, g=g: sparse.update_rows(t, s, r, g, state.step, optim.rows))
           for path, (r, g) in uniq.items()}
+      updates.update({
+          path: (lambda t, s, g=g: sparse.dense_update(t, s, g, state.step, optim.rows))
+          for path, g in g_small.items()})
     else:
       grad_fn = jax.value_and_grad(
           lambda p, t: forward(p, t, state.rest, batch), argnums=(0, 1), has_aux=True)
