@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.world_seed = 0           # simulated world seed when log_dir is ""
 
   c.moment = moment_section()     # sample engine: mode, windows, first-only, history lengths
-  c.moment.sv_hist_len = 128      # sized for a 2-core CPU run (the engine allows 10,000)
+  c.moment.sv_hist_len = 64       # sized for a 2-core CPU run (the engine allows 10,000)
   c.moment.lv_hist_len = 32
   c.model = model_config.default()
   c.loss = losses.loss_config()
