@@ -1,0 +1,48 @@
+"""Prints a config's model size and cost: parameters per embedding table and dense, and
+FLOPs per example (XLA cost analysis of the compiled forward and forward + backward pass).
+
+    python -m launch.model_info --config=experiments/configs/full.py
+    python -m launch.model_info --config=experiments/configs/full.py --config.moment.sv_hist_len=1000
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+from tabulate import tabulate
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/full.py", "A config file from experiments/configs.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch used to compile the FLOP count.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from flax import nnx
+
+  from mcjax import config as mcconfig
+  from mcjax.model import build_model, costs
+  from mcjax.samples import schema
+
+  cfg = _CONFIG.value
+  mcconfig.validate(cfg)
+  model = build_model(cfg.model, rngs=nnx.Rngs(0))
+  sv, lv = int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len)
+  batch = schema.dummy_batch(_BATCH.value, sv, lv)
+  batch = {k: v for k, v in batch.items() if not k.startswith("oracle_") and k != "in_highlight"}
+  counts = costs.param_count(model)
+  rows = [[name, f"{r:,} x {d}", f"{r * d:,}"] for name, (r, d) in model.table_sizes.items()]
+  rows += [["dense (all layers)", "", f"{counts['dense']:,}"],
+           ["total", "", f"{counts['total']:,}"]]
+  print(f"config {cfg.name}: histories sv={sv} lv={lv}, gsu {cfg.model.gsu.mode} "
+        f"top_k={cfg.model.gsu.top_k}, towers {cfg.model.towers.kind}")
+  print(tabulate(rows, ["parameters", "shape", "count"], tablefmt="github"))
+  fwd = costs.flops_per_example(model, batch)
+  both = costs.flops_per_example(model, batch, backward=True)
+  print(tabulate([["forward", f"{fwd:,.0f}"], ["forward + backward", f"{both:,.0f}"]],
+                 ["FLOPs per example", ""], tablefmt="github"))
+
+
+if __name__ == "__main__":
+  app.run(main)
