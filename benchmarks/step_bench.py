@@ -1,0 +1,259 @@
+"""The train-step benchmark behind ``launch/bench.py --mode=step``: synthetic batches of the
+real sample schema, the jitted sparse (or dense) train step, its costs and its rates.
+
+Imports nothing from grain, tfds or array_record, so it runs on a bare accelerator machine.
+
+    bench = StepBench(cfg, batch_size=1024, mesh_shape=(1, 1))
+    result = bench.run(steps=10, warmup=3, repeats=5)   # a dict, see ``StepBench.run``
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from tabulate import tabulate
+
+from benchmarks import harness, roofline
+from mcjax import config as mcconfig
+from mcjax import losses
+from mcjax.model import build_model, costs, embedding
+from mcjax.samples import schema
+from mcjax.train import mesh as mesh_lib
+from mcjax.train import sparse
+from mcjax.train import state as state_lib
+from mcjax.train import step as step_lib
+
+# Published dense bf16 peaks per chip (FLOP/s), matched against jax's device_kind. H200: the
+# figure issue 7 uses (~790 TFLOP/s dense); the rest are the vendors' data-sheet numbers.
+PEAK_FLOPS = (("H200", 790e12), ("H100", 989e12), ("A100", 312e12), ("TPU v6", 918e12),
+              ("TPU v5p", 459e12), ("TPU v5", 197e12), ("TPU v4", 275e12))
+# Raw id fields: drawn over a wide range so that hashing spreads them over every table row
+# (the dummy batch's ids < 1000 would touch at most 1000 rows of a 10^7-row table).
+WIDE_ID_FIELDS = ("user_id", "live_id", "author_id", "sv_item", "sv_author", "lv_item",
+                  "lv_author")
+# Fields the trainer keeps on the host (ground truth for slicing), as in mcjax.trainer.
+HOST_ONLY = ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity", "in_highlight")
+
+
+def shrink_for_quick(cfg: ml_collections.ConfigDict) -> None:
+  """Tiny sizes for a smoke run (in place)."""
+  m = cfg.model
+  m.d_model = m.embedding.dim = 8
+  m.embedding.large_table_rows = 500
+  for t in m.embedding.vocab:
+    m.embedding.vocab[t] = 1000 if t in ("user", "live_item", "sv_item") else 200
+  m.gsu.top_k, m.esu.recent_n = 4, 3
+  m.crowd.hidden = (8,)
+  m.towers.expert_hidden, m.towers.expert_dim, m.towers.head_hidden = (8,), 8, (8,)
+  cfg.moment.sv_hist_len, cfg.moment.lv_hist_len = 8, 4
+
+
+def synthetic_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) -> dict:
+  """A schema-valid padded batch as the trainer feeds it: wide random ids, int32/float32,
+  real-time sample kind, host-only fields dropped."""
+  batch = schema.dummy_batch(batch_size, sv_len, lv_len, seed=seed)
+  rng = np.random.default_rng(seed + 1)
+  for name in WIDE_ID_FIELDS:
+    batch[name] = rng.integers(0, 2**31 - 1, batch[name].shape, dtype=np.int64)
+  batch["kind"] = np.full_like(batch["kind"], schema.REALTIME)
+  batch["weight"] = np.ones(batch_size, np.float32)  # the pipeline's padding weight
+  return host_to_step_dtypes(batch)
+
+
+def host_to_step_dtypes(batch: dict) -> dict:
+  """A padded numpy batch as the trainer feeds the step (``mcjax.trainer.Runner.to_device``):
+  host-only fields dropped, int64 -> int32 (x64 is off; ids wrap, the model hashes them),
+  float64 -> float32."""
+  out = {}
+  for name, value in batch.items():
+    if name in HOST_ONLY:
+      continue
+    if value.dtype == np.int64:
+      value = value.astype(np.int32)
+    elif value.dtype == np.float64:
+      value = value.astype(np.float32)
+    out[name] = value
+  return out
+
+
+def optim_config(cfg: ml_collections.ConfigDict) -> state_lib.OptimConfig:
+  """The trainer's optimizer (``mcjax.trainer.optim_config``, which imports grain)."""
+  t = cfg.train
+  return state_lib.OptimConfig(
+      learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+      clip_norm=t.grad_clip if t.grad_clip > 0 else None,
+      rows=sparse.RowOptConfig(learning_rate=t.embedding_learning_rate))
+
+
+def chip_peak_flops(device) -> float | None:
+  """Published dense bf16 peak of a GPU/TPU chip, None when unknown or on CPU."""
+  kind = str(device.device_kind)
+  for name, peak in PEAK_FLOPS:
+    if name.lower() in kind.lower():
+      return peak
+  return None
+
+
+def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
+                      dense_below_rows: int, sparse_update: bool = True) -> dict:
+  """Rows gathered and rows updated per step, and their bytes ((gathered + updated) x dim x 4).
+
+  Sparse tables update their unique rows; tables below ``dense_below_rows`` rows (or all, with
+  ``sparse_update`` off) are updated whole."""
+  ids = jax.device_get(embedding.lookup_ids(model_cfg, batch))
+  sizes = embedding.table_sizes(model_cfg)
+  gathered = updated = 0
+  per_table = {}
+  for table, rows in ids.items():
+    vocab, dim = sizes[table]
+    dense = not sparse_update or vocab < dense_below_rows
+    n_upd = vocab if dense else int(np.unique(rows).size)
+    per_table[table] = {"vocab": vocab, "gathered": int(rows.size), "updated": n_upd,
+                        "update": "dense" if dense else "sparse"}
+    gathered += rows.size * dim
+    updated += n_upd * dim
+  return {"rows_gathered": int(sum(t["gathered"] for t in per_table.values())),
+          "rows_updated": int(sum(t["updated"] for t in per_table.values())),
+          "bytes": int(4 * (gathered + updated)), "tables": per_table}
+
+
+def _cost(compiled) -> dict:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  analysis = analysis or {}
+  return {"flops": float(analysis.get("flops", float("nan"))),
+          "bytes_accessed": float(analysis.get("bytes accessed", float("nan")))}
+
+
+class StepBench:
+  """A born-sharded train state, the compiled train step and a few device-resident batches."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, batch_size: int,
+               mesh_shape=(1, 1), *, sparse_update: bool = True, num_batches: int = 4,
+               model_flops: bool = True, fast_compile: bool = False):
+    mcconfig.validate(cfg)
+    self.cfg, self.batch_size, self.sparse_update = cfg, batch_size, sparse_update
+    shape = tuple(int(s) for s in mesh_shape)
+    devices = None if -1 in shape else jax.devices()[:int(np.prod(shape))]
+    self.mesh = mesh_lib.make_mesh(shape, devices)
+    if batch_size % self.mesh.shape["data"]:
+      raise ValueError(f"--batch_size={batch_size} is not divisible by the data axis "
+                       f"({self.mesh.shape['data']} of mesh {tuple(self.mesh.shape.values())})")
+    self.sv_len, self.lv_len = int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len)
+    self.dense_below_rows = int(cfg.model.embedding.large_table_rows)
+    build_fn = functools.partial(build_model, cfg.model)
+    optim = optim_config(cfg)
+    self.model_def, self.state, shardings = state_lib.create_train_state(
+        build_fn, self.mesh, optim, seed=cfg.seed,
+        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))
+    loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
+    train_step = step_lib.make_train_step(
+        self.model_def, optim, loss_fn, shardings, self.mesh, sparse_update=sparse_update,
+        dense_below_rows=self.dense_below_rows)
+    self.host_batch = synthetic_batch(batch_size, self.sv_len, self.lv_len)
+    self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+    self.batches = [self.to_device(synthetic_batch(batch_size, self.sv_len, self.lv_len, s))
+                    for s in range(num_batches)]
+    start = time.perf_counter()
+    options = state_lib.INIT_COMPILER_OPTIONS.get(self.mesh.devices.flat[0].platform, {})
+    self.step_fn = train_step.lower(self.state, self.batches[0]).compile(
+        compiler_options=options if fast_compile else None)
+    self.compile_s = time.perf_counter() - start
+    self.step_cost = _cost(self.step_fn)
+    self.model_flops = self._model_flops() if model_flops else None
+
+  def to_device(self, batch: dict) -> dict:
+    return jax.device_put(batch, self.batch_sharding)
+
+  def _model_flops(self) -> float:
+    """Forward + backward FLOPs per example (``costs.flops_per_example``, abstract model)."""
+    with nnx.use_eager_sharding(False):
+      model = nnx.eval_shape(lambda: build_model(self.cfg.model, rngs=nnx.Rngs(0)))
+    return costs.flops_per_example(model, self.host_batch, backward=True)
+
+  def step(self, batch: dict):
+    """One train step on a device batch (updates the held state); returns its metrics."""
+    self.state, metrics = self.step_fn(self.state, batch)
+    return metrics
+
+  def run(self, *, steps: int, warmup: int, repeats: int,
+          peak_flops: float | None = None) -> dict:
+    """Times the step; returns rates, costs, MFU and embedding traffic (see module doc)."""
+    timing = harness.time_steps(lambda i: self.step(self.batches[i % len(self.batches)]),
+                                block=jax.block_until_ready, warmup=warmup, steps=steps,
+                                repeats=repeats)
+    chips = self.mesh.devices.size
+    out = harness.summary(timing, examples_per_step=self.batch_size, chips=chips)
+    device = self.mesh.devices.flat[0]
+    peak_source = "flag"
+    if peak_flops is None:
+      peak_flops = chip_peak_flops(device)
+      peak_source = "published bf16 dense"
+      if peak_flops is None:
+        n = 1024 if self.model_flops is not None else 256
+        peak_flops, peak_source = roofline.matmul_rate(n), f"fp32 {n}^2 matmul probe (now)"
+    per_s_chip = out["examples_per_s_per_chip"]
+    out.update(
+        config=self.cfg.name, batch_size=self.batch_size,
+        mesh=list(self.mesh.devices.shape), chips=chips, platform=device.platform,
+        device_kind=str(device.device_kind), sparse_update=self.sparse_update,
+        sv_len=self.sv_len, lv_len=self.lv_len,
+        table_rows={k: v[0] for k, v in embedding.table_sizes(self.cfg.model).items()},
+        params=self.param_counts(),
+        model_flops_per_example=self.model_flops,
+        step_flops=self.step_cost["flops"], step_bytes_accessed=self.step_cost["bytes_accessed"],
+        peak_flops=peak_flops, peak_source=peak_source, compile_s=self.compile_s)
+    if self.model_flops is None:  # fast runs skip the separate forward + backward compile
+      out["model_flops_per_example"] = self.step_cost["flops"] / self.batch_size
+      out["model_flops_source"] = "compiled train step (incl. optimizer)"
+    else:
+      out["model_flops_source"] = "costs.flops_per_example (forward + backward)"
+    out["achieved_flops"] = out["model_flops_per_example"] * per_s_chip
+    out["mfu"] = out["achieved_flops"] / peak_flops
+    out["embedding_traffic"] = embedding_traffic(
+        self.cfg.model, self.host_batch, self.dense_below_rows, self.sparse_update)
+    out["embedding_bytes_per_s"] = out["embedding_traffic"]["bytes"] / (
+        out["ms_per_step_median"] / 1e3)
+    return out
+
+  def param_counts(self) -> dict:
+    tables = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.tables))
+    dense = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
+    return {"tables": tables, "dense": dense, "total": tables + dense}
+
+
+def _fmt(x, spec=",.0f"):
+  return "-" if x is None else format(x, spec)
+
+
+def table(result: dict) -> str:
+  """A human table of a ``launch/bench.py`` result."""
+  rows = []
+  if "step" in result:
+    s = result["step"]
+    rows += [["config", s["config"]], ["device", f"{s['device_kind']} x {s['chips']}"],
+             ["batch / sv_len / lv_len", f"{s['batch_size']} / {s['sv_len']} / {s['lv_len']}"],
+             ["ms/step (median [min, max])", f"{s['ms_per_step_median']:.2f} "
+              f"[{s['ms_per_step_min']:.2f}, {s['ms_per_step_max']:.2f}]"],
+             ["examples/s/chip", _fmt(s["examples_per_s_per_chip"])],
+             ["model GFLOP/example (fwd+bwd)", _fmt(
+                 s["model_flops_per_example"] and s["model_flops_per_example"] / 1e9, ".4f")],
+             ["achieved GFLOP/s", _fmt(s["achieved_flops"] / 1e9, ",.1f")],
+             ["MFU", f"{s['mfu']:.2%} of {s['peak_flops'] / 1e9:,.0f} GFLOP/s "
+              f"({s['peak_source']})"],
+             ["embedding MB/step", _fmt(s["embedding_traffic"]["bytes"] / 1e6, ",.2f")],
+             ["compile s", _fmt(s["compile_s"], ".1f")]]
+  for key in ("pipeline", "e2e"):
+    if key in result:
+      r = result[key]
+      rows.append([f"{key} batches/s (examples/s)",
+                   f"{r['batches_per_s']:.1f} ({r['examples_per_s']:,.0f})"])
+  if "pipeline_over_step" in result:
+    rows.append(["pipeline / step examples/s", f"{result['pipeline_over_step']:.2f}x"])
+  return tabulate(rows)

@@ -1,0 +1,98 @@
+"""Throughput benchmark: the jitted train step, the Grain input pipeline, and both together.
+
+    python -m launch.bench --mode=step --batch_size=1024 --mesh=1,1 --json_out=step.json
+    python -m launch.bench --config=experiments/configs/dlrm.py --mode=step
+    python -m launch.bench --mode=pipeline [--samples_dir=DIR]
+    python -m launch.bench --mode=e2e --config.moment.sv_hist_len=256
+    python -m launch.bench --quick --mode=step          # tiny sizes, a few steps (tests)
+
+``step`` times the train step on synthetic batches of the real sample schema (no data, and
+nothing from grain/tfds/array_record is imported, so it runs on a bare JAX + flax + optax +
+ml_collections machine); ``pipeline`` times the Grain pipeline alone (batches/s); ``e2e``
+times pipeline alone, step alone and pipeline + step in one run, so the bottleneck shows.
+
+Timing follows big_vision/MaxText (``benchmarks/harness.py``): compile and warm-up steps are
+not counted, results are blocked on, rates are global examples / wall time / chips. Reported:
+examples/s/chip, ms/step (median, min, max over repeats), model FLOPs per example (XLA cost
+analysis of forward + backward, ``mcjax.model.costs``), achieved FLOP/s, MFU against the
+chip's peak (CPU: ``--peak_tflops`` or a matmul probe measured now; GPU/TPU: published dense
+bf16 peaks), the compiled step's FLOPs and bytes accessed, and the embedding traffic per step
+((rows gathered + rows updated) x dim x 4 bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from benchmarks import step_bench
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/full.py", "A config file from experiments/configs.")
+_MODE = flags.DEFINE_enum("mode", "step", ["step", "pipeline", "e2e"], "What to time.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: "
+                                   "config.train.batch_size).")
+_MESH = flags.DEFINE_list("mesh", ["1", "1"], "(data, model) mesh shape; -1 = the rest (all "
+                          "devices); without -1 the first data x model devices are used.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after the compile.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median and spread over them).")
+_SPARSE = flags.DEFINE_bool("sparse", True, "Sparse row updates (False: dense full-table "
+                            "updates, the O(vocabulary) reference).")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "Chip peak for MFU (default: published peak "
+                           "on GPU/TPU, a matmul probe on CPU).")
+_SAMPLES_DIR = flags.DEFINE_string("samples_dir", None, "pipeline/e2e: a samples folder "
+                                   "(default: built from the small world under --cache_dir).")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", "runs/bench_cache", "Where the small world and "
+                                 "its samples are built for pipeline/e2e.")
+_SYNTHETIC = flags.DEFINE_integer("synthetic_samples", None, "pipeline/e2e: an in-memory "
+                                  "random sample table of this many rows instead.")
+_WORKERS = flags.DEFINE_integer("prefetch_workers", 0, "Grain worker processes.")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the JSON result here.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny model and batch, a few steps (smoke test).")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cfg = _CONFIG.value
+  timing = dict(steps=_STEPS.value, warmup=_WARMUP.value, repeats=_REPEATS.value)
+  batch_size = _BATCH_SIZE.value
+  if _QUICK.value:
+    step_bench.shrink_for_quick(cfg)
+    timing = dict(steps=2, warmup=1, repeats=2)
+    batch_size = batch_size or 32
+  batch_size = int(batch_size or cfg.train.batch_size)
+  mesh_shape = tuple(int(s) for s in _MESH.value)
+  result = {"mode": _MODE.value}
+  if _MODE.value in ("step", "e2e"):
+    bench = step_bench.StepBench(cfg, batch_size, mesh_shape, sparse_update=_SPARSE.value,
+                                 fast_compile=_QUICK.value, model_flops=not _QUICK.value)
+    result["step"] = bench.run(**timing, peak_flops=None if _PEAK.value is None
+                               else 1e12 * _PEAK.value)
+  if _MODE.value in ("pipeline", "e2e"):
+    from benchmarks import data_bench  # grain, tfds: only for the data modes
+    source, result["data"] = data_bench.open_source(
+        cfg, samples_dir=_SAMPLES_DIR.value, cache_dir=_CACHE_DIR.value,
+        synthetic=_SYNTHETIC.value or (2_000 if _QUICK.value else None))
+    result["pipeline"] = data_bench.pipeline_rate(
+        cfg, source, batch_size, workers=_WORKERS.value, **timing)
+    if _MODE.value == "e2e":
+      result["e2e"] = data_bench.e2e_rate(cfg, source, bench, workers=_WORKERS.value,
+                                          **timing)
+      result["pipeline_over_step"] = (result["pipeline"]["examples_per_s"]
+                                      / result["step"]["examples_per_s"])
+  result["command"] = " ".join(["python -m launch.bench"] + sys.argv[1:])
+  text = json.dumps(result, indent=1, default=float)
+  print(text)
+  print(step_bench.table(result))
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,39 @@
+"""launch/bench.py --quick: the JSON it writes has the documented keys (never its speed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks import harness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_KEYS = {
+    "ms_per_step_median", "ms_per_step_min", "ms_per_step_max", "examples_per_s",
+    "examples_per_s_per_chip", "model_flops_per_example", "achieved_flops", "mfu",
+    "peak_flops", "step_flops", "step_bytes_accessed", "embedding_traffic", "chips", "mesh",
+    "batch_size", "params", "compile_s"}
+RATE_KEYS = {"batches_per_s", "examples_per_s", "ms_per_step_median"}
+
+
+def test_harness_counts_only_timed_steps():
+  calls = []
+  timing = harness.time_steps(calls.append, block=lambda _: None, warmup=2, steps=3,
+                              repeats=2)
+  assert calls == list(range(9)) and len(timing["ms_per_step"]) == 2
+  s = harness.summary(timing, examples_per_step=8, chips=2)
+  assert s["examples_per_s_per_chip"] == s["examples_per_s"] / 2
+
+
+def test_bench_quick_e2e_json(tmp_path):
+  out = tmp_path / "bench.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+  env["JAX_PLATFORMS"] = "cpu"
+  subprocess.run([sys.executable, "-m", "launch.bench", "--quick", "--mode=e2e",
+                  f"--json_out={out}"], cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=300)
+  result = json.loads(out.read_text())
+  assert STEP_KEYS <= set(result["step"])
+  assert {"rows_gathered", "rows_updated", "bytes"} <= set(result["step"]["embedding_traffic"])
+  assert RATE_KEYS <= set(result["pipeline"]) and RATE_KEYS <= set(result["e2e"])
+  assert result["pipeline_over_step"] > 0 and result["step"]["chips"] == 1
