@@ -16,7 +16,6 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from tabulate import tabulate
 
 from benchmarks import harness, roofline
 from mcjax import config as mcconfig
@@ -256,4 +255,8 @@ def table(result: dict) -> str:
                    f"{r['batches_per_s']:.1f} ({r['examples_per_s']:,.0f})"])
   if "pipeline_over_step" in result:
     rows.append(["pipeline / step examples/s", f"{result['pipeline_over_step']:.2f}x"])
+  try:
+    from tabulate import tabulate  # pylint: disable=g-import-not-at-top
+  except ImportError:  # a bare accelerator machine
+    return "\n".join(f"{k:32s} {v}" for k, v in rows)
   return tabulate(rows)

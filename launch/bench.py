@@ -51,6 +51,8 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", "runs/bench_cache", "Where the sma
 _SYNTHETIC = flags.DEFINE_integer("synthetic_samples", None, "pipeline/e2e: an in-memory "
                                   "random sample table of this many rows instead.")
 _WORKERS = flags.DEFINE_integer("prefetch_workers", 0, "Grain worker processes.")
+_MODEL_FLOPS = flags.DEFINE_bool("model_flops", True, "Compile forward + backward once more "
+                                 "for the model FLOPs (off: the compiled step's FLOPs).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the JSON result here.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny model and batch, a few steps (smoke test).")
 
@@ -70,7 +72,7 @@ def main(argv) -> None:
   result = {"mode": _MODE.value}
   if _MODE.value in ("step", "e2e"):
     bench = step_bench.StepBench(cfg, batch_size, mesh_shape, sparse_update=_SPARSE.value,
-                                 fast_compile=_QUICK.value, model_flops=not _QUICK.value)
+                                 fast_compile=_QUICK.value, model_flops=_MODEL_FLOPS.value and not _QUICK.value)
     result["step"] = bench.run(**timing, peak_flops=None if _PEAK.value is None
                                else 1e12 * _PEAK.value)
   if _MODE.value in ("pipeline", "e2e"):

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The step benchmark on one NVIDIA GPU with no network, in a few minutes.
+#
+#   bash benchmarks/gpu.sh [OUT_DIR]        (default OUT_DIR: runs/gpu; or $OUT if set)
+#
+# Needs JAX with CUDA, flax, optax, ml_collections, absl-py and pyarrow importable by
+# ${PYTHON:-python3} (mcjax.config imports the Moment engine, which imports pyarrow). Missing
+# ones are installed from wheels in benchmarks/wheels/ when that folder exists (prepare it on
+# a networked machine: pip download ml-collections pyarrow tabulate -d benchmarks/wheels).
+# The step mode runs on synthetic batches of the real sample schema: no grain, tfds or
+# array_record. Writes OUT_DIR/<config>_b<batch>.json (examples/s/chip, ms/step, MFU vs the
+# published bf16 peak, embedding traffic) and prints one table per run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+OUT_DIR="${1:-${OUT:-runs/gpu}}"
+mkdir -p "$OUT_DIR"
+
+missing=$("$PY" - <<'PYEOF'
+import importlib.util
+mods = ["jax", "flax", "optax", "ml_collections", "absl", "pyarrow", "numpy"]
+print(" ".join(m for m in mods if importlib.util.find_spec(m) is None))
+PYEOF
+)
+if [[ -n "$missing" ]]; then
+  if [[ -d benchmarks/wheels ]]; then
+    "$PY" -m pip install --no-index --find-links benchmarks/wheels ${missing//absl/absl-py}
+  else
+    echo "gpu.sh: missing Python modules: $missing (no benchmarks/wheels/ to install from)" >&2
+    exit 1
+  fi
+fi
+"$PY" -c "import jax; print(jax.__version__, jax.devices())" | tee "$OUT_DIR/devices.txt"
+
+run() {  # run NAME CONFIG BATCH [flags...]
+  local name=$1 config=$2 batch=$3; shift 3
+  echo "== $name: $config batch $batch $*"
+  "$PY" -m launch.bench --mode=step --config="$config" --batch_size="$batch" --mesh=1,1 \
+    --steps=20 --warmup=5 --repeats=5 --json_out="$OUT_DIR/${name}_b${batch}.json" "$@" \
+    | tail -n 14
+}
+run full experiments/configs/full.py 1024
+run full experiments/configs/full.py 8192
+run full_hist1000 experiments/configs/full.py 1024 --config.moment.sv_hist_len=1000
+run dlrm experiments/configs/dlrm.py 8192
+run dlrm experiments/configs/dlrm.py 65536
+echo "gpu.sh: results in $OUT_DIR"

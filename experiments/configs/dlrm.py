@@ -1,0 +1,22 @@
+"""dlrm: a DLRM-shaped mcjax config: ids and side features -> embeddings -> MLP towers; no
+histories (no GSU/ESU), no contrastive loss, crowd features as the dense input.
+
+Command:  python -m launch.bench --config=experiments/configs/dlrm.py --batch_size=4096
+          (throughput, beside MLPerf DLRM per-chip rates); it trains like any config:
+          python -m launch.train --config=experiments/configs/dlrm.py --workdir=runs/dlrm
+Hardware: any; sized for a 2-core CPU.
+Expected: the fastest step of the family; the lowest AUC (no user history at all).
+"""
+
+from mcjax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.name = "dlrm"
+  c.model.use_sv_history = False
+  c.model.use_lv_history = False
+  c.loss.contrastive_weight = 0.0
+  c.moment.sv_hist_len = 0
+  c.moment.lv_hist_len = 0
+  return c
