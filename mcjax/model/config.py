@@ -31,6 +31,8 @@ def default() -> ml_collections.ConfigDict:
   c.use_crowd = True            # real-time crowd ("moment") features enter the towers
   c.use_sv_history = True       # short-video history branch (GSU + ESU); off: learned null vector
   c.use_lv_history = True       # live history branch (GSU + ESU + recent); off: learned null vectors
+  c.use_match_features = True   # hard-search match counts of the enabled histories (same
+  #                               author / category as the candidate, recency, length)
 
   c.embedding = ml_collections.ConfigDict()
   c.embedding.dim = 32                  # width of every embedding row
@@ -140,7 +142,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   extra = [t for t in cfg.embedding.vocab if t not in TABLES]
   if extra:
     _fail("embedding.vocab", f"has unknown table(s) {extra}; known: {TABLES}")
-  for key in ("use_crowd", "use_sv_history", "use_lv_history", "contrastive.author_level"):
+  for key in ("use_crowd", "use_sv_history", "use_lv_history", "use_match_features",
+              "contrastive.author_level"):
     value = cfg
     for part in key.split("."):
       value = value[part]

@@ -16,7 +16,8 @@ in each domain's embedding space, projected to the same space).
 Ablations: with ``use_sv_history`` (``use_lv_history``) off, that branch's tables and layers
 are not built, it does not enter the towers, and its interest output is a learned constant
 vector (so a contrastive loss on it stays well-defined and simply has nothing to align).
-``use_crowd`` off drops the crowd encoder. No dropout and no RNG in the forward pass.
+``use_crowd`` off drops the crowd encoder; ``use_match_features`` adds the hard-search match
+counts of the enabled histories (``matches.py``). No dropout and no RNG in the forward pass.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from mcjax.model import config as model_config
-from mcjax.model import crowd, embedding, encoders, esu, gsu, layers, towers
+from mcjax.model import crowd, embedding, encoders, esu, gsu, layers, matches, towers
 from mcjax.samples import schema
 
 _USER = ("user", "user_age", "user_gender", "user_activity", "hour_of_day")
@@ -62,6 +63,11 @@ class MomentCross(nnx.Module):
       d_in += d
     if cfg.use_crowd:
       self.crowd = crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs)
+      d_in += d
+    self.match_domains = tuple(dom for dom, on in (("lv", cfg.use_lv_history),
+                                                    ("sv", cfg.use_sv_history)) if on)
+    if cfg.use_match_features and self.match_domains:
+      self.matches = layers.linear(matches.num_features(self.match_domains), d, rngs=rngs)
       d_in += d
     if cfg.contrastive.author_level:
       self.author_sv_proj = layers.linear(dim, d, rngs=rngs)
@@ -139,6 +145,8 @@ class MomentCross(nnx.Module):
       out[f"{dom}_interest"] = getattr(self, f"{dom}_interest")(interest)
     if cfg.use_crowd:
       parts.append(self.crowd(jnp.asarray(batch["crowd"])))
+    if cfg.use_match_features and self.match_domains:
+      parts.append(jax.nn.relu(self.matches(matches.match_features(batch, self.match_domains))))
     out["logits"] = self.towers(jnp.concatenate(parts, axis=-1))
     if cfg.contrastive.author_level:
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])
