@@ -1,0 +1,220 @@
+"""The ablation study: named configs x seeds on simulated worlds, then RESULTS.md.
+
+    python experiments/ablation.py [--configs=full,no_moment,...] [--seeds=3] \
+        [--preset=default] [--users=.. --hours=.. ...] [--workdir=runs/ablation] \
+        [--out=experiments/RESULTS.md] [--peer] [--quick] [--set=train.window_min=30 ...]
+
+For each seed s: the world ``WORKDIR/seed_s/world`` is simulated with seed s, every config is
+trained online (prequential) on it with model seed s into ``WORKDIR/seed_s/<config>``, all
+sharing one sample cache ``WORKDIR/seed_s/samples``; with ``--peer`` the `full` config's
+samples and windows are exported and DeepCTR-Torch's DIN is trained on them in the peer venv
+(``experiments/peers/``). Finished runs are reused, so a rerun only does what is missing.
+Then ``experiments/ablation_report.py`` writes RESULTS.md (command at the top) and its plots.
+
+``--quick``: the `small` world, one seed, four configs and 60-minute windows (~5 minutes).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+# Imported before our flags: the trainer imports it, and its --out (a samples folder, unused
+# here) must be overridden by ours rather than clash with it.
+import launch.build_samples  # noqa: E402,F401
+from experiments import ablation_report  # noqa: E402
+from experiments.peers import export_samples  # noqa: E402
+from mcjax.sim import config as sim_config  # noqa: E402
+
+ALL_CONFIGS = ("full", "no_moment", "fast_slow", "no_first_only", "no_crowd", "no_cross",
+               "no_contrastive", "baseline")
+QUICK_CONFIGS = ("full", "no_moment", "no_cross", "baseline")
+QUICK_SET = ("train.window_min=60",)
+CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
+PEER_DIR = os.path.join(ROOT, "experiments", "peers")
+PEER_PYTHON = os.path.join(PEER_DIR, ".venv", "bin", "python")
+
+_CONFIGS = flags.DEFINE_list("configs", list(ALL_CONFIGS),
+                             "Named configs from experiments/configs ('baseline' is needed for "
+                             "the headroom share, 'full' for every delta).")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 (world seed and model seed).")
+_PRESET = flags.DEFINE_enum("preset", "default", sorted(sim_config.PRESETS), "World preset.")
+_SIZES = {name: flags.DEFINE_integer(name, None, f"World size override: {name}.")
+          for name in sim_config.SIZE_FLAGS}
+_WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Folder for worlds, runs, exports.")
+_OUT = flags.DEFINE_string("out", os.path.join("experiments", "RESULTS.md"),
+                           "The Markdown results page (plots go to plots/ beside it).",
+                           allow_override=True)
+_PEER = flags.DEFINE_bool("peer", True, "Also train DeepCTR-Torch's DIN on the `full` samples "
+                          "(needs experiments/peers/.venv: bash experiments/peers/setup.sh).")
+_QUICK = flags.DEFINE_bool("quick", False, "~5-minute version: the `small` world, one seed, "
+                           f"configs {','.join(QUICK_CONFIGS)}, {','.join(QUICK_SET)}.")
+_SET = flags.DEFINE_multi_string("set", [], "A config override applied to every config, "
+                                 "key=value; repeat the flag for several (e.g. "
+                                 "--set=train.window_min=30 --set=model.crowd.hidden=(16,)).")
+_PEER_ARGS = flags.DEFINE_list("peer_args", [], "Extra flags for din_ablation.py "
+                               "(e.g. --epochs=1,--dim=16).")
+
+
+def load_config(name: str):
+  """``get_config()`` of ``experiments/configs/<name>.py`` (launch.run's loader defines
+  flags of its own, so it cannot be imported beside these)."""
+  path = os.path.join(CONFIG_DIR, f"{name}.py")
+  if not os.path.exists(path):
+    known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py"))
+    raise app.UsageError(f"--configs: no config named {name!r}; known: {known}")
+  spec = importlib.util.spec_from_file_location(f"mcjax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def apply_overrides(cfg, assignments) -> None:
+  """Sets ``a.b.c=value`` leaves (values parsed as Python literals, else strings)."""
+  for item in assignments:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--set: {item!r} is not key=value")
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      if part not in node:
+        raise app.UsageError(f"--set: no config section {part!r} in {key!r}")
+      node = node[part]
+    if leaf not in node:
+      raise app.UsageError(f"--set: no config key {key!r}")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    old = node[leaf]
+    if isinstance(old, float) and isinstance(value, int):
+      value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+      value = tuple(value)
+    node[leaf] = value
+
+
+def plan(argv_flags=None) -> dict:
+  """The study's settings from the flags (``--quick`` fills in what was not given)."""
+  quick = _QUICK.value
+  given = set(argv_flags or ())
+  configs = list(_CONFIGS.value)
+  if quick and "configs" not in given:
+    configs = list(QUICK_CONFIGS)
+  return {
+      "configs": configs,
+      "seeds": 1 if quick and "seeds" not in given else _SEEDS.value,
+      "preset": "small" if quick and "preset" not in given else _PRESET.value,
+      "sizes": {k: f.value for k, f in _SIZES.items() if f.value is not None},
+      "set": (list(QUICK_SET) if quick else []) + list(_SET.value),
+      "peer": _PEER.value,
+      "workdir": _WORKDIR.value,
+      "out": _OUT.value,
+  }
+
+
+def ensure_world(root: str, preset: str, seed: int, sizes: dict) -> str:
+  from mcjax.sim import world
+  log_dir = os.path.join(root, "world")
+  if not os.path.exists(log_dir):
+    world.build(log_dir, preset, seed, **sizes)
+  return log_dir
+
+
+def run_seed(p: dict, seed: int, timings: dict) -> dict:
+  """Trains every config on world ``seed``; returns config -> the run's folder."""
+  from mcjax import trainer
+  root = os.path.join(p["workdir"], f"seed_{seed}")
+  t = time.time()
+  log_dir = ensure_world(root, p["preset"], seed, p["sizes"])
+  timings[f"seed {seed}: world"] = time.time() - t
+  dirs = {}
+  for name in p["configs"]:
+    cfg = load_config(name)
+    apply_overrides(cfg, p["set"])
+    cfg.data.log_dir, cfg.seed = log_dir, seed
+    run_dir = os.path.join(root, name)
+    t = time.time()
+    if not os.path.exists(os.path.join(run_dir, "metrics.json")):
+      m = trainer.train_and_evaluate(cfg, run_dir, cache_dir=os.path.join(root, "samples"))
+      ctr = m["overall"]["ctr"]
+      print(f"seed {seed} {name}: CTR AUC {ctr['auc']:.4f} GAUC {ctr['gauc']:.4f} "
+            f"({time.time() - t:.0f} s)", flush=True)
+    timings[f"seed {seed}: {name}"] = time.time() - t
+    dirs[name] = run_dir
+  cfg = load_config("full")
+  apply_overrides(cfg, p["set"])
+  cfg.data.log_dir, cfg.seed = log_dir, seed
+  _, dirs["samples"] = trainer.prepare_data(cfg, root, os.path.join(root, "samples"))
+  dirs["world"] = log_dir
+  if p["peer"]:
+    t = time.time()
+    dirs["din"] = run_peer(p, seed, root, cfg, dirs["samples"])
+    timings[f"seed {seed}: din (peer)"] = time.time() - t
+  return dirs
+
+
+def run_peer(p: dict, seed: int, root: str, cfg, samples_dir: str) -> str:
+  """Exports the `full` samples of this world and trains the peer DIN on them."""
+  out_dir = os.path.join(root, "din")
+  if os.path.exists(os.path.join(out_dir, "done.json")):
+    return out_dir
+  data = export_samples.export(samples_dir, os.path.join(root, "din_data.npz"),
+                               window_min=float(cfg.train.window_min),
+                               sv_len=int(cfg.moment.sv_hist_len),
+                               lv_len=int(cfg.moment.lv_hist_len))
+  cmd = [PEER_PYTHON, os.path.join(PEER_DIR, "din_ablation.py"), f"--data={data}",
+         f"--out_dir={out_dir}", f"--seed={seed}"] + list(_PEER_ARGS.value)
+  print("peer:", " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c)
+                          for c in cmd), flush=True)
+  subprocess.run(cmd, check=True, cwd=ROOT)
+  return out_dir
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  given = {name for name in flags.FLAGS if flags.FLAGS[name].present}
+  p = plan(given)
+  if p["seeds"] <= 0:
+    raise app.UsageError(f"--seeds must be positive, got {p['seeds']}")
+  if "full" not in p["configs"]:
+    raise app.UsageError(f"--configs must include 'full' (every delta is from it), got "
+                         f"{p['configs']}")
+  if p["peer"] and not os.path.exists(PEER_PYTHON):
+    raise app.UsageError("--peer needs experiments/peers/.venv: run "
+                         "`bash experiments/peers/setup.sh` first (or pass --nopeer)")
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  for name in p["configs"]:  # fail early on a bad name or override
+    apply_overrides(load_config(name), p["set"])
+  command = "python experiments/ablation.py " + " ".join(
+      shlex.quote(a) for a in sys.argv[1:])
+  timings, runs = {}, {}
+  t0 = time.time()
+  for seed in range(p["seeds"]):
+    runs[seed] = run_seed(p, seed, timings)
+  timings["total"] = time.time() - t0
+  os.makedirs(p["workdir"], exist_ok=True)
+  with open(os.path.join(p["workdir"], "study.json"), "w") as f:
+    json.dump({"command": command, "plan": p, "runs": runs, "timings": timings}, f, indent=1)
+  path = ablation_report.write_results(p["out"], command=command, plan=p, runs=runs,
+                                       timings=timings)
+  print(f"results: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

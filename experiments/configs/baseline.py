@@ -1,0 +1,19 @@
+"""baseline: no_moment + no_cross (delayed labels, no crowd, no short-video history).
+
+Command:  python -m launch.train --config=experiments/configs/baseline.py --workdir=runs/baseline
+Hardware: any; sized for a 2-core CPU.
+Expected: the lowest CTR AUC of the ablation family; the zero of the oracle headroom share in
+`experiments/ablation.py` ((model AUC - baseline AUC) / (oracle AUC - baseline AUC)).
+"""
+
+from mcjax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.name = "baseline"
+  c.moment.mode = "on_close"
+  c.model.use_crowd = False
+  c.model.use_sv_history = False
+  c.loss.contrastive_weight = 0.0
+  return c

@@ -1,0 +1,58 @@
+"""experiments/ablation.py --quick end to end on the `small` world (one seed, two configs, a
+tiny model, 6-hour windows): the output files and keys exist. Numbers are not checked."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("train.window_min=360", "train.batch_size=64", "train.eval_batch_size=256",
+        "moment.sv_hist_len=8", "moment.lv_hist_len=4", "model.d_model=8",
+        "model.embedding.dim=8", "model.gsu.top_k=4", "model.esu.recent_n=4",
+        "model.crowd.hidden=(16,)", "model.towers.expert_hidden=(16,)",
+        "model.towers.expert_dim=16", "model.towers.head_hidden=(8,)")
+
+
+def test_quick_study_writes_results(tmp_path):
+  out = tmp_path / "RESULTS.md"
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")  # one device: fast
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "ablation.py"), "--quick",
+         "--configs=full,no_cross", "--nopeer", f"--workdir={tmp_path / 'runs'}",
+         f"--out={out}"] + [f"--set={kv}" for kv in TINY]
+  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+
+  text = out.read_text()
+  assert text.startswith("# Ablation study")
+  assert "python experiments/ablation.py --quick" in text
+  for section in ("## Expectations", "## CTR", "## LVTR", "## LTR", "## Slices",
+                  "## Oracle headroom", "## Freshness", "## Wall time"):
+    assert section in text, section
+  for png in ("auc_over_time.png", "slices.png", "freshness.png"):
+    assert (tmp_path / "plots" / png).stat().st_size > 0, png
+    assert f"plots/{png}" in text
+
+  study = json.loads((tmp_path / "runs" / "study.json").read_text())
+  assert study["plan"]["preset"] == "small" and study["plan"]["seeds"] == 1
+  assert study["plan"]["configs"] == ["full", "no_cross"]
+  assert set(study["runs"]["0"]) >= {"full", "no_cross", "world", "samples"}
+  for name in ("full", "no_cross"):
+    m = json.loads((tmp_path / "runs" / "seed_0" / name / "metrics.json").read_text())
+    assert {"ctr", "lvtr", "ltr"} <= set(m["overall"])
+
+  # The peer's adapter on the same samples: every eval record, windows covering both splits.
+  sys.path.insert(0, ROOT)
+  from experiments.peers import export_samples
+  data = export_samples.export(study["runs"]["0"]["samples"], str(tmp_path / "din.npz"),
+                               window_min=360.0, sv_len=8, lv_len=4)
+  with np.load(data) as d:
+    n_eval, n_train = len(d["eval_user"]), len(d["train_y"])
+    assert d["eval_hist_live"].shape == (n_eval, 4) and d["train_sv_author"].shape[1] == 8
+    assert d["windows"][0, 0] == 0 and d["windows"][-1, 1] == n_eval
+    assert d["windows"][-1, 3] == n_train
+    assert d["vocab"].min() > 1 and len(d["vocab"]) == len(d["vocab_names"])
+  assert not glob.glob(str(tmp_path / "*.tmp*"))
