@@ -8,7 +8,9 @@ reads its slice of every global batch, and the step never branches on the device
 Resume: checkpoints hold the train state and the current window's Grain iterator; a small
 ``progress/<step>.json`` names the window, and every window's predictions are kept in
 ``preds/``; so a run killed at any point continues from its latest checkpoint and ends with
-the same parameters and metrics as an uninterrupted run.
+the same parameters and metrics as an uninterrupted run. ``train.max_steps`` caps training:
+the run checkpoints where it stopped, still scores the remaining windows (with the stopped
+model), and a rerun of the workdir with a larger ``max_steps`` continues from there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mcjax import config as mcconfig
 from mcjax import losses, metrics, windows
 from mcjax.model import build_model
 from mcjax.samples import pipeline, shards
+from mcjax.samples.build import ensure_samples
 from mcjax.samples.schema import TASKS
 from mcjax.train import checkpoint, mesh as mesh_lib, sparse, state as state_lib, step as step_lib
 
@@ -39,7 +42,6 @@ def prepare_data(cfg: ml_collections.ConfigDict, workdir: str,
                  cache_dir: str | None = None) -> tuple[str, str]:
   """(event-log folder, samples folder): the simulated world and the sample cache are built
   under ``workdir`` (or ``cache_dir``) when missing (process 0 builds; the others wait)."""
-  from launch.build_samples import ensure_samples
   log_dir = cfg.data.log_dir
   if not log_dir:
     from mcjax.sim import world
@@ -271,6 +273,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
              disable=not main, smoothing=0.05)
   t0, examples = time.time(), 0
   max_steps = cfg.train.max_steps
+  saved = latest  # the newest step with a checkpoint (saves are asynchronous)
+  stopped = False  # max_steps reached: later windows are still scored, not trained on
+
+  def save(w_index: int, it) -> None:
+    nonlocal saved
+    if main:
+      _write_progress(workdir, step, {"window": w_index, "step": step})
+    _sync(f"progress-{step}")
+    ckpt.save(step, runner.state, it, force=True)
+    saved = step
+
   for w in plan[start_window:]:
     if resume_iter is None:
       preds = runner.predict(w)
@@ -280,11 +293,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
           ctr = metrics.auc(preds["labels"][:, 0], preds["probs"][:, 0])
           if np.isfinite(ctr):
             writer.add_scalar("eval/ctr_auc_window", ctr, w.index)
-      it = runner.train_iter(w, cfg.seed + w.index) if w.n_train else iter(())
+      it = runner.train_iter(w, cfg.seed + w.index) if w.n_train and not stopped else None
     else:
       it, resume_iter = resume_iter, None
-    for local in it:
-      if 0 <= max_steps <= step:
+    while it is not None:
+      if 0 <= max_steps <= step:  # checked before reading: the iterator stays on this batch
+        stopped = True
+        if saved != step:  # a longer rerun of this workdir continues from here
+          save(w.index, it)
+        break
+      local = next(it, None)
+      if local is None:
         break
       runner.state, m = runner.train_step(runner.state,
                                           runner.to_device(local, cfg.train.batch_size))
@@ -297,17 +316,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         for name, value in m.items():
           writer.add_scalar(name, float(value), step)
       if step % cfg.train.checkpoint_every_steps == 0:
-        if main:
-          _write_progress(workdir, step, {"window": w.index, "step": step})
-        _sync(f"progress-{step}")
-        ckpt.save(step, runner.state, it)
+        save(w.index, it)
   bar.close()
   wall = time.time() - t0
-  if main:
-    _write_progress(workdir, step, {"window": len(plan), "step": step})
-  _sync("final-progress")
-  if ckpt.latest_step() != step:
-    ckpt.save(step, runner.state, force=True)
+  if not stopped:  # the data ran out: mark the run done
+    if main:
+      _write_progress(workdir, step, {"window": len(plan), "step": step})
+    _sync("final-progress")
+    if saved != step:
+      ckpt.save(step, runner.state, force=True)
   ckpt.wait_until_finished()
 
   preds = {w.index: _load_preds(workdir, w.index) for w in plan
