@@ -64,6 +64,9 @@ _QUICK = flags.DEFINE_bool("quick", False, "~5-minute version: the `small` world
 _SET = flags.DEFINE_multi_string("set", [], "A config override applied to every config, "
                                  "key=value; repeat the flag for several (e.g. "
                                  "--set=train.window_min=30 --set=model.crowd.hidden=(16,)).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Train nothing: write RESULTS.md from "
+                                 "the finished runs in --workdir (a config may then have "
+                                 "fewer seeds than --seeds).")
 _PEER_ARGS = flags.DEFINE_list("peer_args", [], "Extra flags for din_ablation.py "
                                "(e.g. --epochs=1,--dim=16).")
 
@@ -121,6 +124,7 @@ def plan(argv_flags=None) -> dict:
       "sizes": {k: f.value for k, f in _SIZES.items() if f.value is not None},
       "set": (list(QUICK_SET) if quick else []) + list(_SET.value),
       "peer": _PEER.value,
+      "report_only": _REPORT_ONLY.value,
       "workdir": _WORKDIR.value,
       "out": _OUT.value,
   }
@@ -135,35 +139,42 @@ def ensure_world(root: str, preset: str, seed: int, sizes: dict) -> str:
 
 
 def run_seed(p: dict, seed: int, timings: dict) -> dict:
-  """Trains every config on world ``seed``; returns config -> the run's folder."""
+  """Trains every config on world ``seed`` (with ``--report_only``: collects the finished
+  runs only); returns config -> the run's folder, plus "world", "samples" and "din"."""
   from mcjax import trainer
   root = os.path.join(p["workdir"], f"seed_{seed}")
   t = time.time()
   log_dir = ensure_world(root, p["preset"], seed, p["sizes"])
-  timings[f"seed {seed}: world"] = time.time() - t
+  if not p["report_only"]:
+    timings[f"seed {seed}: world"] = time.time() - t
   dirs = {}
   for name in p["configs"]:
     cfg = load_config(name)
     apply_overrides(cfg, p["set"])
     cfg.data.log_dir, cfg.seed = log_dir, seed
     run_dir = os.path.join(root, name)
+    done = os.path.exists(os.path.join(run_dir, "metrics.json"))
+    if not done and p["report_only"]:
+      continue
     t = time.time()
-    if not os.path.exists(os.path.join(run_dir, "metrics.json")):
+    if not done:
       m = trainer.train_and_evaluate(cfg, run_dir, cache_dir=os.path.join(root, "samples"))
       ctr = m["overall"]["ctr"]
       print(f"seed {seed} {name}: CTR AUC {ctr['auc']:.4f} GAUC {ctr['gauc']:.4f} "
             f"({time.time() - t:.0f} s)", flush=True)
-    timings[f"seed {seed}: {name}"] = time.time() - t
+      timings[f"seed {seed}: {name} (samples + train + eval)"] = time.time() - t
     dirs[name] = run_dir
   cfg = load_config("full")
   apply_overrides(cfg, p["set"])
   cfg.data.log_dir, cfg.seed = log_dir, seed
   _, dirs["samples"] = trainer.prepare_data(cfg, root, os.path.join(root, "samples"))
   dirs["world"] = log_dir
-  if p["peer"]:
+  if p["peer"] and not p["report_only"]:
     t = time.time()
     dirs["din"] = run_peer(p, seed, root, cfg, dirs["samples"])
-    timings[f"seed {seed}: din (peer)"] = time.time() - t
+    timings[f"seed {seed}: din (peer: export + train + eval)"] = time.time() - t
+  elif os.path.exists(os.path.join(root, "din", "done.json")):
+    dirs["din"] = os.path.join(root, "din")
   return dirs
 
 
@@ -194,7 +205,7 @@ def main(argv) -> None:
   if "full" not in p["configs"]:
     raise app.UsageError(f"--configs must include 'full' (every delta is from it), got "
                          f"{p['configs']}")
-  if p["peer"] and not os.path.exists(PEER_PYTHON):
+  if p["peer"] and not p["report_only"] and not os.path.exists(PEER_PYTHON):
     raise app.UsageError("--peer needs experiments/peers/.venv: run "
                          "`bash experiments/peers/setup.sh` first (or pass --nopeer)")
   from absl import logging
@@ -203,12 +214,22 @@ def main(argv) -> None:
     apply_overrides(load_config(name), p["set"])
   command = "python experiments/ablation.py " + " ".join(
       shlex.quote(a) for a in sys.argv[1:])
-  timings, runs = {}, {}
+  os.makedirs(p["workdir"], exist_ok=True)
+  timing_path = os.path.join(p["workdir"], "timings.json")
+  timings = {}
+  if os.path.exists(timing_path):  # stages of earlier invocations on this workdir
+    with open(timing_path) as f:
+      timings = json.load(f)
+  runs = {}
   t0 = time.time()
   for seed in range(p["seeds"]):
     runs[seed] = run_seed(p, seed, timings)
-  timings["total"] = time.time() - t0
-  os.makedirs(p["workdir"], exist_ok=True)
+    with open(timing_path, "w") as f:
+      json.dump(timings, f, indent=1)
+  if not p["report_only"]:
+    timings[f"total of `{command}`"] = time.time() - t0
+  with open(timing_path, "w") as f:
+    json.dump(timings, f, indent=1)
   with open(os.path.join(p["workdir"], "study.json"), "w") as f:
     json.dump({"command": command, "plan": p, "runs": runs, "timings": timings}, f, indent=1)
   path = ablation_report.write_results(p["out"], command=command, plan=p, runs=runs,

@@ -23,15 +23,15 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from experiments import ablation_freshness as fresh  # noqa: E402
 from mcjax import metrics, report  # noqa: E402
 from mcjax.samples import shards  # noqa: E402
 
 TASKS = ("ctr", "lvtr", "ltr")
 STATS = ("auc", "uauc", "gauc", "logloss")
 SLICES = ("highlight", "non_highlight", "live_sparse", "other")
-PRE_MS = 5 * 60_000        # freshness: the live's predictions in the 5 min before the start
-ROLL = 3                   # ... a rise is a mean of ROLL consecutive records above
-RISE_SIGMAS = 2.0          # ... the pre-highlight mean + RISE_SIGMAS * its standard error
+FRESH = ("full", "no_moment", "no_crowd", "baseline")  # scorers of the freshness section
+PLACEBO = "full, placebo (15 min before each highlight)"
 TABLE = {"tablefmt": "github", "disable_numparse": True}
 
 
@@ -88,73 +88,34 @@ def join(keys: np.ndarray, table_keys: np.ndarray, values: np.ndarray, name: str
   return values[pos]
 
 
-def oracle_ctr(world_dir: str, preds: dict) -> dict:
-  """The oracle's p_click for the run's CTR evaluation records, and their labels."""
+def oracle_p(world_dir: str, exposure_id: np.ndarray) -> np.ndarray:
+  """The simulator's true click probability of each exposure (``_oracle/exposures``)."""
   ex = pq.read_table(os.path.join(world_dir, "_oracle", "exposures.parquet"),
                      columns=["exposure_id", "p_click"])
   ids = ex["exposure_id"].to_numpy()
   order = np.argsort(ids)
-  p = join(preds["exposure_id"], ids[order], ex["p_click"].to_numpy()[order],
-           "_oracle/exposures.parquet")
+  return join(exposure_id, ids[order], ex["p_click"].to_numpy()[order],
+              "_oracle/exposures.parquet")
+
+
+def oracle_ctr(world_dir: str, preds: dict) -> dict:
+  """The oracle's p_click for the run's CTR evaluation records, and their labels."""
+  p = oracle_p(world_dir, preds["exposure_id"])
   keep = preds["mask"][:, 0] > 0
   return {"p": p[keep], "y": preds["labels"][keep, 0], "user": preds["user_id"][keep],
           "in_highlight": preds["in_highlight"][keep], "lv_len": preds["lv_len"][keep]}
 
 
-def rise_delays(preds: dict, meta: dict, highlights) -> np.ndarray:
-  """Seconds from each highlight's start until the live's predicted CTR rises (NaN: no rise
-  before the highlight ends; highlights with < 3 earlier or < ROLL later records dropped).
-
-  A rise: the mean prediction of ROLL consecutive evaluation records of the live exceeds the
-  mean over its records in the PRE_MS before the start by RISE_SIGMAS standard errors."""
-  live = join(preds["exposure_id"], meta["exposure_id"], meta["live_id"], "the eval split")
-  ts = join(preds["exposure_id"], meta["exposure_id"], meta["exposure_ts_ms"], "the eval split")
-  p = preds["probs"][:, 0].astype(np.float64)
-  lives, live_rank = np.unique(live, return_inverse=True)
-  t0 = int(ts.min()) - PRE_MS
-  span = int(ts.max()) - t0 + 1
-  key = live_rank.astype(np.int64) * span + (ts - t0)
-  order = np.argsort(key, kind="stable")
-  key, p, live_rank = key[order], p[order], live_rank[order]
-  h_live = highlights["live_id"].to_numpy()
-  h_rank = np.searchsorted(lives, h_live)
-  known = (h_rank < len(lives)) & (lives[np.minimum(h_rank, len(lives) - 1)] == h_live)
-  h_rank = h_rank[known]
-  start = highlights["start_ms"].to_numpy()[known] - t0
-  end = highlights["end_ms"].to_numpy()[known] - t0
-  base = h_rank * span
-  lo_pre = np.searchsorted(key, base + np.maximum(start - PRE_MS, 0))
-  lo = np.searchsorted(key, base + start)
-  hi = np.searchsorted(key, base + end)
-  c1 = np.concatenate([[0.0], np.cumsum(p)])
-  c2 = np.concatenate([[0.0], np.cumsum(p * p)])
-  n_pre = lo - lo_pre
-  ok = (n_pre >= 3) & (hi - lo >= ROLL)
-  lo_pre, lo, hi, start = lo_pre[ok], lo[ok], hi[ok], start[ok]
-  n_pre = n_pre[ok]
-  mean = (c1[lo] - c1[lo_pre]) / n_pre
-  var = np.maximum((c2[lo] - c2[lo_pre]) / n_pre - mean ** 2, 0.0) * n_pre / (n_pre - 1)
-  thr = mean + RISE_SIGMAS * np.sqrt(var / ROLL)
-  roll = (c1[ROLL:] - c1[:-ROLL]) / ROLL            # roll[i]: mean of p[i : i + ROLL]
-  counts = hi - lo - ROLL + 1
-  h_of = np.repeat(np.arange(len(lo)), counts)
-  idx = lo[h_of] + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-  hit = roll[idx] > thr[h_of]
-  out = np.full(len(lo), np.nan)
-  first_h, first_at = np.unique(h_of[hit], return_index=True)
-  last = idx[hit][first_at] + ROLL - 1
-  out[first_h] = (key[last] - h_rank[ok][first_h] * span - start[first_h]) / 1000.0
-  return out
-
-
 def collect(plan: dict, runs: dict) -> dict:
   """Per config and seed: metrics.json, headroom inputs and freshness delays."""
-  out = {"metrics": {}, "oracle": {}, "fresh": {}, "peer": {}}
+  out = {"metrics": {}, "oracle": {}, "delays": {}, "curves": {}, "peer": {}}
   for seed, dirs in runs.items():
     world_dir = dirs["world"]
     highlights = pq.read_table(os.path.join(world_dir, "_oracle", "highlights.parquet"))
     meta = eval_meta(dirs["samples"])
     for name in plan["configs"]:
+      if name not in dirs:  # --report_only: this seed's run did not finish
+        continue
       m = report.load_metrics(os.path.join(dirs[name], "metrics.json"))
       out["metrics"].setdefault(name, {})[seed] = m
       preds = load_preds(dirs[name])
@@ -163,8 +124,23 @@ def collect(plan: dict, runs: dict) -> dict:
         sl = metrics.standard_slices(o, plan.get("live_sparse_threshold", 5))
         out["oracle"][seed] = {"overall": metrics.auc(o["y"], o["p"]), **{
             s: metrics.auc(o["y"][sel], o["p"][sel]) for s, sel in sl.items()}}
-      if name in ("full", "no_moment", "no_crowd", "baseline"):
-        out["fresh"].setdefault(name, {})[seed] = rise_delays(preds, meta, highlights)
+      if name not in FRESH:
+        continue
+      ix = fresh.live_index(
+          join(preds["exposure_id"], meta["exposure_id"], meta["live_id"], "the eval split"),
+          join(preds["exposure_id"], meta["exposure_id"], meta["exposure_ts_ms"],
+               "the eval split"))
+      p = preds["probs"][:, 0]
+      out["delays"].setdefault(name, []).append(fresh.rise_delays(p, ix, highlights))
+      out["curves"][name] = fresh.add_curves(out["curves"].get(name),
+                                             fresh.uplift_curve(p, ix, highlights))
+      if name == "full":
+        out["delays"].setdefault(PLACEBO, []).append(
+            fresh.rise_delays(p, ix, highlights, -fresh.PLACEBO_MS))
+        p_true = oracle_p(world_dir, preds["exposure_id"])
+        out["curves"][fresh.ORACLE] = fresh.add_curves(out["curves"].get(fresh.ORACLE),
+                                                       fresh.uplift_curve(p_true, ix,
+                                                                          highlights))
     if "din" in dirs:
       preds = dict(np.load(os.path.join(dirs["din"], "preds.npz")))
       sl = metrics.standard_slices(preds, plan.get("live_sparse_threshold", 5))
@@ -193,12 +169,13 @@ def task_table(c: dict, names, task: str) -> str:
   full_auc, full_gauc = stat(c, "full", task, "auc"), stat(c, "full", task, "gauc")
   rows = []
   for n in names:
-    row = [n] + [fmt(mean_std(stat(c, n, task, k).values())) for k in STATS]
+    row = [n, len(c["metrics"].get(n, {}))]
+    row += [fmt(mean_std(stat(c, n, task, k).values())) for k in STATS]
     d_auc = mean_std(paired(stat(c, n, task, "auc"), full_auc))
     d_gauc = mean_std(paired(stat(c, n, task, "gauc"), full_gauc))
     row += [fmt(d_auc, sign=True), significance(d_auc), fmt(d_gauc, sign=True)]
     rows.append(row)
-  return tabulate(rows, ["config", "AUC", "UAUC", "GAUC", "logloss", "ΔAUC vs full",
+  return tabulate(rows, ["config", "seeds", "AUC", "UAUC", "GAUC", "logloss", "ΔAUC vs full",
                          "|Δ|/std", "ΔGAUC vs full"], **TABLE)
 
 
@@ -261,20 +238,6 @@ def headroom_table(c: dict, names) -> str:
                          "headroom share"], **TABLE)
 
 
-def freshness_table(c: dict) -> str:
-  rows = []
-  for n, per_seed in c["fresh"].items():
-    d = np.concatenate(list(per_seed.values()))
-    finite = d[np.isfinite(d)]
-    med_seed = [np.median(np.where(np.isfinite(v), v, np.inf)) for v in per_seed.values()]
-    rows.append([n, len(d), f"{len(finite) / max(len(d), 1):.2f}",
-                 f"{np.median(finite):.0f}" if len(finite) else "-",
-                 " / ".join("none" if not np.isfinite(x) else f"{x:.0f}" for x in med_seed)])
-  return tabulate(rows, ["config", "highlights", "share with a rise",
-                         "median s to rise (rises only)",
-                         "median s per seed (no rise = ∞)"], **TABLE)
-
-
 def peer_table(c: dict) -> str:
   rows = []
   def row(name, per_seed):
@@ -306,25 +269,10 @@ def plot_slices(c: dict, names, path: str) -> None:
   plt.close(fig)
 
 
-def plot_freshness(c: dict, path: str) -> None:
-  fig, ax = plt.subplots(figsize=(7, 4))
-  bins = np.linspace(0, 360, 25)
-  for n, per_seed in c["fresh"].items():
-    d = np.concatenate(list(per_seed.values()))
-    ax.hist(d[np.isfinite(d)], bins=bins, histtype="step", lw=1.5,
-            label=f"{n} ({np.isfinite(d).mean():.0%} of highlights rise)")
-  ax.set_xlabel("seconds after the highlight starts until the live's predicted CTR rises")
-  ax.set_ylabel("highlights")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: dict) -> str:
   """Writes ``out`` (Markdown) and ``plots/*.png`` beside it; returns ``out``."""
   c = collect(plan, runs)
-  names = list(plan["configs"])
+  names = [n for n in plan["configs"] if n in c["metrics"]]
   plots = os.path.join(os.path.dirname(os.path.abspath(out)), "plots")
   os.makedirs(plots, exist_ok=True)
   seed0 = min(runs)
@@ -334,8 +282,8 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
   lines = [
       "# Ablation study: Moment & Cross on the simulated world", "",
       "Produced by (from the repository root):", "", "```", command, "```", "",
-      f"Finished {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in "
-      f"{timings.get('total', 0) / 60:.1f} min. {n_seeds} seed(s) (world seed = model seed = "
+      f"Written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+      f"{n_seeds} seed(s) (world seed = model seed = "
       f"0..{n_seeds - 1}); online (prequential) evaluation: each window is scored before the "
       "model trains on it. Spreads are std over seeds (ddof=1); deltas are paired by seed.", "",
       f"World: preset `{plan['preset']}`" + (f" with overrides {plan['sizes']}"
@@ -363,15 +311,22 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
               "probability (`_oracle/exposures.parquet`, joined by exposure_id). Headroom share "
               "= (model AUC - baseline AUC) / (oracle AUC - baseline AUC) per seed, baseline = "
               "`baseline` (no_moment + no_cross).", "", headroom_table(c, names), ""]
-  if c["fresh"]:
-    plot_freshness(c, os.path.join(plots, "freshness.png"))
+  if c["curves"]:
+    fresh.plot(c["delays"], c["curves"], os.path.join(plots, "freshness.png"))
     lines += ["## Freshness after a highlight starts", "",
               f"Per highlight: the mean predicted CTR of the live's evaluation records in the "
-              f"{PRE_MS // 60000} min before its start; the rise is the first time {ROLL} "
-              f"consecutive records of the live average more than that mean + {RISE_SIGMAS:g} "
-              "standard errors, before the highlight ends (no rise otherwise). Highlights with "
-              f"fewer than 3 records before or {ROLL} during are left out.", "",
-              freshness_table(c), "", "![Freshness](plots/freshness.png)", ""]
+              f"{fresh.PRE_MS // 60000} min before its start; the rise is the first time "
+              f"{fresh.ROLL} consecutive records of the live average more than that mean + "
+              f"{fresh.RISE_SIGMAS:g} standard errors, before the highlight ends (no rise "
+              f"otherwise); highlights with fewer than 3 records before or {fresh.ROLL} during "
+              "are left out. The placebo row applies the same rule to `full` 15 min before "
+              "each highlight: how often the rule fires with no highlight. Pooled: the mean "
+              "logit uplift of the live's predictions over its pre-start mean, per 30 s bin "
+              "over all highlights and seeds; the oracle row is the true p_click; the pooled "
+              "rise is the end of the first bin after the start where a model's uplift reaches "
+              "half the oracle's mean uplift over 0-2 min.", "",
+              fresh.table(c["delays"], c["curves"]), "", "![Freshness](plots/freshness.png)",
+              ""]
   if c["peer"]:
     info = next(iter(c["peer"].values()))["info"]
     lines += ["## Peer: DeepCTR-Torch DIN on the same samples and windows", "",
