@@ -25,6 +25,7 @@ from tabulate import tabulate  # noqa: E402
 
 from experiments import ablation_freshness as fresh  # noqa: E402
 from mcjax import metrics, report  # noqa: E402
+from mcjax.samples import schema as S  # noqa: E402
 from mcjax.samples import shards  # noqa: E402
 
 TASKS = ("ctr", "lvtr", "ltr")
@@ -67,9 +68,11 @@ def load_preds(run_dir: str) -> dict:
 
 
 def eval_meta(samples_dir: str, chunk: int = 50_000) -> dict:
-  """exposure_id, live_id and exposure time of every evaluation record (sorted by id)."""
+  """exposure_id, live_id, exposure time, crowd features and oracle fields of every
+  evaluation record (sorted by exposure_id)."""
   src = shards.open_samples(samples_dir, "eval")
-  cols = {"exposure_id": [], "live_id": [], "exposure_ts_ms": []}
+  cols = {"exposure_id": [], "live_id": [], "exposure_ts_ms": [], "crowd": [],
+          "in_highlight": [], "oracle_p_click": [], "oracle_p_no_highlight": []}
   for lo in range(0, len(src), chunk):
     rec = src.__getitems__(np.arange(lo, min(lo + chunk, len(src))))
     for k in cols:
@@ -106,13 +109,33 @@ def oracle_ctr(world_dir: str, preds: dict) -> dict:
           "in_highlight": preds["in_highlight"][keep], "lv_len": preds["lv_len"][keep]}
 
 
+def crowd_signal(meta: dict) -> dict:
+  """How visible highlights are in the crowd features the model gets at exposure time."""
+  hl = meta["in_highlight"]
+  known = hl >= 0
+  crowd, hl = meta["crowd"][known], hl[known]
+  col = {n: crowd[:, S.CROWD_INDEX[n]] for n in ("exposures_30s", "exposures_5m",
+                                                  "click_rate_30s", "click_rate_5m")}
+  p, p0 = meta["oracle_p_click"][known], meta["oracle_p_no_highlight"][known]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    lift = np.log(p / (1 - p)) - np.log(p0 / (1 - p0))
+  return {"records": int(len(hl)), "highlight share": float(np.mean(hl == 1)),
+          "true logit lift in highlights": float(np.nanmean(lift[hl == 1])),
+          "share with >= 1 exposure of the live in the last 30 s":
+              float(np.mean(col["exposures_30s"] > 0)),
+          "mean exposures of the live in the last 5 min": float(np.mean(col["exposures_5m"])),
+          "AUC of click_rate_30s for in_highlight": metrics.auc(hl, col["click_rate_30s"]),
+          "AUC of click_rate_5m for in_highlight": metrics.auc(hl, col["click_rate_5m"])}
+
+
 def collect(plan: dict, runs: dict) -> dict:
   """Per config and seed: metrics.json, headroom inputs and freshness delays."""
-  out = {"metrics": {}, "oracle": {}, "delays": {}, "curves": {}, "peer": {}}
+  out = {"metrics": {}, "oracle": {}, "delays": {}, "curves": {}, "peer": {}, "crowd": {}}
   for seed, dirs in runs.items():
     world_dir = dirs["world"]
     highlights = pq.read_table(os.path.join(world_dir, "_oracle", "highlights.parquet"))
     meta = eval_meta(dirs["samples"])
+    out["crowd"][seed] = crowd_signal(meta)
     for name in plan["configs"]:
       if name not in dirs:  # --report_only: this seed's run did not finish
         continue
@@ -326,7 +349,11 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
               "rise is the end of the first bin after the start where a model's uplift reaches "
               "half the oracle's mean uplift over 0-2 min.", "",
               fresh.table(c["delays"], c["curves"]), "", "![Freshness](plots/freshness.png)",
-              ""]
+              "", "How visible a highlight is in the crowd features at exposure time "
+              "(evaluation records, mean over seeds; the click rates are the only real-time "
+              "signal of a highlight the model has):", "",
+              tabulate([[k, f"{np.mean([v[k] for v in c['crowd'].values()]):.4g}"]
+                        for k in next(iter(c["crowd"].values()))], ["", "value"], **TABLE), ""]
   if c["peer"]:
     info = next(iter(c["peer"].values()))["info"]
     lines += ["## Peer: DeepCTR-Torch DIN on the same samples and windows", "",
