@@ -138,6 +138,7 @@ class StepBench:
                model_flops: bool = True, fast_compile: bool = False):
     mcconfig.validate(cfg)
     self.cfg, self.batch_size, self.sparse_update = cfg, batch_size, sparse_update
+    self.fast_compile = fast_compile
     shape = tuple(int(s) for s in mesh_shape)
     devices = None if -1 in shape else jax.devices()[:int(np.prod(shape))]
     self.mesh = mesh_lib.make_mesh(shape, devices)
@@ -195,7 +196,7 @@ class StepBench:
       peak_flops = chip_peak_flops(device)
       peak_source = "published bf16 dense"
       if peak_flops is None:
-        n = 1024 if self.model_flops is not None else 256
+        n = 256 if self.fast_compile else 1024
         peak_flops, peak_source = roofline.matmul_rate(n), f"fp32 {n}^2 matmul probe (now)"
     per_s_chip = out["examples_per_s_per_chip"]
     out.update(
