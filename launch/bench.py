@@ -72,7 +72,8 @@ def main(argv) -> None:
   result = {"mode": _MODE.value}
   if _MODE.value in ("step", "e2e"):
     bench = step_bench.StepBench(cfg, batch_size, mesh_shape, sparse_update=_SPARSE.value,
-                                 fast_compile=_QUICK.value, model_flops=_MODEL_FLOPS.value and not _QUICK.value)
+                                 fast_compile=_QUICK.value,
+                                 model_flops=_MODEL_FLOPS.value and not _QUICK.value)
     result["step"] = bench.run(**timing, peak_flops=None if _PEAK.value is None
                                else 1e12 * _PEAK.value)
   if _MODE.value in ("pipeline", "e2e"):
