@@ -52,7 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.embedding_learning_rate = 0.05   # row-wise Adagrad for embedding tables
   c.train.checkpoint_every_steps = 500
   c.train.log_every_steps = 50
-  c.train.max_steps = -1          # -1 = until the data ends
+  c.train.max_steps = -1          # -1 = until the data ends; later windows are still scored,
+  #                                  and a rerun with a larger value continues
   c.train.live_sparse_threshold = 5
 
   c.mesh = ml_collections.ConfigDict()

@@ -1,0 +1,82 @@
+"""The train launcher end to end: a run killed with SIGKILL and rerun ends exactly like an
+uninterrupted one; metrics.json has the documented layout; offline mode runs."""
+
+import glob
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import trainer_fixtures as fx
+
+from mcjax.samples.schema import TASKS
+
+METRIC_KEYS = {"auc", "uauc", "gauc", "logloss", "n"}
+SLICES = {"highlight", "non_highlight", "live_sparse", "other"}
+
+
+@pytest.fixture(scope="module")
+def s(tmp_path_factory):
+  return fx.session(tmp_path_factory)
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(s):
+  ref = fx.reference(s)
+  work = fx.workdir(s, "killed")
+  proc = fx.start(s, work)
+  deadline = time.time() + fx.RUN_TIMEOUT_S
+  while not [t for t in fx.ckpt_steps(work) if t >= 40]:  # a checkpoint mid-run
+    assert proc.poll() is None, f"the run ended before a checkpoint:\n{fx.tail(work + '.log')}"
+    assert time.time() < deadline, fx.tail(work + ".log")
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  final = fx.load_metrics(ref)["train"]["steps"]
+  assert not os.path.exists(os.path.join(work, "metrics.json"))
+  assert fx.ckpt_steps(work)[-1] < final  # killed mid-run, not after the end
+
+  fx.run(s, work)  # the same command again: resumes from the latest checkpoint
+  assert fx.comparable(fx.load_metrics(work)) == fx.comparable(fx.load_metrics(ref))
+  got, want = fx.load_state(work), fx.load_state(ref)
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  assert fx.ckpt_steps(work)[-1] == final
+
+
+def _assert_task_metrics(block: dict, where: str) -> None:
+  assert set(block) >= set(TASKS), (where, sorted(block))
+  for task in TASKS:
+    assert set(block[task]) >= METRIC_KEYS, (where, task, sorted(block[task]))
+
+
+def test_metrics_json_layout_and_tensorboard(s):
+  ref = fx.reference(s)
+  m = fx.load_metrics(ref)
+  assert set(m) >= {"config", "overall", "slices", "windows"}
+  assert m["config"] == "tiny" and m["mode"] == "online"
+  _assert_task_metrics(m["overall"], "overall")
+  assert set(m["slices"]) == SLICES
+  for name, block in m["slices"].items():
+    _assert_task_metrics(block, f"slices.{name}")
+  assert len(m["windows"]) >= 2
+  for w in m["windows"]:
+    assert {"start_ms", "end_ms"} <= set(w) and w["start_ms"] < w["end_ms"]
+    _assert_task_metrics(w, f"window {w['start_ms']}")
+  starts = [w["start_ms"] for w in m["windows"]]
+  assert starts == sorted(starts)
+  # Every evaluation record is scored exactly once, in one window.
+  assert sum(w["ctr"]["n"] for w in m["windows"]) == m["overall"]["ctr"]["n"] > 0
+  assert 0.0 <= m["overall"]["ctr"]["auc"] <= 1.0
+  assert m["train"]["steps"] > 0
+  assert glob.glob(os.path.join(ref, "tb", "events.out.tfevents.*"))
+
+
+def test_offline_mode(s):
+  m = fx.load_metrics(fx.short_reference(s))
+  assert m["mode"] == "offline"
+  _assert_task_metrics(m["overall"], "overall")
+  assert len(m["windows"]) == 1  # the evaluation side of the time split
+  assert m["overall"]["ctr"]["n"] > 0
+  assert m["train"]["steps"] == fx.SHORT_STEPS
