@@ -13,6 +13,8 @@ cluster launcher) it calls ``jax.distributed.initialize`` first.
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -34,12 +36,11 @@ def main(argv) -> None:
   if _DATA.value:
     cfg.data.log_dir = _DATA.value
   from mcjax import config as mcconfig
-  mcconfig.validate(cfg)  # before any device work
-
-  from mcjax import distributed
+  from mcjax import distributed, trainer
+  _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _refuse_bad_config(trainer.check_layout, cfg)  # needs the device count only
 
-  from mcjax import trainer
   result = trainer.train_and_evaluate(cfg, _WORKDIR.value)
   ctr = result["overall"].get("ctr", {})
   logging.info("done: ctr auc=%s gauc=%s", ctr.get("auc"), ctr.get("gauc"))
@@ -47,5 +48,29 @@ def main(argv) -> None:
         f"{_WORKDIR.value}/metrics.json")
 
 
+def _refuse_bad_config(check, cfg) -> None:
+  try:
+    check(cfg)
+  except ValueError as e:
+    sys.exit(f"FATAL invalid config: {e}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; an override of a key the config lacks exits naming the flag."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # what config_flags raises for an unknown key
+    missing = str(e).strip("'\"")
+    given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    named = [a for a in given if missing in a.split(".")] or given
+    sys.exit(f"FATAL unknown config key: {', '.join(named)} ({missing!r} is not in the config "
+             f"of {_config_file(argv)})")
+
+
+def _config_file(argv: list[str]) -> str:
+  files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  return files[-1] if files else _CONFIG.default
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,83 @@
+"""Bad configs are refused before any device work, with a message naming the key: by the
+train launcher (unknown keys, a mesh the devices cannot form), by ``check_layout`` (a batch
+the data axis cannot split) and by ``mcjax.config.validate``."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import trainer_fixtures as fx
+
+from mcjax import config as mcconfig
+from mcjax import trainer
+
+
+def _launch(tmp_path, *flags):
+  work = tmp_path / "work"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  r = subprocess.run([sys.executable, "-m", "launch.train", f"--config={fx.TINY}",
+                      f"--workdir={work}", *flags], cwd=fx.REPO, env=env,
+                     capture_output=True, text=True, timeout=120)
+  assert not work.exists()  # refused before touching the workdir (no data, no devices)
+  return r
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--config.train.nope=1",), "--config.train.nope"),
+    (("--config.mesh.shape=(3,1)",), "config.mesh.shape"),
+    (("--config.train.window_min=0",), "config.train.window_min"),
+])
+def test_launcher_refuses_bad_configs(tmp_path, flags, message):
+  r = _launch(tmp_path, *flags)
+  assert r.returncode != 0
+  assert message in r.stderr, r.stderr
+  assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_batch_must_split_over_the_data_axis():
+  cfg = fx.tiny_config()
+  cfg.mesh.shape = (8, 1)
+  assert trainer.check_layout(cfg) == (8, 1)
+  cfg.train.batch_size = 60
+  with pytest.raises(ValueError, match=r"config\.train\.batch_size=60"):
+    trainer.check_layout(cfg)
+  cfg.train.batch_size, cfg.train.eval_batch_size = 64, 100
+  with pytest.raises(ValueError, match=r"config\.train\.eval_batch_size=100"):
+    trainer.check_layout(cfg)
+  cfg.train.eval_batch_size, cfg.mesh.shape = 256, (3, -1)
+  with pytest.raises(ValueError, match=r"config\.mesh\.shape"):
+    trainer.check_layout(cfg)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.mode", "bogus", "config.train.mode"),
+    ("train.window_min", 0.0, "config.train.window_min"),
+    ("train.window_min", -5.0, "config.train.window_min"),
+    ("train.batch_size", 0, "config.train.batch_size"),
+    ("train.checkpoint_every_steps", 0, "config.train.checkpoint_every_steps"),
+    ("train.offline_split", 1.0, "config.train.offline_split"),
+    ("mesh.shape", (8,), "config.mesh.shape"),
+    ("data.preset", "huge", "config.data.preset"),
+    ("moment.window_s", 0.0, "window_s"),
+    ("model.gsu.top_k", 0, "model.gsu.top_k"),
+])
+def test_validate_names_the_key(key, value, message):
+  cfg = fx.tiny_config()
+  mcconfig.validate(cfg)
+  parent, leaf = key.rsplit(".", 1)
+  node = cfg
+  for part in parent.split("."):
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    mcconfig.validate(cfg)
+
+
+def test_train_and_evaluate_validates_before_building_data(tmp_path):
+  cfg = fx.tiny_config()
+  cfg.train.mode = "bogus"
+  with pytest.raises(ValueError, match=r"config\.train\.mode"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
