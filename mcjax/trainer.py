@@ -325,6 +325,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     _sync("final-progress")
     if saved != step:
       ckpt.save(step, runner.state, force=True)
+  _sync("predictions")  # process 0 has written every window's predictions
   ckpt.wait_until_finished()
 
   preds = {w.index: _load_preds(workdir, w.index) for w in plan

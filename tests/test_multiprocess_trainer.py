@@ -14,7 +14,7 @@ def s(tmp_path_factory):
 
 
 def test_two_processes_train_like_one(s):
-  single = fx.short_reference(s)
+  fx.short_reference(s, block=False)  # side by side with the two processes
   work = fx.workdir(s, "two_processes")
   port = portpicker.pick_unused_port()
   logs = [f"{work}.{i}.log" for i in range(2)]
@@ -22,6 +22,7 @@ def test_two_processes_train_like_one(s):
                     f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
                     f"--process_id={i}", devices=2, log=logs[i]) for i in range(2)]
   fx.wait_all(procs, logs)
+  single = fx.short_reference(s)
 
   got, want = fx.read_scalars(work, LOSS), fx.read_scalars(single, LOSS)
   assert sorted(got) == sorted(want) == list(range(1, fx.SHORT_STEPS + 1))

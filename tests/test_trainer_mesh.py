@@ -25,6 +25,7 @@ def mesh_runs(s):
   procs = {shape: fx.start(s, work, *fx.SHORT, f"--config.train.max_steps={STEPS}",
                            f"--config.mesh.shape={shape}", devices=8)
            for shape, work in works.items()}
+  fx.short_reference(s, block=False)
   for shape, proc in procs.items():
     fx.wait(proc, works[shape] + ".log")
   return works

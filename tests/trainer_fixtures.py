@@ -10,6 +10,7 @@ compare against (``memo_run``) happen once per session.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.util
 import os
@@ -24,6 +25,14 @@ TINY = "experiments/configs/tiny.py"
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 RUN_TIMEOUT_S = 600
 _MEMO: dict = {}
+
+
+@atexit.register
+def _end_background_runs() -> None:
+  for value in _MEMO.values():
+    if isinstance(value, tuple) and value[1].poll() is None:
+      value[1].kill()
+      value[1].wait()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +145,17 @@ def run(s: Session, work: str, *flags: str, devices: int = 1) -> str:
   return work
 
 
-def memo_run(s: Session, name: str, *flags: str, devices: int = 1) -> str:
-  """``run`` in a fresh workdir ``name``, once per session (later calls return the workdir)."""
+def memo_run(s: Session, name: str, *flags: str, devices: int = 1,
+             block: bool = True) -> str:
+  """``run`` in a fresh workdir ``name``, once per session; returns the workdir. With
+  ``block=False`` the run starts in the background and a later call waits for it."""
   if name not in _MEMO:
-    _MEMO[name] = run(s, workdir(s, name), *flags, devices=devices)
-  return _MEMO[name]
+    work = workdir(s, name)
+    _MEMO[name] = (work, start(s, work, *flags, devices=devices))
+  work, proc = _MEMO[name]
+  if block:
+    wait(proc, work + ".log")
+  return work
 
 
 def reference(s: Session) -> str:
@@ -154,9 +169,10 @@ SHORT_STEPS = 30
 SHORT = ("--config.train.mode=offline", "--config.train.log_every_steps=1")
 
 
-def short_reference(s: Session) -> str:
+def short_reference(s: Session, block: bool = True) -> str:
   """SHORT on one device for SHORT_STEPS steps."""
-  return memo_run(s, "short_reference", *SHORT, f"--config.train.max_steps={SHORT_STEPS}")
+  return memo_run(s, "short_reference", *SHORT, f"--config.train.max_steps={SHORT_STEPS}",
+                  block=block)
 
 
 def event_files(work: str) -> list[str]:
