@@ -67,11 +67,12 @@ def session(tmp_path_factory) -> Session:
   return _MEMO["session"]
 
 
-def workdir(s: Session, name: str) -> str:
-  """A fresh workdir of the session whose samples are the shared cache."""
+def workdir(s: Session, name: str, shared: bool = True) -> str:
+  """A fresh workdir of the session; ``shared``: its samples are the session's cache."""
   path = os.path.join(s.root, name)
   os.makedirs(path)
-  os.symlink(s.samples, os.path.join(path, "samples"))
+  if shared:
+    os.symlink(s.samples, os.path.join(path, "samples"))
   return path
 
 
@@ -89,10 +90,11 @@ def env(s: Session, devices: int) -> dict:
 
 
 def start(s: Session, work: str, *flags: str, devices: int = 1, log: str | None = None,
-          config: str = TINY) -> subprocess.Popen:
-  """Starts ``python -m launch.train`` on ``work`` (output to ``log``, default work + .log)."""
-  argv = [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={work}",
-          f"--data={s.world}", *flags]
+          shared: bool = True) -> subprocess.Popen:
+  """Starts ``python -m launch.train`` on ``work`` (output to ``log``, default work + .log);
+  ``shared``: on the session's world (else the run generates its own into the workdir)."""
+  argv = [sys.executable, "-m", "launch.train", f"--config={TINY}", f"--workdir={work}",
+          *([f"--data={s.world}"] if shared else []), *flags]
   out = open(log or work + ".log", "ab")
   try:
     return subprocess.Popen(argv, cwd=REPO, env=env(s, devices), stdout=out,
