@@ -2,7 +2,8 @@
 train launcher run in subprocesses that share one compilation cache.
 
 Every run gets its own workdir whose ``samples`` links to the session's sample cache, and
-``--data`` names the session's world, so no run rebuilds them. Subprocesses compile with
+``--data`` names the session's world, so no run rebuilds them (unless asked to: the
+multi-process test checks that process 0 builds them while the other waits). Subprocesses compile with
 XLA's cheap CPU backend settings and a persistent compilation cache, so runs of one program
 (same config shapes, mesh and device count) compile once per session. Runs that several tests
 compare against (``memo_run``) happen once per session.
@@ -12,10 +13,14 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import glob
 import importlib.util
+import json
 import os
+import struct
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -118,7 +123,6 @@ def wait_all(procs: list[subprocess.Popen], logs: list[str],
              timeout: float = RUN_TIMEOUT_S) -> None:
   """Waits for processes that work together; when one fails, ends the others (they would
   wait for it forever) and fails with its log."""
-  import time
   deadline = time.time() + timeout
   try:
     while any(p.poll() is None for p in procs):
@@ -165,7 +169,7 @@ def reference(s: Session) -> str:
   return memo_run(s, "reference")
 
 
-SHORT_STEPS = 30
+SHORT_STEPS = 20
 # Short runs: offline (train on the first 80% of time, then score the rest), every step's
 # losses logged, stopped after SHORT_STEPS steps unless a run gives its own max_steps.
 SHORT = ("--config.train.mode=offline", "--config.train.log_every_steps=1")
@@ -179,14 +183,12 @@ def short_reference(s: Session, block: bool = True) -> str:
 
 def event_files(work: str) -> list[str]:
   """TensorBoard event files of ``work``, oldest first (a resumed run adds one)."""
-  import glob
   return sorted(glob.glob(os.path.join(work, "tb", "events.out.tfevents.*")),
                 key=os.path.getmtime)
 
 
 def read_scalars(work: str, tag: str, *, newest_only: bool = False) -> dict[int, float]:
   """{step: value} of one TensorBoard scalar of ``work/tb`` (later event files win)."""
-  import struct
   from tensorboardX.proto import event_pb2
   out = {}
   files = event_files(work)
@@ -205,7 +207,6 @@ def read_scalars(work: str, tag: str, *, newest_only: bool = False) -> dict[int,
 
 
 def load_metrics(work: str) -> dict:
-  import json
   with open(os.path.join(work, "metrics.json")) as f:
     return json.load(f)
 

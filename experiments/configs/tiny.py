@@ -1,10 +1,12 @@
 """tiny: the `small` world with a very small model and few, large windows, for trainer tests.
 
-Command:  python -m launch.train --config=experiments/configs/tiny.py --workdir=/tmp/tiny
+Command:  python -m launch.train --config=experiments/configs/tiny.py --workdir=runs/tiny
 Hardware: any CPU; well under a minute.
 Expected: finishes and writes metrics.json; the numbers are not meaningful at this size.
 Small tables (a few thousand rows) keep steps cheap; ``large_table_rows`` is low enough that
-the user and item tables are still row-sharded on a mesh's "model" axis.
+the user and item tables are still row-sharded on a mesh's "model" axis. One shared expert and
+no separate recent-live attention keep the train step's compile time (what the trainer tests
+mostly wait for) low.
 """
 
 from mcjax.config import default_config
@@ -25,8 +27,10 @@ def get_config():
                             "live_author": 1024, "live_side": 512, "sv_item": 4096,
                             "sv_author": 1024, "sv_side": 512})
   m.gsu.top_k = 4
-  m.esu.recent_n = 4
+  m.esu.recent_n = 0
   m.crowd.hidden = (16,)
+  m.towers.shared_experts = 1
+  m.towers.task_experts = 0
   m.towers.expert_hidden = (16,)
   m.towers.expert_dim = 16
   m.towers.head_hidden = (8,)
