@@ -144,8 +144,9 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
   from mcjax import trainer
   root = os.path.join(p["workdir"], f"seed_{seed}")
   t = time.time()
+  built = not os.path.exists(os.path.join(root, "world"))
   log_dir = ensure_world(root, p["preset"], seed, p["sizes"])
-  if not p["report_only"]:
+  if built:
     timings[f"seed {seed}: world"] = time.time() - t
   dirs = {}
   for name in p["configs"]:
@@ -169,11 +170,12 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
   cfg.data.log_dir, cfg.seed = log_dir, seed
   _, dirs["samples"] = trainer.prepare_data(cfg, root, os.path.join(root, "samples"))
   dirs["world"] = log_dir
-  if p["peer"] and not p["report_only"]:
+  din_done = os.path.exists(os.path.join(root, "din", "done.json"))
+  if p["peer"] and not p["report_only"] and not din_done:
     t = time.time()
     dirs["din"] = run_peer(p, seed, root, cfg, dirs["samples"])
     timings[f"seed {seed}: din (peer: export + train + eval)"] = time.time() - t
-  elif os.path.exists(os.path.join(root, "din", "done.json")):
+  elif din_done:
     dirs["din"] = os.path.join(root, "din")
   return dirs
 
@@ -181,8 +183,6 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
 def run_peer(p: dict, seed: int, root: str, cfg, samples_dir: str) -> str:
   """Exports the `full` samples of this world and trains the peer DIN on them."""
   out_dir = os.path.join(root, "din")
-  if os.path.exists(os.path.join(out_dir, "done.json")):
-    return out_dir
   data = export_samples.export(samples_dir, os.path.join(root, "din_data.npz"),
                                window_min=float(cfg.train.window_min),
                                sv_len=int(cfg.moment.sv_hist_len),
@@ -220,14 +220,15 @@ def main(argv) -> None:
   if os.path.exists(timing_path):  # stages of earlier invocations on this workdir
     with open(timing_path) as f:
       timings = json.load(f)
-  runs = {}
+  runs, before = {}, dict(timings)
   t0 = time.time()
   for seed in range(p["seeds"]):
     runs[seed] = run_seed(p, seed, timings)
     with open(timing_path, "w") as f:
       json.dump(timings, f, indent=1)
-  if not p["report_only"]:
-    timings[f"total of `{command}`"] = time.time() - t0
+  if timings != before:  # something ran: add this invocation's wall time
+    key = f"total of `{command}`"
+    timings[key] = timings.get(key, 0.0) + time.time() - t0
   with open(timing_path, "w") as f:
     json.dump(timings, f, indent=1)
   with open(os.path.join(p["workdir"], "study.json"), "w") as f:

@@ -196,7 +196,8 @@ def task_table(c: dict, names, task: str) -> str:
     row += [fmt(mean_std(stat(c, n, task, k).values())) for k in STATS]
     d_auc = mean_std(paired(stat(c, n, task, "auc"), full_auc))
     d_gauc = mean_std(paired(stat(c, n, task, "gauc"), full_gauc))
-    row += [fmt(d_auc, sign=True), significance(d_auc), fmt(d_gauc, sign=True)]
+    row += (["-", "-", "-"] if n == "full" else
+            [fmt(d_auc, sign=True), significance(d_auc), fmt(d_gauc, sign=True)])
     rows.append(row)
   return tabulate(rows, ["config", "seeds", "AUC", "UAUC", "GAUC", "logloss", "ΔAUC vs full",
                          "|Δ|/std", "ΔGAUC vs full"], **TABLE)
@@ -209,7 +210,8 @@ def slice_table(c: dict, names) -> str:
     for s in SLICES:
       v = stat(c, n, "ctr", "auc", s)
       d = mean_std(paired(v, stat(c, "full", "ctr", "auc", s)))
-      row.append(f"{fmt(mean_std(v.values()))} ({fmt(d, sign=True)})")
+      row.append(fmt(mean_std(v.values())) + ("" if n == "full" else
+                                               f" ({fmt(d, sign=True)})"))
     rows.append(row)
   return tabulate(rows, ["config"] + [f"{s} AUC (Δ vs full)" for s in SLICES],
                   **TABLE)

@@ -10,8 +10,10 @@ Model: DIN with target attention of the candidate (live, author) over the live h
 (``hist_live``, ``hist_author``); the short-video history enters as a second behaviour
 sequence, mean-pooled (DIN attends over one sequence): its authors share the author embedding
 with the candidate, its categories have their own table; plus user, category, hour of day and
-the real-time crowd features (log1p, dense). Loop, as mcjax's online mode: for each window,
-score its evaluation records, then train one pass over its CTR training samples (Adam).
+the real-time crowd features (log1p, z-scored, dense). Loop, as mcjax's online mode: for each
+window, score its evaluation records, then train one pass over its CTR training samples
+(Adagrad, lr 0.05: mcjax's embedding optimizer; ``--optimizer=adam --lr=1e-3`` is DeepCTR's
+usual setting).
 Writes ``OUT_DIR/preds.npz`` (probs / labels / mask [n, 1] for CTR, user_id, exposure_id,
 in_highlight, lv_len: what mcjax's metrics and slices read) and ``OUT_DIR/done.json``.
 """
@@ -60,7 +62,12 @@ def main() -> None:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--dim", type=int, default=16)
   ap.add_argument("--batch_size", type=int, default=256)
-  ap.add_argument("--lr", type=float, default=1e-3)
+  ap.add_argument("--optimizer", choices=("adagrad", "adam"), default="adagrad",
+                  help="adagrad (default) matches mcjax's row-wise Adagrad for embeddings")
+  ap.add_argument("--lr", type=float, default=0.05)
+  ap.add_argument("--init_std", type=float, default=0.01,
+                  help="embedding init std; DeepCTR's default 1e-4 left DIN's predictions "
+                       "constant after one online pass (AUC 0.5)")
   ap.add_argument("--threads", type=int, default=2)
   args = ap.parse_args()
   if not os.path.exists(args.data):
@@ -71,8 +78,9 @@ def main() -> None:
   cols = feature_columns(data, args.dim)
   names = [c.name for c in cols] + ["hist_len"]
   model = DIN(cols, ["live", "author"], dnn_hidden_units=(128, 64), att_hidden_size=(64, 16),
-              seed=args.seed, device="cpu")
-  model.compile(torch.optim.Adam(model.parameters(), lr=args.lr), "binary_crossentropy")
+              init_std=args.init_std, seed=args.seed, device="cpu")
+  opt = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[args.optimizer]
+  model.compile(opt(model.parameters(), lr=args.lr), "binary_crossentropy")
   n_eval = len(data["eval_user"])
   probs = np.zeros(n_eval, np.float32)
   t0, steps = time.time(), 0
@@ -96,14 +104,17 @@ def main() -> None:
                   f"python {sys.version.split()[0]}",
       "command": "experiments/peers/.venv/bin/python experiments/peers/din_ablation.py "
                  "--data=WORKDIR/seed_S/din_data.npz --out_dir=WORKDIR/seed_S/din "
-                 f"--seed=S --dim={args.dim} --batch_size={args.batch_size} --lr={args.lr}",
+                 f"--seed=S --dim={args.dim} --batch_size={args.batch_size} "
+                 f"--optimizer={args.optimizer} --lr={args.lr} --init_std={args.init_std}",
       "description": (
           "DIN (DeepCTR-Torch): target attention of the candidate (live, author) over the "
           "live history; the short-video history (authors, sharing the author embedding, "
           "and categories) mean-pooled as a second behaviour sequence; user, category, hour "
-          "and the log1p real-time crowd features as inputs; single task (CTR), trained "
-          "online on `full`'s first-only CTR samples with Adam "
-          f"(lr {args.lr}, batch {args.batch_size}, dim {args.dim}, DNN 128-64)."),
+          "and the real-time crowd features (log1p, z-scored) as inputs; single task (CTR), "
+          "trained "
+          f"online on `full`'s first-only CTR samples with {args.optimizer} "
+          f"(lr {args.lr}, batch {args.batch_size}, dim {args.dim}, embedding init std "
+          f"{args.init_std}, DNN 128-64)."),
       "train_rows": int(len(data["train_y"])), "eval_rows": int(n_eval),
       "windows": int(len(data["windows"])), "steps": int(steps), "wall_s": round(wall, 1)}
   with open(os.path.join(args.out_dir, "done.json"), "w") as f:

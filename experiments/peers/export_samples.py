@@ -8,7 +8,8 @@
 What the peer gets, per split (``train_*`` / ``eval_*``), ids remapped to 1..V (0 = padding)
 per id space so they index ``nn.Embedding`` tables directly:
 ``user``, ``live``, ``author``, ``category``, ``hour`` [n]; ``crowd`` [n, C] (log1p of the
-real-time crowd features); ``hist_live``, ``hist_author``, ``hist_category`` [n, lv_len] and
+real-time crowd features, z-scored with the train rows' mean and std); ``hist_live``,
+``hist_author``, ``hist_category`` [n, lv_len] and
 ``hist_len`` (the live history, most recent first); ``sv_author``, ``sv_category``
 [n, sv_len] and ``sv_len`` (the short-video history; authors share the live author space).
 Train rows are the samples whose CTR label is trained (``label_mask[ctr] > 0``, i.e. the
@@ -72,6 +73,12 @@ def remap(*arrays: np.ndarray) -> list[np.ndarray]:
   return [(np.searchsorted(values, a) + 1).astype(np.int32) for a in arrays]
 
 
+def standardize(x: np.ndarray, n_train: int) -> np.ndarray:
+  """z-scores with the train rows' mean and std (DIN's DNN diverged on the raw log1p counts)."""
+  mu, sd = x[:n_train].mean(0), x[:n_train].std(0)
+  return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
 def export(samples_dir: str, out_path: str, *, window_min: float, sv_len: int,
            lv_len: int) -> str:
   """Writes ``out_path`` (see the module docstring); returns it."""
@@ -89,7 +96,7 @@ def export(samples_dir: str, out_path: str, *, window_min: float, sv_len: int,
   sv_category, = remap(both["sv_category"])
   cols = {"user": user, "live": live, "author": author, "category": category,
           "hour": both["hour_of_day"].astype(np.int32) + 1,
-          "crowd": np.log1p(np.maximum(both["crowd"], 0)).astype(np.float32),
+          "crowd": standardize(np.log1p(np.maximum(both["crowd"], 0)), n_tr),
           "hist_live": hist_live * lv_valid, "hist_author": hist_author * lv_valid,
           "hist_category": hist_category * lv_valid,
           "hist_len": np.minimum(both["lv_len"], lv_len).astype(np.int32),
