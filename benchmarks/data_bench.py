@@ -13,7 +13,8 @@ import jax
 import ml_collections
 
 from benchmarks import harness
-from benchmarks.step_bench import StepBench, host_to_step_dtypes
+from benchmarks.step_bench import StepBench
+from mcjax.train.step import host_batch
 from mcjax import config as mcconfig
 from mcjax.samples import pipeline, shards
 
@@ -28,7 +29,7 @@ def open_source(cfg: ml_collections.ConfigDict, *, samples_dir: str | None, cach
                                        max_lv=2 * int(m.lv_hist_len))
     return shards.TableSource(table), {"source": f"synthetic table of {synthetic} rows"}
   if not samples_dir:
-    from launch.build_samples import ensure_samples
+    from mcjax.samples.build import ensure_samples
     from mcjax.sim import world
     log_dir = os.path.join(cache_dir, "world_small_seed0")
     if not os.path.exists(log_dir):
@@ -74,7 +75,7 @@ def e2e_rate(cfg, source, bench: StepBench, *, workers: int, steps: int, warmup:
              repeats: int) -> dict:
   """Pipeline -> device -> train step: the trainer's inner loop."""
   it = iter(_batches(cfg, source, bench.batch_size, workers, 1 + warmup + steps * repeats))
-  step = lambda i: bench.step(bench.to_device(host_to_step_dtypes(next(it))))  # noqa: E731
+  step = lambda i: bench.step(bench.to_device(host_batch(next(it))))  # noqa: E731
   out = _timed(it, step, batch_size=bench.batch_size, steps=steps, warmup=warmup,
                repeats=repeats, block=jax.block_until_ready)
   out["prefetch_workers"] = workers

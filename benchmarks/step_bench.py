@@ -23,7 +23,6 @@ from mcjax import losses
 from mcjax.model import build_model, costs, embedding
 from mcjax.samples import schema
 from mcjax.train import mesh as mesh_lib
-from mcjax.train import sparse
 from mcjax.train import state as state_lib
 from mcjax.train import step as step_lib
 
@@ -36,7 +35,6 @@ PEAK_FLOPS = (("H200", 790e12), ("H100", 989e12), ("A100", 312e12), ("TPU v6", 9
 WIDE_ID_FIELDS = ("user_id", "live_id", "author_id", "sv_item", "sv_author", "lv_item",
                   "lv_author")
 # Fields the trainer keeps on the host (ground truth for slicing), as in mcjax.trainer.
-HOST_ONLY = ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity", "in_highlight")
 
 
 def shrink_for_quick(cfg: ml_collections.ConfigDict) -> None:
@@ -61,32 +59,7 @@ def synthetic_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) ->
     batch[name] = rng.integers(0, 2**31 - 1, batch[name].shape, dtype=np.int64)
   batch["kind"] = np.full_like(batch["kind"], schema.REALTIME)
   batch["weight"] = np.ones(batch_size, np.float32)  # the pipeline's padding weight
-  return host_to_step_dtypes(batch)
-
-
-def host_to_step_dtypes(batch: dict) -> dict:
-  """A padded numpy batch as the trainer feeds the step (``mcjax.trainer.Runner.to_device``):
-  host-only fields dropped, int64 -> int32 (x64 is off; ids wrap, the model hashes them),
-  float64 -> float32."""
-  out = {}
-  for name, value in batch.items():
-    if name in HOST_ONLY:
-      continue
-    if value.dtype == np.int64:
-      value = value.astype(np.int32)
-    elif value.dtype == np.float64:
-      value = value.astype(np.float32)
-    out[name] = value
-  return out
-
-
-def optim_config(cfg: ml_collections.ConfigDict) -> state_lib.OptimConfig:
-  """The trainer's optimizer (``mcjax.trainer.optim_config``, which imports grain)."""
-  t = cfg.train
-  return state_lib.OptimConfig(
-      learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-      clip_norm=t.grad_clip if t.grad_clip > 0 else None,
-      rows=sparse.RowOptConfig(learning_rate=t.embedding_learning_rate))
+  return step_lib.host_batch(batch)
 
 
 def chip_peak_flops(device) -> float | None:
@@ -148,7 +121,7 @@ class StepBench:
     self.sv_len, self.lv_len = int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len)
     self.dense_below_rows = int(cfg.model.embedding.large_table_rows)
     build_fn = functools.partial(build_model, cfg.model)
-    optim = optim_config(cfg)
+    optim = state_lib.optim_config(cfg)
     self.model_def, self.state, shardings = state_lib.create_train_state(
         build_fn, self.mesh, optim, seed=cfg.seed,
         max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))

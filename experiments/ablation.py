@@ -17,7 +17,6 @@ Then ``experiments/ablation_report.py`` writes RESULTS.md (command at the top) a
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import shlex
@@ -31,18 +30,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-# Imported before our flags: the trainer imports it, and its --out (a samples folder, unused
-# here) must be overridden by ours rather than clash with it.
-import launch.build_samples  # noqa: E402,F401
 from experiments import ablation_report  # noqa: E402
 from experiments.peers import export_samples  # noqa: E402
+from mcjax import config as mcconfig  # noqa: E402
 from mcjax.sim import config as sim_config  # noqa: E402
 
 ALL_CONFIGS = ("full", "no_moment", "fast_slow", "no_first_only", "no_crowd", "no_cross",
                "no_contrastive", "baseline")
 QUICK_CONFIGS = ("full", "no_moment", "no_cross", "baseline")
 QUICK_SET = ("train.window_min=60",)
-CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
 PEER_DIR = os.path.join(ROOT, "experiments", "peers")
 PEER_PYTHON = os.path.join(PEER_DIR, ".venv", "bin", "python")
 
@@ -72,16 +68,11 @@ _PEER_ARGS = flags.DEFINE_list("peer_args", [], "Extra flags for din_ablation.py
 
 
 def load_config(name: str):
-  """``get_config()`` of ``experiments/configs/<name>.py`` (launch.run's loader defines
-  flags of its own, so it cannot be imported beside these)."""
-  path = os.path.join(CONFIG_DIR, f"{name}.py")
-  if not os.path.exists(path):
-    known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py"))
-    raise app.UsageError(f"--configs: no config named {name!r}; known: {known}")
-  spec = importlib.util.spec_from_file_location(f"mcjax_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """The named config ``experiments/configs/<name>.py``; a usage error names --configs."""
+  try:
+    return mcconfig.load_named(name)
+  except ValueError as e:
+    raise app.UsageError(f"--configs: {e}") from None
 
 
 def apply_overrides(cfg, assignments) -> None:

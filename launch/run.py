@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -19,6 +18,7 @@ import time
 from absl import app, flags, logging
 from tqdm import tqdm
 
+from mcjax import config as mcconfig
 from mcjax.sim import config, summary, world
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Folder for the world and results.")
@@ -26,9 +26,6 @@ _PRESET = flags.DEFINE_enum("preset", "default", sorted(config.PRESETS), "World 
 _SEED = flags.DEFINE_integer("seed", 0, "World seed.")
 _CONFIGS = flags.DEFINE_list("configs", ["full", "no_moment", "no_cross"],
                              "Named configs from experiments/configs to train and compare.")
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "experiments", "configs")
 
 
 def ensure_world(workdir: str, preset: str, seed: int) -> str:
@@ -42,14 +39,11 @@ def ensure_world(workdir: str, preset: str, seed: int) -> str:
 
 
 def load_config(name: str):
-  path = os.path.join(CONFIG_DIR, f"{name}.py")
-  if not os.path.exists(path):
-    known = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py"))
-    raise app.UsageError(f"--configs: no config named {name!r}; known: {known}")
-  spec = importlib.util.spec_from_file_location(f"mcjax_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """The named config ``experiments/configs/<name>.py``; a usage error names --configs."""
+  try:
+    return mcconfig.load_named(name)
+  except ValueError as e:
+    raise app.UsageError(f"--configs: {e}") from None
 
 
 def main(argv) -> None:

@@ -8,6 +8,9 @@ touches a device, and names the offending key.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from mcjax import losses
@@ -15,6 +18,22 @@ from mcjax.model import config as model_config
 from mcjax.moment.config import MomentConfig
 
 MODES = ("online", "offline")
+
+# The named configs of the repository (experiments/configs/<name>.py, each with get_config()).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments", "configs")
+
+
+def load_named(name: str, config_dir: str = CONFIG_DIR) -> ml_collections.ConfigDict:
+  """``get_config()`` of ``<config_dir>/<name>.py``; ValueError listing the known names."""
+  path = os.path.join(config_dir, f"{name}.py")
+  if not os.path.exists(path):
+    known = sorted(f[:-3] for f in os.listdir(config_dir) if f.endswith(".py"))
+    raise ValueError(f"no config named {name!r}; known: {known}")
+  spec = importlib.util.spec_from_file_location(f"mcjax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def moment_section() -> ml_collections.ConfigDict:

@@ -32,10 +32,7 @@ from mcjax.model import build_model
 from mcjax.samples import pipeline, shards
 from mcjax.samples.build import ensure_samples
 from mcjax.samples.schema import TASKS
-from mcjax.train import checkpoint, mesh as mesh_lib, sparse, state as state_lib, step as step_lib
-
-# Fields the device never needs (ground truth for slicing, stays on the host).
-HOST_ONLY = ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity", "in_highlight")
+from mcjax.train import checkpoint, mesh as mesh_lib, state as state_lib, step as step_lib
 
 
 def prepare_data(cfg: ml_collections.ConfigDict, workdir: str,
@@ -84,14 +81,6 @@ def check_layout(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
   return shape
 
 
-def optim_config(cfg: ml_collections.ConfigDict) -> state_lib.OptimConfig:
-  t = cfg.train
-  return state_lib.OptimConfig(
-      learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-      clip_norm=t.grad_clip if t.grad_clip > 0 else None,
-      rows=sparse.RowOptConfig(learning_rate=t.embedding_learning_rate))
-
-
 class Runner:
   """Holds the mesh, the jitted steps and the data of one run."""
 
@@ -99,7 +88,7 @@ class Runner:
     self.cfg, self.workdir = cfg, workdir
     self.mesh = mesh_lib.make_mesh(check_layout(cfg))
     build_fn = functools.partial(build_model, cfg.model)
-    optim = optim_config(cfg)
+    optim = state_lib.optim_config(cfg)
     self.model_def, self.state, self.shardings = state_lib.create_train_state(
         build_fn, self.mesh, optim, seed=cfg.seed,
         max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))
@@ -125,13 +114,7 @@ class Runner:
   def to_device(self, local: dict, global_rows: int) -> dict:
     """A process-local numpy batch -> global arrays sharded on "data"."""
     out = {}
-    for name, value in local.items():
-      if name in HOST_ONLY:
-        continue
-      if value.dtype == np.int64:
-        value = value.astype(np.int32)  # x64 is off: wrap explicitly (the model hashes ids)
-      elif value.dtype == np.float64:
-        value = value.astype(np.float32)
+    for name, value in step_lib.host_batch(local).items():
       out[name] = jax.make_array_from_process_local_data(
           self.batch_sharding, value, (global_rows,) + value.shape[1:])
     return out

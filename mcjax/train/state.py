@@ -64,6 +64,14 @@ class OptimConfig:
     return optax.chain(optax.clip_by_global_norm(self.clip_norm), adamw)
 
 
+def optim_config(cfg) -> OptimConfig:
+  """The optimizer of an experiment config's ``train`` section (dense AdamW, row Adagrad)."""
+  t = cfg.train
+  return OptimConfig(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+                     clip_norm=t.grad_clip if t.grad_clip > 0 else None,
+                     rows=sparse.RowOptConfig(learning_rate=t.embedding_learning_rate))
+
+
 def default_table_filter():
   """The real model's embedding Variable class."""
   from mcjax.model.embedding import Embedding  # pylint: disable=g-import-not-at-top

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 from jax.sharding import Mesh
@@ -28,6 +29,25 @@ from mcjax.train import sparse
 from mcjax.train.state import ModelDef, OptimConfig, TrainState
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
+
+
+# Batch fields that stay on the host (ground truth for slicing, never a model input).
+HOST_ONLY = ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity", "in_highlight")
+
+
+def host_batch(batch: dict) -> dict:
+  """A numpy batch as the steps take it: HOST_ONLY fields dropped, int64 -> int32 (x64 is
+  off: wrapped explicitly; the model hashes ids), float64 -> float32."""
+  out = {}
+  for name, value in batch.items():
+    if name in HOST_ONLY:
+      continue
+    if value.dtype == np.int64:
+      value = value.astype(np.int32)
+    elif value.dtype == np.float64:
+      value = value.astype(np.float32)
+    out[name] = value
+  return out
 
 
 def logits_to_probs(out) -> jax.Array:
