@@ -151,13 +151,16 @@ def test_kuailive_m3_events_and_side_tables(tmp_path):
   assert _rows(events) == [
       (0, 0, "exposure", 0.0), (0, 0, "click", 0.0), (1_000, 1, "exposure", 0.0),
       (3_000, 2, "exposure", 0.0), (10_000, 3, "exposure", 0.0), (10_000, 3, "click", 0.0),
-      (13_000, 2, "play_end", 1.0), (15_000, 3, "watch_end", 5.0), (20_000, 0, "like", 0.0),
+      (13_000, 2, "watch_end", 10.0), (15_000, 3, "watch_end", 5.0), (20_000, 0, "like", 0.0),
       (30_000, 0, "comment", 0.0), (60_000, 0, "like", 0.0), (60_000, 0, "like", 0.0),
       (60_000, 0, "gift", 5.0), (60_000, 0, "gift", 5.0), (60_000, 0, "follow", 0.0),
       (60_000, 0, "watch_end", 60.0), (70_000, 4, "exposure", 0.0), (75_000, 4, "like", 0.0),
-      (75_000, 4, "follow", 0.0), (75_000, 4, "play_end", 0.25)]
+      (75_000, 4, "follow", 0.0), (75_000, 4, "watch_end", 5.0)]
   dom = events.column("domain").to_pylist()
   assert dom[3] == "short_video" and dom[4] == "live"
+  # Plays: 10 s of the 8 s video 201 (a complete play, not liked) and 5 s of the 20 s video 200
+  # (liked: a like at leave_timestamp); play times in seconds, whatever the duration.
+  assert [dom[i] for i in (6, 17, 18, 19)] == ["short_video"] * 4
   assert stats.dropped["live_like.csv: no open watch of the same (user, live)"] == 1
   lives = side["lives.parquet"].sort_by("live_id").to_pydict()
   assert lives["end_ms"] == [T + 60_000, T + 99_000]  # null end -> last event of the room

@@ -9,7 +9,7 @@ import pytest
 from mcjax.eventlog import io
 from mcjax.moment import MomentConfig, build_samples
 from mcjax.moment.engine import SampleBuilder
-from mcjax.moment.synth import random_log
+from mcjax.moment.synth import EPOCH_MS, random_log, tables_from_events
 from mcjax.samples import schema as SS
 
 
@@ -94,6 +94,27 @@ def test_ids_missing_from_side_tables_get_minus_one(tables):
   known_user = tables.users["user_id"][0].as_py()
   np.testing.assert_array_equal(ev["user_age"] == -1, ev["user_id"] != known_user)
   assert stats["unknown_lives"] == 200 and stats["unknown_videos"] > 0
+  assert stats["sv_plays_without_duration"] == stats["unknown_videos"]
+  assert (ev["sv_progress"] == 0).all()
   # Without lives.parquet a live starts at its first exposure in the log.
   age = ev["crowd"][:, SS.CROWD_INDEX["live_age_s"]]
   assert age.min() == 0.0 and (age >= 0).all()
+
+
+def test_short_video_progress_is_seconds_played_over_duration():
+  def ev(t_s, xid, domain, item, event, value=0.0):
+    return (EPOCH_MS + int(t_s * 1000), 1, xid, domain, item, 9, event, value)
+  tables = tables_from_events([
+      ev(0, 1, "short_video", 500, "exposure"), ev(6, 1, "short_video", 500, "watch_end", 6.0),
+      ev(10, 2, "short_video", 501, "exposure"), ev(14, 2, "short_video", 501, "watch_end", 4.0),
+      ev(20, 3, "short_video", 502, "exposure"), ev(23, 3, "short_video", 502, "watch_end", 3.0),
+      ev(60, 4, "live", 100, "exposure")])
+  # Video 500 lasts 12 s, 501 has no known duration (0 s), 502 is missing from videos.parquet.
+  videos = tables.videos.filter(pa.array([v != 502 for v in tables.videos["video_id"].to_pylist()]))
+  videos = videos.set_column(4, "duration_s", pa.array([12.0, 0.0], pa.float32()))
+  out = build_samples(dataclasses.replace(tables, videos=videos), MomentConfig())
+  ev_, stats = out["eval"], out["stats"]
+  assert ev_["sv_item"].tolist() == [502, 501, 500]
+  np.testing.assert_array_equal(ev_["sv_progress"], np.array([0.0, 0.0, 0.5], np.float32))
+  assert stats["sv_plays_without_duration"] == 2 and stats["unknown_videos"] == 1
+  assert stats["live_exposures"] == 1 and stats["ignored_without_click"] == 0

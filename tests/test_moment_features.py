@@ -56,16 +56,17 @@ def test_crowd_counts_windows_and_viewers():
 def _history_log():
   def ev(t_s, xid, event, value=0.0, domain="live", item=100, author=7, user=1):
     return (EPOCH_MS + int(t_s * 1000), user, xid, domain, item, author, event, value)
-  sv = [ev(t, 10 + i, "play_end", 0.1 * (i + 1), "short_video", 500 + i, 9)
+  # Plays of 3, 6, ..., 15 s of 30 s videos: progress 0.1 .. 0.5.
+  sv = [ev(t, 10 + i, "watch_end", 3.0 * (i + 1), "short_video", 500 + i, 9)
         for i, t in enumerate((10, 20, 30, 40, 50))]
   sv += [ev(t - 5, 10 + i, "exposure", 0, "short_video", 500 + i, 9)
          for i, t in enumerate((10, 20, 30, 40, 50))]
   sv += [ev(35, 12, "like", 0, "short_video", 502, 9),    # before every query
          ev(70, 14, "follow", 0, "short_video", 504, 9),  # after the eval query
          ev(5, 99, "exposure", 0, "short_video", 600, 9, user=2),  # another user
-         ev(6, 99, "play_end", 1.0, "short_video", 600, 9, user=2),
+         ev(6, 99, "watch_end", 30.0, "short_video", 600, 9, user=2),
          ev(95, 16, "exposure", 0, "short_video", 506, 9),  # ends exactly at L1's exposure
-         ev(100, 16, "play_end", 0.9, "short_video", 506, 9)]
+         ev(100, 16, "watch_end", 27.0, "short_video", 506, 9)]
   live = [ev(100, 1, "exposure"), ev(101, 1, "click"), ev(105, 1, "like"),
           ev(170, 1, "comment"), ev(200, 1, "watch_end", 99.0),           # L1
           ev(150, 2, "exposure", item=101),                              # L2
@@ -166,7 +167,7 @@ def _perturb_after(tables, t_cut, seed):
   live = add["domain"] == S.LIVE
   add["event"] = np.where(live, rng.choice(["click", "like", "comment", "gift", "follow",
                                             "watch_end", "exposure"], len(src)),
-                          rng.choice(["like", "follow", "play_end"], len(src)))
+                          rng.choice(["like", "follow", "watch_end"], len(src)))
   add["value"] = rng.random(len(src)) * 100
   # Brand-new exposures after t_cut.
   new = {c: v[:50].copy() for c, v in add.items()}

@@ -12,19 +12,21 @@ ONES = (1, 1, 1, 1, 1, 1)
 ZEROS = (0, 0, 0, 0, 0, 0)
 
 
-def _log(watch_end_s=95):
+def ev(t_s, xid, event, value=0.0, domain="live", item=100, author=7):
+  return (EPOCH_MS + int(t_s * 1000), 1, xid, domain, item, author, event, value)
+
+
+def _log(watch_end_s=95, extra=()):
   """One user, one live: exposure A (click 3 s, like 12 s, comment 40 s, like 50 s,
   watch_end, follow 100 s after the close) and an unclicked exposure B at 200 s; plus one
-  short-video play before them. 10 events."""
-  def ev(t_s, xid, event, value=0.0, domain="live", item=100, author=7):
-    return (EPOCH_MS + int(t_s * 1000), 1, xid, domain, item, author, event, value)
-  return tables_from_events([
+  short-video play before them. 10 events (and the ``extra`` ones)."""
+  return tables_from_events(sorted(list(extra) + [
       ev(-100, 50, "exposure", domain="short_video", item=500, author=9),
-      ev(-90, 50, "play_end", 0.8, domain="short_video", item=500, author=9),
+      ev(-76, 50, "watch_end", 24.0, domain="short_video", item=500, author=9),
       ev(0, 1, "exposure"), ev(3, 1, "click"), ev(12, 1, "like"), ev(40, 1, "comment"),
       ev(50, 1, "like"), ev(watch_end_s, 1, "watch_end", watch_end_s - 3.0),
       ev(100, 1, "follow"), ev(200, 2, "exposure"),
-  ])
+  ]))
 
 
 def _samples(table):
@@ -101,7 +103,7 @@ def test_eval_records_and_their_features():
                           (200.0, 2, EVAL, ZEROS, ONES)]
   np.testing.assert_array_equal(ev["in_highlight"], [-1, -1])
   assert np.isnan(ev["oracle_p_click"]).all()
-  # Short-video history: the one play, before both exposures.
+  # Short-video history: the one play (24 s of a 30 s video), before both exposures.
   np.testing.assert_array_equal(ev["sv_offsets"], [0, 1, 2])
   np.testing.assert_array_equal(ev["sv_item"], [500, 500])
   np.testing.assert_allclose(ev["sv_progress"], [0.8, 0.8])
@@ -116,6 +118,28 @@ def test_eval_records_and_their_features():
   assert crowd["click_rate_all"] == 1.0 and crowd["viewers_now"] == 0
   assert crowd["live_age_s"] == 200.0
   assert ev["hour_of_day"].tolist() == [0, 0]
+
+
+def test_short_video_plays_never_reach_live_labels_or_crowd():
+  # A play (exposure + watch_end, no click) by the same user during A's watch, of a video
+  # whose id is the live's id: it must not close, label or count as a live viewer.
+  play = [ev(20, 60, "exposure", domain="short_video"),
+          ev(30, 60, "watch_end", 10.0, domain="short_video"),
+          ev(30, 60, "like", domain="short_video")]
+  base = build_samples(_log(), MomentConfig())
+  out = build_samples(_log(extra=play), MomentConfig())
+  for split in ("train", "eval"):
+    for name in ("sample_ts_ms", "exposure_id", "kind", "labels", "label_mask", "crowd"):
+      np.testing.assert_array_equal(out[split][name], base[split][name], err_msg=name)
+  for name in ("live_exposures", "ignored_without_click", "ignored_after_close", "late_clicks"):
+    assert out["stats"][name] == base["stats"][name], name
+  assert out["stats"]["ignored_without_click"] == 0
+  # The play is in B's short-video history (newest first), liked, 10 s of 30 s.
+  ev_ = out["eval"]
+  b = slice(ev_["sv_offsets"][1], ev_["sv_offsets"][2])
+  assert ev_["sv_item"][b].tolist() == [100, 500]
+  np.testing.assert_allclose(ev_["sv_progress"][b], [1 / 3, 0.8], rtol=1e-6)
+  assert ev_["sv_action"][b].tolist() == [1, 0]
 
 
 def test_unclicked_exposure_late_click_is_ignored():

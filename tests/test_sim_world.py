@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -82,16 +83,19 @@ def test_sorted_and_ordered_within_exposures(ev):
   # Live: one click, one watch_end after it, interactions inside [click, watch_end].
   live = d == S.LIVE
   clicks = {k: v for k, v in zip(x[live & (e == S.CLICK)], t[live & (e == S.CLICK)])}
-  ends = {k: v for k, v in zip(x[e == S.WATCH_END], t[e == S.WATCH_END])}
+  live_end = live & (e == S.WATCH_END)
+  ends = {k: v for k, v in zip(x[live_end], t[live_end])}
   assert len(clicks) == np.sum(e == S.CLICK) and clicks.keys() == ends.keys()
   assert all(ends[k] >= clicks[k] for k in clicks)
   inter = live & np.isin(e, [S.LIKE, S.COMMENT, S.GIFT, S.FOLLOW])
   c = np.array([clicks[k] for k in x[inter]])
   w = np.array([ends[k] for k in x[inter]])
   assert np.all((t[inter] >= c) & (t[inter] <= w))
-  # Short video: like/follow during the play.
-  sv_end = dict(zip(x[e == S.PLAY_END], t[e == S.PLAY_END]))
-  sv_inter = (d == S.SHORT_VIDEO) & np.isin(e, [S.LIKE, S.FOLLOW])
+  # Short video: one watch_end per play, like/follow during the play.
+  sv = d == S.SHORT_VIDEO
+  sv_end = dict(zip(x[sv & (e == S.WATCH_END)], t[sv & (e == S.WATCH_END)]))
+  assert len(sv_end) == np.sum(sv & (e == S.EXPOSURE)) == np.sum(sv & (e == S.WATCH_END))
+  sv_inter = sv & np.isin(e, [S.LIKE, S.FOLLOW])
   assert np.all(t[sv_inter] <= np.array([sv_end[k] for k in x[sv_inter]]))
 
 
@@ -155,14 +159,38 @@ def test_evening_heavy_lives_of_tens_of_minutes_to_hours(log_dir):
 
 
 def test_watch_times_and_gifts(ev):
-  watch = ev["value"][ev["event"] == S.WATCH_END]
+  watch = ev["value"][(ev["domain"] == S.LIVE) & (ev["event"] == S.WATCH_END)]
   assert np.mean(watch < 3.0) > 0.05 and np.mean(watch >= 60.0) > 0.3
   gifts = ev["value"][ev["event"] == S.GIFT]
   assert gifts.min() > 0 and gifts.max() > 10 * np.median(gifts)
   top = np.sort(gifts)[::-1][:max(len(gifts) // 100, 1)]
   assert top.sum() > 0.1 * gifts.sum()                   # heavy tail: top 1% > 10% of value
-  progress = ev["value"][ev["event"] == S.PLAY_END]
-  assert progress.min() >= 0 and 0.2 < np.median(progress) < 1.5
+
+
+def test_short_video_watch_end_is_seconds_played(log_dir, ev):
+  # value = progress x the video's duration_s, cut to whole ms: ts = exposure ts + value.
+  sv = ev["domain"] == S.SHORT_VIDEO
+  start = ev["event"] == S.EXPOSURE
+  end = ev["event"] == S.WATCH_END
+  exposed = dict(zip(ev["exposure_id"][sv & start], ev["ts_ms"][sv & start]))
+  x, played = ev["exposure_id"][sv & end], ev["value"][sv & end]
+  np.testing.assert_array_equal(ev["ts_ms"][sv & end] - [exposed[k] for k in x],
+                                np.round(played * 1000).astype(np.int64))
+  videos = eio.read_side(log_dir, "videos.parquet")
+  duration = dict(zip(videos["video_id"].to_numpy(), videos["duration_s"].to_numpy()))
+  progress = played / np.array([duration[k] for k in ev["item_id"][sv & end]])
+  assert progress.min() > 0.009 and progress.max() <= 3.0 + 1e-3
+  assert 0.2 < np.median(progress) < 1.5 and np.mean(progress > 1.0) > 0.05
+
+
+def test_summary_names_events_it_does_not_know(log_dir, tmp_path):
+  # An older log (short-video plays as play_end) is refused, not miscounted.
+  t = eio.read_events(log_dir).slice(0, 3)
+  t = t.set_column(t.column_names.index("event"), "event",
+                   pa.array(["exposure", "play_end", "exposure"]))
+  pq.write_table(t, tmp_path / S.EVENTS_FILE)
+  with pytest.raises(ValueError, match=r"column 'event': unknown value\(s\) \['play_end'\]"):
+    summary.summarize(str(tmp_path))
 
 
 def test_likes_and_comments_several_per_watch(ev):

@@ -48,6 +48,9 @@ def test_committed_example_log_validates():
   stats = V.validate_log(EXAMPLE)
   assert stats.rows == 12 and stats.exposures == 4 and stats.users == 2
   assert stats.events["exposure"] == 4 and stats.domain_events["live/gift"] == 1
+  # Short-video plays end with a watch_end (seconds played) and need no click.
+  assert stats.domain_events["short_video/watch_end"] == 2
+  assert stats.domain_events["live/watch_end"] == 1
   assert stats.max_ts_ms - stats.min_ts_ms == 85_000
   events, side = _example()
   assert pq.read_table(os.path.join(EXAMPLE, S.EVENTS_FILE)).equals(events)
@@ -65,6 +68,9 @@ def test_launcher_prints_stats_or_error_and_exit_code(tmp_path):
 @pytest.mark.parametrize("row,column,value,words", [
     (1, "domain", "radio", ["column 'domain'", "unknown domain", "row 1"]),
     (1, "event", "share", ["unknown event", "row 1"]),
+    (5, "event", "play_end", ["unknown event", "row 5"]),  # replaced by watch_end
+    (5, "value", -0.5, ["negative watch_end value", "row 5", "domain='short_video'"]),
+    (4, "event", "watch_end", ["several 'watch_end' events", "row 4"]),
     (6, "domain", "short_video", ["domain differs", "row 6"]),
     (7, "event", "comment", ["comment must have value 0"]),
     (7, "value", 0.0, ["gift value must be > 0", "row 7", "event='gift'"]),

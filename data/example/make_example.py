@@ -22,13 +22,13 @@ _ROWS = [
     (10_000, 2, 1, "live", 100, 10, "exposure", 0.0),
     (12_000, 2, 2, "short_video", 201, 11, "exposure", 0.0),
     (15_000, 2, 2, "short_video", 201, 11, "follow", 0.0),
-    (15_000, 2, 2, "short_video", 201, 11, "play_end", 0.4),
+    (15_000, 2, 2, "short_video", 201, 11, "watch_end", 3.0),
     (20_000, 1, 0, "live", 100, 10, "like", 0.0),
     (40_000, 1, 0, "live", 100, 10, "gift", 5.0),
     (65_000, 1, 0, "live", 100, 10, "watch_end", 64.5),
     (70_000, 1, 3, "short_video", 200, 10, "exposure", 0.0),
     (85_000, 1, 3, "short_video", 200, 10, "like", 0.0),
-    (85_000, 1, 3, "short_video", 200, 10, "play_end", 1.0),
+    (85_000, 1, 3, "short_video", 200, 10, "watch_end", 15.0),
 ]
 
 

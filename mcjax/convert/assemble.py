@@ -20,7 +20,7 @@ from mcjax.eventlog import schema as S
 from mcjax.eventlog import validate as V
 
 RANK = {S.EXPOSURE: 0, S.CLICK: 1, S.LIKE: 2, S.COMMENT: 3, S.GIFT: 4, S.FOLLOW: 5,
-        S.PLAY_END: 6, S.WATCH_END: 7}
+        S.WATCH_END: 6}
 
 
 @dataclasses.dataclass

@@ -11,8 +11,8 @@ Mapping (see the public dataset notes):
   (follow_author_cnt > 0) at the end of the watch; like/comment rows matching no watch are
   dropped and counted;
 * live_show row: live exposure without click;
-* photo_play row: short_video exposure at enter_timestamp, play_end at leave_timestamp with
-  progress (leave - enter) / duration (photo_meta; 1.0 for a complete play), a like when
+* photo_play row: short_video exposure at enter_timestamp, watch_end at leave_timestamp with
+  the play time (leave - enter, ms) in seconds, a like (at leave_timestamp) when
   like_status_type says liked, a follow when followed after but not before the play.
 
 Side tables: users from user_id_set (no profile: codes 0), authors from author_profile (fans
@@ -43,7 +43,7 @@ COLUMNS = {
     "live_room_meta.parquet": ["live_id", "author_id", "start_timestamp", "end_timestamp"],
     "photo_play.parquet": [
         "user_id", "photo_id", "author_id", "enter_timestamp", "leave_timestamp",
-        "is_complete_play", "like_status_type", "is_follow_before_play", "is_follow_after_play"],
+        "like_status_type", "is_follow_before_play", "is_follow_after_play"],
     "photo_meta.parquet": ["photo_id", "author_id", "duration"],
     "photo_tag.csv": ["photo_id", "first_level_category_name", "second_level_category_name"],
 }
@@ -131,7 +131,7 @@ def _videos(src, stats) -> pa.Table:
       schema=S.VIDEO_SCHEMA), "video_id")
 
 
-def _plays(src, b, videos, stats) -> None:
+def _plays(src, b, stats) -> None:
   t, c = _read(src, "photo_play.parquet", stats, ["user_id", "photo_id", "author_id"],
                ["enter_timestamp", "leave_timestamp"])
   enter, leave = c["enter_timestamp"], c["leave_timestamp"]
@@ -139,15 +139,8 @@ def _plays(src, b, videos, stats) -> None:
   t = t.filter(pa.array(keep))
   u, p, a, enter, leave = (v[keep] for v in (c["user_id"], c["photo_id"], c["author_id"],
                                               enter, leave))
-  dur_ms = A.lookup(videos.column("video_id").to_numpy(),
-                    videos.column("duration_s").to_numpy().astype(np.float64) * 1000.0, p, 0.0)
-  complete = src_.flags(t.column("is_complete_play"))
-  progress = np.where(dur_ms > 0, (leave - enter) / np.where(dur_ms > 0, dur_ms, 1.0), 0.0)
-  progress = np.where(complete, 1.0, progress)
-  stats.notes["plays without a known duration (progress 0 unless complete)"] = int(
-      np.count_nonzero((dur_ms <= 0) & ~complete))
   plays = b.add_exposures(enter, u, S.SHORT_VIDEO, p, a)
-  b.add_events(plays, leave, S.PLAY_END, progress)
+  b.add_events(plays, leave, S.WATCH_END, (leave - enter) / 1000.0)
   liked = _liked(t.column("like_status_type"))
   b.add_events(plays[liked], leave[liked], S.LIKE, 0.0)
   fol = (src_.flags(t.column("is_follow_after_play"))
@@ -161,7 +154,7 @@ def convert(src: str) -> tuple[pa.Table, dict[str, pa.Table], A.ConvertStats]:
   b = A.LogBuilder()
   _live(src, b, stats)
   videos = _videos(src, stats)
-  _plays(src, b, videos, stats)
+  _plays(src, b, stats)
   events = b.build()
   return events, _side(src, events, videos, stats), stats
 

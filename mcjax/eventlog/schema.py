@@ -18,8 +18,9 @@ event          domains      value
 =============  ===========  ===============================================
 exposure       both         0
 click          live         0 (the user entered the live room)
-watch_end      live         seconds watched (the user left the room)
-play_end       short_video  play progress: fraction of the video played (>= 0)
+watch_end      both         live: seconds watched (the user left the room);
+                            short_video: seconds played (>= 0, may exceed the
+                            video's duration_s on replays)
 like           both         0
 comment        live         0
 gift           live         gift value (> 0, heavy tailed)
@@ -40,17 +41,16 @@ DOMAINS = (LIVE, SHORT_VIDEO)
 EXPOSURE = "exposure"
 CLICK = "click"
 WATCH_END = "watch_end"
-PLAY_END = "play_end"
 LIKE = "like"
 COMMENT = "comment"
 GIFT = "gift"
 FOLLOW = "follow"
-EVENTS = (EXPOSURE, CLICK, WATCH_END, PLAY_END, LIKE, COMMENT, GIFT, FOLLOW)
+EVENTS = (EXPOSURE, CLICK, WATCH_END, LIKE, COMMENT, GIFT, FOLLOW)
 
 # Which events may occur in which domain.
 DOMAIN_EVENTS = {
     LIVE: frozenset({EXPOSURE, CLICK, WATCH_END, LIKE, COMMENT, GIFT, FOLLOW}),
-    SHORT_VIDEO: frozenset({EXPOSURE, PLAY_END, LIKE, FOLLOW}),
+    SHORT_VIDEO: frozenset({EXPOSURE, WATCH_END, LIKE, FOLLOW}),
 }
 
 # Stable small-integer codes, used wherever events/domains travel as arrays.

@@ -13,12 +13,13 @@ Rules (all vectorised; see ``data/README.md`` for the prose version):
   float64), never a lossy one (float -> int, string -> int, int64 -> int32);
 * ids and timestamps are >= 0; side-table keys are unique; a live's start <= end;
 * ``domain`` is a known domain, ``event`` a known event allowed in that domain;
-* ``value`` is finite; 0 for exposure/click/like/comment/follow, >= 0 for watch_end and
-  play_end, > 0 for gift;
+* ``value`` is finite; 0 for exposure/click/like/comment/follow, >= 0 for watch_end, > 0
+  for gift;
 * an exposure has exactly one ``exposure`` event, which is its first row and no later than
-  any of its events; one user/item/author/domain throughout; at most one click, watch_end,
-  play_end; a watch_end follows its click; live like/comment/gift lie inside the watch
-  (at or after the click, at or before the watch_end when there is one);
+  any of its events; one user/item/author/domain throughout; at most one click and one
+  watch_end; a live watch_end follows its click (a short-video watch_end, the end of a play,
+  needs none); live like/comment/gift lie inside the watch (at or after the click, at or
+  before the watch_end when there is one);
 * rows are sorted by (ts_ms, exposure_id);
 * every live-domain item_id is a live_id of lives.parquet.
 """
@@ -184,8 +185,8 @@ def _check_values(table, where, ev, value, dom) -> None:
   code = S.EVENT_CODE
   for e in _ZERO_VALUE_EVENTS:
     _check_if(where, "value", f"{e} must have value 0", table, (ev == code[e]) & (value != 0))
-  for e in (S.WATCH_END, S.PLAY_END):
-    _check_if(where, "value", f"negative {e} value", table, (ev == code[e]) & (value < 0))
+  _check_if(where, "value", f"negative {S.WATCH_END} value", table,
+            (ev == code[S.WATCH_END]) & (value < 0))
   _check_if(where, "value", "gift value must be > 0", table, (ev == code[S.GIFT]) & (value <= 0))
   for d, allowed in S.DOMAIN_EVENTS.items():
     for e in S.EVENTS:
@@ -225,18 +226,20 @@ def _check_exposures(table, where, ts, ev, dom) -> int:
   is_first[first] = True
   _check_if(where, "event", "an exposure's first row is not its 'exposure' event", table,
             is_first & ~is_exp)
-  for e in (S.CLICK, S.WATCH_END, S.PLAY_END):
+  for e in (S.CLICK, S.WATCH_END):
     m = ev == code[e]
     cnt = np.bincount(g, weights=m, minlength=n)
     _check_if(where, "event", f"several '{e}' events in one exposure", table, m & (cnt[g] > 1))
-  is_click, is_end = ev == code[S.CLICK], ev == code[S.WATCH_END]
+  live = dom == S.DOMAIN_CODE[S.LIVE]
+  is_click, is_end = ev == code[S.CLICK], live & (ev == code[S.WATCH_END])
   big = np.iinfo(np.int64).max
   click_ts = _per_group_ts(g, n, is_click, ts, big)
   end_ts = _per_group_ts(g, n, is_end, ts, big)
-  _check_if(where, "event", "watch_end without a click in its exposure", table,
+  _check_if(where, "event", "live watch_end without a click in its exposure", table,
             is_end & (click_ts[g] == big))
-  _check_if(where, "ts_ms", "watch_end before its click", table, is_end & (ts < click_ts[g]))
-  inside = np.isin(ev, [code[e] for e in _IN_WATCH_EVENTS]) & (dom == S.DOMAIN_CODE[S.LIVE])
+  _check_if(where, "ts_ms", "live watch_end before its click", table,
+            is_end & (ts < click_ts[g]))
+  inside = np.isin(ev, [code[e] for e in _IN_WATCH_EVENTS]) & live
   _check_if(where, "ts_ms", "live like/comment/gift before its click (or without one)", table,
             inside & (ts < click_ts[g]))
   _check_if(where, "ts_ms", "live like/comment/gift after its watch_end", table,

@@ -93,18 +93,28 @@ class _Context:
                     earliest[inverse])
 
   def _short_video_history(self, log: Log) -> ShortVideoHistory:
+    """The plays: short-video watch_end events; sv_progress = seconds played / duration_s.
+
+    A play of a video missing from videos.parquet, or with duration_s <= 0, gets progress 0
+    (counted in ``sv_plays_without_duration``).
+    """
     ex = log.exposures
-    play = np.flatnonzero(log.code == _EC[S.PLAY_END])
+    play = np.flatnonzero((log.code == _EC[S.WATCH_END])
+                          & (ex.domain[log.xi] == S.DOMAIN_CODE[S.SHORT_VIDEO]))
     xi = log.xi[play]
     item = ex.item[xi]
     rows = log.videos.rows(item)
     video = log.videos.columns
     self.stats["unknown_videos"] = int((rows < 0).sum())
+    duration = gather(video["duration_s"], rows, 0).astype(np.float64)
+    timed = duration > 0
+    self.stats["sv_plays_without_duration"] = int((~timed).sum())
+    progress = np.where(timed, log.value[play] / np.where(timed, duration, 1.0), 0.0)
     return ShortVideoHistory(
         ex.user[xi], log.ts[play], item,
         np.where(rows >= 0, gather(video["author_id"], rows, 0), ex.author[xi]),
         gather(video["category"], rows, -1), gather(video["tag"], rows, -1),
-        log.value[play], ex.first[xi, _EC[S.LIKE]], ex.first[xi, _EC[S.FOLLOW]])
+        progress, ex.first[xi, _EC[S.LIKE]], ex.first[xi, _EC[S.FOLLOW]])
 
   def features(self, x: np.ndarray, q: np.ndarray, cfg: MomentConfig) -> dict:
     """Features of live exposures ``x`` at query times ``q`` (events with ts < q)."""

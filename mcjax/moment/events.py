@@ -156,7 +156,7 @@ class Exposures:
   author: np.ndarray
   domain: np.ndarray       # int8 DOMAIN_CODE
   first: np.ndarray        # (n, len(EVENTS)) time of the first event of each kind, NEVER if none
-  watch_value: np.ndarray  # value of the first watch_end (NaN if none)
+  watch_value: np.ndarray  # first watch_end value: seconds watched / played (NaN if none)
 
   def __len__(self) -> int:
     return len(self.exposure_id)

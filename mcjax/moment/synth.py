@@ -14,6 +14,7 @@ from mcjax.eventlog import schema as S
 from mcjax.moment.events import LogTables
 
 EPOCH_MS = 1_746_057_600_000  # 2025-05-01 00:00:00 UTC
+VIDEO_DURATION_S = 30.0       # duration_s of every video of tables_from_events
 _COLUMNS = ("ts_ms", "user_id", "exposure_id", "domain", "item_id", "author_id", "event",
             "value")
 
@@ -27,8 +28,8 @@ def tables_from_events(events, oracle: pa.Table | None = None) -> LogTables:
     oracle: optional ``_oracle/exposures.parquet`` table.
 
   Users get age = id % 5, gender = id % 2, activity = id % 3; authors category = id % 4 and
-  fans = id % 6; lives category = id % 7, start at their first event; videos category = id % 8
-  and tag = id % 11.
+  fans = id % 6; lives category = id % 7, start at their first event; videos category = id % 8,
+  tag = id % 11 and duration_s = VIDEO_DURATION_S.
   """
   if not isinstance(events, dict):
     events = dict(zip(_COLUMNS, zip(*events))) if events else {c: [] for c in _COLUMNS}
@@ -57,7 +58,8 @@ def tables_from_events(events, oracle: pa.Table | None = None) -> LogTables:
                       "start_ms": start, "end_ms": start + 6 * 3_600_000}),
       videos=pa.table({"video_id": videos, "author_id": author[~is_live][vfirst],
                        "category": i32(videos % 8), "tag": i32(videos % 11),
-                       "duration_s": pa.array(np.full(len(videos), 30.0), pa.float32())}),
+                       "duration_s": pa.array(np.full(len(videos), VIDEO_DURATION_S),
+                                              pa.float32())}),
       oracle_exposures=oracle)
 
 
@@ -103,8 +105,9 @@ def random_log(live_exposures: int, users: int = 200, lives: int = 20, hours: fl
   progress = rng.random(m) * 1.5
   zero = np.zeros(m)
   add(s_ts, s_user, s_xid, S.SHORT_VIDEO, 100_000 + video, s_author, S.EXPOSURE, zero)
-  p_ts = s_ts + (progress * 30_000).astype(np.int64) + 1
-  add(p_ts, s_user, s_xid, S.SHORT_VIDEO, 100_000 + video, s_author, S.PLAY_END, progress)
+  p_ts = s_ts + (progress * (VIDEO_DURATION_S * 1000)).astype(np.int64) + 1
+  add(p_ts, s_user, s_xid, S.SHORT_VIDEO, 100_000 + video, s_author, S.WATCH_END,
+      progress * VIDEO_DURATION_S)
   for event, p in ((S.LIKE, 0.1), (S.FOLLOW, 0.02)):
     r = rng.random(m) < p
     add(s_ts[r] + 500, s_user[r], s_xid[r], S.SHORT_VIDEO, 100_000 + video[r], s_author[r],

@@ -4,7 +4,9 @@ Nothing here reads files or features; the same logic can run on any engine that 
 events of one exposure in time order (numpy here; a stream engine later).
 
 Labels, per live exposure, in TASKS order (ctr, lvtr, ltr, cmtr, gtr, wtr) = click, long view,
-like, comment, gift, follow. Each label *fires* at the time of its first event in the exposure:
+like, comment, gift, follow; only the events of live exposures come in (a short-video
+watch_end ends a play, never a watch). Each label *fires* at the time of its first event in the
+exposure:
 
 * ctr at the first click, if it comes at or before exposure_ts + no_click_close_s; a later click
   is ignored (counted in ``late_clicks``: no_click_close_s must cover the click delay).
@@ -71,7 +73,7 @@ def label_times(group: np.ndarray, ts: np.ndarray, code: np.ndarray, exposure_ts
   """Fire and close times of n exposures from their events.
 
   Args:
-    group: (m,) exposure row 0..n-1 of each event.
+    group: (m,) exposure row 0..n-1 of each event (live exposures only).
     ts, code: (m,) event time and EVENT_CODE, sorted by time.
     exposure_ts: (n,) time of each exposure.
     cfg: the engine settings.

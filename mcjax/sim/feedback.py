@@ -4,9 +4,11 @@ Live: a logistic click model (base + user-author affinity + highlight strength) 
 click, a few seconds after the impression; the viewer then stays in the room for a bounce
 (< 3 s) or a lognormal watch, longer when the click came in a highlight; during the watch
 likes, comments and gifts arrive as Poisson processes whose rates rise while the live is in a
-highlight (drawn by thinning), and a follow may happen.  Short video: play progress, like and
-follow depend on the same affinity.  Every feedback event lies at or after its exposure;
-interactions lie inside the watch (or play).
+highlight (drawn by thinning), and a follow may happen.  Short video: the play progress (a
+fraction of the video, > 1 on replays), like and follow depend on the same affinity; the play
+ends with a watch_end whose value is the seconds played (progress x the video's duration_s, cut
+to whole ms, so watch_end ts = exposure ts + value).  Every feedback event lies at or after
+its exposure; interactions lie inside the watch (or play).
 """
 
 from __future__ import annotations
@@ -125,14 +127,14 @@ def live_feedback(cfg: C.WorldConfig, ent: Entities, ex: LiveExposures, oracle: 
 
 def video_feedback(cfg: C.WorldConfig, ent: Entities, ex: VideoExposures,
                    rng: np.random.Generator) -> Feedback:
-  """play_end (progress in value), like and follow events of the short-video exposures."""
+  """watch_end (seconds played), like and follow events of the short-video exposures."""
   n = len(ex.ts_ms)
   idx = np.arange(n)
   author = ent.video_author[ex.video]
   aff = ent.affinity(cfg, ex.user, author)
   progress = np.clip(rng.lognormal(-0.6 + 0.35 * aff, 0.7), 0.01, 3.0)
   play_ms = np.maximum((progress * ent.video_duration_s[ex.video] * 1000.0).astype(np.int64), 1)
-  parts = [_single(ex.ts_ms + play_ms, idx, S.PLAY_END, progress)]
+  parts = [_single(ex.ts_ms + play_ms, idx, S.WATCH_END, play_ms / 1000.0)]
   during = ex.ts_ms + (rng.random(n) * play_ms).astype(np.int64)
   likes = rng.random(n) < _sigmoid(cfg.sv_like_bias + aff + np.log(ent.like_propensity[ex.user]))
   parts.append(_single(during[likes], idx[likes], S.LIKE))

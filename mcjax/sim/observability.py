@@ -41,8 +41,8 @@ def affinity_features(user: np.ndarray, author: np.ndarray, ts: np.ndarray,
                       author_topic: dict, plays: tuple, likes: tuple) -> np.ndarray:
   """Short-video history features of each (user, candidate author) live exposure at ts.
 
-  ``plays`` and ``likes`` are (user, author, ts) arrays of short-video play_end / like
-  events; ``author_topic`` is (author_ids sorted, topic of each).
+  ``plays`` and ``likes`` are (user, author, ts) arrays of short-video watch_end (end of a
+  play) / like events; ``author_topic`` is (author_ids sorted, topic of each).
   """
   ids, topics = author_topic
   def topic_of(a):

@@ -24,16 +24,23 @@ from mcjax.sim import observability as O
 SPARSE_LIVE_EXPOSURES = 5
 
 
-def _codes(column: pa.ChunkedArray, names: tuple[str, ...]) -> np.ndarray:
-  return pc.index_in(column, value_set=pa.array(list(names))).to_numpy().astype(np.int8)
+def _codes(column: pa.ChunkedArray, names: tuple[str, ...], where: str) -> np.ndarray:
+  """Codes of a string column; an unknown value (e.g. from an older log) is an error."""
+  codes = pc.index_in(column, value_set=pa.array(list(names)))
+  if codes.null_count:
+    bad = pc.unique(pc.filter(column, pc.is_null(codes))).to_pylist()
+    raise ValueError(f"{where}: unknown value(s) {bad[:10]}, expected one of {list(names)}; "
+                     "a log written by an older version must be generated again")
+  return codes.to_numpy().astype(np.int8)
 
 
 def _load(log_dir: str) -> dict:
   ev = eio.read_events(log_dir)
   out = {c: ev[c].to_numpy() for c in ("ts_ms", "user_id", "exposure_id", "item_id",
                                         "author_id", "value")}
-  out["domain"] = _codes(ev["domain"], S.DOMAINS)
-  out["event"] = _codes(ev["event"], S.EVENTS)
+  where = f"{log_dir}/{S.EVENTS_FILE}"
+  out["domain"] = _codes(ev["domain"], S.DOMAINS, f"{where}: column 'domain'")
+  out["event"] = _codes(ev["event"], S.EVENTS, f"{where}: column 'event'")
   return out
 
 
@@ -99,7 +106,7 @@ def summarize(log_dir: str) -> dict:
   a_ids = authors["author_id"].to_numpy()
   a_order = np.argsort(a_ids)
   author_topic = (a_ids[a_order], authors["category"].to_numpy()[a_order])
-  plays = _pick(e, _mask(e, S.SHORT_VIDEO, S.PLAY_END), "user_id", "author_id", "ts_ms")
+  plays = _pick(e, _mask(e, S.SHORT_VIDEO, S.WATCH_END), "user_id", "author_id", "ts_ms")
   likes = _pick(e, _mask(e, S.SHORT_VIDEO, S.LIKE), "user_id", "author_id", "ts_ms")
   train = ex_id % 2 == 0
   hl = O.recovery_share(O.highlight_features(ex_item, ex_ts, crowd), clicked,

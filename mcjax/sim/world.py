@@ -33,7 +33,6 @@ _RANK[S.EVENT_CODE[S.CLICK]] = 1
 for _e in (S.LIKE, S.COMMENT, S.GIFT, S.FOLLOW):
   _RANK[S.EVENT_CODE[_e]] = 2
 _RANK[S.EVENT_CODE[S.WATCH_END]] = 3
-_RANK[S.EVENT_CODE[S.PLAY_END]] = 3
 
 
 @dataclasses.dataclass
