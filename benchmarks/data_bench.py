@@ -17,6 +17,7 @@ from benchmarks.step_bench import StepBench
 from mcjax.train.step import host_batch
 from mcjax import config as mcconfig
 from mcjax.samples import pipeline, shards
+from mcjax.samples import table as sample_table
 
 
 def open_source(cfg: ml_collections.ConfigDict, *, samples_dir: str | None, cache_dir: str,
@@ -25,9 +26,9 @@ def open_source(cfg: ml_collections.ConfigDict, *, samples_dir: str | None, cach
   split of ``samples_dir``, or the small world's samples built (once) under ``cache_dir``."""
   if synthetic:
     m = cfg.moment
-    table = shards.random_sample_table(synthetic, max_sv=2 * int(m.sv_hist_len),
+    table = sample_table.random_sample_table(synthetic, max_sv=2 * int(m.sv_hist_len),
                                        max_lv=2 * int(m.lv_hist_len))
-    return shards.TableSource(table), {"source": f"synthetic table of {synthetic} rows"}
+    return sample_table.TableSource(table), {"source": f"synthetic table of {synthetic} rows"}
   if not samples_dir:
     from mcjax.samples.build import ensure_samples
     from mcjax.sim import world

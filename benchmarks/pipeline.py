@@ -19,6 +19,7 @@ from absl import app, flags
 from tabulate import tabulate
 
 from mcjax.samples import pipeline, shards
+from mcjax.samples import table as sample_table
 
 _SAMPLES_DIR = flags.DEFINE_string("samples_dir", None, "A samples folder (build_samples).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to read from --samples_dir.")
@@ -64,7 +65,7 @@ def main(argv) -> None:
   result = {"batch_size": bs, "sv_len": sv, "lv_len": lv}
   with tempfile.TemporaryDirectory() as tmp:
     if _SYNTHETIC_N.value:
-      table = shards.random_sample_table(_SYNTHETIC_N.value, max_sv=2 * sv, max_lv=2 * lv)
+      table = sample_table.random_sample_table(_SYNTHETIC_N.value, max_sv=2 * sv, max_lv=2 * lv)
       start = time.perf_counter()
       shards.write_samples(table, tmp, "train")
       seconds = time.perf_counter() - start

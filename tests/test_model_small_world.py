@@ -33,7 +33,7 @@ def small_world_batch(tmp_path_factory):
   table = next(SampleBuilder(log, MomentConfig(sv_hist_len=16, lv_hist_len=8))
                .tables("train", chunk_rows=4096))
   rows = np.random.default_rng(0).choice(len(table["user_id"]), 64, replace=False)
-  from mcjax.samples.shards import take_rows
+  from mcjax.samples.table import take_rows
   batch = pipeline.pad_table(take_rows(table, np.sort(rows)), 16, 8)
   batch["weight"] = np.ones(64, np.float32)
   assert batch["sv_len"].max() > 0 and batch["lv_len"].max() > 0

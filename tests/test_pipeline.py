@@ -6,13 +6,14 @@ import pytest
 from mcjax.samples import pipeline
 from mcjax.samples import schema as S
 from mcjax.samples import shards
+from mcjax.samples import table as sample_table
 
 N = 50
 
 
 @pytest.fixture(scope="module")
 def table():
-  return shards.conform_table(shards.random_sample_table(N, max_sv=9, max_lv=4, seed=5))
+  return sample_table.conform_table(sample_table.random_sample_table(N, max_sv=9, max_lv=4, seed=5))
 
 
 def _all(it):
@@ -20,7 +21,7 @@ def _all(it):
 
 
 def test_padding_weights_and_fixed_shapes(table):
-  src = shards.TableSource(table)
+  src = sample_table.TableSource(table)
   batches = _all(pipeline.make_batches(src, batch_size=16, sv_len=6, lv_len=3,
                                        process_index=0, process_count=1))
   assert len(batches) == 4 == pipeline.num_batches(N, 16)
@@ -38,7 +39,7 @@ def test_padding_weights_and_fixed_shapes(table):
 
 
 def test_truncation_keeps_most_recent_items(table):
-  src = shards.TableSource(table)
+  src = sample_table.TableSource(table)
   rows = np.arange(10, 20)
   b = next(iter(pipeline.make_batches(src, batch_size=10, sv_len=4, lv_len=2, indices=rows,
                                       process_index=0, process_count=1)))
@@ -56,7 +57,7 @@ def test_truncation_keeps_most_recent_items(table):
 
 
 def test_two_processes_union_equals_single_process(table):
-  src = shards.TableSource(table)
+  src = sample_table.TableSource(table)
   kw = dict(batch_size=12, sv_len=5, lv_len=3, shuffle=True, seed=7, num_epochs=2)
   single = _all(pipeline.make_batches(src, process_index=0, process_count=1, **kw))
   parts = [_all(pipeline.make_batches(src, process_index=p, process_count=2, **kw))
@@ -72,7 +73,7 @@ def test_two_processes_union_equals_single_process(table):
 
 
 def test_iterator_state_round_trip(table):
-  src = shards.TableSource(table)
+  src = sample_table.TableSource(table)
   kw = dict(batch_size=8, sv_len=4, lv_len=2, shuffle=True, seed=1, num_epochs=2,
             process_index=0, process_count=1)
   it = iter(pipeline.make_batches(src, **kw))
@@ -102,7 +103,7 @@ def test_reads_from_shards(table, tmp_path):
   window = np.flatnonzero((ts >= ts[10]) & (ts < ts[30]))
   from_disk = _all(pipeline.make_batches(src, batch_size=8, sv_len=6, lv_len=3,
                                          indices=window, process_index=0, process_count=1))
-  in_memory = _all(pipeline.make_batches(shards.TableSource(table), batch_size=8, sv_len=6,
+  in_memory = _all(pipeline.make_batches(sample_table.TableSource(table), batch_size=8, sv_len=6,
                                          lv_len=3, indices=window, process_index=0,
                                          process_count=1))
   for a, b in zip(from_disk, in_memory):
@@ -111,7 +112,7 @@ def test_reads_from_shards(table, tmp_path):
 
 
 def test_bad_arguments(table):
-  src = shards.TableSource(table)
+  src = sample_table.TableSource(table)
   with pytest.raises(ValueError, match="batch_size"):
     pipeline.make_batches(src, batch_size=0, sv_len=1, lv_len=1)
   with pytest.raises(ValueError, match="process_count"):

@@ -8,6 +8,7 @@ import pytest
 
 from mcjax.samples import schema as S
 from mcjax.samples import shards
+from mcjax.samples import table as sample_table
 from mcjax.samples import tfds_builder
 
 N = 50
@@ -16,10 +17,10 @@ N = 50
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("samples"))
-  table = shards.random_sample_table(N, max_sv=9, max_lv=4, seed=3)
+  table = sample_table.random_sample_table(N, max_sv=9, max_lv=4, seed=3)
   shards.write_samples(table, out, "train", num_shards=2, block_size=8,
                        metadata={"moment": {"mode": "realtime"}})
-  return out, shards.conform_table(table)
+  return out, sample_table.conform_table(table)
 
 
 def test_round_trip_is_exact_for_every_field(written):
@@ -40,7 +41,7 @@ def test_random_rows_and_time_order(written):
   out, table = written
   src = shards.open_samples(out, "train")
   rows = np.random.default_rng(0).permutation(N)[:17]
-  got, want = src.__getitems__(rows), shards.take_rows(table, rows)
+  got, want = src.__getitems__(rows), sample_table.take_rows(table, rows)
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
   ts = shards.sample_ts_ms(src)
@@ -55,7 +56,7 @@ def test_source_pickles_for_grain_workers(written):
   out, table = written
   src = pickle.loads(pickle.dumps(shards.open_samples(out, "train")))
   np.testing.assert_array_equal(src.__getitems__([3, 40])["lv_item"],
-                                shards.take_rows(table, [3, 40])["lv_item"])
+                                sample_table.take_rows(table, [3, 40])["lv_item"])
 
 
 def test_info_records_counts_and_metadata(written):
@@ -95,13 +96,13 @@ def test_truncated_shard_error_names_the_file(written, tmp_path):
 
 def test_chunked_write_reads_back_as_one_split(written, tmp_path):
   _, table = written
-  n = shards.num_rows(table)
-  chunks = [shards.take_rows(table, np.arange(a, min(a + 17, n))) for a in range(0, n, 17)]
+  n = sample_table.num_rows(table)
+  chunks = [sample_table.take_rows(table, np.arange(a, min(a + 17, n))) for a in range(0, n, 17)]
   shards.write_samples(iter(chunks), str(tmp_path), "train", block_size=4)
   src = shards.open_samples(str(tmp_path), "train")
   assert len(src) == n and len(src.info["parts"]) == len(chunks)
   idx = np.array([n - 1, 0, 16, 17, 33, 5])
-  got, want = src.__getitems__(idx), shards.take_rows(table, idx)
+  got, want = src.__getitems__(idx), sample_table.take_rows(table, idx)
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
   np.testing.assert_array_equal(shards.sample_ts_ms(src), table["sample_ts_ms"])
@@ -110,8 +111,10 @@ def test_chunked_write_reads_back_as_one_split(written, tmp_path):
 def test_failed_write_leaves_nothing(written, tmp_path, monkeypatch):
   out, table = written
 
+  real_blocks = tfds_builder.table_blocks
+
   def failing_blocks(table, block_size):
-    yield 0, tfds_builder.table_block(table, 0, block_size)
+    yield next(real_blocks(table, block_size))
     raise RuntimeError("disk full")
 
   monkeypatch.setattr(tfds_builder, "table_blocks", failing_blocks)
@@ -125,7 +128,7 @@ def test_overwrite_and_bad_tables(written, tmp_path):
   shards.write_samples(table, str(tmp_path), "train", block_size=8)
   with pytest.raises(FileExistsError):
     shards.write_samples(table, str(tmp_path), "train")
-  small = shards.take_rows(table, np.arange(5))
+  small = sample_table.take_rows(table, np.arange(5))
   shards.write_samples(small, str(tmp_path), "train", overwrite=True)
   assert len(shards.open_samples(str(tmp_path), "train")) == 5
   assert sorted(os.listdir(tmp_path)) == ["train"]

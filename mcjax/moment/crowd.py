@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mcjax.eventlog import schema as S
-from mcjax.moment.timeindex import SegmentedTimes
+from mcjax.moment.timeindex import SegmentedTimes, by_segment
 from mcjax.samples import schema as SS
 
 WINDOW_MS = {"30s": 30_000, "5m": 300_000}  # "all" starts at the live's start
@@ -48,6 +48,12 @@ class CrowdIndex:
   def features(self, live: np.ndarray, q: np.ndarray, live_start: np.ndarray) -> np.ndarray:
     """(n, len(CROWD_FEATURES)) float32 features of ``live`` at ``q`` (all int64 arrays)."""
     live, q, live_start = (np.asarray(a, np.int64) for a in (live, q, live_start))
+    order = by_segment(live, q)  # sorted queries: every searchsorted below sweeps forward
+    result = np.empty((len(q), len(SS.CROWD_FEATURES)), np.float32)
+    result[order] = self._features(live[order], q[order], live_start[order])
+    return result
+
+  def _features(self, live: np.ndarray, q: np.ndarray, live_start: np.ndarray) -> np.ndarray:
     out = np.zeros((len(q), len(SS.CROWD_FEATURES)), np.float32)
     col = SS.CROWD_INDEX
     end = {name: s.position(live, q, "left") for name, s in self.series.items()}

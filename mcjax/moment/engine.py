@@ -116,15 +116,23 @@ class _Context:
         gather(video["category"], rows, -1), gather(video["tag"], rows, -1),
         progress, ex.first[xi, _EC[S.LIKE]], ex.first[xi, _EC[S.FOLLOW]])
 
-  def features(self, x: np.ndarray, q: np.ndarray, cfg: MomentConfig) -> dict:
-    """Features of live exposures ``x`` at query times ``q`` (events with ts < q)."""
+  def features(self, x: np.ndarray, q: np.ndarray, cfg: MomentConfig,
+               stored: bool = False) -> dict:
+    """Features of live exposures ``x`` at query times ``q`` (events with ts < q); histories
+    as references into ``history`` when ``stored``, else materialised."""
     out = {"user_id": self.user[x], "live_id": self.live_id[x], "author_id": self.author_id[x],
-           "hour_of_day": (q // HOUR_MS) % 24}
+           "hour_of_day": (q // HOUR_MS) % 24, "history_ts_ms": q}
     out |= {name: values[x] for name, values in self.side.items()}
     out["crowd"] = self.crowd.features(self.live_id[x], q, self.live_start[x])
-    out |= self.sv.snapshot(self.user[x], q, cfg.sv_hist_len)
-    out |= self.lv.snapshot(self.user[x], q, cfg.lv_hist_len, current=x)
+    for hist, refs in ((self.sv, self.sv.refs(self.user[x], q, cfg.sv_hist_len)),
+                       (self.lv, self.lv.refs(self.user[x], q, cfg.lv_hist_len, exclude=x))):
+      out |= refs if stored else hist.snapshot(refs, q)
     return out
+
+  @property
+  def history(self) -> dict:
+    """{"sv": HistoryStore, "lv": HistoryStore}: what stored samples point into."""
+    return {"sv": self.sv.store, "lv": self.lv.store}
 
 
 def _sort(rows: dict, exposure_id: np.ndarray) -> dict:
@@ -184,25 +192,37 @@ class SampleBuilder:
       raise ValueError(f"split={split!r}: expected one of {sorted(self.rows)}")
     return self.rows[split]
 
-  def tables(self, split: str, chunk_rows: int | None = None) -> Iterator[dict]:
-    """Sorted sample tables of ``split`` ("train" or "eval"), ``chunk_rows`` rows at most."""
+  @property
+  def history(self) -> dict:
+    """The history stores that ``tables(..., stored=True)`` point into."""
+    return self.ctx.history
+
+  def tables(self, split: str, chunk_rows: int | None = None,
+             stored: bool = False) -> Iterator[dict]:
+    """Sorted sample tables of ``split`` ("train" or "eval"), ``chunk_rows`` rows at most.
+
+    ``stored``: yield stored tables (``schema.STORED_FIELDS``: histories as references into
+    ``self.history``) instead of materialised sample tables.
+    """
     rows = self._split(split)
     n = len(rows["x"])
     if chunk_rows is not None and chunk_rows < 1:
       raise ValueError(f"chunk_rows={chunk_rows}: expected a positive number of rows")
     step = max(chunk_rows or n, 1)
     for lo in range(0, max(n, 1), step):
-      yield self._table({k: v[lo:lo + step] for k, v in rows.items()}, split == "eval")
+      yield self._table({k: v[lo:lo + step] for k, v in rows.items()}, split == "eval", stored)
 
-  def _table(self, rows: dict, is_eval: bool) -> dict:
+  def _table(self, rows: dict, is_eval: bool, stored: bool) -> dict:
     ctx, x = self.ctx, rows["x"]
     at_sample = not is_eval and self.cfg.features_at == "sample"
     q = rows["sample_ts_ms"] if at_sample else ctx.exposure_ts[x]
-    parts = {**ctx.features(x, q, self.cfg), **{k: v for k, v in rows.items() if k != "x"},
+    parts = {**ctx.features(x, q, self.cfg, stored),
+             **{k: v for k, v in rows.items() if k != "x"},
              "exposure_id": ctx.exposure_id[x], "exposure_ts_ms": ctx.exposure_ts[x],
              **_oracle(self.log, ctx.exposure_id[x], is_eval)}
-    table = {f.name: np.asarray(parts[f.name]).astype(f.dtype, copy=False) for f in SS.FIELDS}
-    return table | {key: parts[key] for key in SS.OFFSETS.values()}
+    fields = SS.STORED_FIELDS if stored else SS.FIELDS
+    table = {f.name: np.asarray(parts[f.name]).astype(f.dtype, copy=False) for f in fields}
+    return table if stored else table | {key: parts[key] for key in SS.OFFSETS.values()}
 
 
 def build_samples(log_dir_or_tables, cfg: MomentConfig) -> dict:

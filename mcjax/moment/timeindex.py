@@ -47,7 +47,7 @@ class SegmentedTimes:
       return np.zeros(segment.shape, np.int64)
     rank = np.minimum(np.searchsorted(self.segments, segment), len(self.segments) - 1)
     found = self.segments[rank] == segment
-    pos = np.searchsorted(self.keys, self._keys(rank, ts), side=side)
+    pos = _searchsorted(self.keys, self._keys(rank, ts), side)
     return np.where(found, pos, 0)
 
   def segment_start(self, segment: np.ndarray) -> np.ndarray:
@@ -59,3 +59,22 @@ class SegmentedTimes:
     """Events of ``segment`` with lo < t < hi (lo <= t < hi when ``lo_open`` is False)."""
     return self.position(segment, hi, "left") - self.position(
         segment, lo, "right" if lo_open else "left")
+
+
+def _searchsorted(sorted_keys: np.ndarray, queries: np.ndarray, side: str) -> np.ndarray:
+  """np.searchsorted for many queries: sorted queries turn random probes of a large array into
+  a forward sweep (4x faster for 64k queries into 3M keys), so unsorted ones are sorted first.
+  Callers with many calls sort their queries by (segment, time) once (``by_segment``)."""
+  flat = queries.reshape(-1)
+  if flat.size < 1024 or np.all(flat[1:] >= flat[:-1]):
+    return np.searchsorted(sorted_keys, queries, side=side)
+  order = np.argsort(flat)
+  out = np.empty(flat.shape, np.int64)
+  out[order] = np.searchsorted(sorted_keys, flat[order], side=side)
+  return out.reshape(queries.shape)
+
+
+def by_segment(segment: np.ndarray, ts: np.ndarray) -> np.ndarray:
+  """The order that sorts queries by (segment, time): in it, the keys of every
+  ``SegmentedTimes`` (and of ts shifted by a constant) are non-decreasing."""
+  return np.lexsort((ts, segment))

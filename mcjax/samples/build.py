@@ -61,10 +61,11 @@ def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool
     meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
     counts = {}
     for split in SPLITS:  # chunk by chunk: memory stays bounded by CHUNK_ROWS samples
-      chunks = tqdm(builder.tables(split, chunk_rows=CHUNK_ROWS), unit="chunk",
+      chunks = tqdm(builder.tables(split, chunk_rows=CHUNK_ROWS, stored=True), unit="chunk",
                     total=max(1, -(-builder.num_rows(split) // CHUNK_ROWS)),
                     desc=f"samples {moment_cfg.mode} {split}", leave=False)
-      path = shards.write_samples(chunks, tmp, split, num_shards=num_shards, metadata=meta)
+      path = shards.write_samples(chunks, tmp, split, history=builder.history,
+                                  num_shards=num_shards, metadata=meta)
       counts[split] = shards.read_info(path)["kind_counts"]
     total_s = time.perf_counter() - start + prep_s
     info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],

@@ -6,6 +6,10 @@ Scalar fields have shape ``()``; crowd features, labels and masks are fixed-leng
 history fields are variable-length sequences (most recent first) that the input pipeline pads
 to the configured length. Bump SCHEMA_VERSION on any change; readers refuse other versions.
 
+On disk, histories are stored by reference (``REF_FIELDS``, ``history_store``); readers
+return sample tables with the histories materialised, so the layout below is all that the
+pipeline, the model and the tests see.
+
 In memory, a set of N samples travels as a *sample table* (a plain dict, columnar):
 every non-sequence field is an array with leading dimension N; every sequence field is the
 flat concatenation of its N sequences, and ``sv_offsets`` / ``lv_offsets`` (int64, length
@@ -19,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "2.0.0"
 
 # Tasks, in head order. Each is a binary label of one live exposure.
 TASKS = ("ctr", "lvtr", "ltr", "cmtr", "gtr", "wtr")
@@ -119,6 +123,26 @@ SEQUENCE_FIELDS = tuple(f.name for f in FIELDS if f.is_sequence)
 SV_FIELDS = tuple(n for n in SEQUENCE_FIELDS if n.startswith("sv_"))
 LV_FIELDS = tuple(n for n in SEQUENCE_FIELDS if n.startswith("lv_"))
 OFFSETS = {"sv": "sv_offsets", "lv": "lv_offsets"}
+DOMAINS = {"sv": SV_FIELDS, "lv": LV_FIELDS}
+ACTION_BITS = {"sv": SV_ACTION_BITS, "lv": LIVE_ACTION_BITS}
+
+# Histories by reference. On disk a sample does not copy its histories: each split keeps one
+# *history store* per domain (every user's records, sorted by user then time; see
+# ``history_store``) and a sample holds where its snapshot ends in it. Reading takes the
+# ``{p}_hist_n`` records at positions end - 1, end - 2, ... (most recent first), stepping over
+# position ``{p}_hist_skip`` (the sample's own live exposure, or -1), and derives the
+# time-dependent fields (action bits, watch time) as of ``history_ts_ms``.
+REF_FIELDS = (
+    _f("history_ts_ms", np.int64, (), "the histories' query time q: records, actions and watch times with ts < q"),
+    _f("sv_hist_end", np.int64, (), "end (exclusive) of the snapshot in the short-video store"),
+    _f("sv_hist_n", np.int64, (), "records in the short-video snapshot"),
+    _f("sv_hist_skip", np.int64, (), "short-video store position left out of the snapshot, -1 none"),
+    _f("lv_hist_end", np.int64, (), "end (exclusive) of the snapshot in the live store"),
+    _f("lv_hist_n", np.int64, (), "records in the live snapshot"),
+    _f("lv_hist_skip", np.int64, (), "live store position left out (the sample's own exposure), -1 none"),
+)
+# What one stored sample holds: every non-sequence field plus the references.
+STORED_FIELDS = tuple(f for f in FIELDS if not f.is_sequence) + REF_FIELDS
 
 
 def pad_sequences(batch: dict, sv_len: int, lv_len: int) -> dict:

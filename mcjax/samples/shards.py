@@ -1,16 +1,19 @@
-"""Sample shards: write a sample table as ArrayRecord shards, and read them back at random.
+"""Sample shards: write sample tables as ArrayRecord shards, and read them back at random.
 
-A split lives in ``<out_dir>/<split>/``: a complete TFDS dataset directory (``tfds_builder``;
-one record = one block of consecutive samples), plus ``samples_info.json`` (schema version,
-sample counts per kind, block size, the Moment config used) and ``sample_ts_ms.npy`` (every
-sample's time, for selecting time windows without touching the shards).
+A split lives in ``<out_dir>/<split>/``: TFDS dataset directories ``part-NNNNN``
+(``tfds_builder``; one record = one block of consecutive stored samples, histories by
+reference), the split's history stores ``history/sv/`` and ``history/lv/``
+(``history_store``), ``samples_info.json`` (schema version, sample counts per kind, block size,
+the Moment config used) and ``sample_ts_ms.npy`` (every sample's time, for selecting time
+windows without touching the shards).
 
     write_samples(table, "samples", "train", metadata={"moment": asdict(cfg)})
     src = open_samples("samples", "train")
     len(src); batch_table = src.__getitems__(range(0, 512)); ts = sample_ts_ms(src)
 
-``__getitems__`` returns a *sample table* (columnar, see ``schema``) of the rows asked for, in
-that order; ``TableSource`` gives the same interface over an in-memory table.
+``__getitems__`` returns a materialised *sample table* (columnar, see ``schema``) of the rows
+asked for, in that order; ``table.TableSource`` gives the same interface over an in-memory
+table.
 """
 
 from __future__ import annotations
@@ -26,158 +29,36 @@ import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
+from mcjax.samples import history_store as H
 from mcjax.samples import schema as S
 from mcjax.samples import tfds_builder as B
+from mcjax.samples.table import (conform_stored, conform_table, kind_counts, num_rows,
+                                 one_sample)
 
 INFO_FILE = "samples_info.json"
 TS_FILE = "sample_ts_ms.npy"
+HISTORY_DIR = "history"
 DEFAULT_BLOCK_SIZE = 256
-
-
-# ---------------------------------------------------------------------------- sample tables
-
-def conform_table(table: dict) -> dict:
-  """Checks a sample table against the schema; returns it with schema dtypes.
-
-  Raises ValueError naming the field for a missing field, a wrong shape, bad offsets or rows
-  out of time order.
-  """
-  if "sample_ts_ms" not in table:
-    raise ValueError("sample table: missing field 'sample_ts_ms'")
-  n = len(table["sample_ts_ms"])
-  out = {}
-  for p, name in S.OFFSETS.items():
-    if name not in table:
-      raise ValueError(f"sample table: missing field {name!r}")
-    off = np.asarray(table[name], np.int64)
-    if off.shape != (n + 1,) or off[0] != 0 or np.any(np.diff(off) < 0):
-      raise ValueError(f"sample table: {name} must be non-decreasing, start at 0 and have "
-                       f"length n + 1 = {n + 1} (got shape {off.shape})")
-    out[name] = off
-  for f in S.FIELDS:
-    if f.name not in table:
-      raise ValueError(f"sample table: missing field {f.name!r}")
-    value = np.asarray(table[f.name], f.dtype)
-    want = (int(out[S.OFFSETS[B.seq_prefix(f.name)]][-1]),) if f.is_sequence else (n,) + f.shape
-    if value.shape != want:
-      raise ValueError(f"sample table: field {f.name!r} has shape {value.shape}, expected "
-                       f"{want}")
-    out[f.name] = value
-  if np.any(np.diff(out["sample_ts_ms"]) < 0):
-    raise ValueError("sample table: rows must be sorted by sample_ts_ms")
-  return out
-
-
-def num_rows(table: dict) -> int:
-  return len(table["sample_ts_ms"])
-
-
-def take_rows(table: dict, rows) -> dict:
-  """Rows of a sample table (any order, repeats allowed) as a new sample table.
-
-  A contiguous ascending run of rows is returned as views (no copy).
-  """
-  rows = np.asarray(rows, np.int64)
-  if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
-    return B.table_block(table, int(rows[0]), int(rows[-1]) + 1)
-  out = {}
-  for p, name in S.OFFSETS.items():
-    off = table[name]
-    starts, lens = off[rows], off[rows + 1] - off[rows]
-    new_off = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lens, out=new_off[1:])
-    flat = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1])
-    out[name] = new_off
-    for seq in (S.SV_FIELDS if p == "sv" else S.LV_FIELDS):
-      out[seq] = table[seq][flat]
-  for f in S.FIELDS:
-    if not f.is_sequence:
-      out[f.name] = table[f.name][rows]
-  return out
-
-
-def concat_tables(tables: list[dict]) -> dict:
-  """Concatenates sample tables row-wise."""
-  if len(tables) == 1:
-    return tables[0]
-  out = {f.name: np.concatenate([t[f.name] for t in tables]) for f in S.FIELDS}
-  for name in S.OFFSETS.values():
-    ends = np.cumsum([t[name][-1] for t in tables])
-    parts = [t[name][1:] + base for t, base in zip(tables, np.concatenate([[0], ends[:-1]]))]
-    out[name] = np.concatenate([np.zeros(1, np.int64)] + parts)
-  return out
-
-
-def kind_counts(table: dict) -> dict[str, int]:
-  """Number of samples per kind name."""
-  kinds = np.bincount(table["kind"], minlength=len(S.KIND_NAMES))
-  return {S.KIND_NAMES[k]: int(kinds[k]) for k in sorted(S.KIND_NAMES)}
-
-
-def random_sample_table(n: int, *, max_sv: int = 12, max_lv: int = 5, seed: int = 0,
-                        start_ms: int = 1_700_000_000_000) -> dict:
-  """A random, schema-valid sample table of n rows with ragged histories (tests, benchmarks).
-
-  History lengths are uniform in [0, max_sv] / [0, max_lv]; times are sorted.
-  """
-  rng = np.random.default_rng(seed)
-  table = {}
-  lens = {"sv": rng.integers(0, max_sv + 1, n), "lv": rng.integers(0, max_lv + 1, n)}
-  for p, name in S.OFFSETS.items():
-    table[name] = np.concatenate([[0], np.cumsum(lens[p])]).astype(np.int64)
-  for f in S.FIELDS:
-    shape = (int(lens[B.seq_prefix(f.name)].sum()),) if f.is_sequence else (n,) + f.shape
-    if f.dtype.kind == "f":
-      table[f.name] = rng.random(shape).astype(f.dtype)
-    else:
-      table[f.name] = rng.integers(0, 1 << 40 if f.dtype.itemsize == 8 else 1000,
-                                   shape).astype(f.dtype)
-  table["sample_ts_ms"] = start_ms + np.sort(rng.integers(0, 3_600_000, n))
-  table["kind"] = rng.integers(0, len(S.KIND_NAMES), n).astype(np.int32)
-  table["labels"] = (rng.random((n, len(S.TASKS))) < 0.2).astype(np.float32)
-  return table
-
-
-class TableSource:
-  """The source interface (``len``, ``__getitems__`` -> sample table) over an in-memory table."""
-
-  block_size = 1
-
-  def __init__(self, table: dict):
-    self.table = conform_table(table)
-
-  def __len__(self) -> int:
-    return num_rows(self.table)
-
-  def __getitems__(self, indices) -> dict:
-    return take_rows(self.table, indices)
-
-  def __getitem__(self, i: int) -> dict:
-    return _one_sample(self.__getitems__([i]))
-
-  @property
-  def sample_ts_ms(self) -> np.ndarray:
-    return self.table["sample_ts_ms"]
-
-
-def _one_sample(table: dict) -> dict:
-  return {f.name: table[f.name] if f.is_sequence else table[f.name][0] for f in S.FIELDS}
 
 
 # ---------------------------------------------------------------------------- writing
 
-def write_samples(table, out_dir: str, split: str, *, num_shards: int | None = None,
-                  block_size: int = DEFAULT_BLOCK_SIZE, metadata: dict | None = None,
-                  overwrite: bool = False) -> str:
-  """Writes a sample table as ``<out_dir>/<split>/``, atomically; returns that path.
+def write_samples(table, out_dir: str, split: str, *, history: dict | None = None,
+                  num_shards: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                  metadata: dict | None = None, overwrite: bool = False) -> str:
+  """Writes sample tables as ``<out_dir>/<split>/``, atomically; returns that path.
 
   Args:
     table: a sample table (see ``schema``), rows sorted by time, or an iterable of such
-      tables (consecutive chunks, e.g. ``SampleBuilder.tables(split, chunk_rows=...)``). Each
-      chunk becomes one part (its own TFDS dataset folder ``part-NNNNN``), so memory stays
-      bounded by a chunk whatever the split's size.
+      tables (consecutive chunks). Each chunk becomes one part (its own TFDS dataset folder
+      ``part-NNNNN``), so the records in memory stay bounded by a chunk.
+      With ``history``, the chunks are *stored* tables instead (``schema.STORED_FIELDS``,
+      e.g. ``SampleBuilder.tables(split, chunk_rows=..., stored=True)``) whose references
+      point into ``history``; without it, each chunk's sequences are appended to the split's
+      history stores here.
     out_dir: the samples folder (created if missing).
     split: the split name, e.g. "train" or "eval".
+    history: {"sv": HistoryStore, "lv": HistoryStore} the stored chunks point into.
     num_shards: ArrayRecord files per part (None: TFDS picks from the size).
     block_size: samples per record.
     metadata: JSON-able extras kept in samples_info.json (e.g. {"moment": config dict}).
@@ -187,6 +68,8 @@ def write_samples(table, out_dir: str, split: str, *, num_shards: int | None = N
     raise ValueError(f"split={split!r}: expected a name like 'train' or 'eval'")
   if block_size < 1:
     raise ValueError(f"block_size={block_size}: expected >= 1")
+  if history is not None and set(history) != set(S.DOMAINS):
+    raise ValueError(f"history: expected stores for {sorted(S.DOMAINS)}, got {sorted(history)}")
   chunks = [table] if isinstance(table, dict) else table
   target = os.path.join(os.path.abspath(out_dir), split)
   if os.path.exists(target) and not overwrite:
@@ -198,8 +81,15 @@ def write_samples(table, out_dir: str, split: str, *, num_shards: int | None = N
     built = os.path.join(tmp, "split")
     os.makedirs(built)
     parts, ts, counts, last_ts = [], [], collections.Counter(), None
+    pieces = {p: [] for p in S.DOMAINS}  # history records appended from materialised chunks
     for chunk in chunks:
-      chunk = conform_table(chunk)
+      if history is None:
+        chunk = conform_table(chunk)
+        chunk, stores = H.store_table(chunk, {p: sum(map(len, pieces[p])) for p in pieces})
+        for p, store in stores.items():
+          pieces[p].append(store)
+      else:
+        chunk = conform_stored(chunk)
       n = num_rows(chunk)
       if n == 0:
         continue
@@ -219,10 +109,14 @@ def write_samples(table, out_dir: str, split: str, *, num_shards: int | None = N
       counts.update(kind_counts(chunk))
     if not parts:
       raise ValueError(f"write_samples: split {split!r} has no samples")
+    stores = history or {p: H.concat(pieces[p]) for p in S.DOMAINS}
+    for p, store in stores.items():
+      store.save(os.path.join(built, HISTORY_DIR, p))
     ts = np.concatenate(ts)
     info = {"schema_version": S.SCHEMA_VERSION, "split": split,
             "num_samples": int(sum(p["num_samples"] for p in parts)), "parts": parts,
             "block_size": block_size, "kind_counts": dict(counts),
+            "history_records": {p: len(store) for p, store in stores.items()},
             "sample_ts_ms_range": [int(ts[0]), int(ts[-1])], "metadata": metadata or {}}
     with open(os.path.join(built, INFO_FILE), "w") as f:
       json.dump(info, f, indent=1, sort_keys=True)
@@ -289,6 +183,13 @@ class ShardSource:
       self._data.append(builder.as_data_source(split=self.info["split"]))
     sizes = np.array([p["num_samples"] for p in self.info["parts"]], np.int64)
     self._part_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    self.history = {p: H.HistoryStore.load(os.path.join(self.split_dir, HISTORY_DIR, p), p)
+                    for p in S.DOMAINS}
+    for p, store in self.history.items():
+      want = self.info.get("history_records", {}).get(p)
+      if want is not None and len(store) != want:
+        raise ValueError(f"history store {os.path.join(self.split_dir, HISTORY_DIR, p)} has "
+                         f"{len(store)} records, samples_info.json says {want}")
     self._cache = collections.OrderedDict()
     self._lock = threading.Lock()
 
@@ -364,10 +265,11 @@ class ShardSource:
     sizes = np.array([len(b["sample_ts_ms"]) for b in blocks], np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     rows = starts[inverse] + local - block_of * self.block_size
-    return take_rows(concat_tables(blocks), rows)
+    stored = {f.name: np.concatenate([b[f.name] for b in blocks])[rows] for f in S.STORED_FIELDS}
+    return H.materialize_table(stored, self.history)
 
   def __getitem__(self, i: int) -> dict:
-    return _one_sample(self.__getitems__([i]))
+    return one_sample(self.__getitems__([i]))
 
 
 def open_samples(samples_dir: str, split: str, **kwargs) -> ShardSource:
