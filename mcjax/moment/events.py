@@ -101,10 +101,23 @@ def first_rows(group: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
   Rows must be sorted by time, so the first row is the earliest.
   """
   rows = np.flatnonzero(mask)
-  out = np.full(n, -1, np.int64)
-  groups, first = np.unique(group[rows], return_index=True)
-  out[groups] = rows[first]
+  out = np.full(n, len(mask), np.int64)
+  np.minimum.at(out, group[rows], rows)
+  out[out == len(mask)] = -1
   return out
+
+
+def first_rows_by_code(group: np.ndarray, code: np.ndarray, n: int, n_codes: int) -> np.ndarray:
+  """(n, n_codes): ``first_rows(group, code == c, n)`` for every code c, with one sort.
+
+  Rows must be sorted by time; the smallest row of each (group, code) is the earliest (one
+  unbuffered ``np.minimum.at``, several times faster than sorting the keys).
+  """
+  rows = len(group)
+  out = np.full(n * n_codes, rows, np.int64)
+  np.minimum.at(out, group.astype(np.int64) * n_codes + code, np.arange(rows))
+  out[out == rows] = -1
+  return out.reshape(n, n_codes)
 
 
 def gather(values: np.ndarray, rows: np.ndarray, default) -> np.ndarray:
@@ -221,9 +234,9 @@ def load_log(src) -> Log:
                        author=author[row], domain=domain[row])
   xi = (np.cumsum(has) - 1)[xi[keep]]
   ts, code, value = ts[keep], code[keep], value[keep]
-  first = np.stack([gather(ts, first_rows(xi, code == c, n), NEVER)
-                    for c in range(len(S.EVENTS))], axis=1)
-  watch = first_rows(xi, code == S.EVENT_CODE[S.WATCH_END], n)
+  first_row = first_rows_by_code(xi, code, n, len(S.EVENTS))
+  first = gather(ts, first_row, NEVER)
+  watch = first_row[:, S.EVENT_CODE[S.WATCH_END]]
   exposures = Exposures(**exposure_meta, first=first,
                         watch_value=gather(value, watch, np.nan))
   oracle = None

@@ -1,9 +1,10 @@
 """History snapshots: a user's short-video and live history as of a query time q.
 
-Short-video history: the user's play_end events with ts < q, most recent first, truncated to
-sv_hist_len: sv_item, sv_author, sv_category, sv_tag (videos.parquet), sv_ts_ms (play_end
-time), sv_progress (play_end value), sv_action (SV_ACTION_BITS of the like/follow events of
-that video exposure with ts < q).
+Short-video history: the user's short-video plays (short-video watch_end events) with ts < q,
+most recent first, truncated to sv_hist_len: sv_item, sv_author, sv_category, sv_tag
+(videos.parquet), sv_ts_ms (the watch_end time), sv_progress (seconds played / the video's
+duration_s), sv_action (SV_ACTION_BITS of the like/follow events of that video exposure with
+ts < q).
 
 Live history: the user's past live exposures with exposure ts < q, most recent first, never the
 current exposure, truncated to lv_hist_len: lv_item, lv_author, lv_category, lv_ts_ms (exposure
@@ -72,7 +73,7 @@ class _History:
 
 
 class ShortVideoHistory(_History):
-  """The short-video (play_end) records of all users."""
+  """The short-video plays (watch_end records) of all users."""
 
   prefix = "sv"
 

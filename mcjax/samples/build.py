@@ -39,7 +39,7 @@ def _jsonable(value):
   return str(value)
 
 
-CHUNK_ROWS = 64 * 1024  # samples per written part (a multiple of the block size)
+CHUNK_ROWS = 256 * 1024  # samples per written part (a multiple of the block size)
 
 
 def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool = False,
