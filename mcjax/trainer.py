@@ -16,6 +16,7 @@ model), and a rerun of the workdir with a larger ``max_steps`` continues from th
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import time
@@ -179,6 +180,17 @@ def _progress_path(workdir: str, step: int) -> str:
   return os.path.join(workdir, "progress", f"step_{step:08d}.json")
 
 
+def _prune_progress(workdir: str, steps: list[int]) -> None:
+  """Deletes progress files of steps older than the oldest kept checkpoint (Orbax deleted
+  those checkpoints; a progress file is only read with its checkpoint)."""
+  if not steps:
+    return
+  for path in glob.glob(os.path.join(workdir, "progress", "step_*.json")):
+    step = int(os.path.basename(path)[len("step_"):-len(".json")])
+    if step < min(steps):
+      os.remove(path)
+
+
 def _write_progress(workdir: str, step: int, progress: dict) -> None:
   os.makedirs(os.path.join(workdir, "progress"), exist_ok=True)
   path = _progress_path(workdir, step)
@@ -266,6 +278,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     _sync(f"progress-{step}")
     ckpt.save(step, runner.state, it, force=True)
     saved = step
+    if main:
+      _prune_progress(workdir, ckpt.all_steps())
 
   for w in plan[start_window:]:
     if resume_iter is None:
@@ -310,6 +324,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
       ckpt.save(step, runner.state, force=True)
   _sync("predictions")  # process 0 has written every window's predictions
   ckpt.wait_until_finished()
+  if main:
+    _prune_progress(workdir, ckpt.all_steps())
 
   preds = {w.index: _load_preds(workdir, w.index) for w in plan
            if os.path.exists(os.path.join(workdir, "preds", f"window_{w.index:05d}.npz"))}

@@ -43,6 +43,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(s):
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   assert fx.ckpt_steps(work)[-1] == final
+  # progress files older than the oldest kept checkpoint are pruned with it
+  progress = glob.glob(os.path.join(work, "progress", "step_*.json"))
+  assert min(int(p[-13:-5]) for p in progress) >= fx.ckpt_steps(work)[0]
 
 
 def _assert_task_metrics(block: dict, where: str) -> None:
