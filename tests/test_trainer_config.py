@@ -81,3 +81,11 @@ def test_train_and_evaluate_validates_before_building_data(tmp_path):
   with pytest.raises(ValueError, match=r"config\.train\.mode"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()
+
+
+def test_config_imports_no_data_stack():
+  # a training-only machine (a GPU box) needs no pyarrow / tfds / grain to load configs
+  code = ("import sys, mcjax.config; "
+          "print(sorted(m for m in ('pyarrow', 'tensorflow_datasets', 'grain') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout + out.stderr
