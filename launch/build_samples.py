@@ -14,8 +14,7 @@ import os
 
 from absl import app, flags
 
-from mcjax.samples.build import (BUILD_INFO, SPLITS, build_samples_dir, cache_key,  # noqa: F401
-                                 ensure_samples, format_report)
+from mcjax.samples.build import build_samples_dir, format_report
 
 _LOG = flags.DEFINE_string("events", None, "Event-log folder to read.")
 _OUT = flags.DEFINE_string("out", None, "Samples folder to write.")

@@ -143,7 +143,7 @@ def test_overwrite_and_bad_tables(written, tmp_path):
 def test_ensure_samples_builds_once_per_config(tmp_path):
   import shutil
 
-  from launch import build_samples
+  from mcjax.samples import build as build_samples
   from mcjax.moment import MomentConfig
 
   example = os.path.join(os.path.dirname(__file__), "..", "data", "example")
