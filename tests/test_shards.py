@@ -162,3 +162,18 @@ def test_ensure_samples_builds_once_per_config(tmp_path):
   assert other != path
   assert sorted(os.listdir(root)) == sorted([os.path.basename(path), os.path.basename(other)])
   assert "samples/s" in build_samples.format_report(info)
+
+
+def test_corrupt_record_error_names_the_shard_and_record(written, tmp_path):
+  out, table = written
+  shards.write_samples(table, str(tmp_path), "train", num_shards=1, block_size=4)
+  part = tmp_path / "train" / "part-00000"
+  shard = next(f for f in os.listdir(part) if "array_record" in f)
+  path = part / shard
+  data = bytearray(path.read_bytes())
+  for i in range(200, 260):  # inside the first records' compressed bytes; the size is kept
+    data[i] ^= 0xFF
+  path.write_bytes(bytes(data))
+  src = shards.open_samples(str(tmp_path), "train")
+  with pytest.raises(ValueError, match=rf"corrupt sample shard .*{shard}: record \d+"):
+    src.__getitems__(np.arange(len(src)))

@@ -241,9 +241,7 @@ class ShardSource:
       try:
         records = self._data[p].__getitems__(blocks)
       except Exception as e:
-        files = sorted({self._files[p][int(np.searchsorted(self._file_ends[p], b, "right"))]
-                        for b in blocks})
-        raise ValueError(f"cannot read sample shard(s) {files}: {e}") from e
+        self._raise_unreadable(p, blocks, e)
       with self._lock:
         for b, rec in zip(blocks, records):
           found[(p, b)] = rec
@@ -251,6 +249,20 @@ class ShardSource:
         while len(self._cache) > self.cache_blocks:
           self._cache.popitem(last=False)
     return [found[b] for b in block_ids]
+
+  def _raise_unreadable(self, part: int, blocks: list, error: Exception):
+    """Names the shard file and record index of the first block that fails to parse."""
+    for b in blocks:
+      f = int(np.searchsorted(self._file_ends[part], b, "right"))
+      record = b - (int(self._file_ends[part][f - 1]) if f else 0)
+      try:
+        self._data[part].__getitems__([b])
+      except Exception as e:  # this block's record is the bad one
+        raise ValueError(f"corrupt sample shard {self._files[part][f]}: record {record} "
+                         f"(samples {b * self.block_size}-{(b + 1) * self.block_size - 1} "
+                         f"of {self.info['parts'][part]['dir']}) cannot be parsed: "
+                         f"{type(e).__name__} {e}") from e
+    raise ValueError(f"cannot read sample shards of {self.split_dir}: {error}") from error
 
   def __getitems__(self, indices) -> dict:
     idx = np.asarray(indices, np.int64)
