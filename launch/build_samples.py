@@ -4,41 +4,52 @@
 
 writes ``SAMPLES_DIR/train/`` and ``SAMPLES_DIR/eval/`` (see ``mcjax.samples.shards``) and
 ``SAMPLES_DIR/build_info.json``, then prints the sample counts per kind and the throughput.
-Moment flags left unset take ``MomentConfig``'s defaults. The library side (and the cache
+Every ``MomentConfig`` field is a flag of the same name (``--features_at=sample``,
+``--max_watch_s=1800``, ...); flags left unset take its defaults. The library side (and the cache
 the trainer uses) is ``mcjax.samples.build``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import app, flags
 
+from mcjax.moment.config import CHOICES, MomentConfig
 from mcjax.samples.build import build_samples_dir, format_report
 
 _LOG = flags.DEFINE_string("events", None, "Event-log folder to read.")
 _OUT = flags.DEFINE_string("out", None, "Samples folder to write.")
-_MODE = flags.DEFINE_enum("mode", None, ["realtime", "on_close", "fast_slow"],
-                          "Sample stream (default: MomentConfig's).")
-_WINDOW_S = flags.DEFINE_float("window_s", None, "Real-time window length in seconds.")
-_FIRST_ONLY = flags.DEFINE_bool("first_only", None, "Train each label only the first time "
-                                "it fires (False: the no_first_only ablation).")
-_LONG_VIEW_S = flags.DEFINE_float("long_view_s", None, "Watch seconds that fire lvtr.")
-_SV_HIST_LEN = flags.DEFINE_integer("sv_hist_len", None, "Short-video history length.")
-_LV_HIST_LEN = flags.DEFINE_integer("lv_hist_len", None, "Live history length.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per split "
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per part "
                                    "(default: from the size).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 
-def moment_config_from_flags():
+def _define_moment_flags() -> dict:
+  """One flag per MomentConfig field (same name, type and doc; unset = the default)."""
+  out = {}
+  for f in dataclasses.fields(MomentConfig):
+    doc = f"{f.metadata['doc']} (default: {f.default})"
+    if f.name in CHOICES:
+      out[f.name] = flags.DEFINE_enum(f.name, None, list(CHOICES[f.name]), doc)
+    else:
+      define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+                float: flags.DEFINE_float}[type(f.default)]
+      out[f.name] = define(f.name, None, doc)
+  return out
+
+
+_MOMENT = _define_moment_flags()
+
+
+def moment_config_from_flags() -> MomentConfig:
   """MomentConfig from the flags that were set (others keep the config's defaults)."""
-  from mcjax.moment.config import MomentConfig
-  overrides = {name: flag.value for name, flag in (
-      ("mode", _MODE), ("window_s", _WINDOW_S), ("first_only", _FIRST_ONLY),
-      ("long_view_s", _LONG_VIEW_S), ("sv_hist_len", _SV_HIST_LEN),
-      ("lv_hist_len", _LV_HIST_LEN)) if flag.value is not None}
-  return MomentConfig(**overrides).validate()
+  overrides = {name: flag.value for name, flag in _MOMENT.items() if flag.value is not None}
+  try:
+    return MomentConfig(**overrides).validate()
+  except ValueError as e:
+    raise app.UsageError(str(e).replace("MomentConfig.", "--")) from e
 
 
 def main(argv) -> None:

@@ -18,7 +18,9 @@ import dataclasses
 import math
 
 MODES = ("realtime", "on_close", "fast_slow")
+CHOICES = {"mode": MODES}  # filled below with features_at
 FEATURES_AT = ("exposure", "sample")
+CHOICES["features_at"] = FEATURES_AT
 MAX_HIST_LEN = 10_000
 
 
@@ -27,20 +29,26 @@ def seconds_to_ms(seconds: float) -> int:
   return int(round(float(seconds) * 1000.0))
 
 
+def _field(default, doc: str):
+  return dataclasses.field(default=default, metadata={"doc": doc})
+
+
 @dataclasses.dataclass(frozen=True)
 class MomentConfig:
   """Settings of ``build_samples``; times in seconds, resolved to whole milliseconds."""
-  mode: str = "realtime"          # "realtime" | "on_close" | "fast_slow"
-  window_s: float = 30.0          # real-time window length
-  first_only: bool = True         # False = the no_first_only ablation (positives repeated)
-  long_view_s: float = 60.0       # watch >= this fires lvtr, at click_ts + long_view_s
-  no_click_close_s: float = 30.0  # an exposure without click closes this long after it
-  max_watch_s: float = 3600.0     # an exposure closes at watch_end or after this horizon
-  fast_window_s: float = 300.0
-  slow_window_s: float = 3600.0
-  sv_hist_len: int = 256          # up to MAX_HIST_LEN
-  lv_hist_len: int = 64
-  features_at: str = "exposure"   # "exposure" (request-time view) | "sample"
+  mode: str = _field("realtime", "Sample stream: realtime (Moment), on_close or fast_slow.")
+  window_s: float = _field(30.0, "Real-time window length in seconds.")
+  first_only: bool = _field(True, "Train each label only the first time it fires (False: the "
+                            "no_first_only ablation, positives repeated).")
+  long_view_s: float = _field(60.0, "Watch seconds that fire lvtr (at click + long_view_s).")
+  no_click_close_s: float = _field(30.0, "An exposure without click closes this long after it.")
+  max_watch_s: float = _field(3600.0, "An exposure closes at its watch_end or after this horizon.")
+  fast_window_s: float = _field(300.0, "fast_slow mode: the FAST sample's delay in seconds.")
+  slow_window_s: float = _field(3600.0, "fast_slow mode: the SLOW correction's delay in seconds.")
+  sv_hist_len: int = _field(256, f"Short-video history length (up to {MAX_HIST_LEN}).")
+  lv_hist_len: int = _field(64, f"Live history length (up to {MAX_HIST_LEN}).")
+  features_at: str = _field("exposure", "Query time of training samples' features: exposure "
+                            "(the request-time view) or sample (the sample's own time).")
 
   def validate(self) -> "MomentConfig":
     """Raises ValueError naming the field for impossible values; returns self."""
