@@ -20,7 +20,8 @@ from flax import nnx
 from benchmarks import harness, roofline
 from mcjax import config as mcconfig
 from mcjax import losses
-from mcjax.model import build_model, costs, embedding
+from mcjax.model import build_model, costs, embedding, encoders
+from mcjax.model import model as model_lib
 from mcjax.samples import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import state as state_lib
@@ -75,19 +76,32 @@ def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
                       dense_below_rows: int, sparse_update: bool = True) -> dict:
   """Rows gathered and rows updated per step, and their bytes ((gathered + updated) x dim x 4).
 
-  Sparse tables update their unique rows; tables below ``dense_below_rows`` rows (or all, with
-  ``sparse_update`` off) are updated whole."""
+  Looked-up features gather one row per id; the model's inline features one per history
+  position (side-table content) or per GSU-selected position (behaviour). Sparse tables
+  update their unique rows; tables below ``dense_below_rows`` rows, the inline tables (or
+  all, with ``sparse_update`` off) are updated whole."""
   ids = jax.device_get(embedding.lookup_ids(model_cfg, batch))
   sizes = embedding.table_sizes(model_cfg)
+  inline = embedding.inline_tables(model_cfg)
+  n_gathered = {t: sum(int(a.size) for a in arrays) for t, arrays in ids.items()}
+  for f in embedding.feature_plan(model_cfg):
+    if not f.inline:
+      continue
+    shape = np.shape(batch[f.field])
+    dom, suffix = f.name.split("_", 1)
+    if suffix in encoders.DOMAIN_BEHAVIOUR.get(dom, ()):
+      shape = (shape[0], model_lib.selected_positions(model_cfg, dom, shape[1]))
+    n_gathered[f.table] = n_gathered.get(f.table, 0) + int(np.prod(shape))
   gathered = updated = 0
   per_table = {}
-  for table, rows in ids.items():
+  for table, n in n_gathered.items():
     vocab, dim = sizes[table]
-    dense = not sparse_update or vocab < dense_below_rows
-    n_upd = vocab if dense else int(np.unique(rows).size)
-    per_table[table] = {"vocab": vocab, "gathered": int(rows.size), "updated": n_upd,
+    dense = not sparse_update or vocab < dense_below_rows or table in inline
+    n_upd = vocab if dense else int(np.unique(np.concatenate(
+        [a.reshape(-1) for a in ids[table]])).size)
+    per_table[table] = {"vocab": vocab, "gathered": n, "updated": n_upd,
                         "update": "dense" if dense else "sparse"}
-    gathered += rows.size * dim
+    gathered += n * dim
     updated += n_upd * dim
   return {"rows_gathered": int(sum(t["gathered"] for t in per_table.values())),
           "rows_updated": int(sum(t["updated"] for t in per_table.values())),

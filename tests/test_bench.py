@@ -37,3 +37,16 @@ def test_bench_quick_e2e_json(tmp_path):
   assert {"rows_gathered", "rows_updated", "bytes"} <= set(result["step"]["embedding_traffic"])
   assert RATE_KEYS <= set(result["pipeline"]) and RATE_KEYS <= set(result["e2e"])
   assert result["pipeline_over_step"] > 0 and result["step"]["chips"] == 1
+
+
+def test_ab_driver_interleaves_checkouts(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  subprocess.run([sys.executable, "-m", "benchmarks.ab", f"--old={ROOT}", f"--new={ROOT}",
+                  "--rounds=1", f"--out={tmp_path}", "--", "--quick"], cwd=ROOT, env=env,
+                 check=True, capture_output=True, timeout=600)
+  result = json.loads((tmp_path / "ab.json").read_text())
+  assert result["bench_flags"] == ["--quick"]
+  assert len(result["ms_per_step"]["old"]) == len(result["ms_per_step"]["new"]) == 1
+  assert {"old_0.json", "new_0.json"} <= {p.name for p in tmp_path.iterdir()}
+  assert result["median_ratio"] > 0

@@ -64,14 +64,20 @@ def test_lookup_and_split_rows_shapes():
   batch = schema.dummy_batch(3, 7, 5)
   ids = lookup(batch)
   sizes = E.table_sizes(cfg)
-  for t, i in ids.items():
-    assert i.ndim == 1 and i.dtype == jnp.int32
-    assert int(i.min()) >= 0 and int(i.max()) < sizes[t][0]
-  rows = {t: jnp.zeros((i.shape[0], cfg.embedding.dim)) for t, i in ids.items()}
+  assert set(ids) | set(E.inline_tables(cfg)) == set(sizes)
+  for t, arrays in ids.items():
+    assert isinstance(arrays, tuple)
+    for i in arrays:
+      assert i.dtype == jnp.int32 and int(i.min()) >= 0 and int(i.max()) < sizes[t][0]
+  rows = {t: tuple(jnp.zeros(i.shape + (cfg.embedding.dim,)) for i in a)
+          for t, a in ids.items()}
   parts = E.split_rows(cfg, batch, rows)
-  assert parts["user"].shape == (3, 32) and parts["sv_gap"].shape == (3, 7, 32)
-  assert parts["lv_watch"].shape == (3, 5, 32)
-  bad = dict(rows, user=rows["user"][:2])
+  assert parts["user"].shape == (3, 32) and parts["sv_item"].shape == (3, 7, 32)
+  assert parts["lv_author"].shape == (3, 5, 32)
+  inline = {f.name for f in E.feature_plan(cfg) if f.inline}
+  assert {"sv_gap", "lv_watch", "sv_tag", "live_category"} <= inline
+  assert not inline & set(parts)
+  bad = dict(rows, user=(rows["user"][0][:2],))
   with pytest.raises(ValueError, match="user"):
     E.split_rows(cfg, batch, bad)
 
@@ -79,5 +85,23 @@ def test_lookup_and_split_rows_shapes():
 def test_candidate_and_history_share_rows():
   batch = schema.dummy_batch(3, 7, 5)
   batch["lv_item"][:, 0] = batch["live_id"]
-  ids = np.asarray(lookup(batch)["live_item"])
-  np.testing.assert_array_equal(ids[:3], ids[3:].reshape(3, 5)[:, 0])
+  live, history = lookup(batch)["live_item"]
+  np.testing.assert_array_equal(live, history[:, 0])
+
+
+def test_inline_ids_at_positions_equal_all_positions_taken():
+  cfg = CFG
+  batch = schema.dummy_batch(4, 9, 6, seed=2)
+  names = ["sv_action", "sv_progress", "sv_gap"]
+  table, every = E.inline_ids(cfg, batch, names)
+  assert table == "sv_side" and every.shape == (4, 9, 3)
+  by_name = {f.name: f for f in E.feature_plan(cfg)}
+  for j, name in enumerate(names):  # hashed exactly as a looked-up feature would be
+    f = by_name[name]
+    want = E.hash_ids(E.raw_feature(f, batch, cfg), f.salt, cfg.embedding.vocab[f.table])
+    np.testing.assert_array_equal(every[..., j], want)
+  positions = jnp.asarray(np.random.default_rng(0).integers(0, 9, (4, 5)).astype(np.int32))
+  _, taken = E.inline_ids(cfg, batch, names, positions)
+  np.testing.assert_array_equal(taken, jnp.take_along_axis(every, positions[..., None], 1))
+  with pytest.raises(ValueError, match="one table"):
+    E.inline_ids(cfg, batch, ["sv_action", "lv_action"])

@@ -46,6 +46,19 @@ def _run(cfg, sparse_mode, n_steps=4, table_sharding=None):
   return table, row_state
 
 
+def test_unique_rows_sums_duplicates_and_pads_out_of_range():
+  ids = np.array([[7, 3, 7, 0], [3, 15, 7, 3]], np.int32)
+  grads = np.arange(8 * DIM, dtype=np.float32).reshape(2, 4, DIM)
+  rows, summed = jax.jit(sparse.unique_rows, static_argnums=2)(ids, grads, VOCAB)
+  distinct = np.unique(ids)
+  n = distinct.size
+  np.testing.assert_array_equal(rows[:n], distinct)  # sorted, distinct, real rows first
+  np.testing.assert_array_equal(rows[n:], VOCAB + np.arange(n, ids.size))  # distinct padding
+  for j, r in enumerate(distinct):
+    np.testing.assert_allclose(summed[j], grads[ids == r].sum(0))
+  np.testing.assert_array_equal(summed[n:], 0)
+
+
 @pytest.mark.parametrize("kind", ["adagrad", "adam"])
 def test_sparse_equals_dense(kind):
   cfg = sparse.RowOptConfig(kind=kind, learning_rate=0.1, initial_accumulator=0.1)

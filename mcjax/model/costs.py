@@ -35,7 +35,8 @@ def _flops(fn, *args) -> float:
 def flops_per_example(model: nnx.Module, batch: dict, backward: bool = False) -> float:
   """FLOPs per example of the compiled forward pass (hashing, gather and dense math), or with
   ``backward`` of forward + backward as the trainer runs it: gradients of a scalar of all
-  outputs with respect to the dense parameters and the gathered rows (sparse updates)."""
+  outputs with respect to the dense parameters, the gathered rows (sparse updates) and the
+  tables the model reads itself (``inline_tables``; only those get nonzero gradients)."""
   graphdef, tables, dense = nnx.split(model, Embedding, nnx.Param)
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   batch_size = batch["user_id"].shape[0]
@@ -47,10 +48,10 @@ def flops_per_example(model: nnx.Module, batch: dict, backward: bool = False) ->
     m = nnx.merge(graphdef, tables, dense)
     rows = m.gather(m.lookup_ids(batch))
 
-    def loss(dense, rows):
+    def loss(dense, rows, tables):
       out = nnx.merge(graphdef, tables, dense).apply_rows(batch, rows, train=True)
       return sum(jnp.sum(v) for v in out.values())
 
-    return jax.grad(loss, argnums=(0, 1))(dense, rows)
+    return jax.grad(loss, argnums=(0, 1, 2))(dense, rows, tables)
 
   return _flops(train_pass if backward else forward, tables, dense, batch) / batch_size

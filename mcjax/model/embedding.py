@@ -11,9 +11,19 @@ candidate and its appearances in the history hit the same row; different feature
 table use different salts, so they do not collide systematically. The two domains have
 separate item, author and side tables; the user table is shared.
 
-``lookup_ids`` flattens each table's features into one 1-D id vector (in ``feature_plan``
-order); ``split_rows`` cuts the gathered rows back into per-feature arrays. Both use only
-static shapes, so they run under jit.
+``lookup_ids`` gives each table a tuple of id arrays, one per feature (in ``feature_plan``
+order, each of its batch field's shape), so gathering gives each feature's rows in its own
+array: no concatenated row buffer to cut up (a copy per feature) or to assemble gradients
+into. ``split_rows`` names the gathered arrays by feature. Both run under jit.
+
+*Inline* features (``Feature.inline``) are not looked up: the model hashes and gathers them
+itself, from their small side table, inside ``apply_rows`` (``inline_ids``; the train step
+differentiates such tables whole, see ``MomentCross.inline_tables``). They are the history
+behaviour features (action, watch/progress and time-gap buckets), needed only at the
+history positions the GSU keeps and the recent-N, so they are taken at those positions after
+the search, then bucketed and hashed there; and the side-table content features (categories,
+tags), whose rows only enter a linear map, so the model gathers them from the table's
+projection (``layers.take_matmul``).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ class Feature:
   table: str   # embedding table it indexes
   salt: str    # hash salt (shared by features of the same entity)
   field: str   # batch field it is read from (also gives its shape)
+  inline: bool = False  # gathered by the model in apply_rows (``inline_ids``), not looked up
 
 
 def _plan_entries(cfg: ml_collections.ConfigDict):
@@ -51,30 +62,39 @@ def _plan_entries(cfg: ml_collections.ConfigDict):
   yield Feature("hour_of_day", "user_side", "hour", "hour_of_day")
   yield Feature("live", "live_item", "live", "live_id")
   yield Feature("author", "live_author", "author", "author_id")
-  yield Feature("live_category", "live_side", "category", "live_category")
+  yield Feature("live_category", "live_side", "category", "live_category", inline=True)
   yield Feature("author_fans", "live_side", "fans", "author_fans_bucket")
   if cfg.use_lv_history:
     yield Feature("lv_item", "live_item", "live", "lv_item")
     yield Feature("lv_author", "live_author", "author", "lv_author")
-    yield Feature("lv_category", "live_side", "category", "lv_category")
-    yield Feature("lv_action", "live_side", "action", "lv_action")
-    yield Feature("lv_watch", "live_side", "watch", "lv_watch_s")
-    yield Feature("lv_gap", "live_side", "gap", "lv_ts_ms")
+    yield Feature("lv_category", "live_side", "category", "lv_category", inline=True)
+    yield Feature("lv_action", "live_side", "action", "lv_action", inline=True)
+    yield Feature("lv_watch", "live_side", "watch", "lv_watch_s", inline=True)
+    yield Feature("lv_gap", "live_side", "gap", "lv_ts_ms", inline=True)
   if cfg.use_sv_history:
     yield Feature("sv_item", "sv_item", "sv_item", "sv_item")
     yield Feature("sv_author", "sv_author", "author", "sv_author")
-    yield Feature("sv_category", "sv_side", "category", "sv_category")
-    yield Feature("sv_tag", "sv_side", "tag", "sv_tag")
-    yield Feature("sv_action", "sv_side", "action", "sv_action")
-    yield Feature("sv_progress", "sv_side", "progress", "sv_progress")
-    yield Feature("sv_gap", "sv_side", "gap", "sv_ts_ms")
+    yield Feature("sv_category", "sv_side", "category", "sv_category", inline=True)
+    yield Feature("sv_tag", "sv_side", "tag", "sv_tag", inline=True)
+    yield Feature("sv_action", "sv_side", "action", "sv_action", inline=True)
+    yield Feature("sv_progress", "sv_side", "progress", "sv_progress", inline=True)
+    yield Feature("sv_gap", "sv_side", "gap", "sv_ts_ms", inline=True)
   if cfg.contrastive.author_level:
     yield Feature("author_in_sv", "sv_author", "author", "author_id")
 
 
 def feature_plan(cfg: ml_collections.ConfigDict) -> tuple[Feature, ...]:
-  """The id features the config uses, in lookup order."""
+  """The id features the config uses, in lookup order (``inline`` ones included)."""
   return tuple(_plan_entries(cfg))
+
+
+def _lookup_plan(cfg: ml_collections.ConfigDict) -> tuple[Feature, ...]:
+  return tuple(f for f in feature_plan(cfg) if not f.inline)
+
+
+def inline_tables(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The tables holding ``inline`` features (read by the model in ``apply_rows``)."""
+  return tuple(dict.fromkeys(f.table for f in feature_plan(cfg) if f.inline))
 
 
 def table_sizes(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
@@ -130,36 +150,53 @@ def raw_feature(f: Feature, batch: dict, cfg: ml_collections.ConfigDict):
   return x
 
 
-def lookup_ids(cfg: ml_collections.ConfigDict, batch: dict) -> dict[str, jax.Array]:
-  """table -> 1-D int32 row indices: the table's features flattened, in plan order."""
-  parts = {}
-  for f in feature_plan(cfg):
-    rows = hash_ids(raw_feature(f, batch, cfg), f.salt, cfg.embedding.vocab[f.table])
-    parts.setdefault(f.table, []).append(rows.reshape(-1))
-  return {t: jnp.concatenate(p) if len(p) > 1 else p[0] for t, p in parts.items()}
+def lookup_ids(cfg: ml_collections.ConfigDict, batch: dict) -> dict[str, tuple]:
+  """table -> tuple of int32 row-index arrays, one per feature of the table (in plan order,
+  each shaped like its batch field; ``inline`` features excluded)."""
+  out = {}
+  for f in _lookup_plan(cfg):
+    ids = hash_ids(raw_feature(f, batch, cfg), f.salt, cfg.embedding.vocab[f.table])
+    out[f.table] = out.get(f.table, ()) + (ids,)
+  return out
 
 
 def split_rows(cfg: ml_collections.ConfigDict, batch: dict,
-               rows: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """feature -> gathered rows of shape batch[field].shape + (dim,)."""
-  plan = feature_plan(cfg)
-  sizes = [int(np.prod(np.shape(batch[f.field]))) for f in plan]
-  need = {}
-  for f, n in zip(plan, sizes):
-    need[f.table] = need.get(f.table, 0) + n
-  for t, n in need.items():
-    if t not in rows or rows[t].shape[0] != n:
-      got = rows[t].shape[0] if t in rows else "no"
-      raise ValueError(f"rows[{t!r}] has {got} rows, the batch needs {n}")
-  offsets = dict.fromkeys(need, 0)
-  out = {}
-  for f, n in zip(plan, sizes):
-    start = offsets[f.table]
-    table_rows = rows[f.table]
-    out[f.name] = table_rows[start:start + n].reshape(np.shape(batch[f.field])
-                                                      + table_rows.shape[-1:])
-    offsets[f.table] = start + n
+               rows: dict[str, tuple]) -> dict[str, jax.Array]:
+  """feature -> its gathered rows (batch[field].shape + (dim,)), from ``gather`` of
+  ``lookup_ids`` (``inline`` features excluded)."""
+  out, count = {}, {}
+  for f in _lookup_plan(cfg):
+    i = count[f.table] = count.get(f.table, -1) + 1
+    table_rows = rows.get(f.table, ())
+    want = tuple(np.shape(batch[f.field]))
+    if i >= len(table_rows) or tuple(table_rows[i].shape[:-1]) != want:
+      got = tuple(table_rows[i].shape[:-1]) if i < len(table_rows) else "nothing"
+      raise ValueError(f"rows[{f.table!r}][{i}] ({f.name}) has leading shape {got}, the batch "
+                       f"needs {want}")
+    out[f.name] = table_rows[i]
   return out
+
+
+def inline_ids(cfg: ml_collections.ConfigDict, batch: dict, names,
+               positions: jax.Array | None = None) -> tuple[str, jax.Array]:
+  """(table, int32 row ids) of the named ``inline`` features (n of them, one table), hashed
+  exactly as ``lookup_ids`` hashes the others, stacked on a last axis: [B, L, n] for history
+  features ([B, n] for candidate ones), or [B, m, n] at history positions [B, m] (the raw
+  values are taken at the positions first, then bucketed and hashed). Gathering the ids
+  gives the n features' rows side by side."""
+  by_name = {f.name: f for f in feature_plan(cfg) if f.inline}
+  plan = [by_name[n] for n in names]
+  tables = {f.table for f in plan}
+  if len(tables) != 1:
+    raise ValueError(f"inline features {list(names)} must share one table, got {tables}")
+  values = {"sample_ts_ms": batch["sample_ts_ms"]}
+  for f in plan:
+    values[f.field] = jnp.asarray(batch[f.field])
+    if positions is not None:
+      values[f.field] = jnp.take_along_axis(values[f.field], positions, axis=1, mode="clip")
+  ids = [hash_ids(raw_feature(f, values, cfg), f.salt, cfg.embedding.vocab[f.table])
+         for f in plan]
+  return tables.pop(), jnp.stack(ids, axis=-1)
 
 
 class Tables(nnx.Module):
@@ -173,8 +210,13 @@ class Tables(nnx.Module):
       value = init(rngs.params(), (rows, dim), jnp.float32)
       setattr(self, name, Embedding(value, out_sharding=(vocab_axis, "embed")))
 
-  def gather(self, ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  def gather(self, ids: dict) -> dict:
+    """table -> rows: every id array of ``ids[table]`` (an array or a tuple of them) gathered,
+    ids.shape + (dim,), in the same structure."""
     unknown = [t for t in ids if t not in self.sizes]
     if unknown:
       raise KeyError(f"unknown embedding table(s) {unknown}; known: {list(self.sizes)}")
-    return {t: jnp.take(getattr(self, t)[...], i, axis=0) for t, i in ids.items()}
+    # ids are hashed into [0, rows): "clip" skips the out-of-range fill (a select per row)
+    return {t: jax.tree.map(
+        lambda i, t=t: jnp.take(getattr(self, t)[...], i, axis=0, mode="clip"), v)
+            for t, v in ids.items()}

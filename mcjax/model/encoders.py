@@ -5,12 +5,18 @@ tag) and *behaviour* embeddings (action bits, watch-time or play-progress bucket
 the sample). ``content`` is one linear map of the content rows: cheap enough to score every
 item of a 10,000-long history in the soft GSU; the candidate live goes through the live
 encoder's ``content`` too, so it lives in the same space as the live history. ``item`` (only
-for the top-k the GSU keeps) adds behaviour: ``content + MLP([content, behaviour])``.
+for the top-k the GSU keeps, and the recent-N) adds behaviour:
+``content + MLP([content, behaviour])``.
+
+Both maps take their inputs as parts: the concatenations [item, author, category(, tag)]
+and [content, behaviour] are never materialised. The id and author rows come gathered; the
+side-table features (category and tag, and all behaviour features) come as the domain's
+small side table and row ids, and their share of the linear map is folded into the table
+(``layers.take_matmul``).
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import nnx
 
 from mcjax.model import layers
@@ -19,6 +25,9 @@ from mcjax.model import layers
 DOMAIN_CONTENT = {"lv": ("item", "author", "category"),
                   "sv": ("item", "author", "category", "tag")}
 DOMAIN_BEHAVIOUR = {"lv": ("action", "watch", "gap"), "sv": ("action", "progress", "gap")}
+# the trailing content features, read from the domain's side table
+SIDE_CONTENT = {"lv": ("category",), "sv": ("category", "tag")}
+assert all(DOMAIN_CONTENT[d][-len(s):] == s for d, s in SIDE_CONTENT.items())
 
 
 class DomainEncoder(nnx.Module):
@@ -32,17 +41,24 @@ class DomainEncoder(nnx.Module):
     self.content_proj = layers.linear(n_content * dim, d_model, rngs=rngs)
     self.item_mlp = layers.MLP(d_model + n_behaviour * dim, (2 * d_model,), d_model, rngs=rngs)
 
-  def content(self, rows: dict, prefix: str | None = None):
-    """[..., d_model] from rows[f"{prefix}_{suffix}"] (prefix defaults to the domain)."""
+  def content(self, rows: dict, table, side_ids, prefix: str | None = None):
+    """[..., d_model] from rows[f"{prefix}_{suffix}"] [..., dim] of the leading content
+    features (prefix defaults to the domain) and the ``SIDE_CONTENT`` features' row ids
+    [..., n_side] into ``table``."""
     prefix = prefix or self.domain
-    x = jnp.concatenate([rows[f"{prefix}_{s}"] for s in DOMAIN_CONTENT[self.domain]], -1)
-    return self.content_proj(x)
+    names = DOMAIN_CONTENT[self.domain][:-len(SIDE_CONTENT[self.domain])]
+    kernel, dim = self.content_proj.kernel[...], table.shape[-1]
+    out = sum(rows[f"{prefix}_{s}"] @ kernel[i * dim:(i + 1) * dim]
+              for i, s in enumerate(names))
+    return (out + layers.take_matmul(table, side_ids, kernel[len(names) * dim:])
+            + self.content_proj.bias[...])
 
-  def item(self, content, behaviour):
-    """content [..., d_model] and behaviour rows [..., n_behaviour * dim] -> [..., d_model]."""
-    return content + self.item_mlp(jnp.concatenate([content, behaviour], -1))
-
-  def behaviour(self, rows: dict):
-    """The domain's behaviour rows concatenated: [B, L, n_behaviour * dim]."""
-    return jnp.concatenate([rows[f"{self.domain}_{s}"] for s in DOMAIN_BEHAVIOUR[self.domain]],
-                           -1)
+  def item(self, content, table, behaviour_ids):
+    """content [..., d_model] and the behaviour features' row ids [..., n_behaviour] (in
+    ``DOMAIN_BEHAVIOUR`` order) into ``table`` -> [..., d_model]: content + MLP([content,
+    table[ids[..., 0]], table[ids[..., 1]], ...])."""
+    first = self.item_mlp.layers[0]
+    kernel, d = first.kernel[...], content.shape[-1]
+    h = (content @ kernel[:d] + first.bias[...]
+         + layers.take_matmul(table, behaviour_ids, kernel[d:]))
+    return content + self.item_mlp.after_first(h)

@@ -2,6 +2,11 @@
 
 Padded slots (mask False) get zero weight exactly, so their contents never change the output;
 when no slot is valid the output is a learned null vector (never NaN).
+
+With one query per example, the key and value projections are folded into the query side
+(associativity): logits = items . (W_k q) per head, and the attended value = W_v (weights .
+items). No per-item key or value vector is formed: the same function as projecting every item
+(up to float rounding), at a fraction of the work and memory.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ class TargetAttention(nnx.Module):
     b, n, d = items.shape
     h = self.num_heads
     q = self.q(query).reshape(b, h, d // h)
-    k = self.k(items).reshape(b, n, h, d // h)
-    v = self.v(items).reshape(b, n, h, d // h)
-    logits = jnp.einsum("bhe,bnhe->bhn", q, k) / jnp.sqrt(jnp.float32(d // h))
+    # logits[b, h, n] = sum_e q[b, h, e] k[b, n, h, e] with k = items @ W_k
+    qk = jnp.einsum("bhe,che->bhc", q, self.k.kernel[...].reshape(d, h, d // h))
+    logits = jnp.einsum("bhc,bnc->bhn", qk, items) / jnp.sqrt(jnp.float32(d // h))
     if bias is not None:
       logits = logits + bias[:, None, :] / jnp.sqrt(jnp.float32(d))
     logits = jnp.where(mask[:, None, :], logits, -1e30)
     weights = jax.nn.softmax(logits, axis=-1) * mask[:, None, :]
-    attended = jnp.einsum("bhn,bnhe->bhe", weights, v).reshape(b, d)
-    return jnp.where(mask.any(-1, keepdims=True), self.out(attended), self.null[...])
+    # attended[b, h, e] = sum_n weights[b, h, n] v[b, n, h, e] with v = items @ W_v
+    pooled = jnp.einsum("bhn,bnc->bhc", weights, items)
+    attended = jnp.einsum("bhc,che->bhe", pooled, self.v.kernel[...].reshape(d, h, d // h))
+    return jnp.where(mask.any(-1, keepdims=True), self.out(attended.reshape(b, d)),
+                     self.null[...])

@@ -48,9 +48,9 @@ def select(scores, length, k: int):
 
 
 def take(x, idx):
-  """x [B, L, ...] gathered at idx [B, k] -> [B, k, ...]."""
+  """x [B, L, ...] gathered at idx [B, k] (positions in [0, L)) -> [B, k, ...]."""
   idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
-  return jnp.take_along_axis(x, idx, axis=1)
+  return jnp.take_along_axis(x, idx, axis=1, mode="clip")
 
 
 def search(mode: str, k: int, length, *, query=None, keys=None, match=None):

@@ -3,10 +3,20 @@ attention over both histories -> crowd ("moment") encoder -> CGC/PLE towers -> t
 
 The trainer's interface::
 
-  ids = model.lookup_ids(batch)          # table -> 1-D int32 rows (pure jnp hashing)
-  rows = model.gather(ids)               # table -> rows [n, dim] = table[ids]
-  out = model.apply_rows(batch, rows)    # dense params only; never reads the tables
+  ids = model.lookup_ids(batch)          # table -> (int32 rows per feature) (jnp hashing)
+  rows = model.gather(ids)               # table -> (table[ids] per feature)
+  out = model.apply_rows(batch, rows)    # dense params, and the ``inline_tables``
   out = model(batch)                     # the same, in one call
+
+``apply_rows`` reads only the small side tables named by ``inline_tables`` ("live_side",
+"sv_side"), for the ``inline`` features (``embedding.inline_ids``): the history behaviour rows
+(action, watch/progress, time gap) are gathered only at the positions the GSU keeps and the
+recent-N, which are known only inside the forward pass, and the category/tag rows are
+gathered from their projection by the item encoders. A train step therefore differentiates
+the inline tables whole (side tables of a few thousand rows), every other table through its
+gathered rows. Gathering behaviour at every position and taking the kept ones gives the same
+outputs up to float rounding (tests/test_model_reference.py checks outputs and gradients
+against that plain computation); only the work differs.
 
 ``out``: "logits" [B, len(TASKS)], "sv_interest" / "lv_interest" [B, d_model] (the user's
 short-video and live interests in the common contrastive space) and, with
@@ -83,12 +93,23 @@ class MomentCross(nnx.Module):
   def table_names(self) -> tuple[str, ...]:
     return tuple(self.tables.sizes)
 
+  @property
+  def inline_tables(self) -> tuple[str, ...]:
+    """Tables ``apply_rows`` reads itself (those of the ``inline`` features)."""
+    return embedding.inline_tables(self.cfg)
+
+  def _inline(self, batch: dict, names, positions=None):
+    """(table value, row ids) of inline features (see ``embedding.inline_ids``)."""
+    table, ids = embedding.inline_ids(self.cfg, batch, names, positions)
+    return getattr(self.tables, table)[...], ids
+
   def lookup_ids(self, batch: dict) -> dict:
-    """table -> 1-D int32 row indices of every id feature in the batch (hashing only)."""
+    """table -> tuple of int32 row indices, one array per looked-up feature of the table
+    (shaped like its batch field; hashing only)."""
     return embedding.lookup_ids(self.cfg, batch)
 
   def gather(self, ids: dict) -> dict:
-    """table -> table[ids] rows [n, dim]."""
+    """table -> table[ids] rows (ids.shape + (dim,)), in the structure of ids."""
     return self.tables.gather(ids)
 
   def __call__(self, batch: dict, train: bool = False) -> dict:
@@ -100,22 +121,27 @@ class MomentCross(nnx.Module):
     enc = self.lv_encoder if dom == "lv" else self.sv_encoder
     length = jnp.asarray(batch[f"{dom}_len"])
     query = getattr(self, f"{dom}_query")(cand)
-    content = enc.content(rows)
-    behaviour = enc.behaviour(rows)
+    content = enc.content(rows, *self._inline(
+        batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]]))
     match = None
     if cfg.gsu.mode in _HARD_MATCH:
       hist_field, cand_field = _HARD_MATCH[cfg.gsu.mode]
       match = jnp.asarray(batch[f"{dom}_{hist_field}"]) == cand_raw[cand_field][:, None]
     idx, valid, bias = gsu.search(cfg.gsu.mode, cfg.gsu.top_k, length, query=query,
                                   keys=content, match=match)
-    items = enc.item(gsu.take(content, idx), gsu.take(behaviour, idx))
-    interest = getattr(self, f"{dom}_esu")(query, items, valid, bias)
-    recent = None
-    if dom == "lv" and self.use_recent:
-      n = min(cfg.esu.recent_n, content.shape[1])
-      items = enc.item(content[:, :n], behaviour[:, :n])
-      recent = self.lv_recent_esu(query, items, gsu.valid_positions(length, n))
-    return interest, recent
+    # the kept positions, then the recent-N (live only): one behaviour gather, one item MLP
+    n = min(cfg.esu.recent_n, content.shape[1]) if dom == "lv" and self.use_recent else 0
+    positions = idx
+    if n:
+      recent_pos = jnp.broadcast_to(jnp.arange(n, dtype=idx.dtype), (idx.shape[0], n))
+      positions = jnp.concatenate([idx, recent_pos], axis=1)
+    items = enc.item(gsu.take(content, positions), *self._inline(
+        batch, [f"{dom}_{s}" for s in encoders.DOMAIN_BEHAVIOUR[dom]], positions))
+    if not n:
+      return getattr(self, f"{dom}_esu")(query, items, valid, bias), None
+    kept, recent = jnp.split(items, [idx.shape[1]], axis=1)
+    interest = getattr(self, f"{dom}_esu")(query, kept, valid, bias)
+    return interest, self.lv_recent_esu(query, recent, gsu.valid_positions(length, n))
 
   def apply_rows(self, batch: dict, rows: dict, train: bool = False) -> dict:
     """Forward pass from gathered rows (see ``gather``); ``train`` is accepted for the
@@ -124,9 +150,8 @@ class MomentCross(nnx.Module):
     cfg = self.cfg
     r = embedding.split_rows(cfg, batch, rows)
     batch_size = np.shape(batch["user_id"])[0]
-    cand = self.lv_encoder.content(
-        {"cand_item": r["live"], "cand_author": r["author"], "cand_category": r["live_category"]},
-        prefix="cand")
+    cand = self.lv_encoder.content({"cand_item": r["live"], "cand_author": r["author"]},
+                                   *self._inline(batch, ["live_category"]), prefix="cand")
     parts = [r[k] for k in _USER] + [cand, r["author_fans"]]
     cand_raw = {k: jnp.asarray(batch[k]) for k in ("author_id", "live_category")}
     out = {}
@@ -152,6 +177,15 @@ class MomentCross(nnx.Module):
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])
       out["author_lv"] = self.author_lv_proj(r["author"])
     return out
+
+
+def selected_positions(cfg: ml_collections.ConfigDict, domain: str, hist_len: int) -> int:
+  """History positions per example at which ``apply_rows`` gathers the domain's behaviour
+  rows: the GSU's min(top_k, hist_len) kept items, plus the recent-N for the live history."""
+  n = min(cfg.gsu.top_k, hist_len)
+  if domain == "lv" and cfg.esu.recent_n > 0:
+    n += min(cfg.esu.recent_n, hist_len)
+  return n
 
 
 def _mesh_active() -> bool:

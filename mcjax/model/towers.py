@@ -4,7 +4,9 @@ A CGC level has task-specific experts (``task_experts`` per task) and ``shared_e
 each task's gate mixes its own experts with the shared ones. PLE stacks ``levels`` CGC levels;
 every level but the last also has a shared gate over all experts, whose mix is the next
 level's shared input. CGC is PLE with one level. Experts, gates and heads are banks of stacked
-MLPs (one einsum per layer for all of them).
+MLPs (one einsum per layer for all of them). At the first level every task's input is the
+shared input, so it is passed once (``task_in=None``), not broadcast per task: the first
+layer of all experts and gates is then one matmul.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from mcjax.model import layers
 
 
 class ExtractionLevel(nnx.Module):
-  """One CGC level: (task inputs [B, T, d_in], shared input [B, d_in]) -> same at expert_dim."""
+  """One CGC level: (task inputs [B, T, d_in], shared input [B, d_in]) -> same at expert_dim.
+  ``task_in=None`` means every task's input is the shared input (the first level)."""
 
   def __init__(self, n_tasks: int, d_in: int, tcfg, *, last: bool, rngs: nnx.Rngs):
     self.n_tasks, self.n_task_experts = n_tasks, tcfg.task_experts
@@ -33,20 +36,19 @@ class ExtractionLevel(nnx.Module):
         d_in, n_tasks * self.n_task_experts + self.n_shared, rngs=rngs)
 
   def __call__(self, task_in, shared_in):
-    b, t = task_in.shape[:2]
-    shared = self.shared_experts(jnp.broadcast_to(shared_in[:, None],
-                                                  (b, self.n_shared, shared_in.shape[-1])))
-    experts = [jnp.broadcast_to(shared[:, None], (b, t) + shared.shape[1:])]
-    if self.n_task_experts:
-      own = self.task_experts(jnp.repeat(task_in, self.n_task_experts, axis=1))
-      experts.insert(0, own.reshape(b, t, self.n_task_experts, -1))
-    per_task = jnp.concatenate(experts, axis=2)  # [B, T, E + S, d_out]
-    gates = jax.nn.softmax(self.task_gates(task_in), axis=-1)
-    task_out = jnp.einsum("bte,bted->btd", gates, per_task)
+    b, t, e = shared_in.shape[0], self.n_tasks, self.n_task_experts
+    shared = self.shared_experts(shared_in)  # [B, S, d_out]
+    gate_in = shared_in if task_in is None else task_in
+    gates = jax.nn.softmax(self.task_gates(gate_in), axis=-1)  # [B, T, E + S]
+    task_out = jnp.einsum("bts,bsd->btd", gates[..., e:], shared)
+    own = None
+    if e:
+      own_in = shared_in if task_in is None else jnp.repeat(task_in, e, axis=1)
+      own = self.task_experts(own_in)  # [B, T * E, d_out]
+      task_out += jnp.einsum("bte,bted->btd", gates[..., :e], own.reshape(b, t, e, -1))
     if self.shared_gate is None:
       return task_out, None
-    everything = jnp.concatenate(
-        [per_task[:, :, :self.n_task_experts].reshape(b, -1, shared.shape[-1]), shared], axis=1)
+    everything = shared if own is None else jnp.concatenate([own, shared], axis=1)
     shared_gates = jax.nn.softmax(self.shared_gate(shared_in), axis=-1)
     return task_out, jnp.einsum("be,bed->bd", shared_gates, everything)
 
@@ -67,8 +69,7 @@ class Towers(nnx.Module):
                                 rngs=rngs)
 
   def __call__(self, x):
-    task_in = jnp.broadcast_to(x[:, None], (x.shape[0], self.n_tasks, x.shape[-1]))
-    shared_in = x
+    task_in, shared_in = None, x
     for level in self.levels:
       task_in, shared_in = level(task_in, shared_in)
     return self.heads(task_in)[..., 0]

@@ -4,11 +4,16 @@
 the loss is differentiated w.r.t. the dense params and the *gathered rows*; AdamW updates the
 dense params and ``sparse.sparse_update`` the touched table rows (``sparse=False`` instead
 differentiates w.r.t. whole tables and uses ``sparse.dense_update``: the O(vocabulary)
-reference, for tests and benchmarks). ``eval_step(state, batch) -> (probs [B, T], metrics)``.
+reference, for tests and benchmarks). Tables the model reads inside ``apply_rows`` (its
+optional ``inline_tables``: rows gathered at positions known only in the forward pass) are
+differentiated whole and dense-updated in both modes. ``eval_step(state, batch) -> (probs
+[B, T], metrics)``.
 
 Both are ``jax.jit`` once with explicit shardings (batch on "data"); the train step donates
-the state. The model must implement ``lookup_ids(batch) -> {table: ids}``, ``gather(ids) ->
-{table: ids.shape + (dim,)}`` (a pure row lookup) and ``apply_rows(batch, rows, train)``.
+the state. The model must implement ``lookup_ids(batch) -> {table: ids}`` (an int array, or a
+tuple of them), ``gather(ids) -> {table: rows}`` (a pure row lookup, ids.shape + (dim,) per
+array, same structure) and ``apply_rows(batch, rows, train)``, and may name
+``inline_tables`` (default none).
 ``loss_fn(out, batch) -> (total, terms)``, e.g.
 ``functools.partial(mcjax.losses.compute_loss, cfg=loss_config())``.
 """
@@ -56,18 +61,17 @@ def logits_to_probs(out) -> jax.Array:
 
 
 def _group_by_table(model_def: ModelDef, ids: dict, row_grads: dict) -> dict:
-  """{table path: (flat ids [n], flat row grads [n, dim])}, merging keys of the same table."""
+  """{table path: (flat ids [n], flat row grads [n, dim])}, merging keys of the same table
+  and the arrays of a key (``ids[key]`` may be an array or a tuple of arrays)."""
   groups = {}
   for key in ids:
     path = model_def.table_path(key)
-    flat_ids = ids[key].reshape(-1)
-    grads = row_grads[key].reshape(flat_ids.shape[0], -1)
-    if path in groups:
-      prev_ids, prev_grads = groups[path]
-      flat_ids = jnp.concatenate([prev_ids, flat_ids])
-      grads = jnp.concatenate([prev_grads, grads])
-    groups[path] = (flat_ids, grads)
-  return groups
+    pieces = groups.setdefault(path, ([], []))
+    for i, g in zip(jax.tree.leaves(ids[key]), jax.tree.leaves(row_grads[key])):
+      pieces[0].append(i.reshape(-1))
+      pieces[1].append(g.reshape(i.size, -1))
+  cat = lambda xs: jnp.concatenate(xs) if len(xs) > 1 else xs[0]  # noqa: E731
+  return {path: (cat(i), cat(g)) for path, (i, g) in groups.items()}
 
 
 def _update_tables(state: TrainState, updates: dict):
@@ -101,9 +105,10 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
   """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated).
 
   With ``sparse_update``, tables of fewer than ``dense_below_rows`` rows (side features:
-  categories, buckets, actions, whose ids repeat thousands of times per batch) are
-  differentiated whole and updated with ``sparse.dense_update`` (same rows touched, same
-  result), which is cheaper than sorting their ids; larger tables get sparse row updates.
+  categories, buckets, actions, whose ids repeat thousands of times per batch) and the
+  model's ``inline_tables`` are differentiated whole and updated with ``sparse.dense_update``
+  (same rows touched, same result), which is cheaper than sorting their ids; larger tables
+  get sparse row updates.
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),
   ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/lr`` and
@@ -125,7 +130,9 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
     if sparse_update:
       model = model_def.merge(state.tables, state.params, state.rest)
       ids = model.lookup_ids(batch)
-      small = {path for path, t in flat_tables.items() if t.shape[0] < dense_below_rows}
+      inline = {model_def.table_path(t) for t in getattr(model, "inline_tables", ())}
+      small = {path for path, t in flat_tables.items()
+               if t.shape[0] < dense_below_rows or path in inline}
       large_ids = {k: v for k, v in ids.items() if model_def.table_path(k) not in small}
       small_ids = {k: v for k, v in ids.items() if model_def.table_path(k) in small}
       rows = model.gather(large_ids)
@@ -144,8 +151,10 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
       vocab = {p: t.shape[0] for p, t in flat_tables.items()}
       uniq = {path: sparse.unique_rows(i, g, vocab[path])
               for path, (i, g) in _group_by_table(model_def, large_ids, g_rows).items()}
-      row_grad_sq = sum((jnp.sum(jnp.square(g)) for _, g in uniq.values()),
-                        jnp.zeros((), jnp.float32))
+      # per-row mean squares first, the expression row-wise Adagrad computes: one shared
+      # reduction, not a squared [n, dim] buffer materialised for two of them
+      row_grad_sq = sum((jnp.sum(jnp.mean(jnp.square(g), axis=-1)) * g.shape[-1]
+                         for _, g in uniq.values()), jnp.zeros((), jnp.float32))
       row_grad_sq += sum((jnp.sum(jnp.square(g)) for g in g_small.values()),
                          jnp.zeros((), jnp.float32))
       updates = {

@@ -1,0 +1,62 @@
+"""A/B of the train step between two checkouts, interleaved processes on one machine.
+
+    git worktree add --detach ../mcjax_old <old commit>
+    python -m benchmarks.ab --old=../mcjax_old --rounds=6 --out=runs/ab -- \
+        --batch_size=1024 --config.model.embedding.dim=32 --config.model.d_model=32 \
+        --config.moment.sv_hist_len=50 --config.moment.lv_hist_len=50
+
+Each round runs ``python -m launch.bench --mode=step --nomodel_flops`` once in each checkout
+(old then new, then new then old in the next round, ...), with the flags after ``--``; a
+checkout's own code is imported because the process starts in it. On a shared machine load
+from other jobs hits both alike: the numbers to read are the medians over rounds of each
+checkout and the per-round ratios old / new ms/step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from absl import app, flags
+
+_OLD = flags.DEFINE_string("old", None, "The old checkout (a git worktree).", required=True)
+_NEW = flags.DEFINE_string("new", ".", "The new checkout.")
+_ROUNDS = flags.DEFINE_integer("rounds", 6, "Rounds (one process per checkout each).")
+_OUT = flags.DEFINE_string("out", "runs/ab", "Folder for the per-run JSON files.")
+
+
+def run(tree: str, name: str, i: int, bench_flags: list[str]) -> float:
+  """ms/step median of one launch.bench process started in ``tree``."""
+  path = os.path.abspath(os.path.join(_OUT.value, f"{name}_{i}.json"))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+  subprocess.run([sys.executable, "-m", "launch.bench", "--mode=step", "--nomodel_flops",
+                  f"--json_out={path}"] + bench_flags, cwd=tree, env=env, check=True,
+                 capture_output=True)
+  with open(path) as f:
+    return json.load(f)["step"]["ms_per_step_median"]
+
+
+def main(argv) -> None:
+  bench_flags = argv[1:]
+  os.makedirs(_OUT.value, exist_ok=True)
+  trees = {"old": _OLD.value, "new": _NEW.value}
+  ms = {"old": [], "new": []}
+  for i in range(_ROUNDS.value):
+    for name in ("old", "new") if i % 2 == 0 else ("new", "old"):
+      ms[name].append(run(trees[name], name, i, bench_flags))
+      print(f"round {i} {name}: {ms[name][-1]:.1f} ms/step", flush=True)
+  ratios = [o / n for o, n in zip(ms["old"], ms["new"])]
+  result = {"bench_flags": bench_flags, "ms_per_step": ms,
+            "median_ms": {k: statistics.median(v) for k, v in ms.items()},
+            "ratios_old_over_new": ratios, "median_ratio": statistics.median(ratios)}
+  result["speedup_of_medians"] = result["median_ms"]["old"] / result["median_ms"]["new"]
+  with open(os.path.join(_OUT.value, "ab.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)
