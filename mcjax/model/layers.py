@@ -87,7 +87,7 @@ def take_matmul(table: jax.Array, ids: jax.Array, kernel: jax.Array) -> jax.Arra
     rows = jnp.take(table, ids, axis=0, mode="clip")
     return rows.reshape(ids.shape[:-1] + (n * dim,)) @ kernel
   # [rows, n, d_out], row-major in rows: each gathered row is one contiguous block (an
-  # [n, rows, d_out] projection was read transposed inside the gather, 5x slower)
+  # [n, rows, d_out] projection was read transposed inside the gather, several times slower)
   kernels = kernel.reshape(n, dim, -1).transpose(1, 0, 2).reshape(dim, -1)
   projected = (table @ kernels).reshape(table.shape[0], n, -1)
   return sum(jnp.take(projected[:, j], ids[..., j], axis=0, mode="clip") for j in range(n))
