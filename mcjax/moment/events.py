@@ -95,29 +95,25 @@ def _codes(column: pa.ChunkedArray, names: tuple, what: str) -> np.ndarray:
   return codes.to_numpy().astype(np.int8)
 
 
-def first_rows(group: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
-  """Index of the first row with ``mask`` in each of ``n`` groups (-1 if none).
+def first_rows(group: np.ndarray, mask: np.ndarray | None, n: int) -> np.ndarray:
+  """Index of the first row with ``mask`` (None: every row) in each of ``n`` groups (-1 if
+  none).
 
-  Rows must be sorted by time, so the first row is the earliest.
+  Rows must be sorted by time, so the first row is the earliest: the smallest row of each
+  group, found with one unbuffered ``np.minimum.at`` (several times faster than sorting).
   """
-  rows = np.flatnonzero(mask)
-  out = np.full(n, len(mask), np.int64)
+  rows = np.arange(len(group)) if mask is None else np.flatnonzero(mask)
+  out = np.full(n, len(group), np.int64)
   np.minimum.at(out, group[rows], rows)
-  out[out == len(mask)] = -1
+  out[out == len(group)] = -1
   return out
 
 
 def first_rows_by_code(group: np.ndarray, code: np.ndarray, n: int, n_codes: int) -> np.ndarray:
-  """(n, n_codes): ``first_rows(group, code == c, n)`` for every code c, with one sort.
-
-  Rows must be sorted by time; the smallest row of each (group, code) is the earliest (one
-  unbuffered ``np.minimum.at``, several times faster than sorting the keys).
-  """
-  rows = len(group)
-  out = np.full(n * n_codes, rows, np.int64)
-  np.minimum.at(out, group.astype(np.int64) * n_codes + code, np.arange(rows))
-  out[out == rows] = -1
-  return out.reshape(n, n_codes)
+  """(n, n_codes): ``first_rows(group, code == c, n)`` for every code c, in one pass over
+  the (group, code) keys."""
+  keys = group.astype(np.int64) * n_codes + code
+  return first_rows(keys, None, n * n_codes).reshape(n, n_codes)
 
 
 def gather(values: np.ndarray, rows: np.ndarray, default) -> np.ndarray:
