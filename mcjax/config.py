@@ -98,6 +98,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not cfg.data.log_dir and cfg.data.preset not in ("small", "default"):
     raise ValueError(f"config.data.preset must be 'small' or 'default', got {cfg.data.preset!r}")
   MomentConfig(**cfg.moment.to_dict()).validate()
+  if cfg.moment.features_at != "exposure":
+    raise ValueError(
+        f"config.moment.features_at={cfg.moment.features_at!r}: training needs 'exposure' (the "
+        "request-time view); other query times break train = serve (build such samples with "
+        "launch.build_samples for leakage studies only)")
   model_config.validate(cfg.model)
   losses.validate(cfg.loss)
 

@@ -9,7 +9,8 @@ dispatches per sample by ``batch["kind"]`` through masks (never Python branches 
 * SLOW samples carry only the labels that turned positive after the FAST sample was emitted
   (label 1, mask 1) and train the bounded correction term of :func:`slow_correction`.
 * The contrastive terms align the short-video and live interest vectors of the model
-  (:func:`info_nce`), and optionally the author-level ones.
+  (:func:`info_nce`) over the rows where both histories are non-empty
+  (:func:`both_histories`), and optionally the author-level ones.
 
 Normalisation: the BCE and slow-correction sums share one denominator, the weighted number
 of trained pairs in the batch (BCE pairs + SLOW pairs), so a correction cancels the negative
@@ -138,6 +139,21 @@ def info_nce(a: jax.Array, b: jax.Array, weight: jax.Array, temperature: float,
   return jnp.sum(w * per_row) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
+def both_histories(batch: dict) -> jax.Array:
+  """1.0 for rows whose short-video and live histories are both non-empty, else 0.0 ([B]).
+
+  The interest InfoNCE aligns a user's two domains; a row with an empty history has only the
+  ESU's null vector on that side, and aligning it would pull the other domain's interest
+  toward a constant (hurting exactly the live-sparse users Cross is for). Batches without
+  ``sv_len`` / ``lv_len`` count as having both.
+  """
+  ones = jnp.ones(jnp.shape(batch["labels"])[:1], jnp.float32)
+  for key in ("sv_len", "lv_len"):
+    if key in batch:
+      ones = ones * (jnp.asarray(batch[key]) > 0).astype(jnp.float32)
+  return ones
+
+
 def _interest_pair(out: dict, key_a: str, key_b: str, term: str):
   missing = [k for k in (key_a, key_b) if k not in out]
   if missing:
@@ -154,7 +170,8 @@ def compute_loss(out: dict, batch: dict, cfg: ml_collections.ConfigDict):
       (needed when ``cfg.contrastive_weight > 0``), ``author_sv`` / ``author_lv`` [B, D]
       (needed when ``cfg.contrastive_author_weight > 0``).
     batch: ``labels`` [B, T], ``label_mask`` [B, T], ``kind`` [B], optional ``weight`` [B]
-      (missing = ones), ``user_id`` / ``author_id`` [B] (group ids for the contrastive
+      (missing = ones), optional ``sv_len`` / ``lv_len`` [B] (the interest InfoNCE uses only
+      rows where both are > 0), ``user_id`` / ``author_id`` [B] (group ids for the contrastive
       masking when ``cfg.contrastive_mask_same_group``).
     cfg: from :func:`loss_config`.
 
@@ -199,7 +216,8 @@ def compute_loss(out: dict, batch: dict, cfg: ml_collections.ConfigDict):
   contrastive = contrastive_author = zero
   if cfg.contrastive_weight > 0:
     a, b = _interest_pair(out, "sv_interest", "lv_interest", "contrastive_weight")
-    contrastive = info_nce(a, b, weight, cfg.contrastive_temperature, group["user"])
+    contrastive = info_nce(a, b, weight * both_histories(batch), cfg.contrastive_temperature,
+                           group["user"])
   if cfg.contrastive_author_weight > 0:
     a, b = _interest_pair(out, "author_sv", "author_lv", "contrastive_author_weight")
     contrastive_author = info_nce(a, b, weight, cfg.contrastive_temperature, group["author"])

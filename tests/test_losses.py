@@ -195,3 +195,34 @@ def test_validate_names_the_key(key, value):
   cfg.task_weights.ctr = -1.0
   with pytest.raises(ValueError, match="task_weights.ctr"):
     losses.validate(cfg)
+
+
+def test_interest_info_nce_skips_rows_with_an_empty_history():
+  """A row whose live (or short-video) history is empty only has the ESU's null vector on that
+  side: it must not enter the interest InfoNCE, whatever its vectors are."""
+  rng = np.random.default_rng(0)
+  b, d = 6, 4
+  out = {"logits": jnp.zeros((b, len(TASKS))),
+         "sv_interest": jnp.asarray(rng.normal(size=(b, d)), jnp.float32),
+         "lv_interest": jnp.asarray(rng.normal(size=(b, d)), jnp.float32)}
+  batch = {"labels": jnp.zeros((b, len(TASKS))), "label_mask": jnp.zeros((b, len(TASKS))),
+           "kind": jnp.full((b,), CLOSE), "user_id": jnp.arange(b),
+           "sv_len": jnp.array([3, 3, 0, 3, 3, 2]), "lv_len": jnp.array([2, 0, 4, 1, 5, 1])}
+  cfg = losses.loss_config()
+  _, terms = losses.compute_loss(out, batch, cfg)
+  moved = dict(out)
+  for key in ("sv_interest", "lv_interest"):  # rows 1 and 2 have an empty history
+    moved[key] = out[key].at[1:3].set(jnp.asarray(rng.normal(size=(2, d)), jnp.float32))
+  _, terms_moved = losses.compute_loss(moved, batch, cfg)
+  np.testing.assert_allclose(terms["loss/contrastive"], terms_moved["loss/contrastive"],
+                             rtol=1e-6)
+  keep = np.array([0, 3, 4, 5])
+  want = losses.info_nce(out["sv_interest"][keep], out["lv_interest"][keep], jnp.ones(4),
+                         cfg.contrastive_temperature, batch["user_id"][keep])
+  np.testing.assert_allclose(terms["loss/contrastive"], want, rtol=1e-6)
+  # gradients reach no vector of a skipped row
+  g = jax.grad(lambda o: losses.compute_loss(o | {"logits": out["logits"]}, batch, cfg)[0])(
+      {"sv_interest": out["sv_interest"], "lv_interest": out["lv_interest"]})
+  assert np.all(np.asarray(g["sv_interest"][1:3]) == 0)
+  assert np.all(np.asarray(g["lv_interest"][1:3]) == 0)
+  assert np.any(np.asarray(g["sv_interest"][0]) != 0)

@@ -15,6 +15,7 @@ from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
 from mcjax.samples import pipeline
 from mcjax.sim import world
+from mcjax.train.step import host_batch
 from test_model import tiny
 
 # every ablation switch is flipped in at least one of these (few compiles: CPU time is dear)
@@ -37,7 +38,7 @@ def small_world_batch(tmp_path_factory):
   batch = pipeline.pad_table(take_rows(table, np.sort(rows)), 16, 8)
   batch["weight"] = np.ones(64, np.float32)
   assert batch["sv_len"].max() > 0 and batch["lv_len"].max() > 0
-  return {k: (v.astype(np.int32) if v.dtype == np.int64 else v) for k, v in batch.items()}
+  return host_batch(batch)
 
 
 @pytest.mark.parametrize("overrides", SWITCHES, ids=lambda o: ",".join(o) or "default")

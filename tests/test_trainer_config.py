@@ -89,3 +89,30 @@ def test_config_imports_no_data_stack():
           "print(sorted(m for m in ('pyarrow', 'tensorflow_datasets', 'grain') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_ablations_change_one_thing_each():
+  """no_moment isolates the sample stream, no_crowd the crowd features; baseline drops both
+  and Cross (the split of Moment into its two parts relies on it)."""
+  from mcjax.config import default_config, load_named
+  full = default_config().to_dict()
+
+  def diff(name):
+    cfg = load_named(name).to_dict()
+    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (  # noqa: E731
+        flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}
+    a, b = flat(full), flat(cfg)
+    return {k: b[k] for k in b if a.get(k) != b[k] and k != "name"}
+
+  assert diff("no_moment") == {"moment.mode": "on_close"}
+  assert diff("no_crowd") == {"model.use_crowd": False}
+  assert diff("baseline") == {"moment.mode": "on_close", "model.use_crowd": False,
+                              "model.use_sv_history": False, "loss.contrastive_weight": 0.0}
+
+
+def test_leaky_feature_time_is_refused_for_training():
+  from mcjax.config import default_config, validate
+  cfg = default_config()
+  cfg.moment.features_at = "sample"
+  with pytest.raises(ValueError, match="config.moment.features_at"):
+    validate(cfg)

@@ -1,4 +1,4 @@
-"""baseline: no_moment + no_cross (delayed labels, no crowd, no short-video history).
+"""baseline: slow labels (on_close), no crowd features, no short-video history (no Cross).
 
 Command:  python -m launch.train --config=experiments/configs/baseline.py --workdir=runs/baseline
 Hardware: any; sized for a 2-core CPU.

@@ -1,10 +1,14 @@
 """Hashed id features and the embedding tables they index.
 
 Every id-like feature (raw int64 ids, categories, buckets, action bits) is hashed into a
-fixed-size table with a salt: ``row = fmix(fmix(lo32 ^ salt) ^ hi32') mod vocab`` (murmur3's
-32-bit finalizer). ``hi32'`` is the high word minus the sign extension of the low word, so it
-is 0 for every id in int32 range and the hash is the same whether the id arrives as int64
-(numpy, or JAX with x64) or as JAX's default int32. Ids never seen before simply hash to a row.
+fixed-size table with a salt: ``row = fmix(fmix(fold(id) ^ salt)) mod vocab`` (murmur3's
+32-bit finalizer ``fmix``). ``fold_ids`` maps a 64-bit id to 32 bits with all 64 bits mixed in:
+``fold = lo32 ^ fmix(hi32')``, where ``hi32'`` is the high word minus the sign extension of
+the low word, so ``fold`` is the identity for every id in int32 range, and ids that differ
+only in their high 32 bits fold apart. The host folds int64 ids before they reach a device
+(``train.step.host_batch``; JAX runs without x64), and ``hash_ids`` folds int64 input itself,
+so numpy (``collisions.collision_report``) and the model hash every id identically. Ids never
+seen before simply hash to a row.
 
 Features of one entity share a salt (``live_id`` and ``lv_item`` both use "live"), so the
 candidate and its appearances in the history hit the same row; different features sharing a
@@ -118,22 +122,39 @@ def _fmix32(xp, h):
   return h ^ (h >> 16)
 
 
+def fold_ids(ids) -> np.ndarray:
+  """int64 (or uint64) ids -> int32, mixing in all 64 bits: ``lo32 ^ fmix(hi32')`` (see the
+  module docstring); the identity for ids in int32 range. Host-side (numpy)."""
+  ids = np.asarray(ids)
+  if ids.dtype.kind not in "iu":
+    raise TypeError(f"fold_ids needs integer ids, got dtype {ids.dtype}")
+  if ids.dtype.itemsize < 8:
+    return ids.astype(np.int32)
+  u = ids.astype(np.uint64)
+  lo = (u & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+  sign = np.where(lo >> np.uint32(31) == 1, np.uint32(0xFFFFFFFF), np.uint32(0))
+  hi = (u >> np.uint64(32)).astype(np.uint32) ^ sign
+  with np.errstate(over="ignore"):
+    return (lo ^ _fmix32(np, hi)).view(np.int32)
+
+
 def hash_ids(ids, salt: str | int, vocab: int, xp=jnp):
-  """Row indices (int32, in [0, vocab)) of integer ids of any shape; xp is jnp or numpy."""
+  """Row indices (int32, in [0, vocab)) of integer ids of any shape; xp is jnp or numpy.
+
+  64-bit ids are folded first (``fold_ids``, numpy only: JAX holds no int64 without x64), so
+  an int64 id and its folded int32 hash to the same row.
+  """
+  if xp is np or getattr(ids, "dtype", np.dtype(np.int32)).itemsize == 8:
+    if isinstance(ids, jax.Array):
+      raise TypeError("hash_ids: fold 64-bit ids on the host (fold_ids) before jax")
+    ids = fold_ids(ids)
   ids = xp.asarray(ids)
   if ids.dtype.kind not in "iu":
     raise TypeError(f"hash_ids needs integer ids, got dtype {ids.dtype}")
   s = xp.uint32(salt_of(salt))
-  if ids.dtype.itemsize == 8:
-    u = ids.astype(xp.uint64)
-    lo = (u & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
-    sign = xp.where(lo >> 31 == 1, xp.uint32(0xFFFFFFFF), xp.uint32(0))
-    hi = (u >> xp.uint64(32)).astype(xp.uint32) ^ sign
-  else:
-    lo = ids.astype(xp.int32).astype(xp.uint32)
-    hi = xp.zeros_like(lo)
+  lo = ids.astype(xp.int32).astype(xp.uint32)
   with np.errstate(over="ignore"):
-    h = _fmix32(xp, _fmix32(xp, lo ^ s) ^ (hi * xp.uint32(0x9E3779B1)))
+    h = _fmix32(xp, _fmix32(xp, lo ^ s))
     return (h % xp.uint32(vocab)).astype(xp.int32)
 
 
@@ -141,7 +162,7 @@ def raw_feature(f: Feature, batch: dict, cfg: ml_collections.ConfigDict):
   """The integer values of a feature before hashing (buckets computed here)."""
   x = batch[f.field]
   if f.name in ("lv_gap", "sv_gap"):
-    return F.time_gap_bucket(jnp.asarray(batch["sample_ts_ms"]), jnp.asarray(x),
+    return F.time_gap_bucket(jnp.asarray(batch["query_ts_ms"]), jnp.asarray(x),
                              cfg.features.time_gap_buckets)
   if f.name == "lv_watch":
     return F.watch_bucket(jnp.asarray(x), cfg.features.watch_buckets)
@@ -189,7 +210,7 @@ def inline_ids(cfg: ml_collections.ConfigDict, batch: dict, names,
   tables = {f.table for f in plan}
   if len(tables) != 1:
     raise ValueError(f"inline features {list(names)} must share one table, got {tables}")
-  values = {"sample_ts_ms": batch["sample_ts_ms"]}
+  values = {"query_ts_ms": batch["query_ts_ms"]}
   for f in plan:
     values[f.field] = jnp.asarray(batch[f.field])
     if positions is not None:

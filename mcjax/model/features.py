@@ -17,9 +17,9 @@ def _log2_bucket(x, n_buckets: int):
   return jnp.clip(jnp.floor(jnp.log2(1.0 + x)), 0, n_buckets - 1).astype(jnp.int32)
 
 
-def time_gap_bucket(sample_ts_ms, item_ts_ms, n_buckets: int):
-  """floor(log2(1 + gap seconds)) of history items [B, L] before the sample [B]."""
-  gap_ms = sample_ts_ms[:, None] - item_ts_ms  # wraps consistently under int32
+def time_gap_bucket(query_ts_ms, item_ts_ms, n_buckets: int):
+  """floor(log2(1 + gap seconds)) of history items [B, L] before the query time [B]."""
+  gap_ms = query_ts_ms[:, None] - item_ts_ms  # wraps consistently under int32
   bucket = _log2_bucket(gap_ms // 1000, n_buckets)
   return jnp.where(gap_ms < 0, n_buckets - 1, bucket)
 

@@ -9,7 +9,9 @@
   slow_window_s (the fast/slow-window baseline).
 
 ``features_at`` picks the query time of every training sample's features: ``exposure`` (the
-request-time view, the same as the evaluation record's) or ``sample`` (the sample's own time).
+request-time view, the same as the evaluation record's and a serving request's) or ``sample``
+(the sample's emission time: a leakage study only, since the emission time depends on the
+labels; the trainer refuses it, see ``mcjax.config.validate``).
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ class _Context:
     """Features of live exposures ``x`` at query times ``q`` (events with ts < q); histories
     as references into ``history`` when ``stored``, else materialised."""
     out = {"user_id": self.user[x], "live_id": self.live_id[x], "author_id": self.author_id[x],
-           "hour_of_day": (q // HOUR_MS) % 24, "history_ts_ms": q}
+           "hour_of_day": (q // HOUR_MS) % 24, "query_ts_ms": q}
     out |= {name: values[x] for name, values in self.side.items()}
     out["crowd"] = self.crowd.features(self.live_id[x], q, self.live_start[x])
     for hist, refs in ((self.sv, self.sv.refs(self.user[x], q, cfg.sv_hist_len)),

@@ -8,10 +8,10 @@ keeps one ``HistoryStore`` per domain ("sv", "lv"): the records sorted by (user,
   set (``NEVER``: not yet / never),
 * timed values (``lv_watch_s``): the value and the time it becomes known (before it: 0),
 
-and a sample holds ``{p}_hist_end``, ``{p}_hist_n``, ``{p}_hist_skip`` and ``history_ts_ms``
+and a sample holds ``{p}_hist_end``, ``{p}_hist_n``, ``{p}_hist_skip`` and ``query_ts_ms``
 (``schema.REF_FIELDS``). ``materialize`` turns references into the flat sequence fields and
 offsets of a sample table: records end - 1, end - 2, ... (most recent first), stepping over
-``skip``, with action bits and watch times as of ``history_ts_ms`` (strictly before it). The
+``skip``, with action bits and watch times as of ``query_ts_ms`` (strictly before it). The
 engine materialises in memory through the same function, so stored and in-memory samples agree.
 
 On disk a store is a folder of ``.npy`` files (memory-mapped when read): ``<name>.npy`` per
@@ -75,7 +75,7 @@ class HistoryStore:
 
     Args:
       end, n, skip: (m,) ``{p}_hist_end``, ``{p}_hist_n``, ``{p}_hist_skip``.
-      q: (m,) ``history_ts_ms``.
+      q: (m,) ``query_ts_ms``.
     """
     end, n, skip = (np.asarray(a, np.int64) for a in (end, n, skip))
     q = np.asarray(q, np.int64)
@@ -133,7 +133,7 @@ class HistoryStore:
     references gives the table's sequences back exactly. ``base`` is added to the references
     (the store is appended after ``base`` existing records).
 
-    Returns (store, refs) with refs the ``{p}_hist_*`` fields and ``history_ts_ms``.
+    Returns (store, refs) with refs the ``{p}_hist_*`` fields.
     """
     off = np.asarray(table[S.OFFSETS[prefix]], np.int64)
     n = np.diff(off)
@@ -179,8 +179,7 @@ def store_table(table: dict, base: dict | None = None) -> tuple[dict, dict]:
   for prefix in S.DOMAINS:
     stores[prefix], refs = HistoryStore.from_sequences(table, prefix, base.get(prefix, 0))
     stored.update(refs)
-  # the table's action bits and watch times are known since ALWAYS < any sample time
-  stored["history_ts_ms"] = np.asarray(table["sample_ts_ms"], np.int64)
+  # the table's action bits and watch times are known since ALWAYS, before any query time
   return stored, stores
 
 
@@ -189,7 +188,7 @@ def materialize_table(stored: dict, stores: dict) -> dict:
   out = {f.name: stored[f.name] for f in S.FIELDS if not f.is_sequence}
   for prefix, store in stores.items():
     seq, offsets = store.materialize(stored[f"{prefix}_hist_end"], stored[f"{prefix}_hist_n"],
-                                     stored[f"{prefix}_hist_skip"], stored["history_ts_ms"])
+                                     stored[f"{prefix}_hist_skip"], stored["query_ts_ms"])
     out.update(seq)
     out[S.OFFSETS[prefix]] = offsets
   return out

@@ -29,6 +29,8 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
+from mcjax.model import embedding
+from mcjax.samples import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import sparse
 from mcjax.train.state import ModelDef, OptimConfig, TrainState
@@ -36,18 +38,27 @@ from mcjax.train.state import ModelDef, OptimConfig, TrainState
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
 
 
-# Batch fields that stay on the host (ground truth for slicing, never a model input).
-HOST_ONLY = ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity", "in_highlight")
-
-
 def host_batch(batch: dict) -> dict:
-  """A numpy batch as the steps take it: HOST_ONLY fields dropped, int64 -> int32 (x64 is
-  off: wrapped explicitly; the model hashes ids), float64 -> float32."""
+  """A numpy batch as the steps take it (x64 is off, so nothing int64 reaches a device):
+
+  * fields the schema marks host-only (``schema.HOST_ONLY``: the emission time, exposure keys,
+    oracle ground truth) are dropped: no device computation can read them;
+  * int64 ids (role "id") are folded to int32 with all 64 bits mixed in
+    (``embedding.fold_ids``; the identity in int32 range), so ids that differ only in their
+    high bits keep different rows;
+  * other int64 fields (epoch-ms times) wrap to int32: only their differences are used, which
+    wrapping keeps exact for gaps under 24.8 days (``model.features``);
+  * float64 -> float32.
+  """
   out = {}
   for name, value in batch.items():
-    if name in HOST_ONLY:
+    if name in schema.HOST_ONLY:
       continue
-    if value.dtype == np.int64:
+    value = np.asarray(value)
+    field = schema.FIELD.get(name)
+    if field is not None and field.role == "id":
+      value = embedding.fold_ids(value)
+    elif value.dtype == np.int64:
       value = value.astype(np.int32)
     elif value.dtype == np.float64:
       value = value.astype(np.float32)
