@@ -1,9 +1,9 @@
 """Named presets and knobs of the simulated Kuaishou world.
 
 A ``WorldConfig`` fixes every size and effect strength of the world; ``make_config`` picks a
-preset (``small`` for tests, ``default`` for ``make run``) and applies overrides.  The
-diurnal curves (when users are active, when streamers go live) also live here, as functions
-of the hour of day.
+preset (``small`` for tests, ``default`` for ``make run``) and applies overrides.  A new
+knob's default keeps the existing presets' logs byte-identical.  The diurnal curves (when
+users are active, when streamers go live) also live here, as functions of the hour of day.
 """
 
 from __future__ import annotations
@@ -59,7 +59,11 @@ class WorldConfig:
   highlight_rate_gain: float = 1.0          # interaction rates * (1 + gain * strength)
   highlight_watch_gain: float = 0.4         # watch time * exp(gain * strength)
   # Live feedback.
-  click_delay_s: float = 3.0                # mean of the exponential delay after exposure
+  # Click delay after the exposure: click_delay_min_s + exponential(mean click_delay_s), cut at
+  # click_delay_max_s.
+  click_delay_min_s: float = 1.0
+  click_delay_s: float = 3.0
+  click_delay_max_s: float = 30.0
   bounce_share: float = 0.15                # short views: U(0.5, 3) s
   watch_median_s: float = 150.0
   watch_sigma: float = 1.0
