@@ -2,14 +2,15 @@
 
 Live: a logistic click model (base + user-author affinity + highlight strength) decides the
 click, which follows the impression after a delay (a fixed minimum plus an exponential, cut at
-a maximum: a few seconds in the default world); the viewer then stays in the room for a bounce
-(< 3 s) or a lognormal watch, longer when the click came in a highlight; during the watch
-likes, comments and gifts arrive as Poisson processes whose rates rise while the live is in a
-highlight (drawn by thinning), and a follow may happen.  Short video: the play progress (a
-fraction of the video, > 1 on replays), like and follow depend on the same affinity; the play
-ends with a watch_end whose value is the seconds played (progress x the video's duration_s, cut
-to whole ms, so watch_end ts = exposure ts + value).  Every feedback event lies at or after
-its exposure; interactions lie inside the watch (or play).
+a maximum: a few seconds in the default world, mostly under a second in ``m3like``); the
+viewer then stays in the room for a bounce (< 3 s) or a lognormal watch, longer when the click
+came in a highlight; during the watch likes, comments and gifts arrive as Poisson processes
+whose rates rise while the live is in a highlight (drawn by thinning), and a follow may happen.
+Short video: the play progress (a fraction of the video, > 1 on replays), like and follow
+depend on the same affinity; the play ends with a watch_end whose value is the seconds played
+(progress x the video's duration_s, cut to whole ms, so watch_end ts = exposure ts + value).
+Every feedback event lies at or after its exposure; interactions lie inside the watch (or
+play).
 """
 
 from __future__ import annotations
