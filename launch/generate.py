@@ -2,7 +2,9 @@
 
     python -m launch.generate --preset=small --out=DIR --seed=1
 
-Size flags (--users, --authors, --hours, --topics, --live_exposures) default to the preset's.
+Presets (mcjax/sim/config.py): small (tests), default (make run), m3like (the default sizes
+with KuaiLive-M3-like timing).  Size flags (--users, --authors, --hours, --topics,
+--live_exposures) default to the preset's.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import ml_collections
 from mcjax import losses
 from mcjax.model import config as model_config
 from mcjax.moment.config import MomentConfig
+from mcjax.sim import config as sim_config
 
 MODES = ("online", "offline")
 
@@ -95,8 +96,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.offline_split must be in (0, 1), got {cfg.train.offline_split}")
   if len(tuple(cfg.mesh.shape)) != 2:
     raise ValueError(f"config.mesh.shape must have 2 entries (data, model), got {cfg.mesh.shape}")
-  if not cfg.data.log_dir and cfg.data.preset not in ("small", "default"):
-    raise ValueError(f"config.data.preset must be 'small' or 'default', got {cfg.data.preset!r}")
+  if not cfg.data.log_dir and cfg.data.preset not in sim_config.PRESETS:
+    raise ValueError(f"config.data.preset must be one of {sorted(sim_config.PRESETS)}, "
+                     f"got {cfg.data.preset!r}")
   MomentConfig(**cfg.moment.to_dict()).validate()
   if cfg.moment.features_at != "exposure":
     raise ValueError(

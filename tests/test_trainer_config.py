@@ -11,6 +11,7 @@ import trainer_fixtures as fx
 
 from mcjax import config as mcconfig
 from mcjax import trainer
+from mcjax.sim import config as sim_config
 
 
 def _launch(tmp_path, *flags):
@@ -72,6 +73,14 @@ def test_validate_names_the_key(key, value, message):
     node = node[part]
   node[leaf] = value
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    mcconfig.validate(cfg)
+
+
+def test_validate_accepts_every_world_preset():
+  cfg = fx.tiny_config()
+  cfg.data.log_dir = ""
+  for preset in sim_config.PRESETS:
+    cfg.data.preset = preset
     mcconfig.validate(cfg)
 
 

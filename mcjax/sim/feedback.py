@@ -1,14 +1,16 @@
 """Delayed, timestamped feedback on each exposure, and the click oracle.
 
 Live: a logistic click model (base + user-author affinity + highlight strength) decides the
-click, a few seconds after the impression; the viewer then stays in the room for a bounce
-(< 3 s) or a lognormal watch, longer when the click came in a highlight; during the watch
-likes, comments and gifts arrive as Poisson processes whose rates rise while the live is in a
-highlight (drawn by thinning), and a follow may happen.  Short video: the play progress (a
-fraction of the video, > 1 on replays), like and follow depend on the same affinity; the play
-ends with a watch_end whose value is the seconds played (progress x the video's duration_s, cut
-to whole ms, so watch_end ts = exposure ts + value).  Every feedback event lies at or after
-its exposure; interactions lie inside the watch (or play).
+click, which follows the impression after a delay (a fixed minimum plus an exponential, cut at
+a maximum: a few seconds in the default world, mostly under a second in ``m3like``); the
+viewer then stays in the room for a bounce (< 3 s) or a lognormal watch, longer when the click
+came in a highlight; during the watch likes, comments and gifts arrive as Poisson processes
+whose rates rise while the live is in a highlight (drawn by thinning), and a follow may happen.
+Short video: the play progress (a fraction of the video, > 1 on replays), like and follow
+depend on the same affinity; the play ends with a watch_end whose value is the seconds played
+(progress x the video's duration_s, cut to whole ms, so watch_end ts = exposure ts + value).
+Every feedback event lies at or after its exposure; interactions lie inside the watch (or
+play).
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def _thinned(rng: np.random.Generator, ent: Entities, live: np.ndarray, start: n
   return row[keep][order], ts[keep][order]
 
 
+def _click_delay_ms(cfg: C.WorldConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+  """Entry delays after the impression: min + exponential(mean), cut at max, in whole ms."""
+  delay = cfg.click_delay_min_s * 1000.0 + rng.exponential(cfg.click_delay_s * 1000.0, n)
+  return np.minimum(delay, cfg.click_delay_max_s * 1000.0).astype(np.int64)
+
+
 def live_feedback(cfg: C.WorldConfig, ent: Entities, ex: LiveExposures, oracle: ClickOracle,
                   rng: np.random.Generator) -> Feedback:
   """Click, watch_end, like, comment, gift and follow events of the live exposures."""
@@ -94,8 +102,7 @@ def live_feedback(cfg: C.WorldConfig, ent: Entities, ex: LiveExposures, oracle: 
   live, user = ex.live[clicked], ex.user[clicked]
   author = ent.live_author[live]
   aff = ent.affinity(cfg, user, author)
-  delay = np.minimum(1000.0 + rng.exponential(cfg.click_delay_s * 1000.0, len(clicked)), 30e3)
-  click_ts = ex.ts_ms[clicked] + delay.astype(np.int64)
+  click_ts = ex.ts_ms[clicked] + _click_delay_ms(cfg, rng, len(clicked))
   s_click = highlight_strength_at(ent, live, click_ts)
   watch_s = np.where(
       rng.random(len(clicked)) < cfg.bounce_share,
