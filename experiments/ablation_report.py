@@ -33,6 +33,7 @@ STATS = ("auc", "uauc", "gauc", "logloss")
 SLICES = ("highlight", "non_highlight", "live_sparse", "other")
 FRESH = ("full", "no_moment", "no_crowd", "baseline")  # scorers of the freshness section
 PLACEBO = "full, placebo (15 min before each highlight)"
+CALIBRATION_MARGIN = 0.05  # a logloss more than 5% above the base rate's is flagged
 TABLE = {"tablefmt": "github", "disable_numparse": True}
 
 
@@ -233,17 +234,45 @@ def expectations(c: dict) -> list[list[str]]:
     sign = "yes" if np.isfinite(m) and m > 0 else "no"
     rows.append([text, fmt(ms, sign=True), significance(ms), sign,
                  "met" if met else "not met"])
-  if "no_moment" in have:
-    check("full - no_moment, CTR AUC", mean_std(paired(stat(c, "full", "ctr", "auc"),
-                                                       stat(c, "no_moment", "ctr", "auc"))))
-    check("(full - no_moment) highlight - non-highlight",
-          gap(c, "no_moment", "highlight", "non_highlight"))
+  for other, part in (("no_moment", "the 30 s sample stream"),
+                      ("no_crowd", "the real-time crowd features")):
+    if other in have:
+      check(f"full - {other} ({part}), CTR AUC",
+            mean_std(paired(stat(c, "full", "ctr", "auc"), stat(c, other, "ctr", "auc"))))
+      check(f"(full - {other}) highlight - non-highlight",
+            gap(c, other, "highlight", "non_highlight"))
   if "no_cross" in have:
     check("(full - no_cross) live-sparse - other", gap(c, "no_cross", "live_sparse", "other"))
   if "no_first_only" in have:
     check("full - no_first_only, CTR AUC",
           mean_std(paired(stat(c, "full", "ctr", "auc"), stat(c, "no_first_only", "ctr", "auc"))))
   return rows
+
+
+def base_logloss(c: dict, name: str, task: str) -> dict:
+  """seed -> the base-rate logloss of the config's evaluation records (from n and pos)."""
+  n, pos = stat(c, name, task, "n"), stat(c, name, task, "pos")
+  return {s: metrics.base_rate_logloss(pos[s], n[s]) for s in n
+          if n[s] is not None and pos[s] is not None}
+
+
+def calibration_table(c: dict, names) -> tuple[str, list[str]]:
+  """Logloss against the base-rate logloss per config and task, and the configs/tasks whose
+  logloss exceeds it by more than CALIBRATION_MARGIN (relative) in some seed."""
+  rows, bad = [], []
+  for n in names:
+    row = [n]
+    for task in TASKS:
+      ll, base = stat(c, n, task, "logloss"), base_logloss(c, n, task)
+      ratio = {s: ll[s] / base[s] for s in ll if ll[s] is not None and base.get(s)}
+      row += [fmt(mean_std(ll.values())), fmt(mean_std(base.values())),
+              fmt(mean_std(ratio.values()), digits=3)]
+      if any(r > 1 + CALIBRATION_MARGIN for r in ratio.values()):
+        bad.append(f"{n} {task}")
+    rows.append(row)
+  head = ["config"] + [f"{t.upper()} {k}" for t in TASKS
+                       for k in ("logloss", "base-rate logloss", "ratio")]
+  return tabulate(rows, head, **TABLE), bad
 
 
 def headroom_table(c: dict, names) -> str:
@@ -315,11 +344,20 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
                                              if plan["sizes"] else "")
       + f"; seed 0 has {sizes}.", "",
       f"Config overrides for every config: {plan['set'] or 'none'}.", "",
-      "## Expectations (issue 6)", "",
+      "## Expectations", "",
       tabulate(expectations(c), ["difference", "mean ± std", "|mean|/std", "positive",
                                  "> 2 std"], **TABLE), ""]
   for task in TASKS:
     lines += [f"## {task.upper()}", "", task_table(c, names, task), ""]
+  calib, bad = calibration_table(c, names)
+  lines += ["## Calibration", "",
+            "Evaluation logloss against the base-rate logloss (predicting the evaluation "
+            "records' own positive rate for every record; mean ± std over seeds) and their "
+            "ratio. A model fed inputs it never trained on shows here before its AUC does. "
+            + (f"Above the base rate by more than {CALIBRATION_MARGIN:.0%} in some seed: "
+               f"{', '.join(bad)}." if bad else
+               f"No config is above its base rate by more than {CALIBRATION_MARGIN:.0%} in "
+               "any seed."), "", calib, ""]
   report.plot_auc_over_time({n: c["metrics"][n][seed0] for n in ("full", "no_moment")
                              if n in c["metrics"]}, ("full", "no_moment"),
                             os.path.join(plots, "auc_over_time.png"))
@@ -335,7 +373,8 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
               "The oracle scores each evaluation record with the simulator's true click "
               "probability (`_oracle/exposures.parquet`, joined by exposure_id). Headroom share "
               "= (model AUC - baseline AUC) / (oracle AUC - baseline AUC) per seed, baseline = "
-              "`baseline` (no_moment + no_cross).", "", headroom_table(c, names), ""]
+              "`baseline` (on_close samples, no crowd features, no Cross).", "",
+              headroom_table(c, names), ""]
   if c["curves"]:
     fresh.plot(c["delays"], c["curves"], os.path.join(plots, "freshness.png"))
     lines += ["## Freshness after a highlight starts", "",

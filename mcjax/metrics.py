@@ -91,6 +91,18 @@ def logloss(y, p, weight=None) -> float:
   return float(np.sum(w * ll) / np.sum(w))
 
 
+def base_rate_logloss(pos: float, n: float) -> float:
+  """Logloss of predicting the positive rate pos / n for every record (the entropy of the
+  labels): the calibration yardstick. A model whose logloss is above it does worse than a
+  constant; far above it, it is being fed inputs it never trained on. NaN when n == 0."""
+  if n <= 0:
+    return float("nan")
+  p = min(max(pos / n, 0.0), 1.0)
+  if p in (0.0, 1.0):
+    return 0.0
+  return float(-(p * np.log(p) + (1.0 - p) * np.log1p(-p)))
+
+
 def per_user_auc(y, p, user):
   """Per-user AUC: (auc [U], n [U]) over the users in ``user`` (NaN for one-class users)."""
   y, p, _ = _as_arrays(y, p)
@@ -125,13 +137,15 @@ def _task_metrics(y, p, user, by_p, by_user) -> dict:
   """Metrics of one subset, given its records already sorted by p and by (user, p)."""
   n, pos = int(len(y)), int(np.sum(y))
   if n == 0:
-    return {"auc": None, "uauc": None, "gauc": None, "logloss": None, "n": 0, "pos": 0}
+    return {"auc": None, "uauc": None, "gauc": None, "logloss": None, "base_logloss": None,
+            "n": 0, "pos": 0}
   ones = np.ones(n)
   a, *_ = _grouped_auc_sorted(y[by_p], p[by_p], ones, np.zeros(n, np.int8))
   auc_u, n_u, _, _ = _grouped_auc_sorted(y[by_user], p[by_user], ones, user[by_user])
   u, g = _user_means(auc_u, n_u)
   return {"auc": _none_if_nan(a[0]), "uauc": _none_if_nan(u), "gauc": _none_if_nan(g),
-          "logloss": _none_if_nan(logloss(y, p)), "n": n, "pos": pos}
+          "logloss": _none_if_nan(logloss(y, p)),
+          "base_logloss": _none_if_nan(base_rate_logloss(pos, n)), "n": n, "pos": pos}
 
 
 def evaluate(probs, labels, mask, user_id, slices: dict | None = None,

@@ -29,7 +29,7 @@ def test_quick_study_writes_results(tmp_path):
   text = out.read_text()
   assert text.startswith("# Ablation study")
   assert "python experiments/ablation.py --quick" in text
-  for section in ("## Expectations", "## CTR", "## LVTR", "## LTR", "## Slices",
+  for section in ("## Expectations", "## CTR", "## LVTR", "## LTR", "## Calibration", "## Slices",
                   "## Oracle headroom", "## Freshness", "## Wall time"):
     assert section in text, section
   for png in ("auc_over_time.png", "slices.png", "freshness.png"):
