@@ -82,9 +82,16 @@ def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool
   except FileExistsError:
     raise
   except OSError as e:
-    raise OSError(e.errno, f"cannot write samples to {out_dir}: {e.strerror or e}"
+    raise OSError(f"cannot write samples to {out_dir}: {e.strerror or e}"
                   + (f" ({e.filename})" if e.filename else "")) from e
+  except RuntimeError as e:  # the ArrayRecord writer reports a failed write() this way
+    if not any(w in str(e) for w in _WRITE_FAILURES):
+      raise
+    raise OSError(f"cannot write samples to {out_dir}: {' '.join(str(e).split())}") from e
   return info
+
+
+_WRITE_FAILURES = ("write() failed", "No space left", "File too large", "quota")
 
 
 def _read_log(log_dir: str, validate: bool):
