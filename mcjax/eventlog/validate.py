@@ -282,6 +282,7 @@ def _check_exposures(table, where, cols, ev, dom) -> np.ndarray:
   ts = cols["ts_ms"]
   g, n = _groups(cols["exposure_id"])
   first = _first_rows(g, n)                 # first row (in file order) of each exposure
+  head = np.minimum(first, max(ts.size - 1, 0))  # gatherable (empty groups: never read)
   is_exp = ev == code[S.EXPOSURE]
   n_exp = np.bincount(g[is_exp], minlength=n)
   _check_if(where, "event", "exposure without an 'exposure' event", table, n_exp[g] == 0)
@@ -289,8 +290,8 @@ def _check_exposures(table, where, cols, ev, dom) -> np.ndarray:
             is_exp & (n_exp[g] > 1))
   for col in ("user_id", "item_id", "author_id"):
     v = cols[col]
-    _check_if(where, col, f"{col} differs within one exposure_id", table, v != v[first][g])
-  _check_if(where, "domain", "domain differs within one exposure_id", table, dom != dom[first][g])
+    _check_if(where, col, f"{col} differs within one exposure_id", table, v != v[head][g])
+  _check_if(where, "domain", "domain differs within one exposure_id", table, dom != dom[head][g])
   exp_ts = _per_group_ts(g, n, is_exp, ts, 0)
   _check_if(where, "ts_ms", "event before its exposure's 'exposure' event", table,
             ts < exp_ts[g])
