@@ -17,10 +17,10 @@ import test_convert as tc  # the tiny KuaiLive / KuaiLive-M3 folders
 
 T = tc.T
 ROOT = tc.ROOT
-AT = sources.Where("click.csv", "timestamp", csv=True)
 
 
-def _times(values, tz=None, at=AT):
+def _times(values, tz=None):
+  at = sources.Where("click.csv", "timestamp", csv=True)
   return sources.parse_times(pa.array(values), at, tz)
 
 
@@ -44,7 +44,7 @@ def test_iso_times_need_a_zone_or_a_declared_tz():
 
 
 @pytest.mark.parametrize("values,row,words", [
-    ([str(T), "\\N"], "line 3", ["'\\\\N'", "not a time"]),
+    ([str(T), "\\N"], "line 3", ["'\\N'", "not a time"]),
     (["yesterday"], "line 2", ["'yesterday'", "not a time"]),
     ([str(T), "2025-05-01 10:00"], "line 3", ["'2025-05-01 10:00'", "without a zone", "--tz"]),
     ([str(T), str(T), str(T // 1000)], "line 4", [str(T // 1000), "not epoch ms"]),
@@ -99,7 +99,7 @@ def test_float_ids_that_lost_or_never_had_digits_are_refused(value):
 
 
 def test_null_marker_id_is_refused():
-  with pytest.raises(sources.SourceError, match=r"user.csv: column 'user_id', line 3: '\\\\N': "
+  with pytest.raises(sources.SourceError, match=r"user.csv: column 'user_id', line 3: '\\N': "
                      "a null marker"):
     sources.ids(pa.array(["1", "\\N"]), sources.Where("user.csv", "user_id", csv=True))
 
@@ -135,7 +135,7 @@ def _set_csv_cell(path, line, column, value):
 
 
 @pytest.mark.parametrize("value,words", [
-    ("\\N", ["'\\\\N'", "not a time"]),
+    ("\\N", ["'\\N'", "not a time"]),
     ("yesterday", ["'yesterday'"]),
     ("2025-05-01 10:00", ["without a zone"]),
 ])

@@ -59,8 +59,15 @@ class Where:
     return f"line {int(i) + 2}" if self.csv else f"row {int(i)}"
 
   def fail(self, problem: str, i: int | None = None, value=None):
-    at = f", {self.row(i)}: {value!r}" if i is not None else ""
+    at = f", {self.row(i)}: {_shown(value)}" if i is not None else ""
     raise SourceError(f"{self.file}: column '{self.column}'{at}: {problem}")
+
+
+def _shown(value) -> str:
+  """A cell for a message: printable text as '...' (a backslash as is), else its repr."""
+  if isinstance(value, str) and value.isprintable() and "'" not in value:
+    return f"'{value}'"
+  return repr(value)
 
 
 def where(table: pa.Table, column: str) -> Where:

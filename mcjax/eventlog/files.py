@@ -27,6 +27,8 @@ import time
 import zlib
 from collections.abc import Iterator
 
+from absl import logging
+
 MANIFEST = "checksums.json"
 _CHUNK = 1 << 22  # bytes read at a time while checksumming
 _ORPHAN_LOCK_AGE_S = 600
@@ -136,6 +138,7 @@ def clean_stale(target: str) -> list[str]:
     try:
       shutil.rmtree(path, ignore_errors=True)
       removed.append(path)
+      logging.warning("removed %s, the staging folder of a killed run", path)
       _remove(path + ".lock")
     finally:
       lock.close()
