@@ -4,7 +4,6 @@ checked on open; a changed, truncated or missing file is named."""
 import os
 import pickle
 
-import numpy as np
 import pytest
 
 from mcjax.eventlog import files

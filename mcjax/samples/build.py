@@ -71,11 +71,11 @@ def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool
   log, warnings = _read_log(log_dir, validate)
   validate_s = time.perf_counter() - start
   builder = moment.engine.SampleBuilder(log, moment_cfg)
-  prep_s = time.perf_counter() - start
+  prep_s = time.perf_counter() - start - validate_s
   try:
     with files.staging(out_dir) as tmp:
-      info = _write(builder, tmp, log_dir, moment_cfg, num_shards, prep_s)
-      info.update(validate_s=validate_s, log_warnings=warnings)
+      info = _write(builder, tmp, log_dir, moment_cfg, num_shards, prep_s + validate_s)
+      info.update(engine_prepare_s=prep_s, validate_s=validate_s, log_warnings=warnings)
       with open(os.path.join(tmp, BUILD_INFO), "w") as f:
         json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
       files.replace_dir(tmp, out_dir, overwrite)
@@ -112,7 +112,7 @@ def _read_log(log_dir: str, validate: bool):
 
 
 def _write(builder, tmp: str, log_dir: str, moment_cfg, num_shards, prep_s: float) -> dict:
-  """Writes the splits into ``tmp``; returns the build info."""
+  """Writes the splits into ``tmp``; returns the build info (``prep_s``: the time so far)."""
   start = time.perf_counter()
   meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
   counts = {}
@@ -164,9 +164,10 @@ def format_report(info: dict) -> str:
   rows = [[split] + [info["counts"][split][k] for k in kinds]
           + [sum(info["counts"][split].values())] for split in SPLITS]
   total = sum(r[-1] for r in rows)
+  total_s, engine_s = info["build_and_write_s"], info["engine_prepare_s"]
+  read_s = info.get("validate_s", 0.0)  # with --novalidate: the engine's own read
   lines = [tabulate(rows, headers=["split"] + kinds + ["total"]),
-           f"engine labels: {info['engine_prepare_s']:.1f} s; features + shards: "
-           f"{info['build_and_write_s'] - info['engine_prepare_s']:.1f} s; total "
-           f"{info['build_and_write_s']:.1f} s "
-           f"({total / max(info['build_and_write_s'], 1e-9):,.0f} samples/s)"]
+           f"log read + validation: {read_s:.1f} s; engine labels: {engine_s:.1f} s; "
+           f"features + shards: {total_s - engine_s - read_s:.1f} s; total {total_s:.1f} s "
+           f"({total / max(total_s, 1e-9):,.0f} samples/s)"]
   return "\n".join(lines)
