@@ -98,9 +98,22 @@ def test_corrupt_events_parquet_is_named_with_or_without_validation(tmp_path):
   with pytest.raises(V.LogValidationError, match=r"^log/events.parquet: unreadable Parquet "
                      r"file \(ArrowInvalid"):
     build.build_samples_dir(log, out, MomentConfig())
-  with pytest.raises(io.UnreadableTableError, match=r"log/events.parquet: unreadable Parquet"):
+  with pytest.raises(V.LogValidationError, match=r"^log/events.parquet: unreadable Parquet"):
     build.build_samples_dir(log, out, MomentConfig(), validate=False)
   assert not os.path.exists(out)
+
+
+def test_novalidate_still_names_a_nan_id_by_file_column_and_row(tmp_path):
+  log = _write(tmp_path, *_bad_log("nan user_id"))
+  with pytest.raises(V.LogValidationError, match=r"^log/events.parquet: column 'user_id': wrong "
+                     r"type double.*; row 3 holds NaN$"):
+    build.build_samples_dir(log, str(tmp_path / "samples"), MomentConfig(), validate=False)
+
+
+def test_sample_cache_may_not_overlap_the_log(tmp_path):
+  log = _write(tmp_path, *tv._example())
+  with pytest.raises(ValueError, match=r"the sample cache=.* lies inside the log="):
+    build.ensure_samples(log, os.path.join(log, "cache"), MomentConfig())
 
 
 def test_ids_missing_from_side_tables_warn_and_build(tmp_path, capsys):

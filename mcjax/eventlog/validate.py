@@ -454,6 +454,17 @@ def read_log(log_dir: str) -> tuple[pa.Table, dict, dict]:
   return events, side, oracle
 
 
+def check_types(events: pa.Table, side: dict, oracle: dict, where: str = "") -> None:
+  """Only the columns, types and nulls of every table (what a reader needs to cast them):
+  the check kept by ``--novalidate``, so a NaN id is still named by file, column and row."""
+  join = lambda name: os.path.join(where, name) if where else name
+  for name, table in side.items():
+    conform(table, S.SIDE_TABLES[name], join(name))
+  for name, table in oracle.items():
+    conform(table, S.ORACLE_TABLES[name], join(os.path.join(S.ORACLE_DIR, name)))
+  conform(events, S.EVENT_SCHEMA, join(S.EVENTS_FILE))
+
+
 def validate_log(log_dir: str) -> LogStats:
   """Validates a log folder; raises LogValidationError, or returns its statistics."""
   events, side, oracle = read_log(log_dir)

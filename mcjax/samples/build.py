@@ -9,8 +9,8 @@ side tables, oracle; a table may be a folder of parts).
 
 Before anything is written: the output may not overlap the log (``files.check_apart``), an
 existing output is replaced only with ``overwrite`` and only if it is a samples folder, and
-the log is validated (``eventlog.validate``; ``validate=False`` skips it) from one read of its
-tables, which the engine then reuses. Writing happens in a locked staging folder (stale ones
+the log is validated (``eventlog.validate``; ``validate=False`` keeps only the check of its
+columns and types) from one read of its tables, which the engine then reuses. Writing happens in a locked staging folder (stale ones
 of killed runs are removed); an ``OSError`` while writing (a full disk) is re-raised as one
 naming the output folder, which is left as it was.
 """
@@ -95,20 +95,23 @@ _WRITE_FAILURES = ("write() failed", "No space left", "File too large", "quota")
 
 
 def _read_log(log_dir: str, validate: bool):
-  """(what the engine reads: the validated tables, or the folder; validation warnings)."""
-  if not validate:
-    return log_dir, []
+  """(the log's tables, read once for the engine; validation warnings). Without ``validate``
+  only the tables' columns and types are checked (``validate.check_types``)."""
   from mcjax.moment.events import LogTables
   events, side, oracle = V.read_log(log_dir)
-  stats = V.validate_tables(events, side, oracle,
-                            where=os.path.basename(os.path.normpath(log_dir)))
-  for w in stats.warnings:
+  where = os.path.basename(os.path.normpath(log_dir))
+  warnings = []
+  if validate:
+    warnings = V.validate_tables(events, side, oracle, where=where).warnings
+  else:
+    V.check_types(events, side, oracle, where=where)
+  for w in warnings:
     print(f"WARNING: {w}", file=sys.stderr)
   tables = LogTables(events=events, users=side["users.parquet"],
                      authors=side["authors.parquet"], lives=side["lives.parquet"],
                      videos=side["videos.parquet"],
                      oracle_exposures=oracle.get("exposures.parquet"))
-  return tables, stats.warnings
+  return tables, warnings
 
 
 def _write(builder, tmp: str, log_dir: str, moment_cfg, num_shards, prep_s: float) -> dict:
@@ -148,6 +151,7 @@ def ensure_samples(log_dir: str, cache_root: str, moment_cfg, *, validate: bool 
   folder already in place.
   """
   path = os.path.join(os.path.abspath(cache_root), cache_key(log_dir, moment_cfg))
+  files.check_apart({"the log": log_dir}, {"the sample cache": path})
   if os.path.exists(os.path.join(path, BUILD_INFO)):
     return path
   try:
