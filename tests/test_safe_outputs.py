@@ -178,19 +178,20 @@ def _stale(parent, name):
 
 def test_staging_folders_of_killed_runs_are_cleaned_but_live_ones_kept(tmp_path):
   log = _log(tmp_path)
-  dead_old = _stale(tmp_path, ".tmp-samples-k1ll3d")            # an older mcjax: no lock
-  dead = _stale(tmp_path, ".tmp-samples-d3ad00")
-  open(dead + ".lock", "w").close()                            # its writer is gone
-  live = _stale(tmp_path, ".tmp-samples-l1ve00")
+  dead_old = _stale(tmp_path, ".tmp-samples-k1ll3d00")  # an older mcjax: no lock file
+  dead = _stale(tmp_path, ".tmp-samples-d3ad0000")
+  open(dead + ".lock", "w").close()                      # its writer is gone
+  live = _stale(tmp_path, ".tmp-samples-l1ve0000")
+  mine = _stale(tmp_path, ".tmp-samples-notes")          # not a staging name: never touched
   holder = open(live + ".lock", "w")
-  fcntl.flock(holder, fcntl.LOCK_EX)                           # a writer still at work
+  fcntl.flock(holder, fcntl.LOCK_EX)                     # a writer still at work
   try:
     build.build_samples_dir(log, str(tmp_path / "samples"), MomentConfig())
     left = sorted(n for n in os.listdir(tmp_path) if n.startswith("."))
-    assert left == [".tmp-samples-l1ve00", ".tmp-samples-l1ve00.lock"]
+    assert left == [".tmp-samples-l1ve0000", ".tmp-samples-l1ve0000.lock", ".tmp-samples-notes"]
   finally:
     holder.close()
-  assert not os.path.exists(dead_old) and not os.path.exists(dead)
-  _stale(tmp_path, ".tmp-log2-x")
+  assert not os.path.exists(dead_old) and not os.path.exists(dead) and os.path.isdir(mine)
+  _stale(tmp_path, ".tmp-log2-x0000000")
   io.write_log(str(tmp_path / "log2"), *tv._example())
-  assert not os.path.exists(tmp_path / ".tmp-log2-x")
+  assert not os.path.exists(tmp_path / ".tmp-log2-x0000000")

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -96,12 +97,6 @@ def check_replaceable(path: str, label: str, marks: tuple[str, ...], kind: str) 
 
 # ---------------------------------------------------------------------------- staging
 
-def _umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 def _try_lock(path: str):
   """An open file holding an exclusive flock on ``path``, or None when another holds it."""
   try:
@@ -119,17 +114,19 @@ def _try_lock(path: str):
 def clean_stale(target: str) -> list[str]:
   """Removes the staging folders of ``target`` whose writer is gone; returns their paths.
 
-  A staging folder is stale when no process holds the flock of its ``.lock`` sibling (or,
-  for folders of older versions, when it has no ``.lock`` sibling at all).
+  A staging folder is named ``.tmp-<name>-`` and tempfile's 8 random characters; it is stale
+  when no process holds the flock of its ``.lock`` sibling (or, for folders of older versions,
+  when it has no ``.lock`` sibling at all). Other names are never touched.
   """
-  parent, prefix = os.path.dirname(_abs(target)), f".tmp-{os.path.basename(_abs(target))}-"
+  parent, base = os.path.dirname(_abs(target)), os.path.basename(_abs(target))
+  ours = re.compile(rf"\.tmp-{re.escape(base)}-[a-z0-9_]{{8}}(\.lock)?")  # tempfile's names
   try:
-    names = os.listdir(parent)
+    names = [n for n in os.listdir(parent) if ours.fullmatch(n)]
   except OSError:
     return []
   removed = []
   for name in sorted(names):
-    if not name.startswith(prefix) or name.endswith(".lock"):
+    if name.endswith(".lock"):
       continue
     path = os.path.join(parent, name)
     lock = _try_lock(path + ".lock")
@@ -144,7 +141,7 @@ def clean_stale(target: str) -> list[str]:
       lock.close()
   for name in names:  # old locks whose folder is gone (a writer killed between two removals;
     # a young one may belong to a writer that has not locked or created its folder yet)
-    if name.startswith(prefix) and name.endswith(".lock"):
+    if name.endswith(".lock"):
       path = os.path.join(parent, name)
       if not os.path.exists(path[:-len(".lock")]) and _age_s(path) > _ORPHAN_LOCK_AGE_S:
         lock = _try_lock(path)
@@ -187,7 +184,7 @@ def staging(target: str) -> Iterator[str]:
   fcntl.flock(lock, fcntl.LOCK_EX)
   path = lock_path[:-len(".lock")]
   try:
-    os.mkdir(path, 0o777 & ~_umask())
+    os.mkdir(path)  # 0o777 less the umask (mkdtemp would make it 0o700)
     yield path
   finally:
     shutil.rmtree(path, ignore_errors=True)
