@@ -7,23 +7,33 @@ writes ``SAMPLES_DIR/train/`` and ``SAMPLES_DIR/eval/`` (see ``mcjax.samples.sha
 Every ``MomentConfig`` field is a flag of the same name (``--features_at=sample``,
 ``--max_watch_s=1800``, ...); flags left unset take its defaults. The library side (and the cache
 the trainer uses) is ``mcjax.samples.build``.
+
+The log is validated first (as ``launch.validate`` does; ``--novalidate`` skips it) and nothing
+is written when it is invalid, when ``--out`` overlaps ``--events``, or when ``--out`` exists
+(without ``--overwrite``, or is not a samples folder). Every refusal or failure is one line on
+stderr and exit code 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 from absl import app, flags
 
 from mcjax.moment.config import CHOICES, MomentConfig
+from mcjax.eventlog.validate import LogValidationError
 from mcjax.samples.build import build_samples_dir, format_report
 
 _LOG = flags.DEFINE_string("events", None, "Event-log folder to read.")
 _OUT = flags.DEFINE_string("out", None, "Samples folder to write.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per part "
                                    "(default: from the size).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists (a samples "
+                                "folder only, never one overlapping --events).")
+_VALIDATE = flags.DEFINE_bool("validate", True, "Validate the log first (as launch.validate); "
+                              "--novalidate skips it.")
 
 
 def _define_moment_flags() -> dict:
@@ -56,8 +66,14 @@ def main(argv) -> None:
   del argv
   if not _LOG.value or not _OUT.value:
     raise app.UsageError("--events and --out are required")
-  info = build_samples_dir(_LOG.value, _OUT.value, moment_config_from_flags(),
-                           overwrite=_OVERWRITE.value, num_shards=_NUM_SHARDS.value)
+  cfg = moment_config_from_flags()
+  try:
+    info = build_samples_dir(_LOG.value, _OUT.value, cfg, overwrite=_OVERWRITE.value,
+                             num_shards=_NUM_SHARDS.value, validate=_VALIDATE.value)
+  except LogValidationError as e:
+    sys.exit(f"INVALID: {e}")
+  except (ValueError, OSError) as e:  # overlap, exists, unreadable log, full disk, ...
+    sys.exit(f"ERROR: {e}")
   print(f"wrote {os.path.abspath(_OUT.value)}")
   print(format_report(info))
 

@@ -23,6 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and caches go.",
                                required=True)
 _DATA = flags.DEFINE_string("data", None, "An event-log folder (overrides config.data.log_dir).")
+_VALIDATE = flags.DEFINE_bool("validate", True, "Validate the --data log first (as "
+                              "launch.validate); --novalidate skips it.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -35,6 +37,8 @@ def main(argv) -> None:
   cfg = _CONFIG.value
   if _DATA.value:
     cfg.data.log_dir = _DATA.value
+    if _VALIDATE.value:
+      _refuse_bad_log(_DATA.value)
   from mcjax import config as mcconfig
   from mcjax import distributed, trainer
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
@@ -46,6 +50,15 @@ def main(argv) -> None:
   logging.info("done: ctr auc=%s gauc=%s", ctr.get("auc"), ctr.get("gauc"))
   print(f"{cfg.name}: CTR AUC {ctr.get('auc')}, GAUC {ctr.get('gauc')} -> "
         f"{_WORKDIR.value}/metrics.json")
+
+
+def _refuse_bad_log(log_dir: str) -> None:
+  """The --data door: the log validator's first broken rule exits (warnings are printed)."""
+  from mcjax.eventlog import validate
+  try:
+    validate.check_log(log_dir)
+  except validate.LogValidationError as e:
+    sys.exit(f"FATAL invalid --data log: {e}")
 
 
 def _refuse_bad_config(check, cfg) -> None:

@@ -46,6 +46,12 @@ def _kuailive(folder, click_header="user_id,live_id,streamer_id,timestamp,watch_
   return str(folder)
 
 
+def _sub(folder, name):
+  """A new subfolder: sources and outputs must not overlap, so sources go in their own."""
+  (folder / name).mkdir()
+  return folder / name
+
+
 def _rows(events):
   """(ts - T, exposure_id, event, value) per row."""
   return list(zip((events.column("ts_ms").to_numpy() - T).tolist(),
@@ -82,7 +88,7 @@ def test_kuailive_events_and_side_tables(tmp_path):
 
 
 def test_kuailive_launcher_writes_a_valid_log(tmp_path):
-  src = _kuailive(tmp_path)
+  src = _kuailive(_sub(tmp_path, "src"))
   out = tmp_path / "log"
   cmd = [sys.executable, "-m", "launch.convert", "--format=kuailive", f"--src={src}",
          f"--out={out}"]
@@ -95,7 +101,7 @@ def test_kuailive_launcher_writes_a_valid_log(tmp_path):
 
 
 def test_missing_column_or_file_names_file_and_column(tmp_path):
-  src = _kuailive(tmp_path, click_header="user_id,live_id,streamer_id,timestamp,watch_time")
+  src = _kuailive(_sub(tmp_path, "src"), click_header="user_id,live_id,streamer_id,timestamp,watch_time")
   with pytest.raises(sources.SourceError, match=r"click.csv: missing column\(s\) 'watch_live_time'"):
     convert.convert_to_log("kuailive", src, str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
@@ -175,7 +181,7 @@ def test_kuailive_m3_events_and_side_tables(tmp_path):
 
 def test_kuailive_m3_writes_log_and_names_missing_column(tmp_path):
   out = str(tmp_path / "log")
-  stats, log_stats = convert.convert_to_log("kuailive_m3", _m3(tmp_path), out)
+  stats, log_stats = convert.convert_to_log("kuailive_m3", _m3(_sub(tmp_path, "src")), out)
   assert log_stats.domains == {"live": 14, "short_video": 6}
   assert V.validate_log(out).rows == 20 and io.read_events(out).num_rows == 20
   bad = tmp_path / "bad"

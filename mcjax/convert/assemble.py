@@ -10,11 +10,14 @@ the same instant.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mcjax.convert import sources as src_
+from mcjax.eventlog import files
 from mcjax.eventlog import io
 from mcjax.eventlog import schema as S
 from mcjax.eventlog import validate as V
@@ -30,6 +33,7 @@ class ConvertStats:
   events: dict[str, int] = dataclasses.field(default_factory=dict)
   dropped: dict[str, int] = dataclasses.field(default_factory=dict)
   notes: dict[str, int] = dataclasses.field(default_factory=dict)
+  time_units: dict[str, str] = dataclasses.field(default_factory=dict)  # "file:column" -> how
 
   def drop(self, reason: str, mask: np.ndarray) -> np.ndarray:
     """Counts the rows of ``mask`` under ``reason``; returns the rows to keep (~mask)."""
@@ -39,9 +43,32 @@ class ConvertStats:
   def summary(self) -> str:
     part = lambda d: ", ".join(f"{k}={v}" for k, v in d.items()) or "none"
     return "\n".join([f"rows read: {part(self.rows_read)}",
+                      f"time columns read as: {part(self.time_units)}",
                       f"events written: {part(self.events)}",
                       f"dropped rows: {part(self.dropped)}",
                       f"notes: {part(self.notes)}"])
+
+
+def read_keyed(src: str, name: str, columns: list[str], stats: ConvertStats, *,
+               ids=(), times=(), optional_times=(), tz: str | None = None
+               ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+  """Reads a source file and parses its id and time columns (row numbers as in the file).
+
+  Rows with a null id or a null time of ``times`` are dropped and counted per column (a
+  null in ``optional_times`` is kept as MISSING); how each time column was read (its epoch
+  unit, ISO with zone, ...) goes into ``stats.time_units``. Returns the kept rows of the
+  table and the parsed columns (int64).
+  """
+  t = src_.read_source(src, name, columns, text=(*ids, *times, *optional_times))
+  stats.rows_read[name] = t.num_rows
+  cols = {c: src_.ids(t.column(c), src_.where(t, c)) for c in ids}
+  for c in (*times, *optional_times):
+    cols[c], how = src_.parse_times(t.column(c), src_.where(t, c), tz)
+    stats.time_units[f"{name}:{c}"] = how
+  keep = np.ones(t.num_rows, bool)
+  for c in (*ids, *times):
+    keep &= stats.drop(f"{name}: null {c}", (cols[c] < 0) & keep)
+  return t.filter(pa.array(keep)), {c: v[keep] for c, v in cols.items()}
 
 
 class LogBuilder:
@@ -192,6 +219,15 @@ def complete_lives(lives: pa.Table, events: pa.Table, stats: ConvertStats) -> pa
       "end_ms": seen.column("ts_ms_max").to_numpy()})
   stats.notes["lives only seen in events"] = out.num_rows - n0
   return out
+
+
+def check_output(src: str, out_dir: str, overwrite: bool) -> None:
+  """Refuses, before reading anything, an output that overlaps the source folder, exists
+  without ``overwrite``, or is not a log folder that ``overwrite`` may replace."""
+  files.check_apart({"--src": src}, {"--out": out_dir})
+  if os.path.lexists(out_dir) and not overwrite:
+    raise FileExistsError(f"--out={out_dir} already exists (pass --overwrite to replace it)")
+  files.check_replaceable(out_dir, "--out", io.LOG_MARKS, "an event-log folder")
 
 
 def finish(events: pa.Table, side: dict[str, pa.Table], out_dir: str, overwrite: bool,

@@ -11,6 +11,8 @@ Mapping (see the public dataset notes):
   (follow_author_cnt > 0) at the end of the watch; like/comment rows matching no watch are
   dropped and counted;
 * live_show row: live exposure without click;
+* ids and times are read by ``sources`` (``tz``: the zone of local times); rows with a null id
+  or time are dropped and counted per column (a null end is filled as described);
 * photo_play row: short_video exposure at enter_timestamp, watch_end at leave_timestamp with
   the play time (leave - enter, ms) in seconds, a like (at leave_timestamp) when
   like_status_type says liked, a follow when followed after but not before the play.
@@ -49,17 +51,11 @@ COLUMNS = {
 }
 
 
-def _read(src, name, stats, id_cols, time_cols):
-  """Reads a file; returns (table, {column: int64 array}) without rows whose ids/times are bad."""
-  t = src_.read_source(src, name, COLUMNS[name])
-  stats.rows_read[name] = t.num_rows
-  cols = {c: src_.ids(t.column(c)) for c in id_cols}
-  cols.update({c: src_.times_ms(t.column(c)) for c in time_cols})
-  bad = np.zeros(t.num_rows, bool)
-  for v in cols.values():
-    bad |= v < 0
-  keep = stats.drop(f"{name}: null or negative id/timestamp", bad)
-  return t.filter(pa.array(keep)), {c: v[keep] for c, v in cols.items()}
+def _read(src, name, stats, id_cols, time_cols, optional_times=(), *, tz):
+  """Reads a file; returns (table, {column: int64 array}) without rows whose ids/times are
+  null (counted per column; ``optional_times`` may be null: MISSING)."""
+  return A.read_keyed(src, name, COLUMNS[name], stats, ids=id_cols, times=time_cols,
+                      optional_times=optional_times, tz=tz)
 
 
 def _liked(col) -> np.ndarray:
@@ -84,11 +80,11 @@ def _placed(b, spans, u, l, start, end, name, qu, ql, qts, counts, event, stats)
   stats.notes[f"{event} counted without a timestamp (at watch end)"] = int(rest.sum())
 
 
-def _live(src, b, stats) -> None:
+def _live(src, b, stats, tz) -> None:
   t, c = _read(src, "live_interaction.csv", stats, ["user_id", "author_id", "live_id"],
-               ["live_play_start_timestamp"])
+               ["live_play_start_timestamp"], ["live_play_end_timestamp"], tz=tz)
   start = c["live_play_start_timestamp"]
-  end = src_.times_ms(t.column("live_play_end_timestamp"))
+  end = c["live_play_end_timestamp"]
   dur = src_.numbers(t.column("play_duration"), fill=np.nan)
   end = np.where(end >= start, end, start + np.round(np.nan_to_num(dur, nan=-1)).astype(np.int64))
   dur = np.where(dur >= 0, dur, end - start)
@@ -99,10 +95,12 @@ def _live(src, b, stats) -> None:
   spans = b.add_exposures(start, u, S.LIVE, l, a)
   b.add_events(spans, start, S.CLICK, 0.0)
   b.add_events(spans, end, S.WATCH_END, dur / 1000.0)
-  _, k = _read(src, "live_like.csv", stats, ["user_id", "live_id"], ["like_timestamp"])
+  _, k = _read(src, "live_like.csv", stats, ["user_id", "live_id"], ["like_timestamp"],
+               tz=tz)
   _placed(b, spans, u, l, start, end, "live_like.csv", k["user_id"], k["live_id"],
           k["like_timestamp"], src_.numbers(t.column("like_cnt")), S.LIKE, stats)
-  _, k = _read(src, "live_comment.csv", stats, ["user_id", "live_stream_id"], ["comment_ts"])
+  _, k = _read(src, "live_comment.csv", stats, ["user_id", "live_stream_id"], ["comment_ts"],
+               tz=tz)
   _placed(b, spans, u, l, start, end, "live_comment.csv", k["user_id"], k["live_stream_id"],
           k["comment_ts"], src_.numbers(t.column("comment_cnt")), S.COMMENT, stats)
   cnt = np.maximum(src_.numbers(t.column("send_gift_cnt")), 0).astype(np.int64)
@@ -113,13 +111,13 @@ def _live(src, b, stats) -> None:
   fol = src_.numbers(t.column("follow_author_cnt")) > 0
   b.add_events(spans[fol], end[fol], S.FOLLOW, 0.0)
   _, s = _read(src, "live_show.parquet", stats, ["live_id", "user_id", "author_id"],
-               ["show_timestamp"])
+               ["show_timestamp"], tz=tz)
   b.add_exposures(s["show_timestamp"], s["user_id"], S.LIVE, s["live_id"], s["author_id"])
 
 
 def _videos(src, stats) -> pa.Table:
-  m, c = _read(src, "photo_meta.parquet", stats, ["photo_id", "author_id"], [])
-  tag, tc = _read(src, "photo_tag.csv", stats, ["photo_id"], [])
+  m, c = _read(src, "photo_meta.parquet", stats, ["photo_id", "author_id"], [], tz=None)
+  tag, tc = _read(src, "photo_tag.csv", stats, ["photo_id"], [], tz=None)
   cat1 = src_.name_hash(tag.column("first_level_category_name"))
   cat2 = src_.name_hash(tag.column("second_level_category_name"))
   pid = c["photo_id"]
@@ -131,9 +129,9 @@ def _videos(src, stats) -> pa.Table:
       schema=S.VIDEO_SCHEMA), "video_id")
 
 
-def _plays(src, b, stats) -> None:
+def _plays(src, b, stats, tz) -> None:
   t, c = _read(src, "photo_play.parquet", stats, ["user_id", "photo_id", "author_id"],
-               ["enter_timestamp", "leave_timestamp"])
+               ["enter_timestamp", "leave_timestamp"], tz=tz)
   enter, leave = c["enter_timestamp"], c["leave_timestamp"]
   keep = stats.drop("photo_play.parquet: leave_timestamp before enter_timestamp", leave < enter)
   t = t.filter(pa.array(keep))
@@ -148,18 +146,22 @@ def _plays(src, b, stats) -> None:
   b.add_events(plays[fol], leave[fol], S.FOLLOW, 0.0)
 
 
-def convert(src: str) -> tuple[pa.Table, dict[str, pa.Table], A.ConvertStats]:
-  """Reads a KuaiLive-M3 folder; returns (events, side tables, stats), not yet validated."""
+def convert(src: str, tz: str | None = None
+            ) -> tuple[pa.Table, dict[str, pa.Table], A.ConvertStats]:
+  """Reads a KuaiLive-M3 folder; returns (events, side tables, stats), not yet validated.
+
+  ``tz``: the zone of local (zone-less) times in the files; None refuses them.
+  """
   stats = A.ConvertStats()
   b = A.LogBuilder()
-  _live(src, b, stats)
+  _live(src, b, stats, tz)
   videos = _videos(src, stats)
-  _plays(src, b, stats)
+  _plays(src, b, stats, tz)
   events = b.build()
-  return events, _side(src, events, videos, stats), stats
+  return events, _side(src, events, videos, stats, tz), stats
 
 
-def _side(src, events, videos, stats) -> dict[str, pa.Table]:
+def _side(src, events, videos, stats, tz) -> dict[str, pa.Table]:
   ev = {c: events.column(c).to_numpy(zero_copy_only=False)
         for c in ("user_id", "item_id", "author_id", "domain")}
   sv = ev["domain"] == S.SHORT_VIDEO
@@ -169,20 +171,20 @@ def _side(src, events, videos, stats) -> dict[str, pa.Table]:
   ka, kc = A.mode_by_key(va[vc != 0], vc[vc != 0])
 
   r, c = _read(src, "live_room_meta.parquet", stats, ["live_id", "author_id"],
-               ["start_timestamp"])
-  end = src_.times_ms(r.column("end_timestamp"))
+               ["start_timestamp"], ["end_timestamp"], tz=tz)
+  end = c["end_timestamp"]
   lives = A.complete_lives(pa.table({
       "live_id": c["live_id"], "author_id": c["author_id"],
       "category": A.lookup(ka, kc, c["author_id"], 0).astype(np.int32),
       "start_ms": c["start_timestamp"], "end_ms": pa.array(end, mask=end < 0)}), events, stats)
 
-  _, uc = _read(src, "user_id_set.csv", stats, ["user_id"], [])
+  _, uc = _read(src, "user_id_set.csv", stats, ["user_id"], [], tz=None)
   uid = np.unique(np.r_[uc["user_id"], ev["user_id"]])
   zeros = np.zeros(uid.size, np.int32)
   users = pa.table({"user_id": uid, "age_bucket": zeros, "gender": zeros,
                     "activity_bucket": zeros}, schema=S.USER_SCHEMA)
 
-  p, pc_ = _read(src, "author_profile.csv", stats, ["author_id"], [])
+  p, pc_ = _read(src, "author_profile.csv", stats, ["author_id"], [], tz=None)
   live_auth = np.r_[lives.column("author_id").to_numpy(), ev["author_id"][~sv]]
   aid = pc_["author_id"]
   authors = A.first_by_key(pa.table({

@@ -1,13 +1,36 @@
 """Reading foreign source files (CSV or Parquet) and turning their columns into log values.
 
 Every reader checks that the file and the columns it needs exist and raises ``SourceError``
-naming the file and column otherwise. Column converters are vectorised and deterministic:
-string ids that are plain decimal numbers become that number, other strings a 64-bit FNV-1a
-hash masked non-negative; category names become crc32 hashes masked to int31 (0 = unknown).
+naming the file and column otherwise; a value that cannot be read raises ``SourceError``
+naming the file, the column, the row (``line N`` of a CSV, header = line 1, blank lines not
+counted; ``row N`` of a Parquet file, from 0) and the value. Nothing is guessed silently:
+
+* **ids** (``ids``): an id is its decimal text. Decimal strings (surrounding spaces, leading
+  zeros and a ``.0`` fraction ignored) and integers in [0, 2^63) keep their value; anything
+  else, including decimals from 2^63 up (uint64 ids above the int64 range, and numbers beyond
+  uint64 such as ``99999999999999999999``) and negative numbers, is hashed as its (canonical
+  decimal) text with 64-bit FNV-1a masked non-negative, so the log keeps ids >= 0. (A
+  two's-complement reinterpretation of uint64 ids would make them negative, which the log
+  forbids.) CSV id columns are read as text, so a long id never turns the column into floats.
+  Float id columns (Parquet) must hold whole numbers below 2^53 (beyond it a float has already
+  merged neighbouring ids); NaN or a fraction is an error. ``\\N`` is an error (a Hive/MySQL
+  null marker: write an empty cell). After hashing, two different ids mapping to one value is
+  an error, so ids are never merged.
+* **times** (``parse_times``): integers (or decimal strings) are epoch times whose unit, s, ms,
+  us or ns, is told by the magnitude of the column's median (< 1e11 s, < 1e14 ms, < 1e17 us,
+  else ns) and reported; a value of another magnitude than the rest of its column (mixed units,
+  a 0 placeholder) or negative is an error. ISO 8601 strings need a zone (``Z``, ``+08:00``);
+  local ones (``2025-05-01 10:00``) are an error unless the converter was given the zone of
+  its local times (``--tz=Asia/Shanghai``), as are Parquet timestamps without a zone. Anything
+  else (``\\N``, ``yesterday``) is an error. Nulls (empty cells) are returned as MISSING for
+  the converter to drop and count.
+
+Category names become crc32 hashes masked to int31 (0 = unknown).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 
@@ -17,11 +40,40 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-MISSING = -1  # id / time of a null or unparsable cell; rows holding it are dropped
+MISSING = -1  # id / time of a null cell; the converter drops (and counts) rows holding it
+_META_FILE, _META_CSV = b"mcjax.source_file", b"mcjax.source_csv"
 
 
 class SourceError(ValueError):
-  """A source file is missing, unreadable, or lacks a needed column."""
+  """A source file is missing or unreadable, lacks a needed column, or holds a bad value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+  """A source column, for messages: its file, its name, and how its rows are counted."""
+  file: str = "?"
+  column: str = "?"
+  csv: bool = False
+
+  def row(self, i: int) -> str:
+    return f"line {int(i) + 2}" if self.csv else f"row {int(i)}"
+
+  def fail(self, problem: str, i: int | None = None, value=None):
+    at = f", {self.row(i)}: {_shown(value)}" if i is not None else ""
+    raise SourceError(f"{self.file}: column '{self.column}'{at}: {problem}")
+
+
+def _shown(value) -> str:
+  """A cell for a message: printable text as '...' (a backslash as is), else its repr."""
+  if isinstance(value, str) and value.isprintable() and "'" not in value:
+    return f"'{value}'"
+  return repr(value)
+
+
+def where(table: pa.Table, column: str) -> Where:
+  """The Where of a column of a table returned by ``read_source`` (rows as in the file)."""
+  meta = table.schema.metadata or {}
+  return Where(meta.get(_META_FILE, b"?").decode(), column, meta.get(_META_CSV) == b"1")
 
 
 def _resolve(src: str, name: str) -> str:
@@ -33,29 +85,65 @@ def _resolve(src: str, name: str) -> str:
   raise SourceError(f"{name}: missing file (looked in {src})")
 
 
-def read_source(src: str, name: str, columns: list[str]) -> pa.Table:
-  """Reads the needed ``columns`` of source file ``name`` (CSV or Parquet) in folder ``src``."""
+def read_source(src: str, name: str, columns: list[str], text=()) -> pa.Table:
+  """Reads the needed ``columns`` of source file ``name`` (CSV or Parquet) in folder ``src``.
+
+  ``text``: columns of a CSV read as text whatever they look like (ids and times: parsed by
+  ``ids`` / ``parse_times``, never inferred as floats). Empty cells are nulls. The table
+  remembers its file for ``where``; row i of it is row i of the file.
+  """
   path = _resolve(src, name)
   shown = os.path.basename(path)
+  csv = not path.endswith(".parquet")
   try:
-    if path.endswith(".parquet"):
-      names = pq.read_schema(path).names
-    else:
+    if csv:
       names = pacsv.open_csv(path).schema.names
+    else:
+      names = pq.read_schema(path).names
   except (pa.ArrowException, OSError) as e:
-    raise SourceError(f"{shown}: unreadable file ({e})") from e
+    raise SourceError(f"{shown}: unreadable file ({_one_line(e)})") from e
   missing = [c for c in columns if c not in names]
   if missing:
     raise SourceError(f"{shown}: missing column(s) {', '.join(repr(c) for c in missing)} "
                       f"(has {names})")
   try:
-    if path.endswith(".parquet"):
-      return pq.read_table(path, columns=columns)
-    strings = {c: pa.string() for c in columns if "category" in c or "name" in c}
-    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        include_columns=columns, column_types=strings))
+    if csv:
+      raw = {c: pa.binary() for c in columns
+             if c in text or "category" in c or "name" in c}
+      table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+          include_columns=columns, column_types=raw, strings_can_be_null=True))
+      table = _utf8(table, Where(shown, "?", True))
+    else:
+      table = pq.read_table(path, columns=columns)
   except (pa.ArrowException, OSError) as e:
-    raise SourceError(f"{shown}: unreadable file ({e})") from e
+    raise SourceError(f"{shown}: unreadable file ({_one_line(e)})") from e
+  return table.replace_schema_metadata({_META_FILE: shown.encode(),
+                                        _META_CSV: b"1" if csv else b"0"})
+
+
+def _one_line(e: Exception) -> str:
+  return " ".join(str(e).split())
+
+
+def _utf8(table: pa.Table, at: Where) -> pa.Table:
+  """Binary CSV columns (read raw, or inferred so because of bad bytes) -> UTF-8 strings;
+  names the first row whose bytes are not UTF-8."""
+  for i, field in enumerate(table.schema):
+    if not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
+      continue
+    col = plain(table.column(i))
+    try:
+      text = col.cast(pa.string())
+    except pa.ArrowInvalid:
+      for row, value in enumerate(col.to_pylist()):
+        try:
+          value is None or value.decode("utf-8")
+        except UnicodeDecodeError:
+          dataclasses.replace(at, column=field.name).fail(
+              "bytes that are not UTF-8 (re-encode the file as UTF-8)", row, value[:40])
+      raise
+    table = table.set_column(i, pa.field(field.name, pa.string()), text)
+  return table
 
 
 def plain(col) -> pa.Array:
@@ -85,25 +173,268 @@ def fnv64(strings) -> np.ndarray:
   return (h & np.uint64(0x7FFFFFFFFFFFFFFF)).astype(np.int64)
 
 
-def ids(col) -> np.ndarray:
-  """Foreign ids -> int64 (MISSING where null)."""
+# ---------------------------------------------------------------------------- ids
+
+_INT64_LIMIT = 1 << 63
+_FLOAT_EXACT = 1 << 53
+_NULL_MARKERS = ("\\N",)
+
+
+def _valid(col: pa.Array) -> np.ndarray:
+  return pc.is_valid(col).to_numpy(zero_copy_only=False)
+
+
+def _bools(arr) -> np.ndarray:
+  return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+
+
+def ids(col, at: Where | None = None) -> np.ndarray:
+  """Foreign ids -> int64 >= 0 (MISSING where null); see the module docstring."""
+  at = at or Where()
   col = plain(col)
+  out = np.full(len(col), MISSING, np.int64)
+  if pa.types.is_null(col.type) or len(col) == 0:
+    return out
   if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-    return pc.fill_null(pc.cast(col, pa.int64(), safe=False), MISSING).to_numpy()
-  col = col.cast(pa.string())
-  digits = pc.fill_null(pc.match_substring_regex(col, r"^[0-9]{1,18}$"), False)
-  as_int = pc.cast(pc.if_else(digits, col, "0"), pa.int64()).to_numpy()
-  out = np.where(digits.to_numpy(zero_copy_only=False), as_int, fnv64(pc.fill_null(col, "")))
-  out[pc.is_null(col).to_numpy(zero_copy_only=False)] = MISSING
+    hashed, texts = _number_ids(col, out, at)
+  elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+    hashed, texts = _text_ids(col, out, at)
+  elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+    hashed = np.flatnonzero(_valid(col))
+    texts = col.filter(pc.is_valid(col))
+  else:
+    at.fail(f"type {col.type} cannot hold ids")
+  _hash_into(out, hashed, texts, at)
   return out
 
 
-def times_ms(col) -> np.ndarray:
-  """Timestamps (ms numbers, numeric strings, Arrow timestamps) -> int64 ms (MISSING if null)."""
+def _number_ids(col: pa.Array, out, at: Where):
+  """Integer or float ids: [0, 2^63) kept; returns (rows to hash, their decimal texts)."""
+  valid = _valid(col)
+  rows = np.flatnonzero(valid)
+  v = col.filter(pc.is_valid(col)).to_numpy(zero_copy_only=False)
+  if v.dtype.kind == "f":
+    bad = ~np.isfinite(v) | (v != np.round(v)) | (np.abs(v) >= _FLOAT_EXACT)
+    if bad.any():
+      i = int(np.flatnonzero(bad)[0])
+      at.fail("not an id: a float id must be a whole number below 2^53 (above it floats "
+              "merge neighbouring ids; store ids as integers or text)", rows[i], float(v[i]))
+    v = v.astype(np.int64)
+  keep = v < np.uint64(_INT64_LIMIT) if v.dtype == np.uint64 else v >= 0
+  out[rows[keep]] = v[keep].astype(np.int64)
+  return rows[~keep], pa.array(v[~keep]).cast(pa.string())
+
+
+def _text_ids(col: pa.Array, out, at: Where):
+  """String ids: canonical decimals below 2^63 kept; returns (rows to hash, their texts)."""
+  text = pc.utf8_trim_whitespace(col)
+  valid = _valid(col) & ~_bools(pc.equal(text, ""))
+  marker = _bools(pc.is_in(text, value_set=pa.array(list(_NULL_MARKERS))))
+  if marker.any():
+    i = int(np.flatnonzero(marker)[0])
+    at.fail("a null marker, not an id (leave the cell empty for a missing id)", i,
+            col[i].as_py())
+  decimal = _bools(pc.match_substring_regex(text, r"^[0-9]+(\.0+)?$")) & valid
+  digits = pc.utf8_ltrim(pc.replace_substring_regex(text, r"\.0+$", ""), characters="0")
+  digits = pc.if_else(pc.equal(digits, ""), "0", digits)  # "000" is 0
+  length = pc.fill_null(pc.utf8_length(digits), 0).to_numpy(zero_copy_only=False)
+  fits = decimal & (length <= 18)  # below 1e18 < 2^63
+  if fits.any():
+    out[fits] = pc.cast(digits.filter(pa.array(fits)), pa.int64()).to_numpy()
+  near = decimal & (length == 19)  # below 1e19 < 2^64: exact as uint64, kept below 2^63
+  if near.any():
+    v = pc.cast(digits.filter(pa.array(near)), pa.uint64()).to_numpy()
+    small = v < np.uint64(_INT64_LIMIT)
+    rows = np.flatnonzero(near)
+    out[rows[small]] = v[small].astype(np.int64)
+    near[rows[~small]] = False  # hashed below, as their decimal text
+  hashed = (valid & ~decimal) | (decimal & ~fits & ~near)
+  texts = pc.if_else(pa.array(decimal), digits, text).filter(pa.array(hashed))
+  return np.flatnonzero(hashed), texts
+
+
+def _hash_into(out: np.ndarray, rows: np.ndarray, texts: pa.Array, at: Where) -> None:
+  """out[rows] = FNV-1a of ``texts``; refuses two different texts, or a text and a kept
+  number, that map to one value (a hash collision merging ids), naming both."""
+  if not len(rows):
+    return
+  enc = plain(texts).dictionary_encode()
+  values = fnv64(enc.dictionary)
+  out[rows] = values[enc.indices.to_numpy(zero_copy_only=False)]
+  kept = np.ones(out.size, bool)
+  kept[rows] = False
+  numbers = out[kept & (out >= 0)]
+  if np.unique(values).size == values.size and not np.isin(values, numbers).any():
+    return
+  seen = {int(n): repr(int(n)) for n in numbers[np.isin(numbers, values)]}
+  for text, value in zip(enc.dictionary.to_pylist(), values.tolist()):
+    if value in seen:
+      row = int(rows[np.flatnonzero(out[rows] == value)[0]])
+      at.fail(f"this id and id {seen[value]} both map to {value} (a hash collision would "
+              "merge them): rename one", row, text)
+    seen[value] = repr(text)
+
+
+# ---------------------------------------------------------------------------- times
+
+_BANDS = np.array([1e11, 1e14, 1e17])  # upper magnitude of epoch s, ms, us (ns above)
+_UNITS = ("s", "ms", "us", "ns")
+_ISO = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?"
+_ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
+_NUMBER = r"^[0-9]+(\.[0-9]*)?$"
+_TIME_HINT = ("not a time (expected epoch s/ms/us/ns or an ISO 8601 time with a zone, e.g. "
+              "2025-05-01T10:00:00+08:00)")
+
+
+def check_tz(tz: str) -> str:
+  """Returns ``tz`` (e.g. "Asia/Shanghai", "+08:00", "UTC") or raises SourceError."""
+  try:
+    pc.assume_timezone(pa.array([0], pa.timestamp("ms")), timezone=tz)
+  except (pa.ArrowException, ValueError) as e:
+    raise SourceError(f"--tz={tz}: unknown time zone ({_one_line(e)})") from e
+  return tz
+
+
+def times_ms(col, at: Where | None = None, tz: str | None = None) -> np.ndarray:
+  """Times -> int64 epoch ms (MISSING if null); see ``parse_times``."""
+  return parse_times(col, at, tz)[0]
+
+
+def parse_times(col, at: Where | None = None, tz: str | None = None) -> tuple[np.ndarray, str]:
+  """Times (epoch numbers, ISO 8601 strings, Arrow timestamps) -> (int64 epoch ms with
+  MISSING where null, how they were read: e.g. "epoch ms", "ISO 8601 with zone").
+
+  Args:
+    col: the column.
+    at: where it comes from (for errors).
+    tz: the zone of local (zone-less) times; None makes them an error.
+  """
+  at = at or Where()
   col = plain(col)
+  out = np.full(len(col), MISSING, np.int64)
+  if pa.types.is_null(col.type) or len(col) == 0:
+    return out, "all null"
   if pa.types.is_timestamp(col.type):
-    col = col.cast(pa.timestamp("ms", col.type.tz)).cast(pa.int64())
-  return ids(col)
+    return _arrow_times(col, out, at, tz)
+  valid = _valid(col)
+  if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+    v = col.to_numpy(zero_copy_only=False)
+    if v.dtype.kind == "f":
+      valid &= ~np.isnan(v)  # NaN: pandas' null in float columns
+    rows = np.flatnonzero(valid)
+    out[rows], unit = _epoch_ms(v[rows], rows, at)
+    return out, f"epoch {unit}"
+  if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+    at.fail(f"type {col.type} cannot hold times ({_TIME_HINT})")
+  return _text_times(col, valid, out, at, tz)
+
+
+def _arrow_times(col, out, at: Where, tz) -> tuple[np.ndarray, str]:
+  how = f"Parquet {col.type}"
+  if col.type.tz is None:
+    if tz is None:
+      at.fail(f"{col.type} has no time zone: declare the zone of its local times with "
+              "--tz (e.g. --tz=Asia/Shanghai)")
+    col = pc.assume_timezone(col, timezone=tz)
+    how += f" local in {tz}"
+  ms = col.cast(pa.timestamp("ms", "UTC"), safe=False).cast(pa.int64())
+  valid = _valid(ms)
+  out[valid] = ms.filter(pa.array(valid)).to_numpy()
+  neg = np.flatnonzero(out < MISSING)
+  if neg.size:
+    at.fail("a time before 1970", int(neg[0]), col[int(neg[0])].as_py())
+  return out, how
+
+
+def _band(v: np.ndarray) -> np.ndarray:
+  return np.searchsorted(_BANDS, np.abs(v), side="right")
+
+
+def _epoch_ms(v: np.ndarray, rows: np.ndarray, at: Where) -> tuple[np.ndarray, str]:
+  """Epoch numbers of one column -> ms, with the unit told by the median's magnitude."""
+  if v.size == 0:
+    return np.zeros(0, np.int64), "ms"
+  bad = ~np.isfinite(v) | (v < 0) if v.dtype.kind == "f" else v < 0
+  if bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    at.fail(f"negative or infinite: {_TIME_HINT}", rows[i], v[i].item())
+  unit = int(_band(np.median(v)))
+  off = _band(v) != unit
+  if off.any():
+    i = int(np.flatnonzero(off)[0])
+    at.fail(f"not epoch {_UNITS[unit]} like the rest of the column (mixed units, or a "
+            "placeholder?)", rows[i], v[i].item())
+  if v.dtype.kind == "f":
+    ms = np.round(v * 10.0 ** (3 - 3 * unit)).astype(np.int64)
+  elif unit == 0:
+    ms = v.astype(np.int64) * 1000
+  else:
+    ms = v.astype(np.int64) // 10 ** (3 * unit - 3)
+  return ms, _UNITS[unit]
+
+
+def _match(text, pattern) -> np.ndarray:
+  return pc.fill_null(pc.match_substring_regex(text, pattern), False).to_numpy(
+      zero_copy_only=False)
+
+
+def _text_times(col, valid, out, at: Where, tz) -> tuple[np.ndarray, str]:
+  """Time strings: epoch numbers, ISO 8601 with a zone, or local ISO 8601 with ``tz``."""
+  text = pc.utf8_trim_whitespace(col)
+  blank = pc.fill_null(pc.equal(text, ""), False).to_numpy(zero_copy_only=False)
+  valid &= ~blank
+  number = _match(text, _NUMBER) & valid
+  iso = _match(text, _ISO) & valid & ~number
+  zoned = iso & _match(text, _ISO + _ZONE)
+  local = iso & _match(text, _ISO + "$")
+  other = valid & ~number & ~zoned & ~local
+  if other.any():
+    i = int(np.flatnonzero(other)[0])
+    at.fail(_TIME_HINT, i, col[i].as_py())
+  if local.any() and tz is None:
+    i = int(np.flatnonzero(local)[0])
+    at.fail("a local time without a zone: add one (Z, +08:00) or declare the zone of the "
+            "file's local times with --tz (e.g. --tz=Asia/Shanghai)", i, col[i].as_py())
+  how = []
+  if number.any():
+    rows = np.flatnonzero(number)
+    nums = text.filter(pa.array(number))
+    fractional = pc.any(pc.match_substring(nums, ".")).as_py()
+    v = pc.cast(nums, pa.float64() if fractional else pa.int64(), safe=False).to_numpy()
+    out[rows], unit = _epoch_ms(v, rows, at)
+    how.append(f"epoch {unit}")
+  for mask, zone, name in ((zoned, None, "ISO 8601 with zone"),
+                           (local, tz, f"ISO 8601 local in {tz}")):
+    if mask.any():
+      out[np.flatnonzero(mask)] = _iso_ms(text, mask, zone, at, col)
+      how.append(name)
+  return out, " + ".join(how) or "all null"
+
+
+def _iso_ms(text, mask, zone, at: Where, col) -> np.ndarray:
+  """ISO strings of ``mask`` -> epoch ms; ``zone`` for local ones (None: they carry one)."""
+  rows = np.flatnonzero(mask)
+  try:
+    return _iso_cast(text.filter(pa.array(mask)), zone)
+  except (pa.ArrowException, ValueError):
+    for i in rows:  # find the first string that does not parse (a bad date, a DST gap)
+      try:
+        _iso_cast(text[int(i):int(i) + 1], zone)
+      except (pa.ArrowException, ValueError) as e:
+        at.fail(f"not a valid time ({_one_line(e)})", int(i), col[int(i)].as_py())
+    raise
+
+
+def _iso_cast(strings, zone) -> np.ndarray:
+  if zone is None:
+    ts = pc.cast(strings, pa.timestamp("ns", "UTC"))
+  else:
+    ts = pc.assume_timezone(pc.cast(strings, pa.timestamp("ns")), timezone=zone)
+  ms = pc.cast(pc.cast(ts, pa.int64()), pa.int64()).to_numpy()
+  ms = np.floor_divide(ms, 1_000_000)
+  if (ms < 0).any():
+    raise ValueError("a time before 1970")
+  return ms
 
 
 def numbers(col, fill: float = 0.0) -> np.ndarray:

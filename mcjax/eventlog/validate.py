@@ -22,18 +22,33 @@ Rules (all vectorised; see ``data/README.md`` for the prose version):
   before the watch_end when there is one);
 * rows are sorted by (ts_ms, exposure_id);
 * every live-domain item_id is a live_id of lives.parquet.
+
+Warnings (``LogStats.warnings``; the log is usable, the engine gives unknown ids side
+features -1): user_ids missing from users.parquet, author_ids missing from authors.parquet,
+short-video item_ids missing from videos.parquet, each with its count and a few examples.
+
+Any table may be a Spark-style folder of parts (see ``io.read_table``). ``check_log`` is the
+door of the commands that read a log (``launch.validate``, ``launch.build_samples``,
+``launch.train --data``): it validates and prints the warnings.
+
+Cost: one pass of vectorised numpy per rule, lookup tables instead of one mask per event
+kind, event/domain strings read dictionary-encoded, and no sort when exposure ids are dense
+(as the simulator and the converters write them): 2.4-2.8 s of CPU for the 5.6M rows of the
+default world with the read (half of what it was), about 1.2 s more than building its samples
+without validation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from mcjax.eventlog import io
 from mcjax.eventlog import schema as S
 
 
@@ -73,6 +88,7 @@ class LogStats:
   min_ts_ms: int | None
   max_ts_ms: int | None
   side_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+  warnings: list[str] = dataclasses.field(default_factory=list)
 
   def summary(self) -> str:
     """A few human-readable lines."""
@@ -87,6 +103,7 @@ class LogStats:
                  + ", ".join(f"{k}={v}" for k, v in self.domain_events.items()))
     if self.side_rows:
       lines.append("side tables: " + ", ".join(f"{k}={v}" for k, v in self.side_rows.items()))
+    lines += [f"WARNING: {w}" for w in self.warnings]
     return "\n".join(lines)
 
 
@@ -123,17 +140,31 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
       typ = typ.value_type
     if typ not in _WIDENS[field.type]:
       _fail(where, field.name, f"wrong type {typ}, expected {field.type} "
-            f"(or a lossless widening: {', '.join(map(str, _WIDENS[field.type]))})")
+            f"(or a lossless widening: {', '.join(map(str, _WIDENS[field.type]))})"
+            + _nan_hint(table.column(field.name), typ))
     col = table.column(field.name)
     if col.null_count:
       _fail(where, field.name, "null values", table, pc.is_null(col).to_numpy(zero_copy_only=False))
-  columns = []
+  columns, fields = [], []
   for field in schema:
     col = table.column(field.name)
+    if pa.types.is_dictionary(col.type) and pa.types.is_string(field.type):
+      fields.append(pa.field(field.name, pa.dictionary(pa.int32(), pa.string())))
+      columns.append(col.cast(fields[-1].type))  # kept encoded: _codes maps the dictionary
+      continue
     if pa.types.is_dictionary(col.type):
       col = col.cast(col.type.value_type)
     columns.append(col.cast(field.type))
-  return pa.Table.from_arrays(columns, schema=schema)
+    fields.append(field)
+  return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _nan_hint(col, typ) -> str:
+  """"; row i holds NaN" when a float column meant to hold ints has a NaN (else "")."""
+  if not pa.types.is_floating(typ):
+    return ""
+  nan = pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)
+  return f"; row {int(np.flatnonzero(nan)[0])} holds NaN" if nan.any() else ""
 
 
 def _np(table: pa.Table, name: str) -> np.ndarray:
@@ -173,26 +204,51 @@ def validate_side(name: str, table: pa.Table, where: str | None = None) -> pa.Ta
 
 
 def _codes(table: pa.Table, column: str, names, where: str) -> np.ndarray:
-  """Maps a string column to indices of ``names``; fails on unknown values."""
-  idx = pc.index_in(table.column(column), value_set=pa.array(list(names)))
-  unknown = pc.is_null(idx).to_numpy(zero_copy_only=False)
-  _check_if(where, column, f"unknown {column} (expected one of {list(names)})", table, unknown)
-  return pc.fill_null(idx, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+  """Maps a string column (plain or dictionary-encoded) to indices of ``names``; fails on
+  unknown values. A dictionary column is mapped through its dictionary (no string work per
+  row)."""
+  col = table.column(column)
+  value_set = pa.array(list(names))
+  if pa.types.is_dictionary(col.type):
+    pieces = []
+    for chunk in col.chunks:
+      table_of = pc.fill_null(pc.index_in(chunk.dictionary, value_set=value_set), -1)
+      lookup = table_of.to_numpy(zero_copy_only=False).astype(np.int64)
+      pieces.append(lookup[chunk.indices.to_numpy(zero_copy_only=False)] if len(lookup)
+                    else np.zeros(len(chunk), np.int64))
+    idx = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+  else:
+    arr = pc.index_in(col, value_set=value_set)
+    idx = pc.fill_null(arr, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+  _check_if(where, column, f"unknown {column} (expected one of {list(names)})", table, idx < 0)
+  return idx
+
+
+def _first_event(ev: np.ndarray, mask: np.ndarray) -> int:
+  """The event code of the first row of ``mask``."""
+  return int(ev[np.flatnonzero(mask)[0]])
 
 
 def _check_values(table, where, ev, value, dom) -> None:
+  """Value and domain rules through per-code lookup tables (one pass each, not one per event)."""
   _check_if(where, "value", "NaN or infinite value", table, ~np.isfinite(value))
   code = S.EVENT_CODE
-  for e in _ZERO_VALUE_EVENTS:
-    _check_if(where, "value", f"{e} must have value 0", table, (ev == code[e]) & (value != 0))
+  zero = np.isin(np.arange(len(S.EVENTS)), [code[e] for e in _ZERO_VALUE_EVENTS])
+  bad = zero[ev] & (value != 0)
+  if bad.any():
+    e = _first_event(ev, bad)
+    _fail(where, "value", f"{S.EVENTS[e]} must have value 0", table, bad & (ev == e))
   _check_if(where, "value", f"negative {S.WATCH_END} value", table,
             (ev == code[S.WATCH_END]) & (value < 0))
   _check_if(where, "value", "gift value must be > 0", table, (ev == code[S.GIFT]) & (value <= 0))
-  for d, allowed in S.DOMAIN_EVENTS.items():
-    for e in S.EVENTS:
-      if e not in allowed:
-        _check_if(where, "event", f"event '{e}' not allowed in domain '{d}'", table,
-                  (dom == S.DOMAIN_CODE[d]) & (ev == code[e]))
+  allowed = np.zeros((len(S.DOMAINS), len(S.EVENTS)), bool)
+  for d, events in S.DOMAIN_EVENTS.items():
+    allowed[S.DOMAIN_CODE[d], [code[e] for e in events]] = True
+  bad = ~allowed[dom, ev]
+  if bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    _fail(where, "event", f"event '{S.EVENTS[ev[i]]}' not allowed in domain "
+          f"'{S.DOMAINS[dom[i]]}'", table, bad & (ev == ev[i]) & (dom == dom[i]))
 
 
 def _per_group_ts(g, n_groups, mask, ts, fill) -> np.ndarray:
@@ -201,34 +257,52 @@ def _per_group_ts(g, n_groups, mask, ts, fill) -> np.ndarray:
   return out
 
 
-def _check_exposures(table, where, ts, ev, dom) -> int:
-  """Per-exposure rules; returns the number of exposures."""
-  code = S.EVENT_CODE
-  exp = _np(table, "exposure_id")
+def _groups(exp: np.ndarray) -> tuple[np.ndarray, int]:
+  """(group of each row, number of groups). Dense exposure ids (the simulator's and the
+  converters': 0..n-1) are their own group numbers, which needs no sort; others are ranked
+  with np.unique. Ids are already known to be >= 0."""
+  if exp.size == 0:
+    return np.zeros(0, np.intp), 0
+  top = int(exp.max())
+  if top < 2 * exp.size + 1024:
+    return exp, top + 1
   _, g = np.unique(exp, return_inverse=True)
-  n = int(g.max()) + 1 if g.size else 0
-  order = np.argsort(g, kind="stable")
-  starts = np.r_[0, np.flatnonzero(np.diff(g[order])) + 1] if g.size else np.zeros(0, int)
-  first = order[starts]                      # first row (in file order) of each exposure
+  return g.reshape(-1), int(g.max()) + 1
+
+
+def _first_rows(g: np.ndarray, n: int) -> np.ndarray:
+  """The first row (in file order) of each group (len(g) for an empty group)."""
+  first = np.full(n, g.size, np.int64)
+  np.minimum.at(first, g, np.arange(g.size))
+  return first
+
+
+def _check_exposures(table, where, cols, ev, dom) -> np.ndarray:
+  """Per-exposure rules; returns the rows of the exposures' ``exposure`` events."""
+  code = S.EVENT_CODE
+  ts = cols["ts_ms"]
+  g, n = _groups(cols["exposure_id"])
+  first = _first_rows(g, n)                 # first row (in file order) of each exposure
+  head = np.minimum(first, max(ts.size - 1, 0))  # gatherable (empty groups: never read)
   is_exp = ev == code[S.EXPOSURE]
-  n_exp = np.bincount(g, weights=is_exp, minlength=n)
+  n_exp = np.bincount(g[is_exp], minlength=n)
   _check_if(where, "event", "exposure without an 'exposure' event", table, n_exp[g] == 0)
   _check_if(where, "event", "exposure with several 'exposure' events", table,
             is_exp & (n_exp[g] > 1))
   for col in ("user_id", "item_id", "author_id"):
-    v = _np(table, col)
-    _check_if(where, col, f"{col} differs within one exposure_id", table, v != v[first][g])
-  _check_if(where, "domain", "domain differs within one exposure_id", table, dom != dom[first][g])
+    v = cols[col]
+    _check_if(where, col, f"{col} differs within one exposure_id", table, v != v[head][g])
+  _check_if(where, "domain", "domain differs within one exposure_id", table, dom != dom[head][g])
   exp_ts = _per_group_ts(g, n, is_exp, ts, 0)
   _check_if(where, "ts_ms", "event before its exposure's 'exposure' event", table,
             ts < exp_ts[g])
   is_first = np.zeros(ts.size, bool)
-  is_first[first] = True
+  is_first[first[first < ts.size]] = True
   _check_if(where, "event", "an exposure's first row is not its 'exposure' event", table,
             is_first & ~is_exp)
   for e in (S.CLICK, S.WATCH_END):
     m = ev == code[e]
-    cnt = np.bincount(g, weights=m, minlength=n)
+    cnt = np.bincount(g[m], minlength=n)
     _check_if(where, "event", f"several '{e}' events in one exposure", table, m & (cnt[g] > 1))
   live = dom == S.DOMAIN_CODE[S.LIVE]
   is_click, is_end = ev == code[S.CLICK], live & (ev == code[S.WATCH_END])
@@ -239,43 +313,91 @@ def _check_exposures(table, where, ts, ev, dom) -> int:
             is_end & (click_ts[g] == big))
   _check_if(where, "ts_ms", "live watch_end before its click", table,
             is_end & (ts < click_ts[g]))
-  inside = np.isin(ev, [code[e] for e in _IN_WATCH_EVENTS]) & live
+  inside = np.isin(np.arange(len(S.EVENTS)), [code[e] for e in _IN_WATCH_EVENTS])[ev] & live
   _check_if(where, "ts_ms", "live like/comment/gift before its click (or without one)", table,
             inside & (ts < click_ts[g]))
   _check_if(where, "ts_ms", "live like/comment/gift after its watch_end", table,
             inside & (ts > end_ts[g]))
-  return n
+  return np.flatnonzero(is_exp)
+
+
+@dataclasses.dataclass
+class _Refs:
+  """The distinct ids an event table refers to (from its exposure rows)."""
+  users: np.ndarray
+  authors: np.ndarray
+  lives: np.ndarray
+  videos: np.ndarray
+
+
+def _validate_events(table: pa.Table, where: str) -> tuple[LogStats, _Refs, pa.Table]:
+  table = conform(table, S.EVENT_SCHEMA, where)
+  ints = ["ts_ms", "user_id", "exposure_id", "item_id", "author_id"]
+  cols = {name: _np(table, name) for name in ints}  # each column converted once
+  for name in ints:
+    _check_if(where, name, "negative value", table, cols[name] < 0)
+  dom = _codes(table, "domain", S.DOMAINS, where)
+  ev = _codes(table, "event", S.EVENTS, where)
+  _check_values(table, where, ev, _np(table, "value"), dom)
+  exp_rows = _check_exposures(table, where, cols, ev, dom)
+  ts, exp = cols["ts_ms"], cols["exposure_id"]
+  unsorted = np.zeros(ts.size, bool)
+  unsorted[1:] = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (exp[1:] < exp[:-1]))
+  _check_if(where, "ts_ms", "rows not sorted by (ts_ms, exposure_id)", table, unsorted)
+  # user, item, author and domain are constant within an exposure (checked above), so the
+  # exposure rows name every id the log refers to.
+  item = cols["item_id"][exp_rows]
+  live = dom[exp_rows] == S.DOMAIN_CODE[S.LIVE]
+  refs = _Refs(users=np.unique(cols["user_id"][exp_rows]),
+               authors=np.unique(cols["author_id"][exp_rows]),
+               lives=np.unique(item[live]), videos=np.unique(item[~live]))
+  count = lambda codes, names: {k: int(v) for k, v in
+                                zip(names, np.bincount(codes, minlength=len(names))) if v}
+  pair = dom * len(S.EVENTS) + ev
+  pairs = [f"{d}/{e}" for d in S.DOMAINS for e in S.EVENTS]
+  stats = LogStats(
+      rows=table.num_rows, events=count(ev, S.EVENTS), domains=count(dom, S.DOMAINS),
+      domain_events=count(pair, pairs), exposures=int(exp_rows.size), users=int(refs.users.size),
+      items=int(np.union1d(refs.lives, refs.videos).size), authors=int(refs.authors.size),
+      min_ts_ms=int(ts.min()) if ts.size else None, max_ts_ms=int(ts.max()) if ts.size else None)
+  return stats, refs, table
+
+
+def _check_lives(table: pa.Table, where: str, refs: _Refs, live_ids: np.ndarray) -> None:
+  missing = refs.lives[~np.isin(refs.lives, live_ids)]
+  if missing.size:
+    live = _codes(table, "domain", S.DOMAINS, where) == S.DOMAIN_CODE[S.LIVE]
+    _fail(where, "item_id", "live item_id missing from lives.parquet", table,
+          live & np.isin(_np(table, "item_id"), missing))
 
 
 def validate_events(table: pa.Table, where: str = S.EVENTS_FILE, *,
                     live_ids: np.ndarray | None = None) -> LogStats:
   """Validates an event table; ``live_ids`` (lives.parquet's live_id) enables the live check."""
-  table = conform(table, S.EVENT_SCHEMA, where)
-  ts = _np(table, "ts_ms")
-  _check_ids(table, where, ["ts_ms", "user_id", "exposure_id", "item_id", "author_id"])
-  dom = _codes(table, "domain", S.DOMAINS, where)
-  ev = _codes(table, "event", S.EVENTS, where)
-  _check_values(table, where, ev, _np(table, "value"), dom)
-  n_exposures = _check_exposures(table, where, ts, ev, dom)
-  exp = _np(table, "exposure_id")
-  unsorted = np.zeros(ts.size, bool)
-  unsorted[1:] = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (exp[1:] < exp[:-1]))
-  _check_if(where, "ts_ms", "rows not sorted by (ts_ms, exposure_id)", table, unsorted)
-  item = _np(table, "item_id")
+  stats, refs, table = _validate_events(table, where)
   if live_ids is not None:
-    live = dom == S.DOMAIN_CODE[S.LIVE]
-    _check_if(where, "item_id", "live item_id missing from lives.parquet", table,
-              live & ~np.isin(item, np.asarray(live_ids)))
-  count = lambda codes, names: {k: int(v) for k, v in
-                                zip(names, np.bincount(codes, minlength=len(names))) if v}
-  pair = dom * len(S.EVENTS) + ev
-  pairs = [f"{d}/{e}" for d in S.DOMAINS for e in S.EVENTS]
-  return LogStats(
-      rows=table.num_rows, events=count(ev, S.EVENTS), domains=count(dom, S.DOMAINS),
-      domain_events=count(pair, pairs), exposures=n_exposures,
-      users=int(np.unique(_np(table, "user_id")).size), items=int(np.unique(item).size),
-      authors=int(np.unique(_np(table, "author_id")).size),
-      min_ts_ms=int(ts.min()) if ts.size else None, max_ts_ms=int(ts.max()) if ts.size else None)
+    _check_lives(table, where, refs, np.asarray(live_ids))
+  return stats
+
+
+_MISSING_REFS = (  # (refs field, side table, its key, what the events call it)
+    ("users", "users.parquet", "user_id", "user_id"),
+    ("authors", "authors.parquet", "author_id", "author_id"),
+    ("videos", "videos.parquet", "video_id", "short-video item_id"),
+)
+
+
+def _warnings(refs: _Refs, side: dict[str, pa.Table], where: str) -> list[str]:
+  """One line per side table that lacks ids the events refer to."""
+  out = []
+  for field, name, key, what in _MISSING_REFS:
+    ids = getattr(refs, field)
+    missing = ids[~np.isin(ids, _np(side[name], key))]
+    if missing.size:
+      out.append(f"{where}: {missing.size} of {ids.size} {what}(s) missing from {name} "
+                 f"(e.g. {', '.join(map(str, missing[:3].tolist()))}); their side features "
+                 "will be unknown (-1)")
+  return out
 
 
 def validate_tables(events: pa.Table, side: dict[str, pa.Table],
@@ -290,27 +412,32 @@ def validate_tables(events: pa.Table, side: dict[str, pa.Table],
   side_rows = {name: t.num_rows for name, t in checked.items()}
   for name, table in (oracle or {}).items():
     validate_side(name, table, join(os.path.join(S.ORACLE_DIR, name)))
-  stats = validate_events(events, join(S.EVENTS_FILE),
-                          live_ids=_np(checked["lives.parquet"], "live_id"))
+  stats, refs, table = _validate_events(events, join(S.EVENTS_FILE))
+  _check_lives(table, join(S.EVENTS_FILE), refs, _np(checked["lives.parquet"], "live_id"))
   stats.side_rows = side_rows
+  stats.warnings = _warnings(refs, checked, join(S.EVENTS_FILE))
   return stats
 
 
+_DICTIONARY = {S.EVENTS_FILE: ["domain", "event"]}  # read encoded: no per-row string work
+
+
 def _read(log_dir: str, name: str, where: str) -> pa.Table:
-  path = os.path.join(log_dir, name)
-  if not os.path.isfile(path):
+  path = io.table_path(log_dir, name)
+  if not os.path.exists(path):
     _fail(where, None, "missing file")
   try:
-    return pq.read_table(path)
-  except (pa.ArrowException, OSError) as e:
-    _fail(where, None, f"unreadable Parquet file ({type(e).__name__}: {e})")
+    return io.read_table(path, dictionary=_DICTIONARY.get(name))
+  except io.UnreadableTableError as e:
+    _fail(where, None, e.problem)
 
 
-def validate_log(log_dir: str) -> LogStats:
-  """Validates a log folder; raises LogValidationError, or returns its statistics."""
+def read_log(log_dir: str) -> tuple[pa.Table, dict, dict]:
+  """(events, side tables, oracle tables) of a log folder, as read (not yet validated)."""
   base = os.path.basename(os.path.normpath(log_dir))
   if not os.path.isdir(log_dir):
-    _fail(base, None, "log folder does not exist")
+    _fail(base, None, "log folder does not exist" if not os.path.exists(log_dir)
+          else "not a folder (a log is a folder of Parquet tables)")
   where = lambda name: os.path.join(base, name)
   side = {name: _read(log_dir, name, where(name)) for name in S.SIDE_TABLES}
   oracle = {}
@@ -318,8 +445,37 @@ def validate_log(log_dir: str) -> LogStats:
   if os.path.isdir(oracle_dir):
     for name in sorted(os.listdir(oracle_dir)):
       rel = os.path.join(S.ORACLE_DIR, name)
+      if name.startswith("."):
+        continue
       if name not in S.ORACLE_TABLES:
         _fail(where(rel), None, f"unknown oracle table (expected {sorted(S.ORACLE_TABLES)})")
       oracle[name] = _read(log_dir, rel, where(rel))
   events = _read(log_dir, S.EVENTS_FILE, where(S.EVENTS_FILE))
-  return validate_tables(events, side, oracle, where=base)
+  return events, side, oracle
+
+
+def check_types(events: pa.Table, side: dict, oracle: dict, where: str = "") -> None:
+  """Only the columns, types and nulls of every table (what a reader needs to cast them):
+  the check kept by ``--novalidate``, so a NaN id is still named by file, column and row."""
+  join = lambda name: os.path.join(where, name) if where else name
+  for name, table in side.items():
+    conform(table, S.SIDE_TABLES[name], join(name))
+  for name, table in oracle.items():
+    conform(table, S.ORACLE_TABLES[name], join(os.path.join(S.ORACLE_DIR, name)))
+  conform(events, S.EVENT_SCHEMA, join(S.EVENTS_FILE))
+
+
+def validate_log(log_dir: str) -> LogStats:
+  """Validates a log folder; raises LogValidationError, or returns its statistics."""
+  events, side, oracle = read_log(log_dir)
+  return validate_tables(events, side, oracle,
+                         where=os.path.basename(os.path.normpath(log_dir)))
+
+
+def check_log(log_dir: str, *, out=None) -> LogStats:
+  """The door of a command that reads a log: validates it (raising LogValidationError at the
+  first broken rule) and prints its warnings, one line each, to ``out`` (stderr)."""
+  stats = validate_log(log_dir)
+  for w in stats.warnings:
+    print(f"WARNING: {w}", file=out or sys.stderr)
+  return stats

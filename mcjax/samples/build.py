@@ -4,7 +4,15 @@
 and writes ``out_dir/train/`` and ``out_dir/eval/`` (see ``shards``) plus ``build_info.json``,
 atomically. ``ensure_samples(log_dir, cache_root, cfg)`` builds into
 ``cache_root/<mode>-<hash>/`` only when that folder is missing; the hash covers the config,
-the sample schema version and the log's events.parquet size and mtime.
+the sample schema version and the size and mtime of every file of the log's tables (events,
+side tables, oracle; a table may be a folder of parts).
+
+Before anything is written: the output may not overlap the log (``files.check_apart``), an
+existing output is replaced only with ``overwrite`` and only if it is a samples folder, and
+the log is validated (``eventlog.validate``; ``validate=False`` keeps only the check of its
+columns and types) from one read of its tables, which the engine then reuses. Writing happens in a locked staging folder (stale ones
+of killed runs are removed); an ``OSError`` while writing (a full disk) is re-raised as one
+naming the output folder, which is left as it was.
 """
 
 from __future__ import annotations
@@ -13,20 +21,22 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import sys
 import time
 
 import numpy as np
 from tabulate import tabulate
 from tqdm import tqdm
 
-from mcjax.eventlog import schema as E
+from mcjax.eventlog import files
+from mcjax.eventlog import io as log_io
+from mcjax.eventlog import validate as V
 from mcjax.samples import schema as S
 from mcjax.samples import shards
 
 SPLITS = ("train", "eval")
 BUILD_INFO = "build_info.json"
+MARKS = (BUILD_INFO, *SPLITS)  # what an existing samples folder holds
 
 
 def _jsonable(value):
@@ -43,73 +53,109 @@ CHUNK_ROWS = 256 * 1024  # samples per written part (a multiple of the block siz
 
 
 def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool = False,
-                      num_shards: int | None = None) -> dict:
-  """Runs the engine and writes all splits into out_dir atomically; returns build info."""
+                      num_shards: int | None = None, validate: bool = True) -> dict:
+  """Runs the engine and writes all splits into out_dir atomically; returns build info.
+
+  Refuses (before writing anything) an ``out_dir`` overlapping ``log_dir``, an existing one
+  without ``overwrite`` or that is not a samples folder, and, with ``validate``, a log that
+  breaks its contract (``LogValidationError``; warnings go to stderr and build_info.json).
+  """
   from mcjax import moment  # the engine, imported only when samples are built
   moment_cfg.validate()
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
+  files.check_apart({"--events": log_dir}, {"--out": out_dir})
+  if os.path.lexists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+  files.check_replaceable(out_dir, "--out", MARKS, "a samples folder")
   start = time.perf_counter()
-  builder = moment.engine.SampleBuilder(log_dir, moment_cfg)
-  prep_s = time.perf_counter() - start
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+  log, warnings = _read_log(log_dir, validate)
+  validate_s = time.perf_counter() - start
+  builder = moment.engine.SampleBuilder(log, moment_cfg)
+  prep_s = time.perf_counter() - start - validate_s
   try:
-    start = time.perf_counter()
-    meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
-    counts = {}
-    for split in SPLITS:  # chunk by chunk: memory stays bounded by CHUNK_ROWS samples
-      chunks = tqdm(builder.tables(split, chunk_rows=CHUNK_ROWS, stored=True), unit="chunk",
-                    total=max(1, -(-builder.num_rows(split) // CHUNK_ROWS)),
-                    desc=f"samples {moment_cfg.mode} {split}", leave=False)
-      path = shards.write_samples(chunks, tmp, split, history=builder.history,
-                                  num_shards=num_shards, metadata=meta)
-      counts[split] = shards.read_info(path)["kind_counts"]
-    total_s = time.perf_counter() - start + prep_s
-    info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
-            "counts": counts, "stats": builder.stats, "engine_prepare_s": prep_s,
-            "build_and_write_s": total_s}
-    with open(os.path.join(tmp, BUILD_INFO), "w") as f:
-      json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
-    _move_into_place(tmp, out_dir, overwrite)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    with files.staging(out_dir) as tmp:
+      info = _write(builder, tmp, log_dir, moment_cfg, num_shards, prep_s + validate_s)
+      info.update(engine_prepare_s=prep_s, validate_s=validate_s, log_warnings=warnings)
+      with open(os.path.join(tmp, BUILD_INFO), "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
+      files.replace_dir(tmp, out_dir, overwrite)
+  except FileExistsError:
+    raise
+  except OSError as e:
+    raise OSError(f"cannot write samples to {out_dir}: {e.strerror or e}"
+                  + (f" ({e.filename})" if e.filename else "")) from e
+  except RuntimeError as e:  # the ArrayRecord writer reports a failed write() this way
+    if not any(w in str(e) for w in _WRITE_FAILURES):
+      raise
+    raise OSError(f"cannot write samples to {out_dir}: {' '.join(str(e).split())}") from e
   return info
 
 
-def _move_into_place(tmp: str, out_dir: str, overwrite: bool) -> None:
-  if os.path.exists(out_dir):
-    if not overwrite:
-      raise FileExistsError(f"{out_dir} appeared while building")
-    old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(out_dir))
-    os.rename(out_dir, os.path.join(old, "x"))
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old)
+_WRITE_FAILURES = ("write() failed", "No space left", "File too large", "quota")
+
+
+def _read_log(log_dir: str, validate: bool):
+  """(the log's tables, read once for the engine; validation warnings). Without ``validate``
+  only the tables' columns and types are checked (``validate.check_types``)."""
+  from mcjax.moment.events import LogTables
+  events, side, oracle = V.read_log(log_dir)
+  where = os.path.basename(os.path.normpath(log_dir))
+  warnings = []
+  if validate:
+    warnings = V.validate_tables(events, side, oracle, where=where).warnings
   else:
-    os.rename(tmp, out_dir)
+    V.check_types(events, side, oracle, where=where)
+  for w in warnings:
+    print(f"WARNING: {w}", file=sys.stderr)
+  tables = LogTables(events=events, users=side["users.parquet"],
+                     authors=side["authors.parquet"], lives=side["lives.parquet"],
+                     videos=side["videos.parquet"],
+                     oracle_exposures=oracle.get("exposures.parquet"))
+  return tables, warnings
+
+
+def _write(builder, tmp: str, log_dir: str, moment_cfg, num_shards, prep_s: float) -> dict:
+  """Writes the splits into ``tmp``; returns the build info (``prep_s``: the time so far)."""
+  start = time.perf_counter()
+  meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
+  counts = {}
+  for split in SPLITS:  # chunk by chunk: memory stays bounded by CHUNK_ROWS samples
+    chunks = tqdm(builder.tables(split, chunk_rows=CHUNK_ROWS, stored=True), unit="chunk",
+                  total=max(1, -(-builder.num_rows(split) // CHUNK_ROWS)),
+                  desc=f"samples {moment_cfg.mode} {split}", leave=False)
+    path = shards.write_samples(chunks, tmp, split, history=builder.history,
+                                num_shards=num_shards, metadata=meta)
+    counts[split] = shards.read_info(path)["kind_counts"]
+  total_s = time.perf_counter() - start + prep_s
+  return {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
+          "counts": counts, "stats": builder.stats, "engine_prepare_s": prep_s,
+          "build_and_write_s": total_s}
 
 
 def cache_key(log_dir: str, moment_cfg) -> str:
-  """'<mode>-<hash>' of the config, the schema version and the log's events file."""
-  stat = os.stat(os.path.join(log_dir, E.EVENTS_FILE))
+  """'<mode>-<hash>' of the config, the schema version and every file of the log's tables
+  (relative path, size, mtime): a changed side table, or a part added to a folder of parts,
+  gives another key."""
+  tables = [[os.path.relpath(p, log_dir), os.stat(p).st_size, os.stat(p).st_mtime_ns]
+            for p in log_io.log_table_files(log_dir)]
   blob = json.dumps({"moment": dataclasses.asdict(moment_cfg), "schema": S.SCHEMA_VERSION,
-                     "events": [stat.st_size, stat.st_mtime_ns]}, sort_keys=True)
+                     "tables": tables}, sort_keys=True)
   return f"{moment_cfg.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def ensure_samples(log_dir: str, cache_root: str, moment_cfg) -> str:
-  """The samples folder for (log, config) under cache_root, built only when missing.
+def ensure_samples(log_dir: str, cache_root: str, moment_cfg, *, validate: bool = True) -> str:
+  """The samples folder for (log, config) under cache_root, built only when missing (the log
+  is then validated first unless ``validate=False``).
 
   Safe when several processes call it at once: a builder that loses the race keeps the
   folder already in place.
   """
   path = os.path.join(os.path.abspath(cache_root), cache_key(log_dir, moment_cfg))
+  files.check_apart({"the log": log_dir}, {"the sample cache": path})
   if os.path.exists(os.path.join(path, BUILD_INFO)):
     return path
   try:
-    build_samples_dir(log_dir, path, moment_cfg)
+    build_samples_dir(log_dir, path, moment_cfg, validate=validate)
   except (FileExistsError, OSError):
     if not os.path.exists(os.path.join(path, BUILD_INFO)):
       raise
@@ -122,9 +168,10 @@ def format_report(info: dict) -> str:
   rows = [[split] + [info["counts"][split][k] for k in kinds]
           + [sum(info["counts"][split].values())] for split in SPLITS]
   total = sum(r[-1] for r in rows)
+  total_s, engine_s = info["build_and_write_s"], info["engine_prepare_s"]
+  read_s = info.get("validate_s", 0.0)  # with --novalidate: the engine's own read
   lines = [tabulate(rows, headers=["split"] + kinds + ["total"]),
-           f"engine labels: {info['engine_prepare_s']:.1f} s; features + shards: "
-           f"{info['build_and_write_s'] - info['engine_prepare_s']:.1f} s; total "
-           f"{info['build_and_write_s']:.1f} s "
-           f"({total / max(info['build_and_write_s'], 1e-9):,.0f} samples/s)"]
+           f"log read + validation: {read_s:.1f} s; engine labels: {engine_s:.1f} s; "
+           f"features + shards: {total_s - engine_s - read_s:.1f} s; total {total_s:.1f} s "
+           f"({total / max(total_s, 1e-9):,.0f} samples/s)"]
   return "\n".join(lines)

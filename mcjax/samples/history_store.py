@@ -15,7 +15,8 @@ offsets of a sample table: records end - 1, end - 2, ... (most recent first), st
 engine materialises in memory through the same function, so stored and in-memory samples agree.
 
 On disk a store is a folder of ``.npy`` files (memory-mapped when read): ``<name>.npy`` per
-column, ``action_ts.npy``, ``<field>.visible_ts.npy`` per timed value.
+column, ``action_ts.npy``, ``<field>.visible_ts.npy`` per timed value, and ``checksums.json``
+(size and crc32 of each, ``eventlog.files``), checked by ``load`` before anything is mapped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 
 import numpy as np
 
+from mcjax.eventlog import files
 from mcjax.samples import schema as S
 
 NEVER = np.iinfo(np.int64).max
@@ -102,6 +104,7 @@ class HistoryStore:
   # -------------------------------------------------------------------------- files
 
   def save(self, folder: str) -> None:
+    """Writes the store's files, then their checksum manifest."""
     os.makedirs(folder, exist_ok=True)
     for name, values in self.columns.items():
       np.save(os.path.join(folder, f"{name}.npy"), values)
@@ -109,10 +112,17 @@ class HistoryStore:
     for name, (value, visible) in self.timed.items():
       np.save(os.path.join(folder, f"{name}.npy"), value)
       np.save(os.path.join(folder, f"{name}.visible_ts.npy"), visible)
+    files.write_manifest(folder)
 
   @classmethod
-  def load(cls, folder: str, prefix: str) -> "HistoryStore":
-    """Opens a saved store (memory-mapped); names the missing file if any."""
+  def load(cls, folder: str, prefix: str, *, verify: bool = True) -> "HistoryStore":
+    """Opens a saved store (memory-mapped); names the missing or corrupt file if any.
+
+    ``verify``: check the files against ``checksums.json`` first (``CorruptFileError``).
+    """
+    if verify:
+      files.verify_manifest(folder, f"{prefix} history store")
+
     def arr(name):
       path = os.path.join(folder, f"{name}.npy")
       try:
