@@ -79,7 +79,7 @@ def test_train_and_evaluate_validates_before_building_data(tmp_path):
   cfg = fx.tiny_config()
   cfg.train.mode = "bogus"
   with pytest.raises(ValueError, match=r"config\.train\.mode"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "work"))
+    trainer.train_and_evaluate(cfg, str(tmp_path / "work"), str(tmp_path / "samples"))
   assert not (tmp_path / "work").exists()
 
 
