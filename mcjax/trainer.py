@@ -243,18 +243,25 @@ class StepLog:
 
   def _nonfinite(self, step: int, bad: dict, state) -> str:
     """One line: the step, its non-finite loss terms and norms, and the parameters (or
-    tables) of the newest state that hold non-finite values."""
+    tables) of the newest state that hold non-finite values (else the largest one)."""
     self.bar.close()
     order = sorted(bad, key=lambda k: (not k.startswith("loss/"), k))
-    finite = jax.jit(lambda s: jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), s),
-                     out_shardings=self.replicated)(state)
-    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(finite))[0]
-    where = [jax.tree_util.keystr(k, simple=True, separator="/") for k, ok in flat if not ok]
-    more = f" (+{len(where) - 3} more)" if len(where) > 3 else ""
-    params = (f"; non-finite at step {int(jax.device_get(state.step))}: "
-              f"{', '.join(where[:3])}{more}") if where else ""
+    stats = jax.jit(lambda s: (jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), s),
+                               jax.tree.map(lambda x: jnp.max(jnp.abs(x), initial=0), s)),
+                    out_shardings=self.replicated)({"params": state.params,
+                                                    "tables": state.tables})
+    finite, top = (jax.tree_util.tree_flatten_with_path(t)[0] for t in jax.device_get(stats))
+    name = lambda k: jax.tree_util.keystr(k, simple=True, separator="/")  # noqa: E731
+    where = [name(k) for k, ok in finite if not ok]
+    at = f"; at step {int(jax.device_get(state.step))}"
+    if where:
+      more = f" (+{len(where) - 3} more)" if len(where) > 3 else ""
+      at += f" non-finite: {', '.join(where[:3])}{more}"
+    else:
+      k, value = max(top, key=lambda kv: float(kv[1]))
+      at += f" the largest |value| is {float(value):.3g} in {name(k)}"
     return (f"step {step}: training diverged: non-finite "
-            f"{', '.join(f'{k}={bad[k]}' for k in order)}{params}")
+            f"{', '.join(f'{k}={bad[k]}' for k in order)}{at}")
 
   @contextlib.contextmanager
   def paused(self, state):
