@@ -185,8 +185,8 @@ class StepLog:
   keeps the next step queued), checked at once for non-finite values, shown on the progress
   bar and written to TensorBoard every ``log_every_steps`` steps with the throughput
   ``perf/step_time_s``, ``perf/examples_per_s`` and ``perf/examples_per_s_per_chip``. The
-  clock skips the first step of the process (its compile) and every ``paused`` span
-  (scoring, validation)."""
+  clock skips the first step of the process (its compile: ``first_step_s``) and every
+  ``paused`` span (scoring evaluation or validation records: ``scoring_s``)."""
 
   def __init__(self, cfg, plan: plan_lib.Plan, run: rundir.RunDir, mesh, step: int):
     self.cfg, self.every = cfg, cfg.train.log_every_steps
@@ -198,10 +198,9 @@ class StepLog:
     self.bar = tqdm(total=plan.total_steps(cfg.train.batch_size), initial=step, unit="step",
                     desc=f"train {cfg.name}", disable=not run.main, smoothing=0.05)
     self.pending = None  # (step, device metrics, examples) of the newest step
-    self.last = None  # when the previous counted step was seen done (None: after a pause)
-    self.start = time.perf_counter()
-    self.total = {"steps": 0, "examples": 0, "timed_steps": 0, "timed_s": 0.0,
-                  "timed_examples": 0}
+    self.start = self.mark = time.perf_counter()  # mark: a step seen done, or a pause ended
+    self.total = {"steps": 0, "examples": 0, "first_step_s": None, "scoring_s": 0.0,
+                  "timed_steps": 0, "timed_s": 0.0, "timed_examples": 0}
     self.since_log = [0, 0.0, 0]  # timed steps, seconds, examples since the last log
 
   def step(self, step: int, metrics: dict, local: dict, state) -> None:
@@ -223,10 +222,12 @@ class StepLog:
       raise RunError(self._nonfinite(step, bad, state))
     self.total["steps"] += 1
     self.total["examples"] += examples
-    if self.last is not None:
-      for i, x in enumerate((1, now - self.last, examples)):
+    if self.total["first_step_s"] is None:  # compiled in this step: not timed
+      self.total["first_step_s"] = now - self.mark
+    else:
+      for i, x in enumerate((1, now - self.mark, examples)):
         self.since_log[i] += x
-    self.last = now
+    self.mark = now
     self.bar.update(1)
     if step % self.every == 0:
       self.bar.set_postfix(loss=f"{m['learning/loss']:.4f}")
@@ -267,8 +268,10 @@ class StepLog:
   def paused(self, state):
     """Stops the clock (after the queued step is done) while the body runs."""
     self.flush(state)
+    t0 = time.perf_counter()
     yield
-    self.last = time.perf_counter()
+    self.mark = time.perf_counter()
+    self.total["scoring_s"] += self.mark - t0
 
   def window(self, w: plan_lib.Window, preds: dict) -> None:
     ctr = metrics.auc(preds["labels"][:, 0], preds["probs"][:, 0]) if len(preds["probs"]) else None
@@ -297,11 +300,12 @@ class StepLog:
                  if r.get("auc") is not None}, step)
     if self.writer is not None:
       self.writer.close()
-    tot = self.total
+    tot, r = self.total, lambda x: None if x is None else round(x, 3)  # noqa: E731
     perf = self._perf(tot["timed_steps"], tot["timed_s"], tot["timed_examples"])
     return {"steps": step, "steps_this_run": tot["steps"], "examples_this_run": tot["examples"],
-            "wall_s": round(time.perf_counter() - self.start, 2), "timed_steps": tot["timed_steps"],
-            **{k: float(f"{v:.4g}") for k, v in perf.items()}}
+            "wall_s": r(time.perf_counter() - self.start), "first_step_s": r(tot["first_step_s"]),
+            "scoring_s": r(tot["scoring_s"]), "timed_steps": tot["timed_steps"],
+            "timed_s": r(tot["timed_s"]), **{k: float(f"{v:.4g}") for k, v in perf.items()}}
 
 
 def compute_metrics(cfg, plan: plan_lib.Plan, preds: dict[int, dict],
