@@ -55,7 +55,7 @@ def main(argv) -> None:
     samples = _SAMPLES.value or data.prepare(cfg, _WORKDIR.value)
     result = trainer.train_and_evaluate(cfg, _WORKDIR.value, samples,
                                         overwrite=_OVERWRITE.value)
-  except RunError as e:
+  except (RunError, FileNotFoundError) as e:  # one line: what to change
     sys.exit(f"FATAL {e}")
   ctr = result["overall"].get("ctr", {})
   logging.info("done: ctr auc=%s gauc=%s", ctr.get("auc"), ctr.get("gauc"))

@@ -97,7 +97,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, samples_dir
         log.step(progress.step, m, local, state)
         epoch = plan.valid and plan.epoch_end(w, progress.step, t.batch_size)
         if epoch:  # offline_tvt: validate; the best epoch's state will score the test
-          validate(run, log, scorer, plan.valid, progress, state, epoch, t.select_metric)
+          validate_epoch(run, log, scorer, plan.valid, progress, state, epoch,
+                         t.select_metric)
         if epoch or progress.step % t.checkpoint_every_steps == 0:
           log.flush(state)
           run.save(progress, state, it)
@@ -130,8 +131,8 @@ def batches_until(it, max_steps: int, progress: rundir.Progress):
     yield local
 
 
-def validate(run: rundir.RunDir, log: StepLog, scorer: Scorer, valid: plan_lib.Window,
-             progress: rundir.Progress, state, epoch: int, select_metric: str) -> None:
+def validate_epoch(run: rundir.RunDir, log: StepLog, scorer: Scorer, valid: plan_lib.Window,
+                   progress: rundir.Progress, state, epoch: int, select_metric: str) -> None:
   """offline_tvt, at the end of an epoch: scores the validation records, records their
   metrics in ``progress`` and keeps the state when the epoch is the best so far."""
   with log.paused(state):

@@ -6,11 +6,14 @@ import fcntl
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import trainer_fixtures as fx
 
+from mcjax import trainer
 from mcjax.train import RunError
+from mcjax.train import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 
@@ -128,3 +131,34 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
   rundir.atomic_write(path, "old")
   rundir.atomic_write(path, b"new")
   assert open(path).read() == "new" and os.listdir(tmp_path) == ["f.json"]
+
+
+class _FakeData:
+  """Two batches of four evaluation records, as ``trainer.Scorer`` reads them."""
+  cfg = fx.tiny_config()
+  cfg.train.eval_batch_size = 4
+
+  def eval_batches(self, lo, hi):
+    return [{"row": np.arange(4)}, {"row": np.arange(4, 8)}]
+
+  def to_device(self, sharding, local, rows):
+    return local
+
+  def eval_records(self, lo, hi, probs):
+    return {"probs": probs}
+
+
+def test_nonfinite_predictions_are_refused():
+  mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
+  state = type("State", (), {"step": np.int32(7)})()
+
+  def eval_step(state, batch):
+    probs = np.full((4, 6), 0.5, np.float32)
+    probs[batch["row"] == 5] = np.nan
+    return probs, {}
+
+  scorer = trainer.Scorer(eval_step, _FakeData(), mesh)
+  assert scorer(state, 0, 4)["probs"].shape == (4, 6)
+  with pytest.raises(RunError, match=r"step 7: 1 of 7 predictions of evaluation records "
+                                     r"\[0, 7\) are not finite"):
+    scorer(state, 0, 7)
