@@ -97,8 +97,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, samples_dir
         log.step(progress.step, m, local, state)
         epoch = plan.valid and plan.epoch_end(w, progress.step, t.batch_size)
         if epoch:  # offline_tvt: validate; the best epoch's state will score the test
-          validate_epoch(run, log, scorer, plan.valid, progress, state, epoch,
-                         t.select_metric)
+          validate_epoch(run, log, scorer, plan.valid, progress, state, epoch, t.select_metric)
         if epoch or progress.step % t.checkpoint_every_steps == 0:
           log.flush(state)
           run.save(progress, state, it)
