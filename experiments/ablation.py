@@ -133,6 +133,7 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
   """Trains every config on world ``seed`` (with ``--report_only``: collects the finished
   runs only); returns config -> the run's folder, plus "world", "samples" and "din"."""
   from mcjax import trainer
+  from mcjax.train import data
   root = os.path.join(p["workdir"], f"seed_{seed}")
   t = time.time()
   built = not os.path.exists(os.path.join(root, "world"))
@@ -150,7 +151,8 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
       continue
     t = time.time()
     if not done:
-      m = trainer.train_and_evaluate(cfg, run_dir, cache_dir=os.path.join(root, "samples"))
+      samples = data.prepare(cfg, root, os.path.join(root, "samples"))
+      m = trainer.train_and_evaluate(cfg, run_dir, samples)
       ctr = m["overall"]["ctr"]
       print(f"seed {seed} {name}: CTR AUC {ctr['auc']:.4f} GAUC {ctr['gauc']:.4f} "
             f"({time.time() - t:.0f} s)", flush=True)
@@ -159,7 +161,7 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
   cfg = load_config("full")
   apply_overrides(cfg, p["set"])
   cfg.data.log_dir, cfg.seed = log_dir, seed
-  _, dirs["samples"] = trainer.prepare_data(cfg, root, os.path.join(root, "samples"))
+  dirs["samples"] = data.prepare(cfg, root, os.path.join(root, "samples"))
   dirs["world"] = log_dir
   din_done = os.path.exists(os.path.join(root, "din", "done.json"))
   if p["peer"] and not p["report_only"] and not din_done:

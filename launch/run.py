@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -64,13 +65,17 @@ def main(argv) -> None:
   timings["world summary"] = time.time() - t
 
   from mcjax import report, trainer
+  from mcjax.train import RunError, data
   runs = {}
   for name, cfg in cfgs.items():
     cfg.data.log_dir = log_dir
     cfg.seed = _SEED.value
     t = time.time()
-    runs[name] = trainer.train_and_evaluate(
-        cfg, os.path.join(workdir, name), cache_dir=os.path.join(workdir, "samples"))
+    samples = data.prepare(cfg, workdir, cache_dir=os.path.join(workdir, "samples"))
+    try:
+      runs[name] = trainer.train_and_evaluate(cfg, os.path.join(workdir, name), samples)
+    except RunError as e:
+      sys.exit(f"FATAL {name}: {e}")
     timings[f"train + eval {name}"] = time.time() - t
     ctr = runs[name]["overall"]["ctr"]
     print(f"{name}: CTR AUC {ctr['auc']:.4f}  GAUC {ctr['gauc']:.4f}  "

@@ -9,6 +9,8 @@ touches a device, and names the offending key.
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
 import os
 
 import ml_collections
@@ -16,9 +18,9 @@ import ml_collections
 from mcjax import losses
 from mcjax.model import config as model_config
 from mcjax.moment.config import MomentConfig
+from mcjax.samples.schema import TASKS
 from mcjax.sim import config as sim_config
-
-MODES = ("online", "offline")
+from mcjax.train.plan import MODES
 
 # The named configs of the repository (experiments/configs/<name>.py, each with get_config()).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -60,15 +62,24 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss = losses.loss_config()
 
   c.train = ml_collections.ConfigDict()
-  c.train.mode = "online"         # "online": prequential windows; "offline": time split
+  c.train.mode = "online"         # "online": prequential windows; "offline": train, then test
+  #                                  after a time split; "offline_tvt": train / valid / test by
+  #                                  time, the checkpoint chosen on valid (see mcjax.train.plan)
   c.train.window_min = 10.0       # online: evaluation window length (simulated minutes)
-  c.train.offline_split = 0.8     # offline: train on the first share of time, eval on the rest
+  c.train.offline_split = 0.8     # offline modes: test on the last 1 - share of the time span
+  c.train.offline_split_ts_ms = 0  # ... or from this absolute time (ms); 0 = the share above
+  c.train.valid_split = 0.7       # offline_tvt: validate from this share of the time span (to
+  #                                  the test boundary) and train before it
+  c.train.valid_split_ts_ms = 0   # ... or from this absolute time (ms); 0 = the share above
+  c.train.select_metric = "ctr/auc"  # offline_tvt: "<task>/<auc|gauc|uauc|logloss>" on valid
+  #                                  picks the checkpoint that scores the test (logloss: lowest)
+  c.train.epochs = 1              # passes over the training samples (offline modes only)
   c.train.batch_size = 256
   c.train.eval_batch_size = 1024
   c.train.shuffle_within_window = True
   c.train.learning_rate = 1e-3    # AdamW for dense parameters
   c.train.weight_decay = 0.0
-  c.train.grad_clip = 1.0
+  c.train.grad_clip = 1.0         # global-norm clip of the dense gradients; 0 = no clipping
   c.train.embedding_learning_rate = 0.05   # row-wise Adagrad for embedding tables
   c.train.checkpoint_every_steps = 500
   c.train.log_every_steps = 50
@@ -85,17 +96,41 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key when the config is impossible."""
-  if cfg.train.mode not in MODES:
-    raise ValueError(f"config.train.mode must be one of {MODES}, got {cfg.train.mode!r}")
-  for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
-    if int(cfg.train[key]) <= 0:
-      raise ValueError(f"config.train.{key} must be > 0, got {cfg.train[key]}")
-  if cfg.train.window_min <= 0:
-    raise ValueError(f"config.train.window_min must be > 0, got {cfg.train.window_min}")
-  if not 0.0 < cfg.train.offline_split < 1.0:
-    raise ValueError(f"config.train.offline_split must be in (0, 1), got {cfg.train.offline_split}")
+  t = cfg.train
+  if t.mode not in MODES:
+    raise ValueError(f"config.train.mode must be one of {MODES}, got {t.mode!r}")
+  for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps",
+              "epochs"):
+    _require(t, key, _is_int(t[key]) and t[key] > 0, "an int > 0")
+  _require(t, "max_steps", _is_int(t.max_steps) and t.max_steps >= -1, "an int >= -1")
+  _require(t, "live_sparse_threshold", _is_int(t.live_sparse_threshold)
+           and t.live_sparse_threshold >= 0, "an int >= 0")
+  for key, low, want in (("learning_rate", 0.0, "> 0"), ("embedding_learning_rate", 0.0, "> 0"),
+                         ("window_min", 0.0, "> 0"), ("weight_decay", None, ">= 0"),
+                         ("grad_clip", None, ">= 0 (0 = no clipping)")):
+    x = t[key]
+    ok = _is_number(x) and math.isfinite(x) and (x > low if low is not None else x >= 0)
+    _require(t, key, ok, f"a finite number {want}")
+  for key in ("offline_split", "valid_split"):
+    _require(t, key, _is_number(t[key]) and 0.0 < t[key] < 1.0, "in (0, 1)")
+  for key in ("offline_split_ts_ms", "valid_split_ts_ms"):
+    _require(t, key, _is_int(t[key]) and t[key] >= 0, "an int >= 0 (0 = use the share)")
+  if t.mode == "offline_tvt" and not (t.valid_split_ts_ms or t.offline_split_ts_ms):
+    _require(t, "valid_split", t.valid_split < t.offline_split,
+             f"< config.train.offline_split={t.offline_split} (validation comes before test)")
+  if t.mode == "offline_tvt" and t.valid_split_ts_ms and t.offline_split_ts_ms:
+    _require(t, "valid_split_ts_ms", t.valid_split_ts_ms < t.offline_split_ts_ms,
+             f"< config.train.offline_split_ts_ms={t.offline_split_ts_ms}")
+  task, _, metric = str(t.select_metric).partition("/")
+  _require(t, "select_metric", task in TASKS and metric in SELECT_METRICS,
+           f"'<task>/<metric>' with a task of {TASKS} and a metric of {SELECT_METRICS}")
+  if t.mode == "online" and t.epochs != 1:
+    _require(t, "epochs", False, "1 in online mode (prequential: one pass, each window scored "
+             "before it is trained on); use train.mode='offline' or 'offline_tvt'")
   if len(tuple(cfg.mesh.shape)) != 2:
     raise ValueError(f"config.mesh.shape must have 2 entries (data, model), got {cfg.mesh.shape}")
+  _require(cfg.mesh, "max_replicated_mb", _is_number(cfg.mesh.max_replicated_mb)
+           and cfg.mesh.max_replicated_mb >= 0, "a number >= 0", where="mesh")
   if not cfg.data.log_dir and cfg.data.preset not in sim_config.PRESETS:
     raise ValueError(f"config.data.preset must be one of {sorted(sim_config.PRESETS)}, "
                      f"got {cfg.data.preset!r}")
@@ -107,6 +142,23 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         "launch.build_samples for leakage studies only)")
   model_config.validate(cfg.model)
   losses.validate(cfg.loss)
+
+
+# offline_tvt's checkpoint choice: metric -> True where higher is better.
+SELECT_METRICS = {"auc": True, "gauc": True, "uauc": True, "logloss": False}
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _require(section, key: str, ok: bool, want: str, *, where: str = "train") -> None:
+  if not ok:
+    raise ValueError(f"config.{where}.{key} must be {want}, got {section[key]!r}")
 
 
 def moment_config(cfg: ml_collections.ConfigDict) -> MomentConfig:

@@ -151,6 +151,31 @@ def run(s: Session, work: str, *flags: str, devices: int = 1) -> str:
   return work
 
 
+def run_refused(s: Session, work: str, *flags: str, timeout: float = RUN_TIMEOUT_S) -> str:
+  """Runs the launcher on ``work`` expecting it to fail; returns its one ``FATAL`` line
+  (fails when it exits with 0, prints a traceback or not exactly one FATAL line)."""
+  log = f"{work}.refused.log"
+  if os.path.exists(log):
+    os.remove(log)
+  proc = start(s, work, *flags, log=log)
+  try:
+    rc = proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"{proc.args} ran over {timeout} s:\n{tail(log)}") from None
+  out = tail(log, 100_000)
+  fatal = [line for line in out.splitlines() if line.startswith("FATAL")]
+  assert rc != 0 and len(fatal) == 1 and "Traceback" not in out, (rc, tail(log))
+  return fatal[0]
+
+
+def samples_dir(s: Session) -> str:
+  """The session's samples folder (inside the sample cache)."""
+  (path,) = glob.glob(os.path.join(s.samples, "*", "build_info.json"))
+  return os.path.dirname(path)
+
+
 def memo_run(s: Session, name: str, *flags: str, devices: int = 1,
              block: bool = True) -> str:
   """``run`` in a fresh workdir ``name``, once per session; returns the workdir. With

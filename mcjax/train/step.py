@@ -97,6 +97,23 @@ def _update_tables(state: TrainState, updates: dict):
   return unflat(tables), unflat(rows)
 
 
+def forward(model_def: ModelDef, loss_fn: LossFn, params: dict, tables: dict, rest: dict,
+            batch: dict, *, rows: dict | None = None, ids: dict | None = None, train: bool):
+  """The one forward pass of the train, sparse train and eval steps.
+
+  The model merged from ``(tables, params, rest)`` reads the given ``rows`` (gradients then
+  flow to the rows, not the tables) and gathers the rows of ``ids`` from ``tables`` (default:
+  every id of ``model.lookup_ids(batch)``). Returns ``(total, (terms, out, rest))``, ``rest``
+  being the model's non-parameter variables after the pass.
+  """
+  model = model_def.merge(tables, params, rest)
+  ids = model.lookup_ids(batch) if ids is None else ids
+  rows = {**(rows or {}), **(model.gather(ids) if ids else {})}
+  out = model.apply_rows(batch, rows, train=train)
+  total, terms = loss_fn(out, batch)
+  return total, (terms, out, model_def.split(model)[2])
+
+
 def _metrics(total: jax.Array, terms: dict, prefix: str) -> dict:
   """``<prefix>/loss`` plus the loss terms: in training a term ``t`` becomes ``loss/t``
   (names already under ``loss/`` are kept); in eval every name gets ``<prefix>/``."""
@@ -122,19 +139,12 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
   get sparse row updates.
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),
-  ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/lr`` and
-  ``loss/<term>`` for each loss term.
+  ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/param_norm``
+  (dense parameters after the update: cheap, and non-finite once any of them is),
+  ``learning/lr`` and ``loss/<term>`` for each loss term.
   """
   tx = optim.dense_tx()
   schedule = optim.schedule()
-
-  def forward(params, tables, rest, batch, rows=None):
-    model = model_def.merge(tables, params, rest)
-    if rows is None:  # dense mode: rows as a function of the tables
-      rows = model.gather(model.lookup_ids(batch))
-    out = model.apply_rows(batch, rows, train=True)
-    total, terms = loss_fn(out, batch)
-    return total, (terms, model_def.split(model)[2])
 
   def train_step(state: TrainState, batch: dict):
     flat_tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
@@ -150,14 +160,11 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
 
       def loss_of(params, small_tables, rows):
         tables = traverse_util.unflatten_dict({**flat_tables, **small_tables})
-        m = model_def.merge(tables, params, state.rest)
-        all_rows = {**rows, **m.gather(small_ids)} if small_ids else rows
-        out = m.apply_rows(batch, all_rows, train=True)
-        total, terms = loss_fn(out, batch)
-        return total, (terms, model_def.split(m)[2])
+        return forward(model_def, loss_fn, params, tables, state.rest, batch, rows=rows,
+                       ids=small_ids, train=True)
 
       grad_fn = jax.value_and_grad(loss_of, argnums=(0, 1, 2), has_aux=True)
-      (total, (terms, rest)), (g_params, g_small, g_rows) = grad_fn(
+      (total, (terms, _, rest)), (g_params, g_small, g_rows) = grad_fn(
           state.params, {p: flat_tables[p] for p in small}, rows)
       vocab = {p: t.shape[0] for p, t in flat_tables.items()}
       uniq = {path: sparse.unique_rows(i, g, vocab[path])
@@ -176,8 +183,9 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
           for path, g in g_small.items()})
     else:
       grad_fn = jax.value_and_grad(
-          lambda p, t: forward(p, t, state.rest, batch), argnums=(0, 1), has_aux=True)
-      (total, (terms, rest)), (g_params, g_tables) = grad_fn(state.params, state.tables)
+          lambda p, t: forward(model_def, loss_fn, p, t, state.rest, batch, train=True),
+          argnums=(0, 1), has_aux=True)
+      (total, (terms, _, rest)), (g_params, g_tables) = grad_fn(state.params, state.tables)
       flat_g = traverse_util.flatten_dict(g_tables) if g_tables else {}
       row_grad_sq = sum((jnp.sum(jnp.square(g)) for g in flat_g.values()),
                         jnp.zeros((), jnp.float32))
@@ -192,6 +200,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
     metrics = _metrics(total, terms, "learning")
     metrics["learning/grad_norm"] = optax.tree.norm(g_params)
     metrics["learning/row_grad_norm"] = jnp.sqrt(row_grad_sq)
+    metrics["learning/param_norm"] = optax.tree.norm(params)
     metrics["learning/lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     return new_state, metrics
 
@@ -207,9 +216,8 @@ def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, 
   ``eval/loss`` and ``eval/<term>`` (e.g. ``eval/loss/bce`` for a term named ``loss/bce``)."""
 
   def eval_step(state: TrainState, batch: dict):
-    model = model_def.merge(state.tables, state.params, state.rest)
-    out = model.apply_rows(batch, model.gather(model.lookup_ids(batch)), train=False)
-    total, terms = loss_fn(out, batch)
+    total, (terms, out, _) = forward(model_def, loss_fn, state.params, state.tables,
+                                     state.rest, batch, train=False)
     return predict_fn(out), _metrics(total, terms, "eval")
 
   return jax.jit(eval_step,
