@@ -125,14 +125,15 @@ class Context:
     logged = _lookup(self._exposed_lives, self._last_author, live, -1)
     return np.where(rows >= 0, gather(self.log.lives.columns["author_id"], rows, 0), logged)
 
-  def seen(self, user: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(user seen, live seen): the id is in its side table or has an exposure in the log."""
-    user_logged = _lookup(self._exposed_users, np.ones(len(self._exposed_users), bool), user,
-                          False)
-    live_logged = _lookup(self._exposed_lives, np.ones(len(self._exposed_lives), bool), live,
-                          False)
-    return ((self.log.users.rows(user) >= 0) | user_logged,
-            (self.log.lives.rows(live) >= 0) | live_logged)
+  def known_users(self, user: np.ndarray) -> np.ndarray:
+    """Whether each user id is in users.parquet or has an exposure (either domain) in the log."""
+    logged = _lookup(self._exposed_users, np.ones(len(self._exposed_users), bool), user, False)
+    return (self.log.users.rows(user) >= 0) | logged
+
+  def known_lives(self, live: np.ndarray) -> np.ndarray:
+    """Whether each live id is in lives.parquet or has an exposure in the log."""
+    logged = _lookup(self._exposed_lives, np.ones(len(self._exposed_lives), bool), live, False)
+    return (self.log.lives.rows(live) >= 0) | logged
 
   def _short_video_history(self, log: Log) -> ShortVideoHistory:
     """The plays: short-video watch_end events; sv_progress = seconds played / duration_s.

@@ -201,14 +201,21 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                  donate_argnums=(0,))
 
 
+def eval_forward(model_def: ModelDef, tables: dict, params: dict, rest: dict,
+                 batch: dict) -> dict:
+  """The model's outputs on a batch in evaluation mode: the forward pass ``eval_step`` and
+  the scorer (``mcjax.serve``) share, so served scores are evaluation predictions."""
+  model = model_def.merge(tables, params, rest)
+  return model.apply_rows(batch, model.gather(model.lookup_ids(batch)), train=False)
+
+
 def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, mesh: Mesh,
                    *, predict_fn: Callable = logits_to_probs):
   """The jitted ``eval_step(state, batch) -> (probs [B, T], metrics)``; metrics are
   ``eval/loss`` and ``eval/<term>`` (e.g. ``eval/loss/bce`` for a term named ``loss/bce``)."""
 
   def eval_step(state: TrainState, batch: dict):
-    model = model_def.merge(state.tables, state.params, state.rest)
-    out = model.apply_rows(batch, model.gather(model.lookup_ids(batch)), train=False)
+    out = eval_forward(model_def, state.tables, state.params, state.rest, batch)
     total, terms = loss_fn(out, batch)
     return predict_fn(out), _metrics(total, terms, "eval")
 
