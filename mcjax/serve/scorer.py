@@ -137,6 +137,7 @@ class Scorer:
     mesh = mesh_lib.make_mesh(mesh_shape, devices or jax.local_devices())
     target = state_lib.abstract_with_shardings(abstract, specs, mesh)
     with checkpoint.Checkpointer(ckpt_dir) as ckpt:
+      step = ckpt.latest_step() if step is None else int(step)
       try:
         state = ckpt.restore(target, step=step)
       except FileNotFoundError:
@@ -144,8 +145,7 @@ class Scorer:
         raise FileNotFoundError(f"workdir {workdir}: {which} in ckpt/ (steps: "
                                 f"{ckpt.all_steps()})") from None
     weights = {"tables": state.tables, "params": state.params, "rest": state.rest}
-    return cls(cfg, model_def, weights, mesh, buckets=buckets, log=log,
-               step=int(jax.device_get(state.step)))
+    return cls(cfg, model_def, weights, mesh, buckets=buckets, log=log, step=step)
 
   def attach(self, log) -> None:
     """Sets the event source of ``score``: a log folder, tables or an ``EventBuffer``."""
