@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's folder (config.json, ckpt/).",
                                required=True)
@@ -32,6 +32,7 @@ COLUMNS = ("request_id", "user_id", "ts_ms", "live_id")
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # keep the output readable (orbax logs every read)
   import numpy as np
   import pyarrow as pa
   import pyarrow.parquet as pq

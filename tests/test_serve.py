@@ -189,9 +189,15 @@ def test_no_recompiles_across_candidate_counts(scorer, trained):
   assert not [m for m in messages if "ompil" in m], messages
 
 
-def test_export_round_trip_in_a_jax_only_process(scorer, tmp_path):
-  """export() -> a subprocess that imports only jax and numpy scores like the Scorer."""
-  out = export.export(scorer, str(tmp_path / "export"))
+def test_export_round_trip_in_a_jax_only_process(trained, scorer, tmp_path):
+  """launch/export.py -> a subprocess that imports only jax and numpy scores like the Scorer."""
+  s, work = trained
+  out = str(tmp_path / "export")
+  done = subprocess.run(
+      [sys.executable, "-m", "launch.export", f"--workdir={work}", f"--out={out}",
+       f"--buckets={','.join(map(str, BUCKETS))}"],
+      cwd=tf.REPO, env=tf.env(s, 1), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
   lo, hi = scorer.requests.time_range
   batch = scorer.requests.batch(np.arange(70) % 9, lo + (np.arange(70) * (hi - lo)) // 70,
                                 np.arange(70) % 13)
@@ -266,7 +272,8 @@ def test_launch_score(trained, scorer, tmp_path):
                  tmp_path / "req.parquet")
   done = _score_cli(s, work, str(tmp_path / "req.parquet"), str(tmp_path / "out.parquet"))
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "unseen ids (scored with hashed ids, side features -1): 1 of 2 users, 2 of " in done.stdout
+  assert ("unseen ids (scored with hashed ids, side features -1): 1 of 2 users, 2 of "
+          in done.stdout)
   assert "WARNING 3 of 7 row(s) have ts_ms after the last event" in done.stdout
   out = pq.read_table(tmp_path / "out.parquet").to_pydict()
   assert out["request_id"] == [1, 1, 1, 1, 2, 2, 2] and out["rank"] == [0, 1, 2, 3, 0, 1, 2]
@@ -285,9 +292,22 @@ def test_launch_score(trained, scorer, tmp_path):
   assert done.stderr.strip().splitlines()[-1].startswith(
       "FATAL --requests: 1 row(s) have ts_ms before the first event of --log")
   (tmp_path / "untrained").mkdir()
-  (tmp_path / "untrained" / "config.json").write_text(open(os.path.join(work, "config.json")).read())
+  with open(os.path.join(work, "config.json")) as f:
+    (tmp_path / "untrained" / "config.json").write_text(f.read())
   done = _score_cli(s, str(tmp_path / "untrained"), str(tmp_path / "req.parquet"),
                     str(tmp_path / "y.parquet"))
   assert done.returncode != 0
   assert done.stderr.strip().splitlines()[-1] == (
       f"FATAL workdir {tmp_path / 'untrained'}: no checkpoint (ckpt/ is missing)")
+
+
+def test_serve_bench_runs(trained):
+  """benchmarks/serve_bench.py on the short run (its numbers are not checked, only its keys)."""
+  from benchmarks import serve_bench
+  s, work = trained
+  result = serve_bench.run(work, s.world, candidates=5, requests=3, batch_rows=70,
+                           buckets=BUCKETS)
+  for key in ("request_from_buffer", "request_prebuilt"):
+    assert result[key]["n"] == 3 and result[key]["p99_ms"] >= result[key]["p50_ms"] > 0
+  assert result["batch"]["rows"] == 70 and result["refresh"]["rebuild_s"] > 0
+  assert "candidates/s" in serve_bench.table(result)
