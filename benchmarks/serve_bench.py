@@ -11,7 +11,9 @@ log's time range):
   transform, the device call (bucket 128 for 100 candidates), ranking. p50 / p99 over
   ``requests`` requests, after ``warmup()`` and a few untimed requests.
 * **prebuilt**: the same requests with their batches built beforehand: ``score_batch`` and
-  the argsort only (what a feature-serving system in front of the model would leave).
+  the argsort only (what a feature-serving system in front of the model would leave); and
+  **features alone** (``RequestBuilder.batch``). The three are timed interleaved, request by
+  request, so a busy machine's load changes hit them alike.
 * **batch**: candidates/s of ``score_batch`` over ``batch_rows`` logged exposures (chunks of
   the largest bucket), features prebuilt and features built from the log with it.
 * **refresh**: an append of the next second of events, then the engine context's rebuild (the
@@ -63,27 +65,29 @@ def run(workdir: str, log: str, *, candidates: int = 100, requests: int = 300,
   pool = lives["live_id"].to_numpy()[np.argsort(off_air, kind="stable")]
   slate = pool[np.arange(candidates) % len(pool)]
   times = at + rng.integers(0, 1000, requests)
+  built = [scorer.requests.batch(u, q, slate) for u, q in zip(users, times)]
   for i in range(3):
     scorer.score(users[i], times[i], slate)
-  buffer_s = []
-  for u, q in zip(users, times):
+  buffer_s, prebuilt_s, features_s = [], [], []
+  for u, q, batch in zip(users, times, built):  # interleaved: load changes hit all three
     t0 = time.perf_counter()
     scorer.score(u, q, slate)
-    buffer_s.append(time.perf_counter() - t0)
-  built = [scorer.requests.batch(u, q, slate) for u, q in zip(users, times)]
-  prebuilt_s = []
-  for batch in built:
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     _, score = scorer.score_batch(batch)
     np.argsort(-score, kind="stable")
-    prebuilt_s.append(time.perf_counter() - t0)
+    t2 = time.perf_counter()
+    scorer.requests.batch(u, q, slate)
+    t3 = time.perf_counter()
+    buffer_s.append(t1 - t0)
+    prebuilt_s.append(t2 - t1)
+    features_s.append(t3 - t2)
 
   # batch scoring of logged exposures
   rows = rng.choice(ctx.n, min(batch_rows, ctx.n), replace=False)
   args = (ctx.user[rows], ctx.exposure_ts[rows], ctx.live_id[rows])
   t0 = time.perf_counter()
   batch = scorer.requests.batch(*args)
-  features_s = time.perf_counter() - t0
+  batch_features_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   scorer.score_batch(batch)
   model_s = time.perf_counter() - t0
@@ -105,9 +109,10 @@ def run(workdir: str, log: str, *, candidates: int = 100, requests: int = 300,
       "setup_s": setup_s, "compile_all_buckets_s": compile_s,
       "request_from_buffer": _percentiles(buffer_s),
       "request_prebuilt": _percentiles(prebuilt_s),
-      "batch": {"rows": n, "features_s": features_s, "model_s": model_s,
+      "request_features_only": _percentiles(features_s),
+      "batch": {"rows": n, "features_s": batch_features_s, "model_s": model_s,
                 "candidates_per_s_prebuilt": n / model_s,
-                "candidates_per_s_with_features": n / (features_s + model_s)},
+                "candidates_per_s_with_features": n / (batch_features_s + model_s)},
       "refresh": {"appended_events": len(nxt), "rebuild_s": refresh_s},
   }
 
@@ -115,6 +120,7 @@ def run(workdir: str, log: str, *, candidates: int = 100, requests: int = 300,
 def table(result: dict) -> str:
   """A human table of ``run``'s result."""
   b, p, batch = result["request_from_buffer"], result["request_prebuilt"], result["batch"]
+  f = result["request_features_only"]
   rows = [
       ["config / step / device", f"{result['config']} / {result['step']} / {result['device']}"],
       ["buckets", str(result["buckets"])],
@@ -122,6 +128,8 @@ def table(result: dict) -> str:
        f"{b['p50_ms']:.2f} / {b['p99_ms']:.2f}"],
       [f"1 x {result['candidates']} request, prebuilt features: p50 / p99 ms",
        f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f}"],
+      [f"1 x {result['candidates']} request, features alone: p50 / p99 ms",
+       f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f}"],
       [f"batch of {batch['rows']}: candidates/s prebuilt",
        f"{batch['candidates_per_s_prebuilt']:,.0f}"],
       [f"batch of {batch['rows']}: candidates/s with features",
