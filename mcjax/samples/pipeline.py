@@ -34,9 +34,10 @@ def pad_table(table: dict, sv_len: int, lv_len: int) -> dict:
   """A sample table -> dict of fixed-shape arrays (histories padded/truncated, lengths added).
 
   Padding is 0 after the valid items; sequences longer than the width keep their first (most
-  recent) items. Adds ``sv_len`` / ``lv_len`` (int32 valid lengths).
+  recent) items. Adds ``sv_len`` / ``lv_len`` (int32 valid lengths). Non-sequence fields the
+  table lacks stay absent (a scoring request has model inputs only).
   """
-  out = {f.name: table[f.name] for f in S.FIELDS if not f.is_sequence}
+  out = {f.name: table[f.name] for f in S.FIELDS if not f.is_sequence and f.name in table}
   for prefix, width, names in (("sv", sv_len, S.SV_FIELDS), ("lv", lv_len, S.LV_FIELDS)):
     off = table[S.OFFSETS[prefix]]
     valid = np.minimum(np.diff(off), width)

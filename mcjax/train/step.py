@@ -97,21 +97,28 @@ def _update_tables(state: TrainState, updates: dict):
   return unflat(tables), unflat(rows)
 
 
-def forward(model_def: ModelDef, loss_fn: LossFn, params: dict, tables: dict, rest: dict,
-            batch: dict, *, rows: dict | None = None, ids: dict | None = None, train: bool):
-  """The one forward pass of the train, sparse train and eval steps.
+def apply(model_def: ModelDef, params: dict, tables: dict, rest: dict, batch: dict, *,
+          rows: dict | None = None, ids: dict | None = None, train: bool):
+  """The one model pass of the train, sparse train and eval steps and of the scorer.
 
   The model merged from ``(tables, params, rest)`` reads the given ``rows`` (gradients then
   flow to the rows, not the tables) and gathers the rows of ``ids`` from ``tables`` (default:
-  every id of ``model.lookup_ids(batch)``). Returns ``(total, (terms, out, rest))``, ``rest``
-  being the model's non-parameter variables after the pass.
+  every id of ``model.lookup_ids(batch)``). Returns ``(out, rest)``, ``rest`` being the
+  model's non-parameter variables after the pass.
   """
   model = model_def.merge(tables, params, rest)
   ids = model.lookup_ids(batch) if ids is None else ids
   rows = {**(rows or {}), **(model.gather(ids) if ids else {})}
   out = model.apply_rows(batch, rows, train=train)
+  return out, model_def.split(model)[2]
+
+
+def forward(model_def: ModelDef, loss_fn: LossFn, params: dict, tables: dict, rest: dict,
+            batch: dict, *, rows: dict | None = None, ids: dict | None = None, train: bool):
+  """``apply`` then the loss: ``(total, (terms, out, rest))``."""
+  out, rest = apply(model_def, params, tables, rest, batch, rows=rows, ids=ids, train=train)
   total, terms = loss_fn(out, batch)
-  return total, (terms, out, model_def.split(model)[2])
+  return total, (terms, out, rest)
 
 
 def _metrics(total: jax.Array, terms: dict, prefix: str) -> dict:
@@ -208,6 +215,14 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)),
                  donate_argnums=(0,))
+
+
+def eval_forward(model_def: ModelDef, tables: dict, params: dict, rest: dict,
+                 batch: dict) -> dict:
+  """The model's outputs on a batch in evaluation mode (``apply``, train=False): what
+  ``eval_step`` and the scorer (``mcjax.serve``) compute, so served scores are evaluation
+  predictions."""
+  return apply(model_def, params, tables, rest, batch, train=False)[0]
 
 
 def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, mesh: Mesh,
