@@ -101,7 +101,10 @@ def search(mode: str, k: int, length, *, query=None, keys=None, match=None):
 #   simhash  ETA-style: 32 random hyperplanes map each item / author row and the query's
 #            projection onto it to a 32-bit signature (packed into a uint32); the score is the
 #            number of agreeing bits (32 - popcount(xor)) summed over item and author (side
-#            features ignored), all-reduced as int8 (a quarter of f32's bytes).
+#            features ignored), all-reduced as int8 (a quarter of f32's bytes). A signature
+#            depends on the row only: when a table (shard) has no more rows than there are
+#            positions, the whole table is signed once and 4-byte signatures are gathered
+#            instead of 128-byte rows (same signatures, a cache-resident gather).
 # Hard modes pre-score with their exact match-and-recency score (no table read).
 
 APPROX = model_config.GSU_APPROX
@@ -115,25 +118,43 @@ def simhash_planes(dim: int) -> np.ndarray:
       (dim, SIMHASH_BITS)).astype(np.float32)
 
 
+def _pack_weights():
+  """[SIMHASH_BITS, 2] float32: bit j weighs 2^(j mod 16) in 16-bit half j // 16 (built
+  from iotas, not a constant: custom_partitioning bodies take no captured constants)."""
+  j = jnp.arange(SIMHASH_BITS, dtype=jnp.uint32)[:, None]
+  half = jnp.arange(2, dtype=jnp.uint32)[None, :]
+  weight = jnp.left_shift(jnp.uint32(1), j % 16).astype(jnp.float32)
+  return jnp.where(j // 16 == half, weight, 0.0)
+
+
 def simhash(x, planes):
-  """[..., dim] -> [...] uint32 signatures: bit j set iff x . planes[:, j] > 0."""
-  bits = (x @ planes > 0).astype(jnp.uint32)
-  weights = jnp.left_shift(jnp.uint32(1), jnp.arange(planes.shape[1], dtype=jnp.uint32))
-  return jnp.sum(bits * weights, axis=-1, dtype=jnp.uint32)
+  """[..., dim] -> [...] uint32 signatures: bit j set iff x . planes[:, j] > 0.
+
+  The bits are packed by a matmul into two exact 16-bit halves (floats below 2^16), so XLA
+  materialises [..., 2] halves: a gather of signatures then reads 8 bytes per row, where a
+  packing reduction would be fused into the gather and re-read each gathered row's 32
+  projections (measured ~10x slower on CPU)."""
+  bits = (x @ planes > 0).astype(jnp.float32)
+  halves = (bits @ _pack_weights()).astype(jnp.uint32)
+  return halves[..., 0] | (halves[..., 1] << 16)
 
 
-def _partial_scores(kind: str, table, ids, u):
+def _partial_scores(kind: str, table, ids, u, planes):
   """One table's pre-score part [B, L] of rows table[ids [B, L]] against u [B, dim]: f32
-  dot products, bf16 dot products (fp32 accumulation), or simhash agreement counts (int32)."""
+  dot products, bf16 dot products (fp32 accumulation), or simhash agreement counts (int32,
+  hyperplanes ``planes`` [dim, SIMHASH_BITS])."""
+  if kind == "simhash":
+    if table.shape[0] <= ids.size:  # sign the (local) table once, gather 4-byte signatures
+      signatures = jnp.take(simhash(table, planes), ids, axis=0, mode="clip")
+    else:
+      signatures = simhash(jnp.take(table, ids, axis=0, mode="clip"), planes)
+    diff = jnp.bitwise_xor(signatures, simhash(u, planes)[:, None])
+    return SIMHASH_BITS - jax.lax.population_count(diff).astype(jnp.int32)
   rows = jnp.take(table, ids, axis=0, mode="clip")
   if kind == "f32":
     return jnp.einsum("bld,bd->bl", rows, u)
-  if kind == "bf16":
-    return jnp.einsum("bld,bd->bl", rows.astype(jnp.bfloat16), u.astype(jnp.bfloat16),
-                      preferred_element_type=jnp.float32)
-  planes = jnp.asarray(simhash_planes(table.shape[-1]))
-  diff = jnp.bitwise_xor(simhash(rows, planes), simhash(u, planes)[:, None])
-  return SIMHASH_BITS - jax.lax.population_count(diff).astype(jnp.int32)
+  return jnp.einsum("bld,bd->bl", rows.astype(jnp.bfloat16), u.astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32)
 
 
 def _wire_dtype(kind: str):
@@ -165,9 +186,9 @@ def _owner_scores_fn(n_tables: int, kind: str):
   """The custom-partitioned pre-score of ``n_tables`` (table, ids, u) triples (see
   ``owner_scores``), built once per arity and kind."""
 
-  def reference(*args):
+  def reference(*args):  # (table, ids, u) per table, then the simhash planes
     triples = [args[3 * i:3 * i + 3] for i in range(n_tables)]
-    return _sum_scores(kind, [_partial_scores(kind, *t) for t in triples])
+    return _sum_scores(kind, [_partial_scores(kind, *t, args[-1]) for t in triples])
 
   fn = custom_partitioning(reference)
 
@@ -184,6 +205,7 @@ def _owner_scores_fn(n_tables: int, kind: str):
     args = []
     for rows in row_axes:
       args += [named(rows, None), named(batch_axis, None), named(batch_axis, None)]
+    args.append(named())  # planes: replicated
     return batch_axis, row_axes, tuple(args), named(batch_axis, None)
 
   def infer(mesh, arg_shapes, result_shape):
@@ -195,15 +217,15 @@ def _owner_scores_fn(n_tables: int, kind: str):
     _, row_axes, arg_shardings, out_sharding = shardings(mesh, arg_shapes)
 
     def lower(*args):
-      parts, axes = [], set()
+      parts, axes, planes = [], set(), args[-1]
       for i, rows in enumerate(row_axes):
         table, ids, u = args[3 * i:3 * i + 3]
         if rows is None:
-          parts.append(_partial_scores(kind, table, ids, u))
+          parts.append(_partial_scores(kind, table, ids, u, planes))
           continue
         local = ids - jax.lax.axis_index(rows) * table.shape[0]
         inside = (local >= 0) & (local < table.shape[0])
-        part = _partial_scores(kind, table, local, u)
+        part = _partial_scores(kind, table, local, u, planes)
         parts.append(jnp.where(inside, part, jnp.zeros((), part.dtype)))
         axes |= _axis_names(rows)
       total = _sum_scores(kind, parts)
@@ -214,9 +236,10 @@ def _owner_scores_fn(n_tables: int, kind: str):
 
   operands = ", ".join(f"r{i} d{i}, b l, b d{i}" for i in range(n_tables))
   fn.def_partition(partition, infer_sharding_from_operands=infer,
-                   sharding_rule=f"{operands} -> b l",
+                   sharding_rule=f"{operands}, pd pb -> b l",
                    reduction_factors=tuple(f"{f}{i}" for i in range(n_tables)
-                                           for f in ("r", "d")))
+                                           for f in ("r", "d")),
+                   need_replication_factors=("pd", "pb"))
   return fn
 
 
@@ -235,7 +258,11 @@ def owner_scores(kind: str, triples):
   """
   if kind not in APPROX[1:]:
     raise ValueError(f"owner_scores: kind must be one of {APPROX[1:]}, got {kind!r}")
-  args = [a for t in triples for a in t]
+  dims = {t[0].shape[-1] for t in triples}
+  if len(dims) != 1:
+    raise ValueError(f"owner_scores: tables must share one width, got {sorted(dims)}")
+  planes = jnp.asarray(simhash_planes(dims.pop()))  # an argument: no constants inside
+  args = [a for t in triples for a in t] + [planes]
   return _owner_scores_fn(len(triples), kind)(*args)
 
 
@@ -259,8 +286,8 @@ def side_scores(table, ids, kernel, query):
 
 def preselect(scores, length, recent: int, candidates: int):
   """Positions of a cut history: the ``recent`` most recent ones, then the ``candidates``
-  best-scored among the rest (highest first). scores [B, L] (any real or integer dtype),
-  length [B].
+  best-scored among the rest (highest first). scores [B, L] (float, or small non-negative
+  integers), length [B].
 
   Returns (positions [B, recent + candidates] int32, new_length [B] int32): the valid
   positions come first (recent ones below the length, then scored ones below it), so the cut
@@ -269,12 +296,15 @@ def preselect(scores, length, recent: int, candidates: int):
   max_len = scores.shape[1]
   pos = jnp.arange(max_len)[None, :]
   keep = (pos >= recent) & (pos < jnp.asarray(length)[:, None])
-  if jnp.issubdtype(scores.dtype, jnp.floating):
-    # kept positions outrank excluded ones even at -inf (a hard mode's non-matching item)
-    kept = jnp.maximum(scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    masked = jnp.where(keep, kept, -jnp.inf)
-  else:  # integer scores are >= 0 here; -1 marks the excluded positions
-    masked = jnp.where(keep, scores.astype(jnp.int32), -1)
+  kept = scores.astype(jnp.float32)
+  if not jnp.issubdtype(scores.dtype, jnp.floating):
+    # small integer scores (simhash agreements): many ties, broken towards the more recent
+    # position by a fraction below 1/2 (exact in float32 for histories up to ~60,000); and
+    # float32, because XLA's CPU top_k of integers is a full sort (~50x slower here)
+    kept = kept + 0.5 * (1.0 - pos.astype(jnp.float32) / max_len)
+  # kept positions outrank excluded ones even at -inf (a hard mode's non-matching item)
+  kept = jnp.maximum(kept, jnp.finfo(jnp.float32).min)
+  masked = jnp.where(keep, kept, -jnp.inf)
   _, idx = jax.lax.top_k(masked, candidates)
   idx = idx.astype(jnp.int32)
   length = jnp.asarray(length, jnp.int32)
