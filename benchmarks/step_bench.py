@@ -84,6 +84,27 @@ def chip_peak_flops(device, precision: str | None = None) -> tuple[float | None,
   return None, ""
 
 
+def cut_histories_for_counts(model_cfg: ml_collections.ConfigDict, batch: dict) -> dict:
+  """The batch as the model looks it up with ``gsu.approx`` on: each long history cut to
+  recent-N + ``gsu.candidates`` positions (``MomentCross.cut_histories``). The first
+  positions stand in for the pre-scored ones (row counts only, no model needed)."""
+  if model_cfg.gsu.approx == "off":
+    return batch
+  out = dict(batch)
+  for dom, on in (("lv", model_cfg.use_lv_history), ("sv", model_cfg.use_sv_history)):
+    max_len = np.shape(batch[f"{dom}_item"])[1] if on else 0
+    recent = (min(model_cfg.esu.recent_n, max_len) if dom == "lv" and model_cfg.esu.recent_n
+              else 0)
+    keep = recent + model_cfg.gsu.candidates
+    if max_len <= keep:
+      continue
+    for name in schema.DOMAINS[dom]:
+      if name in out:
+        out[name] = np.asarray(out[name])[:, :keep]
+    out[f"{dom}_len"] = np.minimum(np.asarray(batch[f"{dom}_len"]), keep)
+  return out
+
+
 def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
                       dense_below_rows: int, sparse_update: bool = True) -> dict:
   """Rows gathered and rows updated per step, and their bytes ((gathered + updated) x dim x 4).
@@ -91,7 +112,10 @@ def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
   Looked-up features gather one row per id; the model's inline features one per history
   position (side-table content) or per GSU-selected position (behaviour). Sparse tables
   update their unique rows; tables below ``dense_below_rows`` rows, the inline tables (or
-  all, with ``sparse_update`` off) are updated whole."""
+  all, with ``sparse_update`` off) are updated whole. With ``gsu.approx`` on, histories
+  count at their cut length (``cut_histories_for_counts``; the pre-score's own row reads
+  are not counted)."""
+  batch = cut_histories_for_counts(model_cfg, batch)
   ids = jax.device_get(embedding.lookup_ids(model_cfg, batch))
   sizes = embedding.table_sizes(model_cfg)
   inline = embedding.inline_tables(model_cfg)
