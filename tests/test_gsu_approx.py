@@ -117,9 +117,11 @@ def test_owner_scores_on_a_mesh_send_scores_not_rows():
   only collective over "model" is one all-reduce of [B/data, L] (no [.., L, dim] rows)."""
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
   triples = _planted(batch=8, length=300, rows=4000)
-  on_mesh = [(jax.device_put(t, NamedSharding(mesh, P("model", None))),
+  table_specs = (P("model", None), P())  # item rows sharded, author table whole
+  on_mesh = [(jax.device_put(t, NamedSharding(mesh, spec)),
               jax.device_put(i, NamedSharding(mesh, P("data", None))),
-              jax.device_put(u, NamedSharding(mesh, P("data", None)))) for t, i, u in triples]
+              jax.device_put(u, NamedSharding(mesh, P("data", None))))
+             for (t, i, u), spec in zip(triples, table_specs)]
   for kind in ("f32", "simhash"):
     fn = jax.jit(lambda t, kind=kind: gsu.owner_scores(kind, t))
     one = fn(triples)
@@ -130,3 +132,44 @@ def test_owner_scores_on_a_mesh_send_scores_not_rows():
     reduces = re.findall(r"= (\S+) all-reduce\(", hlo)
     assert reduces and all(r.split("{")[0] in ("f32[4,300]", "s8[4,300]") for r in reduces), \
         reduces
+
+
+def test_train_step_f32_two_stage_on_a_mesh_equals_reference_step():
+  """The real train step (sparse row updates) with the f32 two-stage search on a 2 x 4 mesh
+  (row-sharded tables: pre-scores on the owning shards) leaves the state of the reference
+  search on one device; so does the dense full-table step (tables differentiated)."""
+  import functools
+
+  from mcjax import losses
+  from mcjax.train import mesh as mesh_lib
+  from mcjax.train import state as state_lib
+  from mcjax.train import step as step_lib
+
+  optim = state_lib.OptimConfig()
+  loss_fn = functools.partial(losses.compute_loss, cfg=losses.loss_config())
+  batch = schema.dummy_batch(16, 12, 10, seed=3)
+  results = []
+  for approx, shape, sparse_update in (("off", (1, 1), True), ("f32", (2, 4), True),
+                                       ("f32", (1, 1), False)):
+    cfg = tiny(**{"gsu.approx": approx, "gsu.candidates": 4})
+    mesh = mesh_lib.make_mesh(shape, devices=jax.devices()[:shape[0] * shape[1]])
+    model_def, state, shardings = state_lib.create_train_state(
+        functools.partial(build_model, cfg), mesh, optim)
+    step = step_lib.make_train_step(model_def, optim, loss_fn, shardings, mesh,
+                                    sparse_update=sparse_update)
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    results.append((jax.device_get(state), float(metrics["learning/loss"])))
+  (ref, ref_loss), *others = results
+  for got, loss in others:
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), got, ref)
+
+
+def test_config_validation_of_the_two_stage_keys():
+  from mcjax.model import config as model_config
+  with pytest.raises(ValueError, match="model.gsu.approx"):
+    model_config.validate(tiny(**{"gsu.approx": "lsh"}))
+  with pytest.raises(ValueError, match="model.gsu.candidates"):
+    model_config.validate(tiny(**{"gsu.approx": "simhash", "gsu.candidates": 2}))
+  model_config.validate(tiny(**{"gsu.candidates": 2}))  # ignored while approx is off

@@ -217,20 +217,22 @@ def _owner_scores_fn(n_tables: int, kind: str):
     _, row_axes, arg_shardings, out_sharding = shardings(mesh, arg_shapes)
 
     def lower(*args):
-      parts, axes, planes = [], set(), args[-1]
+      groups, planes = {}, args[-1]  # row axes -> parts of the tables sharded on them
       for i, rows in enumerate(row_axes):
         table, ids, u = args[3 * i:3 * i + 3]
-        if rows is None:
-          parts.append(_partial_scores(kind, table, ids, u, planes))
+        axes = tuple(sorted(_axis_names(rows)))
+        if not axes:  # a whole table on every shard
+          groups.setdefault(axes, []).append(_partial_scores(kind, table, ids, u, planes))
           continue
         local = ids - jax.lax.axis_index(rows) * table.shape[0]
         inside = (local >= 0) & (local < table.shape[0])
         part = _partial_scores(kind, table, local, u, planes)
-        parts.append(jnp.where(inside, part, jnp.zeros((), part.dtype)))
-        axes |= _axis_names(rows)
-      total = _sum_scores(kind, parts)
-      # each row lives on one shard of its axes: the sum over them restores every part
-      return jax.lax.psum(total, tuple(sorted(axes))) if axes else total
+        groups.setdefault(axes, []).append(jnp.where(inside, part, jnp.zeros((), part.dtype)))
+      # a row lives on one shard of its axes: the sum over them restores its part (parts of
+      # tables held whole are added once, outside the reduction)
+      totals = [jax.lax.psum(_sum_scores(kind, parts), axes) if axes
+                else _sum_scores(kind, parts) for axes, parts in groups.items()]
+      return _sum_scores(kind, totals)
 
     return mesh, lower, out_sharding, arg_shardings
 
