@@ -11,6 +11,11 @@ Modes (``model.gsu.mode``):
 Padding (positions >= the valid length) and, in hard modes, non-matching items score -inf and
 never win a slot; ``valid`` marks the slots that hold a real item (fewer than k real items
 leave the extra slots invalid, to be masked downstream).
+
+``search`` is the reference: every position scored inside the differentiable forward pass.
+With ``model.gsu.approx`` on, the model first cuts each long history to a few candidates
+with a pre-score that has no gradient (the two-stage search below, ``preselect`` and
+``owner_scores``; ``MomentCross.cut_histories``), then runs ``search`` on the cut history.
 """
 
 from __future__ import annotations
@@ -90,7 +95,9 @@ def search(mode: str, k: int, length, *, query=None, keys=None, match=None):
 # positions, the batch's history is cut to them (``take_history``), and the model then runs
 # unchanged on that short history (exact scores, gradients, ESU). Item and author partial
 # scores are computed on the shard that owns each row (``owner_scores``), so only [B/data, L]
-# scores cross chips, never the rows.
+# scores cross chips, never the rows. (Each "model" shard still runs the masked pre-score
+# over all B/data x L positions; only the row reads are split. The recent-N of the live
+# history is always kept and never pre-scored.)
 #
 # Pre-scores (``APPROX``):
 #   f32      the exact soft score q . content without its constant bias: item . (K_item q) +
