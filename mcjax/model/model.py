@@ -18,6 +18,11 @@ gathered rows. Gathering behaviour at every position and taking the kept ones gi
 outputs up to float rounding (tests/test_model_reference.py checks outputs and gradients
 against that plain computation); only the work differs.
 
+With ``gsu.approx`` on (the two-stage search, ``gsu.py``), ``lookup_ids`` and ``apply_rows``
+first cut each long history to its pre-scored candidates (``cut_histories``, no gradient), so
+the step looks up, differentiates and updates only those positions' rows; the match features
+still count over the whole history.
+
 ``out``: "logits" [B, len(TASKS)], "sv_interest" / "lv_interest" [B, d_model] (the user's
 short-video and live interests in the common contrastive space) and, with
 ``contrastive.author_level``, "author_sv" / "author_lv" [B, d_model] (the candidate's author
