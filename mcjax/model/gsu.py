@@ -56,8 +56,35 @@ def select(scores, length, k: int):
   """
   k = min(k, scores.shape[1])
   masked = jnp.where(valid_positions(length, scores.shape[1]), scores, -jnp.inf)
-  top, idx = jax.lax.top_k(masked, k)
+  idx = top_k_indices(masked, k)
+  top = jnp.take_along_axis(masked, idx, axis=1)  # differentiable w.r.t. the scores
   return idx, jnp.isfinite(top), top
+
+
+@functools.lru_cache(maxsize=None)
+def _top_k_fn(k: int):
+  """``jax.lax.top_k`` indices, partitioned along the batch axis (see ``top_k_indices``)."""
+  fn = custom_partitioning(lambda x: jax.lax.top_k(x, k)[1].astype(jnp.int32))
+
+  def sharding(mesh, arg_shapes):
+    return NamedSharding(mesh, P(_axis_entry(arg_shapes[0].sharding.spec, 0), None))
+
+  def partition(mesh, arg_shapes, result_shape):
+    del result_shape
+    s = sharding(mesh, arg_shapes)
+    return mesh, lambda x: jax.lax.top_k(x, k)[1].astype(jnp.int32), s, (s,)
+
+  fn.def_partition(partition, infer_sharding_from_operands=lambda mesh, args, _: sharding(
+      mesh, args), sharding_rule="b l -> b k", need_replication_factors=("l", "k"))
+  return fn
+
+
+def top_k_indices(x, k: int):
+  """int32 [B, k] positions of the k largest values of each row of x [B, L] (ties: the lower
+  position first), no gradient. ``jax.lax.top_k`` on a batch-sharded array is all-gathered
+  by the partitioner (every device sorts the global batch: 2 x 328 MB per device per step at
+  2 x 4 devices, batch 8192, 10,000 positions); this one keeps each shard's rows local."""
+  return _top_k_fn(int(k))(jax.lax.stop_gradient(x))
 
 
 def take(x, idx):
@@ -314,8 +341,7 @@ def preselect(scores, length, recent: int, candidates: int):
   # kept positions outrank excluded ones even at -inf (a hard mode's non-matching item)
   kept = jnp.maximum(kept, jnp.finfo(jnp.float32).min)
   masked = jnp.where(keep, kept, -jnp.inf)
-  _, idx = jax.lax.top_k(masked, candidates)
-  idx = idx.astype(jnp.int32)
+  idx = top_k_indices(masked, candidates)
   length = jnp.asarray(length, jnp.int32)
   if recent:
     head = jnp.broadcast_to(jnp.arange(recent, dtype=jnp.int32), (idx.shape[0], recent))
