@@ -20,7 +20,8 @@ each chip in ``CHIPS`` three lower bounds on the step time of one chip:
 
 The step-time bound is the largest term (perfect overlap); their sum is the no-overlap
 figure. Weak scaling: at a fixed per-chip batch the ideal step time is flat, so the
-efficiency of N chips is bound(smallest mesh with the same model-axis size) / bound(N).
+efficiency of N chips is bound(base) / bound(N), the base being the smallest mesh of the grid
+(8 devices) with the same model-axis size, or else the fastest smallest mesh.
 
 These are bounds from compiled programs and data-sheet peaks, not measurements: no
 accelerator was used. Peaks (per chip): NVIDIA H200 SXM (nvidia.com/en-us/data-center/h200):
@@ -80,10 +81,12 @@ def project(records: list[dict]) -> list[dict]:
                    "flops": r["cost"]["flops"], "hbm_bytes_accessed": hbm,
                    "wire_bytes": r["summary"]["wire_bytes"],
                    **bounds(r, chip, hbm)})
-  for row in rows:  # weak scaling within (chip, model-axis size, table size)
-    family = [x for x in rows if (x["chip"], x["model"], x["rows"]) ==
-              (row["chip"], row["model"], row["rows"])]
-    base = min(family, key=lambda x: x["devices"])
+  for row in rows:  # weak scaling, per (chip, table size)
+    peers = [x for x in rows if (x["chip"], x["rows"]) == (row["chip"], row["rows"])]
+    fewest = min(x["devices"] for x in peers)
+    smallest = [x for x in peers if x["devices"] == fewest]
+    same_model = [x for x in smallest if x["model"] == row["model"]]
+    base = (same_model or sorted(smallest, key=lambda x: x["bound_s"]))[0]
     row["weak_scaling_base"] = base["layout"]
     row["weak_scaling_efficiency"] = base["bound_s"] / row["bound_s"]
   return rows
@@ -108,18 +111,41 @@ def markdown(rows: list[dict], table_rows: int) -> str:
   return "\n".join(out)
 
 
+def capacity_markdown(records: list[dict]) -> str:
+  """Device memory of each compiled step (XLA's argument + temporary bytes per device: the
+  state shards, the batch shard and the step's buffers) by mesh and table size, against each
+  chip's HBM."""
+  sizes = sorted({r["rows"] for r in records})
+  out = ["| mesh | " + " | ".join(f"GB at {t:.0e} rows" for t in sizes) + " |",
+         "|---|" + "---|" * len(sizes)]
+  for layout in dict.fromkeys(r["layout"] for r in records):
+    cells = []
+    for t in sizes:
+      r = next((x for x in records if x["layout"] == layout and x["rows"] == t), None)
+      if r is None:
+        cells.append("-")
+        continue
+      gb = (r["cost"]["argument_size_in_bytes"] + r["cost"]["temp_size_in_bytes"]) / 1e9
+      over = [name for name, c in CHIPS.items() if gb * 1e9 > c["hbm_bytes"]]
+      cells.append(f"{gb:,.1f}" + (f" (> {', '.join(over)})" if over else ""))
+    out.append(f"| {layout} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   with open(_COMMS_JSON.value) as f:
     data = json.load(f)
   rows = project(data["records"])
-  table_sizes = sorted({r["rows"] for r in rows})
   print(f"from: {data.get('command', _COMMS_JSON.value)}\n")
-  for t in table_sizes:
-    print(f"table rows {t:.0e}:\n")
-    print(markdown(rows, t))
-    print()
+  smallest = min(r["rows"] for r in rows)
+  print(f"table rows {smallest:.0e} (the terms do not depend on the table size: see the "
+        "module doc):\n")
+  print(markdown(rows, smallest))
+  print("\ndevice memory (args + temp) by table size:\n")
+  print(capacity_markdown(data["records"]))
+  print()
   for chip in CHIPS:
     eff = [r["weak_scaling_efficiency"] for r in rows if r["chip"] == chip]
     print(f"{chip}: weak-scaling efficiency median {statistics.median(eff):.0%}, "
