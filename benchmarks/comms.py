@@ -50,19 +50,23 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/full.py", "A config file from experiments/configs.")
-_DEVICES = flags.DEFINE_list("devices", ["8", "32", "64", "256"], "Device counts.")
-_LAYOUTS = flags.DEFINE_list(
-    "layouts", ["8x1", "2x4", "32x1", "8x4", "64x1", "16x4", "256x1", "64x4", "32x8",
-                "16x16"], "data x model layouts (each runs in its device count's process).")
-_ROWS = flags.DEFINE_list("rows", ["1e5", "1e6", "1e7", "1e8"], "Table sizes (rows).")
-_BATCH = flags.DEFINE_integer("batch_per_chip", 1024, "Examples per device per step.")
-_QUICK = flags.DEFINE_bool("quick", False, "8 devices, layout 2x4, rows 1e5 and 1e6, a tiny "
-                           "model, 16 examples per chip: the smoke test (< 1 min).")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Write every collective here (JSON).")
-_WORKER = flags.DEFINE_integer("worker", 0, "Internal: compile for this many host devices "
-                               "and print JSON records.")
+def _define_flags() -> None:
+  """Defines the command-line flags: only when run as a script, so that importing this module
+  (the tests import several benchmarks into one process) defines none."""
+  global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", "experiments/configs/full.py", "A config file from experiments/configs.")
+  _DEVICES = flags.DEFINE_list("devices", ["8", "32", "64", "256"], "Device counts.")
+  _LAYOUTS = flags.DEFINE_list(
+      "layouts", ["8x1", "2x4", "32x1", "8x4", "64x1", "16x4", "256x1", "64x4", "32x8",
+                  "16x16"], "data x model layouts (each runs in its device count's process).")
+  _ROWS = flags.DEFINE_list("rows", ["1e5", "1e6", "1e7", "1e8"], "Table sizes (rows).")
+  _BATCH = flags.DEFINE_integer("batch_per_chip", 1024, "Examples per device per step.")
+  _QUICK = flags.DEFINE_bool("quick", False, "8 devices, layout 2x4, rows 1e5 and 1e6, a tiny "
+                             "model, 16 examples per chip: the smoke test (< 1 min).")
+  _JSON_OUT = flags.DEFINE_string("json_out", None, "Write every collective here (JSON).")
+  _WORKER = flags.DEFINE_integer("worker", 0, "Internal: compile for this many host devices "
+                                 "and print JSON records.")
 
 KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
@@ -366,4 +370,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

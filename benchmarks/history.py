@@ -23,10 +23,14 @@ import sys
 
 from absl import app, flags
 
-_LENGTHS = flags.DEFINE_list("lengths", ["1000", "10000"], "Short-video history lengths.")
-_APPROX = flags.DEFINE_list("approx", ["off", "simhash"], "model.gsu.approx values.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds (one process per point each).")
-_OUT = flags.DEFINE_string("out", "runs/history", "Folder for the per-run JSON files.")
+def _define_flags() -> None:
+  """Defines the command-line flags: only when run as a script, so that importing this module
+  (the tests import several benchmarks into one process) defines none."""
+  global _LENGTHS, _APPROX, _ROUNDS, _OUT
+  _LENGTHS = flags.DEFINE_list("lengths", ["1000", "10000"], "Short-video history lengths.")
+  _APPROX = flags.DEFINE_list("approx", ["off", "simhash"], "model.gsu.approx values.")
+  _ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds (one process per point each).")
+  _OUT = flags.DEFINE_string("out", "runs/history", "Folder for the per-run JSON files.")
 
 
 def run_point(length: int, approx: str, i: int, bench_flags: list[str]) -> dict:
@@ -81,4 +85,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -39,9 +39,13 @@ import statistics
 
 from absl import app, flags
 
-_COMMS_JSON = flags.DEFINE_string("comms_json", "runs/comms_grid.json",
-                                  "The JSON written by benchmarks.comms --json_out.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the projection here (JSON).")
+def _define_flags() -> None:
+  """Defines the command-line flags: only when run as a script, so that importing this module
+  (the tests import several benchmarks into one process) defines none."""
+  global _COMMS_JSON, _JSON_OUT
+  _COMMS_JSON = flags.DEFINE_string("comms_json", "runs/comms_grid.json",
+                                    "The JSON written by benchmarks.comms --json_out.")
+  _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the projection here (JSON).")
 
 CHIPS = {
     "H200": {"flops": 494e12, "flops_note": "TF32 dense 494 TFLOP/s", "bf16_flops": 989e12,
@@ -156,4 +160,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
