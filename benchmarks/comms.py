@@ -2,6 +2,7 @@
 
     python -m benchmarks.comms --json_out=runs/comms.json          # the full grid (minutes)
     python -m benchmarks.comms --quick                             # 8 devices, < 1 min
+    python -m benchmarks.comms --render=runs/comms_grid.json       # the table of a saved run
     python -m benchmarks.comms --devices=8 --layouts=2x4 --rows=1e5,1e7 \
         --config.moment.sv_hist_len=10000 --config.model.gsu.approx=simhash
 
@@ -53,7 +54,7 @@ from ml_collections import config_flags
 def _define_flags() -> None:
   """Defines the command-line flags: only when run as a script, so that importing this module
   (the tests import several benchmarks into one process) defines none."""
-  global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER
+  global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER, _RENDER
   _CONFIG = config_flags.DEFINE_config_file(
       "config", "experiments/configs/full.py", "A config file from experiments/configs.")
   _DEVICES = flags.DEFINE_list("devices", ["8", "32", "64", "256"], "Device counts.")
@@ -67,6 +68,8 @@ def _define_flags() -> None:
   _JSON_OUT = flags.DEFINE_string("json_out", None, "Write every collective here (JSON).")
   _WORKER = flags.DEFINE_integer("worker", 0, "Internal: compile for this many host devices "
                                  "and print JSON records.")
+  _RENDER = flags.DEFINE_string("render", None, "Print the table of a --json_out file "
+                                "instead of compiling.")
 
 KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
@@ -290,6 +293,18 @@ def _mb(x: float) -> str:
   return f"{x / 1e6:,.2f}"
 
 
+def _op_kinds(op_name: str) -> str:
+  """The distinct jax primitives named in a collective's op_name metadata (a combined
+  collective joins its parts' names with ':'), e.g. 'scatter-add, dot_general'."""
+  kinds = []
+  for part in re.split(r"[:()]", op_name):
+    leaf = part.rsplit("/", 1)[-1].strip()
+    if (re.fullmatch(r"[a-z][a-z_-]*", leaf) and leaf not in kinds and leaf != "train_step"
+        and not leaf.startswith(("jit", "jvp", "transpose", "cond", "branch"))):
+      kinds.append(leaf)
+  return ", ".join(kinds[:4]) + (", ..." if len(kinds) > 4 else "")
+
+
 def _short_type(c: dict) -> str:
   """'f32[512,64,32]', or the biggest array of a tuple and how many more it holds."""
   more = c["arrays"] - 1
@@ -304,8 +319,7 @@ def markdown(records: list[dict]) -> str:
   for r in records:
     s = r["summary"]
     big = s["largest"]
-    where = big["op"].split("/")[-1] if big else "-"
-    where = where[:len(where) - max(0, where.count(")") - where.count("("))]
+    where = _op_kinds(big["op"]) if big else "-"
     lines.append(
         f"| {r['layout']} | {r['rows']:.0e} | " +
         " | ".join(_mb(s["by_kind"][k]["payload_bytes"]) for k in KINDS) +
@@ -340,6 +354,10 @@ def main(argv) -> None:
     from benchmarks import step_bench
     step_bench.shrink_for_quick(cfg)
     devices, layouts, rows, batch = [8], [(2, 4)], [100_000, 1_000_000], 16
+  if _RENDER.value:  # the tables of a saved run
+    with open(_RENDER.value) as f:
+      print(markdown(json.load(f)["records"]))
+    return
   if _WORKER.value:
     worker(_WORKER.value, cfg, [l for l in layouts if l[0] * l[1] == _WORKER.value], rows,
            batch, fast=_QUICK.value)
