@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from benchmarks import gsu_recall
 from mcjax.model import build_model, gsu
 from mcjax.samples import schema
 from test_model import tiny
@@ -56,50 +57,18 @@ def test_f32_two_stage_equals_reference(overrides):
   assert ids["live_item"][1].shape == (6, 3 + 6)  # live: recent 3 + 6 candidates
 
 
-def _planted(seed=0, batch=16, length=2000, rows=5000, dim=32, planted=32):
-  """Random unit-scale rows and queries; each example's history holds ``planted`` items
-  whose item and author rows point along its query (plus noise): the structure a GSU finds."""
-  rng = np.random.default_rng(seed)
-  items = rng.normal(size=(rows, dim)).astype(np.float32) / np.sqrt(dim)
-  authors = rng.normal(size=(rows // 5, dim)).astype(np.float32) / np.sqrt(dim)
-  u_item = rng.normal(size=(batch, dim)).astype(np.float32)
-  u_author = rng.normal(size=(batch, dim)).astype(np.float32)
-  item_ids = rng.integers(0, rows, (batch, length)).astype(np.int32)
-  author_ids = rng.integers(0, rows // 5, (batch, length)).astype(np.int32)
-  for b in range(batch):
-    pos = rng.choice(length, planted, replace=False)
-    item_ids[b, pos] = b * planted + np.arange(planted)  # own rows per example
-    author_ids[b, pos] = b
-    items[item_ids[b, pos]] = (u_item[b] / np.linalg.norm(u_item[b])
-                               + 0.5 * rng.normal(size=(planted, dim)) / np.sqrt(dim))
-    authors[b] = u_author[b] / np.linalg.norm(u_author[b])
-  return [(jnp.asarray(items), jnp.asarray(item_ids), jnp.asarray(u_item)),
-          (jnp.asarray(authors), jnp.asarray(author_ids), jnp.asarray(u_author))]
-
-
 @pytest.mark.parametrize("kind,min_recall", [("bf16", 0.95), ("simhash", 0.8)])
 def test_approx_prescores_recall_exact_top_k(kind, min_recall):
-  triples = _planted()
+  """Planted structure (benchmarks.gsu_recall): most of the exact top-32 survives the cut to
+  64 candidates; the cut is deterministic and never keeps a padding position."""
+  triples = gsu_recall.planted()
   length = jnp.full((16,), 1900, jnp.int32)  # the last positions are padding
-  k, candidates = 32, 64
-
-  @jax.jit
-  def positions(triples):
-    exact = gsu.owner_scores("f32", triples)
-    _, top = jax.lax.top_k(jnp.where(gsu.valid_positions(length, exact.shape[1]), exact,
-                                     -jnp.inf), k)
-    cand, _ = gsu.preselect(gsu.owner_scores(kind, triples), length, 0, candidates)
-    return top, cand
-
-  top, cand = positions(triples)
-  recall = np.mean([len(set(t) & set(c)) / k for t, c in zip(np.asarray(top),
-                                                              np.asarray(cand))])
-  assert recall >= min_recall, recall
-  assert int(cand.max()) < 1900  # never a padding position
-  # deterministic: the same positions from a second compilation and call
-  again = jax.jit(lambda t: gsu.preselect(gsu.owner_scores(kind, t), length, 0,
-                                          candidates)[0])(triples)
-  np.testing.assert_array_equal(cand, again)
+  assert gsu_recall.recall(kind, triples, length, 32, 64) >= min_recall
+  cut = jax.jit(lambda t: gsu.preselect(gsu.owner_scores(kind, t), length, 0, 64)[0])
+  cand = cut(triples)
+  assert int(cand.max()) < 1900
+  again = jax.jit(lambda t: gsu.preselect(gsu.owner_scores(kind, t), length, 0, 64)[0])
+  np.testing.assert_array_equal(cand, again(triples))  # a second compilation, same cut
 
 
 def test_preselect_keeps_recent_and_valid_prefix():
@@ -116,7 +85,7 @@ def test_owner_scores_on_a_mesh_send_scores_not_rows():
   """2 x 4 mesh, tables row-sharded on "model": the same scores as one device, and the
   only collective over "model" is one all-reduce of [B/data, L] (no [.., L, dim] rows)."""
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-  triples = _planted(batch=8, length=300, rows=4000)
+  triples = gsu_recall.planted(batch=8, length=300, rows=4000)
   table_specs = (P("model", None), P())  # item rows sharded, author table whole
   on_mesh = [(jax.device_put(t, NamedSharding(mesh, spec)),
               jax.device_put(i, NamedSharding(mesh, P("data", None))),
