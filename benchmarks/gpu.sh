@@ -9,7 +9,8 @@
 # a networked machine: pip download ml-collections pyarrow tabulate -d benchmarks/wheels).
 # The step mode runs on synthetic batches of the real sample schema: no grain, tfds or
 # array_record. Writes OUT_DIR/<config>_b<batch>.json (examples/s/chip, ms/step, MFU vs the
-# published bf16 peak, embedding traffic) and prints one table per run.
+# published dense peak of the precision the float32 step runs in: TF32 on NVIDIA, see
+# step_bench.STEP_PRECISION; embedding traffic) and prints one table per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

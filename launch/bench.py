@@ -19,8 +19,9 @@ Timing follows big_vision/MaxText (``benchmarks/harness.py``): compile and warm-
 not counted, results are blocked on, rates are global examples / wall time / chips. Reported:
 examples/s/chip, ms/step (median, min, max over repeats), model FLOPs per example (XLA cost
 analysis of forward + backward, ``mcjax.model.costs``), achieved FLOP/s, MFU against the
-chip's peak (CPU: ``--peak_tflops`` or a matmul probe measured now; GPU/TPU: published dense
-bf16 peaks), the compiled step's FLOPs and bytes accessed, and the embedding traffic per step
+chip's peak (CPU: ``--peak_tflops`` or a matmul probe measured now; GPU/TPU: the published
+dense peak of the precision the float32 step's matmuls run in, TF32 on NVIDIA and one bf16
+pass on TPU: ``step_bench.STEP_PRECISION``), the compiled step's FLOPs and bytes accessed, and the embedding traffic per step
 ((rows gathered + rows updated) x dim x 4 bytes).
 """
 

@@ -18,6 +18,11 @@ gathered rows. Gathering behaviour at every position and taking the kept ones gi
 outputs up to float rounding (tests/test_model_reference.py checks outputs and gradients
 against that plain computation); only the work differs.
 
+With ``gsu.approx`` on (the two-stage search, ``gsu.py``), ``lookup_ids`` and ``apply_rows``
+first cut each long history to its pre-scored candidates (``cut_histories``, no gradient), so
+the step looks up, differentiates and updates only those positions' rows; the match features
+still count over the whole history.
+
 ``out``: "logits" [B, len(TASKS)], "sv_interest" / "lv_interest" [B, d_model] (the user's
 short-video and live interests in the common contrastive space) and, with
 ``contrastive.author_level``, "author_sv" / "author_lv" [B, d_model] (the candidate's author
@@ -105,8 +110,69 @@ class MomentCross(nnx.Module):
 
   def lookup_ids(self, batch: dict) -> dict:
     """table -> tuple of int32 row indices, one array per looked-up feature of the table
-    (shaped like its batch field; hashing only)."""
-    return embedding.lookup_ids(self.cfg, batch)
+    (shaped like its batch field, or its cut history with ``gsu.approx``; hashing only)."""
+    return embedding.lookup_ids(self.cfg, self.cut_histories(batch))
+
+  def cut_histories(self, batch: dict) -> dict:
+    """With ``gsu.approx`` on: the batch with each long history cut to its recent-N plus
+    ``gsu.candidates`` pre-scored positions (``gsu.preselect``); otherwise the batch itself.
+
+    ``lookup_ids`` and ``apply_rows`` both call it on the same batch and tables, without
+    gradient: the same positions (one computation after XLA's common-subexpression pass).
+    """
+    cfg = self.cfg
+    if cfg.gsu.approx == "off":
+      return batch
+    for dom, on in (("lv", cfg.use_lv_history), ("sv", cfg.use_sv_history)):
+      max_len = np.shape(batch[f"{dom}_item"])[1] if on else 0
+      recent = min(cfg.esu.recent_n, max_len) if dom == "lv" and self.use_recent else 0
+      if max_len <= recent + cfg.gsu.candidates:
+        continue  # short history: nothing to cut
+      scores = jax.lax.stop_gradient(self._prescores(dom, batch))
+      positions, length = gsu.preselect(scores, batch[f"{dom}_len"], recent,
+                                        cfg.gsu.candidates)
+      batch = gsu.take_history(batch, schema.DOMAINS[dom], f"{dom}_len", positions, length)
+    return batch
+
+  def _prescores(self, dom: str, batch: dict):
+    """[B, L] pre-scores of a history for ``cut_histories`` (see ``gsu``'s two-stage
+    search): the hard modes' match score, or the soft score's item, author (read on the
+    shards owning their rows: ``gsu.owner_scores``) and side-feature parts."""
+    cfg = self.cfg
+    if cfg.gsu.mode in _HARD_MATCH:
+      hist_field, cand_field = _HARD_MATCH[cfg.gsu.mode]
+      return gsu.hard_scores(jnp.asarray(batch[f"{dom}_{hist_field}"])
+                             == jnp.asarray(batch[cand_field])[:, None])
+    sg = jax.lax.stop_gradient
+    plan = {f.name: f for f in embedding.feature_plan(cfg)}
+
+    def rows_of(name):  # (table value, int32 row ids) of a looked-up feature
+      f = plan[name]
+      table = sg(getattr(self.tables, f.table)[...])
+      return table, embedding.hash_ids(jnp.asarray(batch[f.field]), f.salt,
+                                       cfg.embedding.vocab[f.table])
+
+    cand_rows = {}
+    for key, name in (("cand_item", "live"), ("cand_author", "author")):
+      table, ids = rows_of(name)
+      cand_rows[key] = jnp.take(table, ids, axis=0, mode="clip")
+    cand = self.lv_encoder.content(cand_rows, *self._inline(batch, ["live_category"]),
+                                   prefix="cand")
+    query = sg(getattr(self, f"{dom}_query")(cand))
+    enc = self.lv_encoder if dom == "lv" else self.sv_encoder
+    kernel, dim = sg(enc.content_proj.kernel[...]), cfg.embedding.dim
+    names = encoders.DOMAIN_CONTENT[dom][:-len(encoders.SIDE_CONTENT[dom])]
+    triples = []
+    for i, suffix in enumerate(names):  # q . (row @ K_i) = row . (K_i q)
+      table, ids = rows_of(f"{dom}_{suffix}")
+      triples.append((table, ids, query @ kernel[i * dim:(i + 1) * dim].T))
+    scores = gsu.owner_scores(cfg.gsu.approx, triples)
+    if cfg.gsu.approx == "simhash":
+      return scores
+    side_table, side_ids = self._inline(
+        batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]])
+    side = gsu.side_scores(sg(side_table), side_ids, kernel[len(names) * dim:], query)
+    return scores.astype(jnp.float32) + side
 
   def gather(self, ids: dict) -> dict:
     """table -> table[ids] rows (ids.shape + (dim,)), in the structure of ids."""
@@ -148,6 +214,7 @@ class MomentCross(nnx.Module):
     trainer's interface and changes nothing (no dropout)."""
     del train
     cfg = self.cfg
+    full_batch, batch = batch, self.cut_histories(batch)
     r = embedding.split_rows(cfg, batch, rows)
     batch_size = np.shape(batch["user_id"])[0]
     cand = self.lv_encoder.content({"cand_item": r["live"], "cand_author": r["author"]},
@@ -171,7 +238,8 @@ class MomentCross(nnx.Module):
     if cfg.use_crowd:
       parts.append(self.crowd(jnp.asarray(batch["crowd"])))
     if cfg.use_match_features and self.match_domains:
-      parts.append(jax.nn.relu(self.matches(matches.match_features(batch, self.match_domains))))
+      parts.append(jax.nn.relu(self.matches(matches.match_features(full_batch,
+                                                                   self.match_domains))))
     out["logits"] = self.towers(jnp.concatenate(parts, axis=-1))
     if cfg.contrastive.author_level:
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])
