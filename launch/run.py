@@ -80,7 +80,10 @@ def main(argv) -> None:
     ctr = runs[name]["overall"]["ctr"]
     print(f"{name}: CTR AUC {ctr['auc']:.4f}  GAUC {ctr['gauc']:.4f}  "
           f"({timings[f'train + eval {name}']:.0f} s)")
-  path = report.write_report(workdir, runs, world_summary=text, timings=timings)
+  from mcjax.model.collisions import collision_report
+  collisions = collision_report(log_dir, next(iter(cfgs.values())).model)
+  path = report.write_report(workdir, runs, world_summary=text, timings=timings,
+                             collisions=collisions)
   print(f"report: {path}")
 
 
