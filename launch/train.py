@@ -50,6 +50,7 @@ def main(argv) -> None:
       _refuse_bad_log(_DATA.value)
   from mcjax import config as mcconfig
   from mcjax import distributed, trainer
+  from mcjax.eventlog import files
   from mcjax.train import RunError, data
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -59,8 +60,8 @@ def main(argv) -> None:
     samples = _SAMPLES.value or data.prepare(cfg, _WORKDIR.value)
     result = trainer.train_and_evaluate(cfg, _WORKDIR.value, samples,
                                         overwrite=_OVERWRITE.value)
-  except (RunError, FileNotFoundError) as e:  # one line: what to change
-    sys.exit(f"FATAL {e}")
+  except (RunError, FileNotFoundError, files.OverlapError, files.CorruptFileError) as e:
+    sys.exit(f"FATAL {e}")  # one line: what to change
   ctr = result["overall"].get("ctr", {})
   logging.info("done: ctr auc=%s gauc=%s", ctr.get("auc"), ctr.get("gauc"))
   print(f"{cfg.name}: CTR AUC {ctr.get('auc')}, GAUC {ctr.get('gauc')} -> "

@@ -37,6 +37,9 @@ def test_rerun_refuses_another_config_or_data_continues_and_overwrites(s):
   ts = np.load(ts_file)
   ts[-1] += 1
   np.save(ts_file, ts)
+  from mcjax.eventlog import files
+  from mcjax.samples import shards
+  files.write_manifest(os.path.dirname(ts_file), skip=(shards.HISTORY_DIR,))  # a valid split
   line = fx.run_refused(s, work, *fx.SHORT, "--config.train.max_steps=2", f"--samples={other}")
   assert "data (samples" in line and "train." not in line, line
 
