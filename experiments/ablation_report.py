@@ -343,7 +343,7 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
       f"World: preset `{plan['preset']}`" + (f" with overrides {plan['sizes']}"
                                              if plan["sizes"] else "")
       + f"; seed 0 has {sizes}.", "",
-      f"Config overrides for every config: {plan['set'] or 'none'}.", "",
+      f"Config overrides for every config: {plan['overrides'] or 'none'}.", "",
       "## Expectations", "",
       tabulate(expectations(c), ["difference", "mean ± std", "|mean|/std", "positive",
                                  "> 2 std"], **TABLE), ""]
