@@ -161,7 +161,7 @@ def test_empty_histories_are_finite_and_gradients_finite(model_a):
     (g_dense, g_rows), out = grads(dense, batch)
     assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves((g_dense, g_rows, out)))
   assert float(jnp.abs(g_rows["sv_item"][0]).sum()) > 0
-  assert float(jnp.abs(g_dense["lv_esu"]["q"]["kernel"][...]).sum()) > 0
+  assert float(jnp.abs(g_dense["lv"]["esu"]["q"]["kernel"][...]).sum()) > 0
 
 
 def test_build_with_and_without_mesh(model_a):
