@@ -45,7 +45,6 @@ STEP_PRECISION = {"gpu": "tf32", "tpu": "bf16"}
 # (the dummy batch's ids < 1000 would touch at most 1000 rows of a 10^7-row table).
 WIDE_ID_FIELDS = ("user_id", "live_id", "author_id", "sv_item", "sv_author", "lv_item",
                   "lv_author")
-# Fields the trainer keeps on the host (ground truth for slicing), as in mcjax.trainer.
 
 
 def shrink_for_quick(cfg: ml_collections.ConfigDict) -> None:
