@@ -5,19 +5,19 @@ tests/test_api.py runs that example)::
 
   world = mcjax.generate_world("/tmp/mc/world", preset="small")
   cfg = mcjax.load_config("tiny", {"data.log_dir": world})
-  metrics = mcjax.train(cfg, "/tmp/mc/run")
+  metrics = mcjax.train_and_evaluate(cfg, "/tmp/mc/run")
   scorer = mcjax.scorer("/tmp/mc/run", log=world)
   ranking = scorer.score(user_id=1, ts_ms=scorer.requests.time_range[1], live_ids=[1, 2, 3])
 
-``build_samples`` runs the Moment engine on any event log (``train`` calls it itself when the
-config's samples are not cached). Every function imports its stack when called, so
+``build_samples`` runs the Moment engine on any event log (``train_and_evaluate`` calls it
+itself when the config's samples are not cached). Every function imports its stack when called, so
 ``import mcjax`` stays cheap (launchers read ``mcjax.configs`` before importing JAX).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["generate_world", "build_samples", "load_config", "train", "scorer"]
+__all__ = ["generate_world", "build_samples", "load_config", "train_and_evaluate", "scorer"]
 
 
 def generate_world(out_dir: str, preset: str = "default", seed: int = 0, **sizes) -> str:
@@ -45,9 +45,11 @@ def load_config(name: str, overrides: dict | None = None):
   return config.load_config(name, overrides)
 
 
-def train(cfg, workdir: str, samples_dir: str | None = None, *, overwrite: bool = False) -> dict:
+def train_and_evaluate(cfg, workdir: str, samples_dir: str | None = None, *,
+                       overwrite: bool = False) -> dict:
   """Trains and evaluates ``cfg`` into ``workdir`` (resuming a stopped run) and returns its
-  metrics (also ``workdir/metrics.json``). Without ``samples_dir`` the samples of
+  metrics (also ``workdir/metrics.json``). (Not ``mcjax.train``: that name is the trainer's
+  subpackage, which importing it binds on this package.) Without ``samples_dir`` the samples of
   ``cfg.data`` (its log, or its simulated world) are built into the workdir when missing."""
   from mcjax import config, trainer
   from mcjax.train import data
