@@ -51,12 +51,15 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from mcjax import configs
+
+
 def _define_flags() -> None:
   """Defines the command-line flags: only when run as a script, so that importing this module
   (the tests import several benchmarks into one process) defines none."""
   global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER, _RENDER
   _CONFIG = config_flags.DEFINE_config_file(
-      "config", "experiments/configs/full.py", "A config file from experiments/configs.")
+      "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
   _DEVICES = flags.DEFINE_list("devices", ["8", "32", "64", "256"], "Device counts.")
   _LAYOUTS = flags.DEFINE_list(
       "layouts", ["8x1", "2x4", "32x1", "8x4", "64x1", "16x4", "256x1", "64x4", "32x8",
@@ -216,10 +219,10 @@ def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool =
   n = layout[0] * layout[1]
   mesh = mesh_lib.make_mesh(layout, jax.devices()[:n])
   optim = state_lib.optim_config(cfg)
-  model_def, abstract, specs = state_lib.setup(functools.partial(build_model, cfg.model),
-                                               optim)
-  state = state_lib.abstract_with_shardings(abstract, specs, mesh)
   from mcjax.train import partition  # pylint: disable=g-import-not-at-top
+  model_def, abstract, specs = state_lib.setup(functools.partial(build_model, cfg.model),
+                                               optim, **partition.from_config(cfg.mesh))
+  state = state_lib.abstract_with_shardings(abstract, specs, mesh)
   train_step = step_lib.make_train_step(
       model_def, optim, functools.partial(losses.compute_loss, cfg=cfg.loss),
       partition.to_shardings(specs, mesh), mesh,

@@ -1,7 +1,7 @@
 """History-length scan of the train step, exact vs approximate GSU, interleaved processes.
 
     python -m benchmarks.history --lengths=1000,10000 --approx=off,simhash --rounds=3 \\
-        --out=runs/history -- --batch_size=64 --steps=3 --warmup=1 --repeats=3
+        --out=runs/history -- --config.train.batch_size=64 --steps=3 --warmup=1 --repeats=3
 
 Every round runs one ``python -m launch.bench --mode=step --nomodel_flops`` process per
 point (short-video history length x ``model.gsu.approx``), in a rotated order (round i starts

@@ -24,6 +24,7 @@ from mcjax.model import build_model, costs, embedding, encoders
 from mcjax.model import model as model_lib
 from mcjax.samples import schema
 from mcjax.train import mesh as mesh_lib
+from mcjax.train import partition
 from mcjax.train import state as state_lib
 from mcjax.train import step as step_lib
 
@@ -44,20 +45,14 @@ STEP_PRECISION = {"gpu": "tf32", "tpu": "bf16"}
 # (the dummy batch's ids < 1000 would touch at most 1000 rows of a 10^7-row table).
 WIDE_ID_FIELDS = ("user_id", "live_id", "author_id", "sv_item", "sv_author", "lv_item",
                   "lv_author")
-# Fields the trainer keeps on the host (ground truth for slicing), as in mcjax.trainer.
 
 
 def shrink_for_quick(cfg: ml_collections.ConfigDict) -> None:
-  """Tiny sizes for a smoke run (in place)."""
-  m = cfg.model
-  m.d_model = m.embedding.dim = 8
-  m.embedding.large_table_rows = 500
-  for t in m.embedding.vocab:
-    m.embedding.vocab[t] = 1000 if t in ("user", "live_item", "sv_item") else 200
-  m.gsu.top_k, m.esu.recent_n = 4, 3
-  m.crowd.hidden = (8,)
-  m.towers.expert_hidden, m.towers.expert_dim, m.towers.head_hidden = (8,), 8, (8,)
-  cfg.moment.sv_hist_len, cfg.moment.lv_hist_len = 8, 4
+  """The `tiny` named config's model and history lengths (in place), for a smoke run."""
+  tiny = mcconfig.load_config("tiny")
+  cfg.model = tiny.model
+  cfg.moment.sv_hist_len = tiny.moment.sv_hist_len
+  cfg.moment.lv_hist_len = tiny.moment.lv_hist_len
 
 
 def synthetic_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) -> dict:
@@ -174,7 +169,8 @@ class StepBench:
     optim = state_lib.optim_config(cfg)
     self.model_def, self.state, shardings = state_lib.create_train_state(
         build_fn, self.mesh, optim, seed=cfg.seed,
-        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))
+        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20),
+        **partition.from_config(cfg.mesh))
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
     train_step = step_lib.make_train_step(
         self.model_def, optim, loss_fn, shardings, self.mesh, sparse_update=sparse_update,

@@ -1,9 +1,9 @@
 """Trains and evaluates one named config: online (prequential), offline or offline_tvt.
 
-    python -m launch.train --config=experiments/configs/full.py --workdir=runs/full
-    python -m launch.train --config=experiments/configs/smoke.py --workdir=/tmp/smoke \
+    python -m launch.train --config=mcjax/configs/full.py --workdir=runs/full
+    python -m launch.train --config=mcjax/configs/smoke.py --workdir=/tmp/smoke \
         --config.train.batch_size=128 --data=MY_LOG_DIR
-    python -m launch.train --config=experiments/configs/full.py --workdir=runs/tvt \
+    python -m launch.train --config=mcjax/configs/full.py --workdir=runs/tvt \
         --samples=SAMPLES_DIR --config.train.mode=offline_tvt --config.train.epochs=3
 
 Without --data or --samples it trains on the simulated world of ``config.data`` (generated,
@@ -23,8 +23,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mcjax import configs
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/full.py", "A config file from experiments/configs.")
+    "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and caches go.",
                                required=True)
 _DATA = flags.DEFINE_string("data", None, "An event-log folder (overrides config.data.log_dir).")

@@ -1,8 +1,9 @@
 """The experiment config: one tree, composed of each part's own section.
 
 ``default_config()`` is the `full` Moment&Cross setup on the default simulated world. Named
-configs in ``experiments/configs/`` start from it and change a few fields; launchers override
-any leaf with ``--config.a.b=v``. ``validate(cfg)`` checks the whole tree before anything
+configs in the package ``mcjax.configs`` start from it and change a few fields;
+``load_config(name)`` loads one (a name or a ``.py`` path), and every launcher overrides any
+leaf with ``--config.a.b=v``. ``validate(cfg)`` checks the whole tree before anything
 touches a device, and names the offending key.
 """
 
@@ -12,31 +13,30 @@ import importlib.util
 import math
 import numbers
 import os
+import re
 
 import ml_collections
 
-from mcjax import losses
+from mcjax import configs, losses
 from mcjax.model import config as model_config
 from mcjax.moment.config import MomentConfig
 from mcjax.samples.schema import TASKS
 from mcjax.sim import config as sim_config
 from mcjax.train.plan import MODES
 
-# The named configs of the repository (experiments/configs/<name>.py, each with get_config()).
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "experiments", "configs")
 
-
-def load_named(name: str, config_dir: str = CONFIG_DIR) -> ml_collections.ConfigDict:
-  """``get_config()`` of ``<config_dir>/<name>.py``; ValueError listing the known names."""
-  path = os.path.join(config_dir, f"{name}.py")
+def load_config(name: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """A fresh ``get_config()`` of a named config (``"smoke"``: ``mcjax/configs/smoke.py``) or
+  of a config file (a path ending in ``.py``), with ``overrides`` (see ``apply_overrides``)
+  set; ValueError listing the known names, or naming an unknown key."""
+  path = name if name.endswith(".py") else configs.path(name)
   if not os.path.exists(path):
-    known = sorted(f[:-3] for f in os.listdir(config_dir) if f.endswith(".py"))
-    raise ValueError(f"no config named {name!r}; known: {known}")
-  spec = importlib.util.spec_from_file_location(f"mcjax_config_{name}", path)
+    raise ValueError(f"no config file {path!r}; known names: {configs.names()}")
+  spec = importlib.util.spec_from_file_location(
+      f"mcjax_config_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return apply_overrides(module.get_config(), overrides or {})
 
 
 def moment_section() -> ml_collections.ConfigDict:
@@ -91,6 +91,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
   c.mesh.max_replicated_mb = 64.0  # a parameter larger than this may not be replicated
   #                                  on a multi-device mesh (put devices on "model")
+  # Sharding policy (mcjax.train.partition): ordered (regex on the parameter path, partition
+  # as a tuple of mesh axes) pairs, the first match wins; then each logical axis the model
+  # names on a parameter -> a mesh axis ("data", "model") or None (replicated).
+  c.mesh.rules = ()               # e.g. ((r"towers/.*/kernel", (None, "model")),)
+  c.mesh.logical_rules = model_config.LOGICAL_RULES
   return c
 
 
@@ -131,6 +136,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.mesh.shape must have 2 entries (data, model), got {cfg.mesh.shape}")
   _require(cfg.mesh, "max_replicated_mb", _is_number(cfg.mesh.max_replicated_mb)
            and cfg.mesh.max_replicated_mb >= 0, "a number >= 0", where="mesh")
+  _validate_sharding(cfg.mesh)
   if not cfg.data.log_dir and cfg.data.preset not in sim_config.PRESETS:
     raise ValueError(f"config.data.preset must be one of {sorted(sim_config.PRESETS)}, "
                      f"got {cfg.data.preset!r}")
@@ -142,6 +148,24 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         "launch.build_samples for leakage studies only)")
   model_config.validate(cfg.model)
   losses.validate(cfg.loss)
+
+
+def _validate_sharding(mesh) -> None:
+  axes = ("data", "model", None)
+  for i, rule in enumerate(mesh.rules):
+    ok = len(rule) == 2 and isinstance(rule[0], str) and all(a in axes for a in rule[1])
+    if ok:
+      try:
+        re.compile(rule[0])
+      except re.error:
+        ok = False
+    if not ok:
+      raise ValueError(f"config.mesh.rules[{i}] must be (regex, tuple of {axes}), got {rule!r}")
+  table = dict(mesh.logical_rules)
+  missing = [a for a in model_config.LOGICAL_AXES if a not in table]
+  if missing or any(a not in axes for a in table.values()):
+    raise ValueError(f"config.mesh.logical_rules must map each of {model_config.LOGICAL_AXES} "
+                     f"to one of {axes}, got {mesh.logical_rules!r}")
 
 
 # offline_tvt's checkpoint choice: metric -> True where higher is better.
@@ -163,3 +187,22 @@ def _require(section, key: str, ok: bool, want: str, *, where: str = "train") ->
 
 def moment_config(cfg: ml_collections.ConfigDict) -> MomentConfig:
   return MomentConfig(**cfg.moment.to_dict())
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Sets each dotted key of ``values`` (``{"train.window_min": 30.0}``) in ``cfg``, in place;
+  returns ``cfg``. Launchers that train several named configs with one set of overrides
+  (``launch.run``, ``experiments/ablation.py``) take ``--config.a.b=v`` flags on a
+  ``default_config()`` dict and pass ``config_flags.get_override_values`` here, so the syntax
+  is the one ``launch.train`` has; ValueError names a key that is not in ``cfg``."""
+  for key, value in values.items():
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      if part not in node:
+        raise ValueError(f"no config section {part!r} in {key!r}")
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"no config key {key!r}")
+    node[leaf] = value
+  return cfg

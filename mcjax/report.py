@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from mcjax.eventlog.files import atomic_write  # noqa: E402
+
 REPORT_TASKS = ("ctr", "lvtr", "ltr")
 
 
@@ -146,9 +148,7 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
               tabulate([[k, f"{v:.1f} s"] for k, v in timings.items()], ["stage", "time"],
                        tablefmt="github"), ""]
   path = os.path.join(workdir, "report.md")
-  with open(path + ".tmp", "w") as f:
-    f.write("\n".join(lines))
-  os.replace(path + ".tmp", path)
+  atomic_write(path, "\n".join(lines))
   return path
 
 

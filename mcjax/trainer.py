@@ -41,6 +41,7 @@ from mcjax.samples.schema import TASKS
 from mcjax.train import RunError
 from mcjax.train import data as data_lib
 from mcjax.train import mesh as mesh_lib
+from mcjax.train import partition
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 from mcjax.train import state as state_lib
@@ -66,7 +67,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, samples_dir
     optim = state_lib.optim_config(cfg)
     model_def, state, shardings = state_lib.create_train_state(
         functools.partial(build_model, cfg.model), mesh, optim, seed=cfg.seed,
-        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))
+        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20),
+        **partition.from_config(cfg.mesh))
 
     # --------------------------------------------------------------------------- steps
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)

@@ -144,11 +144,11 @@ def test_config_imports_no_data_stack():
 def test_ablations_change_one_thing_each():
   """no_moment isolates the sample stream, no_crowd the crowd features; baseline drops both
   and Cross (the split of Moment into its two parts relies on it)."""
-  from mcjax.config import default_config, load_named
+  from mcjax.config import default_config, load_config
   full = default_config().to_dict()
 
   def diff(name):
-    cfg = load_named(name).to_dict()
+    cfg = load_config(name).to_dict()
     flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (  # noqa: E731
         flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}
     a, b = flat(full), flat(cfg)

@@ -12,6 +12,7 @@ import pytest
 import trainer_fixtures as fx
 
 from mcjax import trainer
+from mcjax.eventlog import files
 from mcjax.train import RunError
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
@@ -128,8 +129,8 @@ def test_overwrite_deletes_only_the_run_files(tmp_path):
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
   path = str(tmp_path / "f.json")
-  rundir.atomic_write(path, "old")
-  rundir.atomic_write(path, b"new")
+  files.atomic_write(path, "old")
+  files.atomic_write(path, b"new")
   assert open(path).read() == "new" and os.listdir(tmp_path) == ["f.json"]
 
 

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = "experiments/configs/tiny.py"
+TINY = "mcjax/configs/tiny.py"
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 RUN_TIMEOUT_S = 600
 _MEMO: dict = {}
@@ -49,11 +49,9 @@ class Session:
 
 
 def tiny_config():
-  """experiments/configs/tiny.py's config."""
-  spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, TINY))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """The `tiny` named config (mcjax/configs/tiny.py), fresh."""
+  from mcjax.config import load_config
+  return load_config("tiny")
 
 
 def session(tmp_path_factory) -> Session:

@@ -18,11 +18,11 @@ FUSIONS = ("product", "weighted_sum")
 TABLES = ("user", "user_side", "live_item", "live_author", "live_side",
           "sv_item", "sv_author", "sv_side")
 
-# Logical axis names used by the model's variables, and the usual mapping onto a
-# ("data", "model") mesh: big tables row-sharded on "model", everything else replicated.
+# Logical axis names used by the model's variables, and their default mapping onto a
+# ("data", "model") mesh: big tables row-sharded on "model", everything else replicated. The
+# experiment config's ``mesh.logical_rules`` starts from this (its one copy).
 LOGICAL_AXES = ("vocab", "vocab_small", "embed", "mlp")
-DEFAULT_LOGICAL_RULES = (("vocab", "model"), ("vocab_small", None), ("embed", None),
-                         ("mlp", None))
+LOGICAL_RULES = (("vocab", "model"), ("vocab_small", None), ("embed", None), ("mlp", None))
 
 
 def default() -> ml_collections.ConfigDict:

@@ -14,10 +14,11 @@ Multi-process: process p of P takes the contiguous rows [p * B / P, (p + 1) * B 
 global batch, so concatenating the processes' batches in process order gives exactly the
 single-process batch (what ``jax.make_array_from_process_local_data`` expects).
 
-Shuffling (offline training) is storage-aware: per epoch, runs of ``source.block_size``
-consecutive selected samples are permuted, then samples are permuted within windows of
-``shuffle_window`` samples, so a batch touches few shard blocks. Without shuffling, batches
-follow the selection's order (time order for online training).
+Shuffling (the trainer's ``train.shuffle_within_window``, online and offline: within one
+window of the plan's training samples) is storage-aware: per epoch, runs of
+``source.block_size`` consecutive selected samples are permuted, then samples are permuted
+within windows of ``shuffle_window`` samples, so a batch touches few shard blocks. Without
+shuffling, batches follow the selection's order (time order).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from mcjax.eventlog import schema as ES
+from mcjax.eventlog.io import conform
 from mcjax.moment.config import MomentConfig
 from mcjax.moment.engine import Context
 from mcjax.moment.events import LogTables, load_log, read_tables
@@ -38,13 +39,7 @@ _SIDE_SCHEMAS = {"users": ES.USER_SCHEMA, "authors": ES.AUTHOR_SCHEMA,
 def _as_table(rows, schema: pa.Schema, what: str) -> pa.Table:
   """A pyarrow table or a mapping of columns -> a table of ``schema`` (extra columns dropped)."""
   table = rows if isinstance(rows, pa.Table) else pa.table(dict(rows))
-  missing = [n for n in schema.names if n not in table.column_names]
-  if missing:
-    raise ValueError(f"{what}: missing column(s) {missing}")
-  try:
-    return table.select(schema.names).cast(schema)
-  except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-    raise ValueError(f"{what}: cannot cast to the schema ({e})") from None
+  return conform(table, schema, what)
 
 
 class EventBuffer:

@@ -35,7 +35,8 @@ import numpy as np
 
 from mcjax.model import build_model, ranking
 from mcjax.samples.schema import MODEL_INPUTS, TASKS
-from mcjax.train import checkpoint, mesh as mesh_lib, state as state_lib, step as step_lib
+from mcjax.train import checkpoint, mesh as mesh_lib, partition, state as state_lib
+from mcjax.train import step as step_lib
 
 # Candidates per compiled call: 1 (probes), 8 and 32 (small slates), 128 (a typical request
 # of ~100 candidates), 512 (batch scoring; larger requests go in chunks of it).
@@ -133,7 +134,8 @@ class Scorer:
       raise FileNotFoundError(f"workdir {workdir}: no checkpoint (ckpt/ is missing)")
     cfg = load_config(workdir)
     model_def, abstract, specs = state_lib.setup(
-        functools.partial(build_model, cfg.model), state_lib.optim_config(cfg))
+        functools.partial(build_model, cfg.model), state_lib.optim_config(cfg),
+        **partition.from_config(cfg.mesh))
     mesh = mesh_lib.make_mesh(mesh_shape, devices or jax.local_devices())
     target = state_lib.abstract_with_shardings(abstract, specs, mesh)
     with checkpoint.Checkpointer(ckpt_dir) as ckpt:

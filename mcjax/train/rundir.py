@@ -44,6 +44,7 @@ from absl import logging
 
 from mcjax import config as mcconfig
 from mcjax import distributed
+from mcjax.eventlog.files import atomic_write
 from mcjax.train import RunError
 from mcjax.train import checkpoint
 
@@ -53,14 +54,6 @@ RUN_FILES = ("run.json", "config.json", "ckpt", "best", "progress", "preds", "tb
 RESULT_FREE = ("name", "data.", "mesh.", "train.max_steps", "train.log_every_steps",
                "train.checkpoint_every_steps")
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def atomic_write(path: str, data: str | bytes) -> None:
-  """Writes ``path`` so that readers see the old content or the new, never a part."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ identity

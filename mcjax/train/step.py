@@ -10,10 +10,7 @@ differentiated whole and dense-updated in both modes. ``eval_step(state, batch) 
 [B, T], metrics)``.
 
 Both are ``jax.jit`` once with explicit shardings (batch on "data"); the train step donates
-the state. The model must implement ``lookup_ids(batch) -> {table: ids}`` (an int array, or a
-tuple of them), ``gather(ids) -> {table: rows}`` (a pure row lookup, ids.shape + (dim,) per
-array, same structure) and ``apply_rows(batch, rows, train)``, and may name
-``inline_tables`` (default none).
+the state. The model implements ``TrainableModel`` (below).
 ``loss_fn(out, batch) -> (total, terms)``, e.g.
 ``functools.partial(mcjax.losses.compute_loss, cfg=loss_config())``.
 """
@@ -21,6 +18,7 @@ array, same structure) and ``apply_rows(batch, rows, train)``, and may name
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +34,27 @@ from mcjax.train import sparse
 from mcjax.train.state import ModelDef, OptimConfig, TrainState
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
+
+
+class TrainableModel(Protocol):
+  """What the steps need of a model (``mcjax.model.MomentCross``, ``tests/toy_model.py``).
+
+  ``inline_tables`` is optional: a model without the attribute reads no table itself.
+  """
+
+  inline_tables: tuple[str, ...]
+  """Tables ``apply_rows`` reads itself (rows at positions known only in the forward pass):
+  differentiated whole and dense-updated."""
+
+  def lookup_ids(self, batch: dict) -> dict:
+    """table -> int32 row ids (an array, or a tuple of arrays, one per looked-up feature);
+    hashing only, no table reads."""
+
+  def gather(self, ids: dict) -> dict:
+    """table -> rows: a pure lookup, ids.shape + (dim,) per array, in the structure of ids."""
+
+  def apply_rows(self, batch: dict, rows: dict, train: bool = False) -> dict:
+    """The forward pass from gathered rows: an output dict with "logits" [B, T]."""
 
 
 def host_batch(batch: dict) -> dict:
@@ -106,7 +125,7 @@ def apply(model_def: ModelDef, params: dict, tables: dict, rest: dict, batch: di
   every id of ``model.lookup_ids(batch)``). Returns ``(out, rest)``, ``rest`` being the
   model's non-parameter variables after the pass.
   """
-  model = model_def.merge(tables, params, rest)
+  model: TrainableModel = model_def.merge(tables, params, rest)
   ids = model.lookup_ids(batch) if ids is None else ids
   rows = {**(rows or {}), **(model.gather(ids) if ids else {})}
   out = model.apply_rows(batch, rows, train=train)
@@ -156,7 +175,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
   def train_step(state: TrainState, batch: dict):
     flat_tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
     if sparse_update:
-      model = model_def.merge(state.tables, state.params, state.rest)
+      model: TrainableModel = model_def.merge(state.tables, state.params, state.rest)
       ids = model.lookup_ids(batch)
       inline = {model_def.table_path(t) for t in getattr(model, "inline_tables", ())}
       small = {path for path, t in flat_tables.items()
