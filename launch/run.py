@@ -9,7 +9,8 @@
    ``--seed`` (``config.seed``), into WORKDIR/<config>; ``--config.a.b=v`` overrides that key
    of every named config (only the keys given), the syntax of ``launch.train``
    (sample caches shared in WORKDIR/samples; a rerun resumes or reuses finished runs);
-3. writes WORKDIR/report.md with the metric tables and PNG plots.
+3. writes WORKDIR/report.md: every task's metrics, Ranking_Score's AUC, PNG plots and the
+   first config's top 5 lives for one request inside a highlight late in the log.
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ def main(argv) -> None:
   timings["world"] = time.time() - t
   t = time.time()
   stats = summary.summarize(log_dir)
-  text = summary.format_summary(stats)
-  print(text)
+  print(text := summary.format_summary(stats))
   with open(os.path.join(workdir, "world_summary.json"), "w") as f:
     json.dump(stats, f, indent=2, sort_keys=True)
   timings["world summary"] = time.time() - t
@@ -89,10 +89,8 @@ def main(argv) -> None:
     ctr = runs[name]["overall"]["ctr"]
     print(f"{name}: CTR AUC {ctr['auc']:.4f}  GAUC {ctr['gauc']:.4f}  "
           f"({timings[f'train + eval {name}']:.0f} s)")
-  from mcjax.model.collisions import collision_report
-  collisions = collision_report(log_dir, next(iter(cfgs.values())).model)
-  path = report.write_report(workdir, runs, world_summary=text, timings=timings,
-                             collisions=collisions)
+  path = report.write_run_report(workdir, runs, log_dir, next(iter(cfgs.values())).model,
+                                 world_summary=text, timings=timings)
   print(f"report: {path}")
 
 

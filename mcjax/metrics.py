@@ -190,6 +190,20 @@ def evaluate(probs, labels, mask, user_id, slices: dict | None = None,
   return report
 
 
+def ranking_auc(score, labels, mask, targets=("ctr", "lvtr"), tasks=TASKS) -> dict:
+  """AUC of one fused score (Ranking_Score) against several tasks' labels: target ->
+  {"auc", "n", "pos"} over the records where that task is labelled (``mask > 0``)."""
+  score, labels, mask = np.asarray(score), np.asarray(labels), np.asarray(mask)
+  out = {}
+  for task in targets:
+    t = tasks.index(task)
+    keep = mask[:, t] > 0
+    y = labels[keep, t]
+    out[task] = {"auc": _none_if_nan(auc(y, score[keep])), "n": int(keep.sum()),
+                 "pos": int(y.sum())}
+  return out
+
+
 def standard_slices(records: dict, live_sparse_threshold: int = 5) -> dict:
   """The standard evaluation slices of a batch or sample table of evaluation records.
 

@@ -1,8 +1,10 @@
 """The run report: a Markdown page with the metric tables and PNG plots of several runs.
 
 Input is each run's ``metrics.json`` (see README, "metrics.json"); output is ``report.md``
-plus ``plots/*.png`` beside it. Plots: CTR AUC per evaluation window for `full` vs
-`no_moment` with the share of exposures inside highlight moments shaded behind it, and CTR
+plus ``plots/*.png`` beside it: every task's metrics, the AUC of Ranking_Score against the
+click and long-view labels, and optionally a scored example request. Plots: CTR AUC per
+evaluation window for `full` vs `no_moment` (only windows with enough records and positives,
+with a 95% band; the share of exposures inside highlight moments shaded behind it), and CTR
 AUC of live-sparse vs other users for `full` vs `no_cross`.
 """
 
@@ -20,27 +22,48 @@ from tabulate import tabulate  # noqa: E402
 
 from mcjax.eventlog.files import atomic_write  # noqa: E402
 
-REPORT_TASKS = ("ctr", "lvtr", "ltr")
+TASK_NAMES = {"ctr": "click", "lvtr": "long view", "ltr": "like", "cmtr": "comment",
+              "gtr": "gift", "wtr": "follow"}
+# A window's AUC is plotted only with at least this many records and positives.
+MIN_WINDOW_RECORDS, MIN_WINDOW_POSITIVES = 200, 20
 
 
 def _fmt(x, digits=4):
   return "-" if x is None else f"{x:.{digits}f}"
 
 
-def metric_table(runs: dict[str, dict], tasks=REPORT_TASKS) -> str:
-  """A Markdown table: one row per run, AUC / UAUC / GAUC / logloss per task."""
-  headers = ["config"]
-  for t in tasks:
-    headers += [f"{t} AUC", f"{t} UAUC", f"{t} GAUC", f"{t} logloss (base rate)"]
+def _tasks(runs: dict[str, dict]) -> list[str]:
+  return list(dict.fromkeys(t for m in runs.values() for t in m["overall"]))
+
+
+def metric_table(runs: dict[str, dict], tasks=None) -> str:
+  """A Markdown table: one row per run and task, with AUC / UAUC / GAUC / logloss (base-rate
+  logloss) and the records and positives behind them."""
+  rows = []
+  for t in tasks or _tasks(runs):
+    for name, m in runs.items():
+      r = m["overall"].get(t, {})
+      rows.append([f"{t} ({TASK_NAMES.get(t, t)})", name, _fmt(r.get("auc")),
+                   _fmt(r.get("uauc")), _fmt(r.get("gauc")),
+                   f"{_fmt(r.get('logloss'))} ({_fmt(r.get('base_logloss'))})",
+                   f"{r.get('n', 0):,}", f"{r.get('pos', 0):,}"])
+  return tabulate(rows, ["task", "config", "AUC", "UAUC", "GAUC", "logloss (base rate)",
+                         "records", "positives"], tablefmt="github", disable_numparse=True)
+
+
+def ranking_table(runs: dict[str, dict]) -> str:
+  """A Markdown table: AUC of Ranking_Score against the click and long-view labels, beside the
+  AUC of that task's own probability."""
   rows = []
   for name, m in runs.items():
+    r = m.get("ranking", {}).get("auc", {})
     row = [name]
-    for t in tasks:
-      r = m["overall"].get(t, {})
-      row += [_fmt(r.get("auc")), _fmt(r.get("uauc")), _fmt(r.get("gauc")),
-              f"{_fmt(r.get('logloss'))} ({_fmt(r.get('base_logloss'))})"]
+    for t in ("ctr", "lvtr"):
+      row += [_fmt(r.get(t, {}).get("auc")), _fmt(m["overall"].get(t, {}).get("auc"))]
     rows.append(row)
-  return tabulate(rows, headers, tablefmt="github")
+  return tabulate(rows, ["config", "Ranking_Score vs click", "p(click) vs click",
+                         "Ranking_Score vs long view", "p(long view) vs long view"],
+                  tablefmt="github", disable_numparse=True)
 
 
 def slice_table(runs: dict[str, dict], task="ctr") -> str:
@@ -51,6 +74,34 @@ def slice_table(runs: dict[str, dict], task="ctr") -> str:
     rows.append([name] + [_fmt(m.get("slices", {}).get(s, {}).get(task, {}).get("auc"))
                           for s in names])
   return tabulate(rows, ["config"] + [f"{s} {task} AUC" for s in names], tablefmt="github")
+
+
+def auc_standard_error(auc: float, pos: int, neg: int) -> float:
+  """The standard error of an AUC from its positives and negatives (Hanley & McNeil, 1982)."""
+  q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+  var = (auc * (1 - auc) + (pos - 1) * (q1 - auc * auc) + (neg - 1) * (q2 - auc * auc)) / (
+      pos * neg)
+  return float(np.sqrt(max(var, 0.0)))
+
+
+def plot_points(windows: list[dict], task: str = "ctr"):
+  """(x: window mid-times in ms, auc, standard error) of the windows whose AUC means
+  something (``MIN_WINDOW_RECORDS`` records and ``MIN_WINDOW_POSITIVES`` positives and
+  negatives); NaN between windows that are not adjacent, so no line spans a gap."""
+  x, y, se, last_end = [], [], [], None
+  for w in windows:
+    r = w.get(task, {})
+    n, pos = r.get("n", 0), r.get("pos", 0)
+    if (r.get("auc") is None or n < MIN_WINDOW_RECORDS or pos < MIN_WINDOW_POSITIVES
+        or n - pos < MIN_WINDOW_POSITIVES):
+      continue
+    if last_end is not None and w["start_ms"] != last_end:
+      x, y, se = x + [np.nan], y + [np.nan], se + [np.nan]
+    x.append((w["start_ms"] + w["end_ms"]) / 2)
+    y.append(r["auc"])
+    se.append(auc_standard_error(r["auc"], pos, n - pos))
+    last_end = w["end_ms"]
+  return np.array(x, float), np.array(y, float), np.array(se, float)
 
 
 def plot_auc_over_time(runs: dict[str, dict], names, path: str, task="ctr") -> str | None:
@@ -68,14 +119,17 @@ def plot_auc_over_time(runs: dict[str, dict], names, path: str, task="ctr") -> s
                        color="orange", alpha=min(0.6, 0.15 + share), lw=0)
   share_ax.set_yticks([])
   for n in present:
-    ws = [w for w in runs[n]["windows"] if w.get(task, {}).get("auc") is not None]
-    x = [(w["start_ms"] + w["end_ms"]) / 2 for w in ws]
-    ax.plot((np.array(x) - t0) / 3.6e6, [w[task]["auc"] for w in ws], label=n, lw=1.2)
+    x, y, se = plot_points(runs[n]["windows"], task)
+    line, = ax.plot((x - t0) / 3.6e6, y, label=n, lw=1.2, marker=".", ms=3)
+    ax.fill_between((x - t0) / 3.6e6, y - 1.96 * se, y + 1.96 * se, color=line.get_color(),
+                    alpha=0.15, lw=0)
   ax.set_zorder(share_ax.get_zorder() + 1)
   ax.patch.set_visible(False)
   ax.set_xlabel("event time (hours since the log starts)")
   ax.set_ylabel(f"{task.upper()} AUC per window (online)")
-  ax.set_title("Online AUC; orange = share of exposures inside highlight moments")
+  ax.set_title(f"Online AUC (windows with >= {MIN_WINDOW_RECORDS} records and >= "
+               f"{MIN_WINDOW_POSITIVES} positives; band: 95% Hanley-McNeil)\n"
+               "orange = share of exposures inside highlight moments", fontsize=9)
   ax.legend(loc="lower right")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -115,9 +169,40 @@ def collision_table(report: dict[str, dict]) -> str:
                   tablefmt="github")
 
 
+def _fusion(runs: dict[str, dict]) -> str:
+  r = next((m["ranking"] for m in runs.values() if m.get("ranking")), None)
+  if not r:
+    return "no ranking block in metrics.json"
+  w = " * ".join(f"p_{t}^{v:g}" for t, v in r["weights"].items() if v)
+  return w if r["fusion"] == "product" else "weighted sum " + " + ".join(
+      f"{v:g} p_{t}" for t, v in r["weights"].items() if v)
+
+
+def example_section(ex: dict) -> list[str]:
+  """The report's scored example request (``mcjax.serve.example.scored_example``)."""
+  start, end, strength = ex["highlight"]
+  lines = ["## A scored request inside a highlight", "",
+           f"User {ex['user_id']} asks for lives at {ex['time']} (UTC), {ex['into_s']:.0f} s "
+           f"into a highlight of live {ex['highlight_live']} (strength {strength:.2f}, "
+           f"{(end - start) / 60000:.0f} min long). The {ex['n']} candidates are the lives on "
+           f"air then; {ex['n_in_highlight']} of them are inside a highlight. Scored by "
+           f"`{ex['run']}`'s final checkpoint with features from the events before that time "
+           f"(`python -m launch.score`, `mcjax.serve.Scorer`). Top {len(ex['top'])}:", "",
+           tabulate([[i + 1, r["live_id"], "yes" if r["in_highlight"] else "",
+                      f"{r['ctr']:.3f}", f"{r['lvtr']:.3f}", f"{r['score']:.4f}"]
+                     for i, r in enumerate(ex["top"])],
+                    ["rank", "live", "in a highlight now", "p(click)", "p(long view)",
+                     "Ranking_Score"], tablefmt="github"), "",
+           f"The highlight's live ranks {ex['highlight_rank']} of {ex['n']}; the candidates "
+           f"inside a highlight have a median rank of {ex['median_rank_in_highlight']:.0f}, "
+           f"the others {ex['median_rank_other']:.0f}.", ""]
+  return lines
+
+
 def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None = None,
                  timings: dict[str, float] | None = None,
-                 collisions: dict[str, dict] | None = None) -> str:
+                 collisions: dict[str, dict] | None = None,
+                 example: dict | None = None) -> str:
   """Writes ``workdir/report.md`` and its plots; returns the report path."""
   plots = os.path.join(workdir, "plots")
   os.makedirs(plots, exist_ok=True)
@@ -128,7 +213,12 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
             "Each evaluation window is scored before the model trains on it. In parentheses: "
             "the base-rate logloss (predicting the records' positive rate for all); a logloss "
             "near or above it means the model is not calibrated.", "",
-            metric_table(runs), "", "## CTR AUC per slice", "", slice_table(runs), ""]
+            metric_table(runs), "",
+            "## Ranking_Score", "",
+            "The score the scorer ranks candidates by, fusing the six task probabilities "
+            f"({_fusion(runs)}), scored against the click and the long-view labels of the same "
+            "evaluation records, beside the AUC of that task's own probability.", "",
+            ranking_table(runs), "", "## CTR AUC per slice", "", slice_table(runs), ""]
   p1 = plot_auc_over_time(runs, ("full", "no_moment"), os.path.join(plots, "auc_over_time.png"))
   if p1:
     lines += ["## Freshness: full vs no_moment over time", "",
@@ -143,6 +233,8 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
               "Ids of the trained log hashed as training hashes them (64-bit ids folded on the "
               "host, then the per-feature salted hash): the share of distinct ids sharing a "
               "row with another id.", "", collision_table(collisions), ""]
+  if example:
+    lines += example_section(example)
   if timings:
     lines += ["## Wall time per stage", "",
               tabulate([[k, f"{v:.1f} s"] for k, v in timings.items()], ["stage", "time"],
@@ -150,6 +242,20 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
   path = os.path.join(workdir, "report.md")
   atomic_write(path, "\n".join(lines))
   return path
+
+
+def write_run_report(workdir: str, runs: dict[str, dict], log_dir: str, model_cfg,
+                     **kwargs) -> str:
+  """``write_report`` of ``launch.run``: adds the trained log's hash-collision table
+  (``model_cfg``'s tables) and the first run's scored example request inside a highlight in
+  the last quarter of the evaluation windows."""
+  from mcjax.model.collisions import collision_report  # pylint: disable=g-import-not-at-top
+  from mcjax.serve.example import scored_example  # pylint: disable=g-import-not-at-top
+  first, windows = next(iter(runs)), next(iter(runs.values()))["windows"]
+  example = scored_example(os.path.join(workdir, first), log_dir,
+                           after_ms=windows[3 * len(windows) // 4]["start_ms"]) if windows else None
+  return write_report(workdir, runs, collisions=collision_report(log_dir, model_cfg),
+                      example=example, **kwargs)
 
 
 def load_metrics(path: str) -> dict:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from mcjax import config as mcconfig
 from mcjax import distributed, losses, metrics
-from mcjax.model import build_model
+from mcjax.model import build_model, ranking_score
 from mcjax.samples.schema import TASKS
 from mcjax.train import RunError
 from mcjax.train import data as data_lib
@@ -335,7 +335,21 @@ def compute_metrics(cfg, plan: plan_lib.Plan, preds: dict[int, dict],
     row.update(m["overall"])
     out_windows.append(row)
   out = {"config": cfg.name, "mode": cfg.train.mode, "overall": overall["overall"],
-         "slices": overall.get("slices", {}), "windows": out_windows}
+         "slices": overall.get("slices", {}), "windows": out_windows,
+         "ranking": ranking_metrics(cfg, [preds[w.index] for w in window_rows])}
   if plan.valid is not None:
     out.update(valid=progress.valid, selected=progress.best)
   return out
+
+
+def ranking_metrics(cfg, parts: list[dict]) -> dict:
+  """metrics.json's ``ranking``: the AUC of Ranking_Score (``model.ranking``, as the scorer
+  fuses it) against the click and long-view labels of every evaluation record, beside each
+  task's own probability (``overall``)."""
+  if not parts:
+    return {}
+  cat = {k: np.concatenate([p[k] for p in parts]) for k in ("probs", "labels", "mask")}
+  score = np.asarray(ranking_score(cat["probs"], cfg.model.ranking))
+  return {"fusion": cfg.model.ranking.fusion,
+          "weights": {t: float(cfg.model.ranking.weights[t]) for t in TASKS},
+          "auc": metrics.ranking_auc(score, cat["labels"], cat["mask"])}

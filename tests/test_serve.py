@@ -311,3 +311,28 @@ def test_serve_bench_runs(trained):
     assert result[key]["n"] == 3 and result[key]["p99_ms"] >= result[key]["p50_ms"] > 0
   assert result["batch"]["rows"] == 70 and result["refresh"]["rebuild_s"] > 0
   assert "candidates/s" in serve_bench.table(result)
+
+
+def test_scored_example_ranks_the_lives_on_air_inside_a_highlight(trained):
+  """The run report's example: a request mid-highlight, candidates the lives on air (the
+  highlight's live among them, marked), ranked by Ranking_Score, rendered by the report."""
+  from mcjax import report
+  from mcjax.serve.example import highlight_request, scored_example
+  s, work = trained
+  req = highlight_request(s.world)
+  assert req is not None and req.highlight_live in req.live_ids
+  start, end, _ = req.highlight
+  assert start <= req.ts_ms < end
+  assert req.in_highlight[list(req.live_ids).index(req.highlight_live)]
+  lives = pq.read_table(os.path.join(s.world, "lives.parquet")).to_pydict()
+  on_air = {l for l, a, b in zip(lives["live_id"], lives["start_ms"], lives["end_ms"])
+            if a <= req.ts_ms < b}
+  assert set(req.live_ids.tolist()) <= on_air
+  ex = scored_example(work, s.world, k=5)
+  json.dumps(ex)  # goes into the report as is
+  scores = [r["score"] for r in ex["top"]]
+  assert scores == sorted(scores, reverse=True) and len(ex["top"]) == min(5, ex["n"])
+  assert 1 <= ex["highlight_rank"] <= ex["n"]
+  text = "\n".join(report.example_section(ex))
+  assert f"live {ex['highlight_live']}" in text and "Ranking_Score" in text
+  assert highlight_request(s.world, after_ms=2**62) is None
