@@ -34,11 +34,28 @@ from mcjax.moment.config import MomentConfig
 from mcjax.moment import crowd
 from mcjax.moment.crowd import CrowdIndex
 from mcjax.moment.events import Log, gather, load_log
-from mcjax.moment.history import LiveHistory, ShortVideoHistory, short_video_plays
+from mcjax.moment.history import (LiveHistory, ShortVideoHistory, live_action_ts,
+                                  short_video_plays)
 from mcjax.samples import schema as SS
 
 HOUR_MS = 3_600_000
 _EC = S.EVENT_CODE
+# Side features: sample field -> (side table, its column); -1 where the id is not in the table.
+SIDE_FIELDS = {"user_age": ("users", "age_bucket"), "user_gender": ("users", "gender"),
+               "user_activity": ("users", "activity_bucket"),
+               "live_category": ("lives", "category"),
+               "author_fans_bucket": ("authors", "fans_bucket")}
+
+
+def side_fields(table: str, lookup, ids: np.ndarray) -> dict:
+  """The ``SIDE_FIELDS`` taken from side table ``table`` (an ``events.Lookup``) for ``ids``."""
+  return {field: lookup.get(column, ids, -1)
+          for field, (name, column) in SIDE_FIELDS.items() if name == table}
+
+
+def time_fields(q: np.ndarray) -> dict:
+  """The fields of a query time: query_ts_ms and hour_of_day (UTC)."""
+  return {"hour_of_day": (q // HOUR_MS) % 24, "query_ts_ms": q}
 
 
 class _Context:
@@ -52,13 +69,9 @@ class _Context:
     local[live] = np.arange(self.n)
     self.exposure_id, self.exposure_ts = ex.exposure_id[live], ex.ts[live]
     self.user, self.live_id, self.author_id = ex.user[live], ex.item[live], ex.author[live]
-    self.side = {
-        "user_age": log.users.get("age_bucket", self.user, -1),
-        "user_gender": log.users.get("gender", self.user, -1),
-        "user_activity": log.users.get("activity_bucket", self.user, -1),
-        "live_category": log.lives.get("category", self.live_id, -1),
-        "author_fans_bucket": log.authors.get("fans_bucket", self.author_id, -1),
-    }
+    self.side = (side_fields("users", log.users, self.user)
+                 | side_fields("lives", log.lives, self.live_id)
+                 | side_fields("authors", log.authors, self.author_id))
     self.live_start = self._live_start(log)
     self.stats = {
         "unknown_users": int((log.users.rows(self.user) < 0).sum()),
@@ -77,7 +90,7 @@ class _Context:
     self.lv = LiveHistory(
         self.user, self.exposure_ts, self.live_id, self.author_id,
         self.side["live_category"], watch, ex.watch_value[live],
-        {name: first[:, _EC[name]] for name in SS.LIVE_ACTION_BITS})
+        live_action_ts(first))
     self.sv = self._short_video_history(log)
 
   def _live_start(self, log: Log) -> np.ndarray:
@@ -103,7 +116,7 @@ class _Context:
     """Features of live exposures ``x`` at query times ``q`` (events with ts < q); histories
     as references into ``history`` when ``stored``, else materialised."""
     out = {"user_id": self.user[x], "live_id": self.live_id[x], "author_id": self.author_id[x],
-           "hour_of_day": (q // HOUR_MS) % 24, "query_ts_ms": q}
+           **time_fields(q)}
     out |= {name: values[x] for name, values in self.side.items()}
     out["crowd"] = self.crowd.features(self.live_id[x], q, self.live_start[x])
     for hist, refs in ((self.sv, self.sv.refs(self.user[x], q, cfg.sv_hist_len)),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mcjax.eventlog import schema as S
 from mcjax.moment.events import gather
 from mcjax.moment.timeindex import SegmentedTimes, by_segment
 from mcjax.samples import schema as SS
@@ -122,3 +123,10 @@ def short_video_plays(user, ts, item, author, value, like_ts, follow_ts, videos)
               author=np.where(rows >= 0, gather(video["author_id"], rows, 0), author),
               category=gather(video["category"], rows, -1), tag=gather(video["tag"], rows, -1),
               progress=progress, like_ts=like_ts, follow_ts=follow_ts), stats
+
+
+def live_action_ts(first: np.ndarray) -> dict:
+  """``LiveHistory`` action times of live exposures from their first-event times
+  (``events.Exposures.first`` rows): each LIVE_ACTION_BITS bit is set at the exposure's first
+  event of that name."""
+  return {name: first[:, S.EVENT_CODE[name]] for name in SS.LIVE_ACTION_BITS}
