@@ -398,8 +398,8 @@ def pipeline_options(args) -> PipelineOptions:
   """Beam's own flags (``--runner``, ``--direct_num_workers``, ...); the DirectRunner when no
   runner is named. Refuses flags Beam does not know, naming them."""
   options = PipelineOptions(list(args or []))
-  unknown = [a for a in options.get_all_options(retain_unknown_options=True)
-             if a not in options.get_all_options()]
+  known = options.get_all_options()
+  unknown = [a for a in options.get_all_options(retain_unknown_options=True) if a not in known]
   if unknown:
     raise ValueError(f"unknown pipeline flag(s) {sorted(unknown)}")
   return options
