@@ -140,6 +140,7 @@ def _build_beam(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool, num_
               "counts": got["counts"], "stats": got["stats"], "engine": "beam",
               "beam_args": list(beam_args or []),
               "beam_layout": dataclasses.asdict(layout) if layout else None,
+              "beam_largest_key": got["largest_key"],
               "engine_prepare_s": got["pipeline_s"], "validate_s": validate_s,
               "build_and_write_s": total_s, "log_warnings": warnings}
       with open(os.path.join(tmp, BUILD_INFO), "w") as f:
@@ -238,4 +239,7 @@ def format_report(info: dict) -> str:
   lines = [tabulate(rows, headers=["split"] + kinds + ["total"]),
            f"log read + validation: {read_s:.1f} s; {steps}; total {total_s:.1f} s "
            f"({total / max(total_s, 1e-9):,.0f} samples/s)"]
+  if info.get("beam_largest_key"):
+    lines.append("largest key (rows one worker held at once): " + ", ".join(
+        f"{k} {v:,}" for k, v in info["beam_largest_key"].items()))
   return "\n".join(lines)

@@ -54,7 +54,7 @@ class Layout:
   buckets: int = 16
   salts: int = 4
   crowd_range_ms: int = 3_600_000
-  write_range_ms: int = 3_600_000
+  write_range_ms: int = 6 * 3_600_000
   part_rows: int = 256 * 1024
 
   def validate(self) -> "Layout":
@@ -134,6 +134,7 @@ def join_lives(exposures: list, lives: list, layout: Layout):
   batch = C.concat(exposures)
   if not C.length(batch):
     return
+  yield "stats", None, {"max/lives join: exposure events": C.length(batch)}
   table = _lookup(lives, "lives", "live_id")
   rows = table.rows(batch["item"])
   batch["live_known"] = rows >= 0
@@ -180,6 +181,7 @@ def exposures(rows: list, live_rows: list, cfg: MomentConfig, layout: Layout, us
   evals = windows.eval_rows(labels)
   kinds = np.bincount(train["kind"], minlength=len(SS.KIND_NAMES))
   stats = dict(org.stats, **labels.stats, **mode_stats, live_exposures=n,
+               **{"max/exposure bucket: events": C.length(batch)},
                train_samples=int(len(train["x"])), eval_records=n,
                unknown_lives=int((~known).sum()),
                **{f"samples/{SS.KIND_NAMES[k]}": int(kinds[k])
@@ -309,6 +311,8 @@ def crowd_range(evs: list, viewers: list, queries: list, carries: list, layout: 
                            leave_live=v["live"][v["leave"]], leave_ts=v["ts"][v["leave"]],
                            carry=carry)
   start = c["start"][order][np.searchsorted(carry.live, q["live"])]
+  yield "stats", None, {"max/crowd range: events": C.length(e) + C.length(v),
+                        "max/crowd range: queries": C.length(q)}
   feats = index.features(q["live"], q["q"], start)
   out = {"xid": q["xid"], "q": q["q"], "crowd": feats}
   yield from routes("crowd", out, C.bucket(out["xid"], layout.buckets))
@@ -325,6 +329,7 @@ def join_videos(plays: list, videos: list, user_bounds):
       p["user"], p["ts"], p["item"], p["author"], p["value"], p["like_ts"], p["follow_ts"],
       _lookup(videos, "videos", "video_id"))
   out = kwargs | {"xid": p["xid"], "seq": p["seq"]}
+  stats = dict(stats, **{"max/videos join: plays": C.length(p)})
   yield from routes("plays", out, C.range_bucket(out["user"], user_bounds))
   yield "stats", None, stats
 
@@ -369,7 +374,9 @@ def histories(bucket: int, plays: list, records: list, queries: list, users: lis
     empty = np.zeros(0, np.int64)
     lv = history.LiveHistory(*(empty,) * 7, {k: empty for k in SS.LIVE_ACTION_BITS})
   table = _lookup(users, "users", "user_id")
-  stats = {"unknown_users": int((table.rows(r["user"]) < 0).sum()) if C.length(r) else 0}
+  stats = {"unknown_users": int((table.rows(r["user"]) < 0).sum()) if C.length(r) else 0,
+           "max/user bucket: history records": C.length(p) + C.length(r),
+           "max/user bucket: queries": C.length(q)}
   yield "stats", None, stats
   yield "stores", None, {"sv": sv.store, "lv": lv.store}
   if not C.length(q):
