@@ -2,7 +2,7 @@
 
     git worktree add --detach ../mcjax_old <old commit>
     python -m benchmarks.ab --old=../mcjax_old --rounds=6 --out=runs/ab -- \
-        --batch_size=1024 --config.model.embedding.dim=32 --config.model.d_model=32 \
+        --config.train.batch_size=1024 --config.model.embedding.dim=32 --config.model.d_model=32 \
         --config.moment.sv_hist_len=50 --config.moment.lv_hist_len=50
 
 Each round runs ``python -m launch.bench --mode=step --nomodel_flops`` once in each checkout

@@ -9,7 +9,8 @@
 # a networked machine: pip download ml-collections pyarrow tabulate -d benchmarks/wheels).
 # The step mode runs on synthetic batches of the real sample schema: no grain, tfds or
 # array_record. Writes OUT_DIR/<config>_b<batch>.json (examples/s/chip, ms/step, MFU vs the
-# published bf16 peak, embedding traffic) and prints one table per run.
+# published dense peak of the precision the float32 step runs in: TF32 on NVIDIA, see
+# step_bench.STEP_PRECISION; embedding traffic) and prints one table per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -35,13 +36,14 @@ fi
 run() {  # run NAME CONFIG BATCH [flags...]
   local name=$1 config=$2 batch=$3; shift 3
   echo "== $name: $config batch $batch $*"
-  "$PY" -m launch.bench --mode=step --config="$config" --batch_size="$batch" --mesh=1,1 \
+  "$PY" -m launch.bench --mode=step --config="$config" --config.train.batch_size="$batch" \
+    --config.mesh.shape='(1,1)' \
     --steps=20 --warmup=5 --repeats=5 --json_out="$OUT_DIR/${name}_b${batch}.json" "$@" \
     | tail -n 14
 }
-run full experiments/configs/full.py 1024
-run full experiments/configs/full.py 8192
-run full_hist1000 experiments/configs/full.py 1024 --config.moment.sv_hist_len=1000
-run dlrm experiments/configs/dlrm.py 8192
-run dlrm experiments/configs/dlrm.py 65536
+run full mcjax/configs/full.py 1024
+run full mcjax/configs/full.py 8192
+run full_hist1000 mcjax/configs/full.py 1024 --config.moment.sv_hist_len=1000
+run dlrm mcjax/configs/dlrm.py 8192
+run dlrm mcjax/configs/dlrm.py 65536
 echo "gpu.sh: results in $OUT_DIR"

@@ -20,19 +20,20 @@ from absl import app, flags
 
 _SCAN = flags.DEFINE_list("scan", ["tables", "history", "batch", "mesh"], "Scans to run.")
 _OUT = flags.DEFINE_string("out", "runs/scans", "Folder for the per-point JSON files.")
-_CONFIG = flags.DEFINE_string("config", "experiments/configs/full.py", "Base config file.")
+_CONFIG = flags.DEFINE_string("config", "mcjax/configs/full.py", "Base config file.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats.")
 
 TABLE = "sv_item"  # the biggest table of the default config
 # scan -> [(point name, extra flags)]
 SCANS = {
-    "tables": [(f"1e{e}", ["--batch_size=256", f"--config.model.embedding.vocab.{TABLE}={10**e}"])
+    "tables": [(f"1e{e}", ["--config.train.batch_size=256",
+                           f"--config.model.embedding.vocab.{TABLE}={10**e}"])
                for e in (4, 5, 6, 7)],
-    "history": [(str(n), [f"--batch_size={b}", f"--config.moment.sv_hist_len={n}"])
+    "history": [(str(n), [f"--config.train.batch_size={b}", f"--config.moment.sv_hist_len={n}"])
                 for n, b in ((100, 64), (1000, 64), (10000, 64))],
-    "batch": [(str(b), [f"--batch_size={b}"]) for b in (64, 256, 1024)],
-    "mesh": [(f"{d}x{m}", ["--batch_size=256", f"--mesh={d},{m}"])
+    "batch": [(str(b), [f"--config.train.batch_size={b}"]) for b in (64, 256, 1024)],
+    "mesh": [(f"{d}x{m}", ["--config.train.batch_size=256", f"--config.mesh.shape=({d},{m})"])
              for d, m in ((8, 1), (4, 2), (2, 4))],
 }
 

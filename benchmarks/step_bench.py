@@ -24,31 +24,35 @@ from mcjax.model import build_model, costs, embedding, encoders
 from mcjax.model import model as model_lib
 from mcjax.samples import schema
 from mcjax.train import mesh as mesh_lib
+from mcjax.train import partition
 from mcjax.train import state as state_lib
 from mcjax.train import step as step_lib
 
-# Published dense bf16 peaks per chip (FLOP/s), matched against jax's device_kind. H200: the
-# figure issue 7 uses (~790 TFLOP/s dense); the rest are the vendors' data-sheet numbers.
-PEAK_FLOPS = (("H200", 790e12), ("H100", 989e12), ("A100", 312e12), ("TPU v6", 918e12),
-              ("TPU v5p", 459e12), ("TPU v5", 197e12), ("TPU v4", 275e12))
+# Published dense peaks per chip (FLOP/s) by precision, matched against jax's device_kind
+# (NVIDIA data sheets quote tensor-core TF32 and bf16 with 2:4 sparsity: halved here; "fp32"
+# is the non-tensor-core rate; TPUs: Google Cloud's per-chip bf16 figures). H200 SXM: 989
+# dense bf16, 494 dense TF32, 67 fp32 (an earlier brief's 790 was wrong).
+PEAKS = (("H200", {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12}),
+         ("H100", {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12}),
+         ("A100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+         ("TPU v6", {"bf16": 918e12}), ("TPU v5p", {"bf16": 459e12}),
+         ("TPU v5", {"bf16": 197e12}), ("TPU v4", {"bf16": 275e12}))
+# The train step runs in float32. At JAX's DEFAULT matmul precision its float32 dots run on
+# TF32 tensor cores on NVIDIA Ampere and later, and as one bf16 pass on TPU
+# (docs.jax.dev/en/latest/201/precision.html), so MFU is taken against those peaks.
+STEP_PRECISION = {"gpu": "tf32", "tpu": "bf16"}
 # Raw id fields: drawn over a wide range so that hashing spreads them over every table row
 # (the dummy batch's ids < 1000 would touch at most 1000 rows of a 10^7-row table).
 WIDE_ID_FIELDS = ("user_id", "live_id", "author_id", "sv_item", "sv_author", "lv_item",
                   "lv_author")
-# Fields the trainer keeps on the host (ground truth for slicing), as in mcjax.trainer.
 
 
 def shrink_for_quick(cfg: ml_collections.ConfigDict) -> None:
-  """Tiny sizes for a smoke run (in place)."""
-  m = cfg.model
-  m.d_model = m.embedding.dim = 8
-  m.embedding.large_table_rows = 500
-  for t in m.embedding.vocab:
-    m.embedding.vocab[t] = 1000 if t in ("user", "live_item", "sv_item") else 200
-  m.gsu.top_k, m.esu.recent_n = 4, 3
-  m.crowd.hidden = (8,)
-  m.towers.expert_hidden, m.towers.expert_dim, m.towers.head_hidden = (8,), 8, (8,)
-  cfg.moment.sv_hist_len, cfg.moment.lv_hist_len = 8, 4
+  """The `tiny` named config's model and history lengths (in place), for a smoke run."""
+  tiny = mcconfig.load_config("tiny")
+  cfg.model = tiny.model
+  cfg.moment.sv_hist_len = tiny.moment.sv_hist_len
+  cfg.moment.lv_hist_len = tiny.moment.lv_hist_len
 
 
 def synthetic_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) -> dict:
@@ -63,13 +67,37 @@ def synthetic_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) ->
   return step_lib.host_batch(batch)
 
 
-def chip_peak_flops(device) -> float | None:
-  """Published dense bf16 peak of a GPU/TPU chip, None when unknown or on CPU."""
+def chip_peak_flops(device, precision: str | None = None) -> tuple[float | None, str]:
+  """(published dense peak FLOP/s, its precision) of a GPU/TPU chip at ``precision``
+  ("bf16", "tf32" or "fp32"; default: what the float32 step's matmuls run in on that
+  platform, ``STEP_PRECISION``); (None, "") when unknown or on CPU."""
   kind = str(device.device_kind)
-  for name, peak in PEAK_FLOPS:
-    if name.lower() in kind.lower():
-      return peak
-  return None
+  precision = precision or STEP_PRECISION.get(device.platform, "bf16")
+  for name, peaks in PEAKS:
+    if name.lower() in kind.lower() and precision in peaks:
+      return peaks[precision], precision
+  return None, ""
+
+
+def cut_histories_for_counts(model_cfg: ml_collections.ConfigDict, batch: dict) -> dict:
+  """The batch as the model looks it up with ``gsu.approx`` on: each long history cut to
+  recent-N + ``gsu.candidates`` positions (``MomentCross.cut_histories``). The first
+  positions stand in for the pre-scored ones (row counts only, no model needed)."""
+  if model_cfg.gsu.approx == "off":
+    return batch
+  out = dict(batch)
+  for dom, on in (("lv", model_cfg.use_lv_history), ("sv", model_cfg.use_sv_history)):
+    max_len = np.shape(batch[f"{dom}_item"])[1] if on else 0
+    recent = (min(model_cfg.esu.recent_n, max_len) if dom == "lv" and model_cfg.esu.recent_n
+              else 0)
+    keep = recent + model_cfg.gsu.candidates
+    if max_len <= keep:
+      continue
+    for name in schema.DOMAINS[dom]:
+      if name in out:
+        out[name] = np.asarray(out[name])[:, :keep]
+    out[f"{dom}_len"] = np.minimum(np.asarray(batch[f"{dom}_len"]), keep)
+  return out
 
 
 def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
@@ -79,7 +107,10 @@ def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
   Looked-up features gather one row per id; the model's inline features one per history
   position (side-table content) or per GSU-selected position (behaviour). Sparse tables
   update their unique rows; tables below ``dense_below_rows`` rows, the inline tables (or
-  all, with ``sparse_update`` off) are updated whole."""
+  all, with ``sparse_update`` off) are updated whole. With ``gsu.approx`` on, histories
+  count at their cut length (``cut_histories_for_counts``; the pre-score's own row reads
+  are not counted)."""
+  batch = cut_histories_for_counts(model_cfg, batch)
   ids = jax.device_get(embedding.lookup_ids(model_cfg, batch))
   sizes = embedding.table_sizes(model_cfg)
   inline = embedding.inline_tables(model_cfg)
@@ -138,7 +169,8 @@ class StepBench:
     optim = state_lib.optim_config(cfg)
     self.model_def, self.state, shardings = state_lib.create_train_state(
         build_fn, self.mesh, optim, seed=cfg.seed,
-        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20))
+        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20),
+        **partition.from_config(cfg.mesh))
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
     train_step = step_lib.make_train_step(
         self.model_def, optim, loss_fn, shardings, self.mesh, sparse_update=sparse_update,
@@ -180,8 +212,8 @@ class StepBench:
     device = self.mesh.devices.flat[0]
     peak_source = "flag"
     if peak_flops is None:
-      peak_flops = chip_peak_flops(device)
-      peak_source = "published bf16 dense"
+      peak_flops, precision = chip_peak_flops(device)
+      peak_source = f"published dense {precision} (float32 step at DEFAULT precision)"
       if peak_flops is None:
         n = 256 if self.fast_compile else 1024
         peak_flops, peak_source = roofline.matmul_rate(n), f"fp32 {n}^2 matmul probe (now)"

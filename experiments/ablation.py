@@ -2,7 +2,7 @@
 
     python experiments/ablation.py [--configs=full,no_moment,...] [--seeds=3] \
         [--preset=default] [--users=.. --hours=.. ...] [--workdir=runs/ablation] \
-        [--out=experiments/RESULTS.md] [--peer] [--quick] [--set=train.window_min=30 ...]
+        [--out=experiments/RESULTS.md] [--peer] [--quick] [--config.train.window_min=30 ...]
 
 For each seed s: the world ``WORKDIR/seed_s/world`` is simulated with seed s, every config is
 trained online (prequential) on it with model seed s into ``WORKDIR/seed_s/<config>``, all
@@ -12,11 +12,12 @@ samples and windows are exported and DeepCTR-Torch's DIN is trained on them in t
 Then ``experiments/ablation_report.py`` writes RESULTS.md (command at the top) and its plots.
 
 ``--quick``: the `small` world, one seed, four configs and 60-minute windows (~5 minutes).
+``--config.a.b=v`` (any key of ``mcjax.config.default_config()``, the syntax of
+``launch.train``) overrides that key in every named config; only the keys given change.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shlex
@@ -25,6 +26,7 @@ import sys
 import time
 
 from absl import app, flags
+from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -38,12 +40,12 @@ from mcjax.sim import config as sim_config  # noqa: E402
 ALL_CONFIGS = ("full", "no_moment", "fast_slow", "no_first_only", "no_crowd", "no_cross",
                "no_contrastive", "baseline")
 QUICK_CONFIGS = ("full", "no_moment", "no_cross", "baseline")
-QUICK_SET = ("train.window_min=60",)
+QUICK_SET = {"train.window_min": 60.0}
 PEER_DIR = os.path.join(ROOT, "experiments", "peers")
 PEER_PYTHON = os.path.join(PEER_DIR, ".venv", "bin", "python")
 
 _CONFIGS = flags.DEFINE_list("configs", list(ALL_CONFIGS),
-                             "Named configs from experiments/configs ('baseline' is needed for "
+                             "Named configs from mcjax/configs ('baseline' is needed for "
                              "the headroom share, 'full' for every delta).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 (world seed and model seed).")
 _PRESET = flags.DEFINE_enum("preset", "default", sorted(sim_config.PRESETS), "World preset.")
@@ -56,10 +58,11 @@ _OUT = flags.DEFINE_string("out", os.path.join("experiments", "RESULTS.md"),
 _PEER = flags.DEFINE_bool("peer", True, "Also train DeepCTR-Torch's DIN on the `full` samples "
                           "(needs experiments/peers/.venv: bash experiments/peers/setup.sh).")
 _QUICK = flags.DEFINE_bool("quick", False, "~5-minute version: the `small` world, one seed, "
-                           f"configs {','.join(QUICK_CONFIGS)}, {','.join(QUICK_SET)}.")
-_SET = flags.DEFINE_multi_string("set", [], "A config override applied to every config, "
-                                 "key=value; repeat the flag for several (e.g. "
-                                 "--set=train.window_min=30 --set=model.crowd.hidden=(16,)).")
+                           f"configs {','.join(QUICK_CONFIGS)}, {QUICK_SET}.")
+_CONFIG = config_flags.DEFINE_config_dict(
+    "config", mcconfig.default_config(), "Overrides for every named config: "
+    "--config.train.window_min=30 --config.model.crowd.hidden='(16,)' (only the keys given "
+    "are applied; the named configs' other values stay).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Train nothing: write RESULTS.md from "
                                  "the finished runs in --workdir (a config may then have "
                                  "fewer seeds than --seeds).")
@@ -67,38 +70,12 @@ _PEER_ARGS = flags.DEFINE_list("peer_args", [], "Extra flags for din_ablation.py
                                "(e.g. --epochs=1,--dim=16).")
 
 
-def load_config(name: str):
-  """The named config ``experiments/configs/<name>.py``; a usage error names --configs."""
+def load_config(name: str, overrides: dict):
+  """The named config with the --config overrides; a usage error otherwise."""
   try:
-    return mcconfig.load_named(name)
+    return mcconfig.load_config(name, overrides)
   except ValueError as e:
-    raise app.UsageError(f"--configs: {e}") from None
-
-
-def apply_overrides(cfg, assignments) -> None:
-  """Sets ``a.b.c=value`` leaves (values parsed as Python literals, else strings)."""
-  for item in assignments:
-    key, sep, raw = item.partition("=")
-    if not sep:
-      raise app.UsageError(f"--set: {item!r} is not key=value")
-    *path, leaf = key.split(".")
-    node = cfg
-    for part in path:
-      if part not in node:
-        raise app.UsageError(f"--set: no config section {part!r} in {key!r}")
-      node = node[part]
-    if leaf not in node:
-      raise app.UsageError(f"--set: no config key {key!r}")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    old = node[leaf]
-    if isinstance(old, float) and isinstance(value, int):
-      value = float(value)
-    if isinstance(old, tuple) and isinstance(value, list):
-      value = tuple(value)
-    node[leaf] = value
+    raise app.UsageError(f"--configs/--config: {e}") from None
 
 
 def plan(argv_flags=None) -> dict:
@@ -113,7 +90,8 @@ def plan(argv_flags=None) -> dict:
       "seeds": 1 if quick and "seeds" not in given else _SEEDS.value,
       "preset": "small" if quick and "preset" not in given else _PRESET.value,
       "sizes": {k: f.value for k, f in _SIZES.items() if f.value is not None},
-      "set": (list(QUICK_SET) if quick else []) + list(_SET.value),
+      "overrides": {**(QUICK_SET if quick else {}),
+              **config_flags.get_override_values(flags.FLAGS["config"])},
       "peer": _PEER.value,
       "report_only": _REPORT_ONLY.value,
       "workdir": _WORKDIR.value,
@@ -133,6 +111,7 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
   """Trains every config on world ``seed`` (with ``--report_only``: collects the finished
   runs only); returns config -> the run's folder, plus "world", "samples" and "din"."""
   from mcjax import trainer
+  from mcjax.train import data
   root = os.path.join(p["workdir"], f"seed_{seed}")
   t = time.time()
   built = not os.path.exists(os.path.join(root, "world"))
@@ -141,8 +120,7 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
     timings[f"seed {seed}: world"] = time.time() - t
   dirs = {}
   for name in p["configs"]:
-    cfg = load_config(name)
-    apply_overrides(cfg, p["set"])
+    cfg = load_config(name, p["overrides"])
     cfg.data.log_dir, cfg.seed = log_dir, seed
     run_dir = os.path.join(root, name)
     done = os.path.exists(os.path.join(run_dir, "metrics.json"))
@@ -150,16 +128,16 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
       continue
     t = time.time()
     if not done:
-      m = trainer.train_and_evaluate(cfg, run_dir, cache_dir=os.path.join(root, "samples"))
+      samples = data.prepare(cfg, root, os.path.join(root, "samples"))
+      m = trainer.train_and_evaluate(cfg, run_dir, samples)
       ctr = m["overall"]["ctr"]
       print(f"seed {seed} {name}: CTR AUC {ctr['auc']:.4f} GAUC {ctr['gauc']:.4f} "
             f"({time.time() - t:.0f} s)", flush=True)
       timings[f"seed {seed}: {name} (samples + train + eval)"] = time.time() - t
     dirs[name] = run_dir
-  cfg = load_config("full")
-  apply_overrides(cfg, p["set"])
+  cfg = load_config("full", p["overrides"])
   cfg.data.log_dir, cfg.seed = log_dir, seed
-  _, dirs["samples"] = trainer.prepare_data(cfg, root, os.path.join(root, "samples"))
+  dirs["samples"] = data.prepare(cfg, root, os.path.join(root, "samples"))
   dirs["world"] = log_dir
   din_done = os.path.exists(os.path.join(root, "din", "done.json"))
   if p["peer"] and not p["report_only"] and not din_done:
@@ -202,7 +180,7 @@ def main(argv) -> None:
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   for name in p["configs"]:  # fail early on a bad name or override
-    apply_overrides(load_config(name), p["set"])
+    load_config(name, p["overrides"])
   command = "python experiments/ablation.py " + " ".join(
       shlex.quote(a) for a in sys.argv[1:])
   os.makedirs(p["workdir"], exist_ok=True)

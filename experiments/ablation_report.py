@@ -25,6 +25,7 @@ from tabulate import tabulate  # noqa: E402
 
 from experiments import ablation_freshness as fresh  # noqa: E402
 from mcjax import metrics, report  # noqa: E402
+from mcjax.eventlog.files import atomic_write  # noqa: E402
 from mcjax.samples import schema as S  # noqa: E402
 from mcjax.samples import shards  # noqa: E402
 
@@ -343,7 +344,7 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
       f"World: preset `{plan['preset']}`" + (f" with overrides {plan['sizes']}"
                                              if plan["sizes"] else "")
       + f"; seed 0 has {sizes}.", "",
-      f"Config overrides for every config: {plan['set'] or 'none'}.", "",
+      f"Config overrides for every config: {plan['overrides'] or 'none'}.", "",
       "## Expectations", "",
       tabulate(expectations(c), ["difference", "mean ± std", "|mean|/std", "positive",
                                  "> 2 std"], **TABLE), ""]
@@ -403,8 +404,6 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
   lines += ["## Wall time", "", tabulate([[k, f"{v:.0f} s"] for k, v in timings.items()],
                                          ["stage", "time"], **TABLE), ""]
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out + ".tmp", "w") as f:
-    f.write("\n".join(lines))
-  os.replace(out + ".tmp", out)
+  atomic_write(out, "\n".join(lines))
   print("\n".join(lines))
   return out

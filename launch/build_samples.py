@@ -1,11 +1,14 @@
 """Runs the Moment engine on an event log and writes its samples as ArrayRecord shards.
 
-    python -m launch.build_samples --events=LOG_DIR --out=SAMPLES_DIR --mode=realtime
+    python -m launch.build_samples --events=LOG_DIR --out=SAMPLES_DIR \
+        --config.moment.mode=realtime --config.moment.window_s=30
 
 writes ``SAMPLES_DIR/train/`` and ``SAMPLES_DIR/eval/`` (see ``mcjax.samples.shards``) and
 ``SAMPLES_DIR/build_info.json``, then prints the sample counts per kind and the throughput.
-Every ``MomentConfig`` field is a flag of the same name (``--features_at=sample``,
-``--max_watch_s=1800``, ...); flags left unset take its defaults. The library side (and the cache
+Every ``MomentConfig`` field is a key of the ``moment`` section, overridden with the syntax of
+every launcher (``--config.moment.features_at=sample``, ``--config.moment.max_watch_s=1800``,
+``--config.moment.first_only=False``); keys left unset take its defaults (``--help`` lists them
+with their docs). The library side (and the cache
 the trainer uses) is ``mcjax.samples.build``.
 
 ``--engine=beam`` builds the same folder with the Apache Beam pipeline (``mcjax.moment.beam``),
@@ -32,9 +35,11 @@ import dataclasses
 import os
 import sys
 
+import ml_collections
 from absl import app, flags
+from ml_collections import config_flags
 
-from mcjax.moment.config import CHOICES, MomentConfig
+from mcjax.moment.config import MomentConfig
 from mcjax.eventlog.validate import LogValidationError
 from mcjax.samples.build import ENGINES, build_samples_dir, cache_key, format_report
 
@@ -60,30 +65,25 @@ _VALIDATE = flags.DEFINE_bool("validate", True, "Validate the log first (as laun
                               "--novalidate skips it.")
 
 
-def _define_moment_flags() -> dict:
-  """One flag per MomentConfig field (same name, type and doc; unset = the default)."""
-  out = {}
-  for f in dataclasses.fields(MomentConfig):
-    doc = f"{f.metadata['doc']} (default: {f.default})"
-    if f.name in CHOICES:
-      out[f.name] = flags.DEFINE_enum(f.name, None, list(CHOICES[f.name]), doc)
-    else:
-      define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
-                float: flags.DEFINE_float}[type(f.default)]
-      out[f.name] = define(f.name, None, doc)
-  return out
+def _moment_help() -> str:
+  """The --config flag's help: each MomentConfig field with its doc and default."""
+  return "The Moment engine's settings, --config.moment.<field>=value:\n" + "\n".join(
+      f"  {f.name}: {f.metadata['doc']} (default: {f.default})"
+      for f in dataclasses.fields(MomentConfig))
 
 
-_MOMENT = _define_moment_flags()
+# Only the moment section: the same keys as the trainer config's ``moment`` section.
+_CONFIG = config_flags.DEFINE_config_dict(
+    "config", ml_collections.ConfigDict({"moment": dataclasses.asdict(MomentConfig())}),
+    _moment_help())
 
 
 def moment_config_from_flags() -> MomentConfig:
-  """MomentConfig from the flags that were set (others keep the config's defaults)."""
-  overrides = {name: flag.value for name, flag in _MOMENT.items() if flag.value is not None}
+  """MomentConfig from --config.moment.* (keys not given keep the defaults)."""
   try:
-    return MomentConfig(**overrides).validate()
+    return MomentConfig(**_CONFIG.value.moment.to_dict()).validate()
   except ValueError as e:
-    raise app.UsageError(str(e).replace("MomentConfig.", "--")) from e
+    raise app.UsageError(str(e).replace("MomentConfig.", "--config.moment.")) from e
 
 
 def _layout():

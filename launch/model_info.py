@@ -1,8 +1,8 @@
 """Prints a config's model size and cost: parameters per embedding table and dense, and
 FLOPs per example (XLA cost analysis of the compiled forward and forward + backward pass).
 
-    python -m launch.model_info --config=experiments/configs/full.py
-    python -m launch.model_info --config=experiments/configs/full.py --config.moment.sv_hist_len=1000
+    python -m launch.model_info --config=mcjax/configs/full.py
+    python -m launch.model_info --config=mcjax/configs/full.py --config.moment.sv_hist_len=1000
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from absl import app, flags
 from ml_collections import config_flags
 from tabulate import tabulate
 
+from mcjax import configs
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/full.py", "A config file from experiments/configs.")
+    "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch used to compile the FLOP count.")
 
 

@@ -1,10 +1,13 @@
 """The main job: runs with no flags at all on the embedded default world.
 
-    python -m launch.run [--workdir=runs/default] [--preset=default] [--seed=0] \
-        [--configs=full,no_moment,no_cross]
+    python -m launch.run [--workdir=runs/default] [--preset=default] [--world_seed=0] \
+        [--seed=0] [--configs=full,no_moment,no_cross] [--config.train.window_min=30 ...]
 
-1. generates the simulated world into WORKDIR/world (once) and prints its summary;
-2. trains and evaluates each named config online (prequential) on it, into WORKDIR/<config>
+1. generates the simulated world of ``--world_seed`` into WORKDIR/world (once) and prints its
+   summary;
+2. trains and evaluates each named config online (prequential) on it with model seed
+   ``--seed`` (``config.seed``), into WORKDIR/<config>; ``--config.a.b=v`` overrides that key
+   of every named config (only the keys given), the syntax of ``launch.train``
    (sample caches shared in WORKDIR/samples; a rerun resumes or reuses finished runs);
 3. writes WORKDIR/report.md with the metric tables and PNG plots.
 """
@@ -13,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 from tqdm import tqdm
 
 from mcjax import config as mcconfig
@@ -23,9 +28,13 @@ from mcjax.sim import config, summary, world
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Folder for the world and results.")
 _PRESET = flags.DEFINE_enum("preset", "default", sorted(config.PRESETS), "World preset.")
-_SEED = flags.DEFINE_integer("seed", 0, "World seed.")
+_WORLD_SEED = flags.DEFINE_integer("world_seed", 0, "Seed of the simulated world.")
+_SEED = flags.DEFINE_integer("seed", 0, "Model seed (config.seed: init and shuffling).")
 _CONFIGS = flags.DEFINE_list("configs", ["full", "no_moment", "no_cross"],
-                             "Named configs from experiments/configs to train and compare.")
+                             "Named configs (mcjax/configs) to train and compare.")
+_CONFIG = config_flags.DEFINE_config_dict(
+    "config", mcconfig.default_config(), "Overrides for every named config "
+    "(--config.train.window_min=30; only the keys given are applied).")
 
 
 def ensure_world(workdir: str, preset: str, seed: int) -> str:
@@ -38,22 +47,23 @@ def ensure_world(workdir: str, preset: str, seed: int) -> str:
   return log_dir
 
 
-def load_config(name: str):
-  """The named config ``experiments/configs/<name>.py``; a usage error names --configs."""
+def load_config(name: str, overrides: dict):
+  """The named config with the --config overrides; a usage error otherwise."""
   try:
-    return mcconfig.load_named(name)
+    return mcconfig.load_config(name, overrides)
   except ValueError as e:
-    raise app.UsageError(f"--configs: {e}") from None
+    raise app.UsageError(f"--configs/--config: {e}") from None
 
 
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value
-  cfgs = {name: load_config(name) for name in _CONFIGS.value}  # fail early on a bad name
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  cfgs = {name: load_config(name, overrides) for name in _CONFIGS.value}  # fail early
   timings = {}
   t = time.time()
-  log_dir = ensure_world(workdir, _PRESET.value, _SEED.value)
+  log_dir = ensure_world(workdir, _PRESET.value, _WORLD_SEED.value)
   timings["world"] = time.time() - t
   t = time.time()
   stats = summary.summarize(log_dir)
@@ -64,18 +74,25 @@ def main(argv) -> None:
   timings["world summary"] = time.time() - t
 
   from mcjax import report, trainer
+  from mcjax.train import RunError, data
   runs = {}
   for name, cfg in cfgs.items():
     cfg.data.log_dir = log_dir
     cfg.seed = _SEED.value
     t = time.time()
-    runs[name] = trainer.train_and_evaluate(
-        cfg, os.path.join(workdir, name), cache_dir=os.path.join(workdir, "samples"))
+    samples = data.prepare(cfg, workdir, cache_dir=os.path.join(workdir, "samples"))
+    try:
+      runs[name] = trainer.train_and_evaluate(cfg, os.path.join(workdir, name), samples)
+    except RunError as e:
+      sys.exit(f"FATAL {name}: {e}")
     timings[f"train + eval {name}"] = time.time() - t
     ctr = runs[name]["overall"]["ctr"]
     print(f"{name}: CTR AUC {ctr['auc']:.4f}  GAUC {ctr['gauc']:.4f}  "
           f"({timings[f'train + eval {name}']:.0f} s)")
-  path = report.write_report(workdir, runs, world_summary=text, timings=timings)
+  from mcjax.model.collisions import collision_report
+  collisions = collision_report(log_dir, next(iter(cfgs.values())).model)
+  path = report.write_report(workdir, runs, world_summary=text, timings=timings,
+                             collisions=collisions)
   print(f"report: {path}")
 
 

@@ -1,14 +1,19 @@
-"""Trains and evaluates one named config, online (prequential) or offline.
+"""Trains and evaluates one named config: online (prequential), offline or offline_tvt.
 
-    python -m launch.train --config=experiments/configs/full.py --workdir=runs/full
-    python -m launch.train --config=experiments/configs/smoke.py --workdir=/tmp/smoke \
+    python -m launch.train --config=mcjax/configs/full.py --workdir=runs/full
+    python -m launch.train --config=mcjax/configs/smoke.py --workdir=/tmp/smoke \
         --config.train.batch_size=128 --data=MY_LOG_DIR
+    python -m launch.train --config=mcjax/configs/full.py --workdir=runs/tvt \
+        --samples=SAMPLES_DIR --config.train.mode=offline_tvt --config.train.epochs=3
 
-Without --data it trains on the simulated world of ``config.data`` (generated into the
-workdir when missing). Writes ``WORKDIR/metrics.json``, TensorBoard event files and Orbax
-checkpoints; a rerun with the same workdir resumes from the latest checkpoint. With several
-processes (``--coordinator``/``--num_processes``/``--process_id``, or the environment of a
-cluster launcher) it calls ``jax.distributed.initialize`` first.
+Without --data or --samples it trains on the simulated world of ``config.data`` (generated,
+with its samples, into the workdir when missing). Writes ``WORKDIR/metrics.json``, TensorBoard
+event files and Orbax checkpoints (``mcjax.train.rundir``); a rerun with the same workdir
+resumes from the latest checkpoint, and refuses another config or other data unless
+--overwrite (which deletes that run's files, never the data). With several processes
+(``--coordinator``/``--num_processes``/``--process_id``, or the environment of a cluster
+launcher) it calls ``jax.distributed.initialize`` first. A run that cannot go on (workdir in
+use or another run's, training diverged) exits non-zero with one ``FATAL`` line.
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mcjax import configs
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/full.py", "A config file from experiments/configs.")
+    "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and caches go.",
                                required=True)
 _DATA = flags.DEFINE_string("data", None, "An event-log folder (overrides config.data.log_dir).")
 _VALIDATE = flags.DEFINE_bool("validate", True, "Validate the --data log first (as "
                               "launch.validate); --novalidate skips it.")
+_SAMPLES = flags.DEFINE_string("samples", None, "A samples folder (launch.build_samples) to "
+                               "train on as it is, instead of building one from the log.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the workdir's run files first "
+                               "(checkpoints, predictions, metrics; never its data).")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -41,11 +52,18 @@ def main(argv) -> None:
       _refuse_bad_log(_DATA.value)
   from mcjax import config as mcconfig
   from mcjax import distributed, trainer
+  from mcjax.eventlog import files
+  from mcjax.train import RunError, data
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   _refuse_bad_config(trainer.check_layout, cfg)  # needs the device count only
 
-  result = trainer.train_and_evaluate(cfg, _WORKDIR.value)
+  try:
+    samples = _SAMPLES.value or data.prepare(cfg, _WORKDIR.value)
+    result = trainer.train_and_evaluate(cfg, _WORKDIR.value, samples,
+                                        overwrite=_OVERWRITE.value)
+  except (RunError, FileNotFoundError, files.OverlapError, files.CorruptFileError) as e:
+    sys.exit(f"FATAL {e}")  # one line: what to change
   ctr = result["overall"].get("ctr", {})
   logging.info("done: ctr auc=%s gauc=%s", ctr.get("auc"), ctr.get("gauc"))
   print(f"{cfg.name}: CTR AUC {ctr.get('auc')}, GAUC {ctr.get('gauc')} -> "

@@ -1,40 +1,42 @@
 """The experiment config: one tree, composed of each part's own section.
 
 ``default_config()`` is the `full` Moment&Cross setup on the default simulated world. Named
-configs in ``experiments/configs/`` start from it and change a few fields; launchers override
-any leaf with ``--config.a.b=v``. ``validate(cfg)`` checks the whole tree before anything
+configs in the package ``mcjax.configs`` start from it and change a few fields;
+``load_config(name)`` loads one (a name or a ``.py`` path), and every launcher overrides any
+leaf with ``--config.a.b=v``. ``validate(cfg)`` checks the whole tree before anything
 touches a device, and names the offending key.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
 import os
+import re
 
 import ml_collections
 
-from mcjax import losses
+from mcjax import configs, losses
 from mcjax.model import config as model_config
 from mcjax.moment.config import MomentConfig
+from mcjax.samples.schema import TASKS
 from mcjax.sim import config as sim_config
-
-MODES = ("online", "offline")
-
-# The named configs of the repository (experiments/configs/<name>.py, each with get_config()).
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "experiments", "configs")
+from mcjax.train.plan import MODES
 
 
-def load_named(name: str, config_dir: str = CONFIG_DIR) -> ml_collections.ConfigDict:
-  """``get_config()`` of ``<config_dir>/<name>.py``; ValueError listing the known names."""
-  path = os.path.join(config_dir, f"{name}.py")
+def load_config(name: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """A fresh ``get_config()`` of a named config (``"smoke"``: ``mcjax/configs/smoke.py``) or
+  of a config file (a path ending in ``.py``), with ``overrides`` (see ``apply_overrides``)
+  set; ValueError listing the known names, or naming an unknown key."""
+  path = name if name.endswith(".py") else configs.path(name)
   if not os.path.exists(path):
-    known = sorted(f[:-3] for f in os.listdir(config_dir) if f.endswith(".py"))
-    raise ValueError(f"no config named {name!r}; known: {known}")
-  spec = importlib.util.spec_from_file_location(f"mcjax_config_{name}", path)
+    raise ValueError(f"no config file {path!r}; known names: {configs.names()}")
+  spec = importlib.util.spec_from_file_location(
+      f"mcjax_config_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return apply_overrides(module.get_config(), overrides or {})
 
 
 def moment_section() -> ml_collections.ConfigDict:
@@ -60,15 +62,24 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss = losses.loss_config()
 
   c.train = ml_collections.ConfigDict()
-  c.train.mode = "online"         # "online": prequential windows; "offline": time split
+  c.train.mode = "online"         # "online": prequential windows; "offline": train, then test
+  #                                  after a time split; "offline_tvt": train / valid / test by
+  #                                  time, the checkpoint chosen on valid (see mcjax.train.plan)
   c.train.window_min = 10.0       # online: evaluation window length (simulated minutes)
-  c.train.offline_split = 0.8     # offline: train on the first share of time, eval on the rest
+  c.train.offline_split = 0.8     # offline modes: test on the last 1 - share of the time span
+  c.train.offline_split_ts_ms = 0  # ... or from this absolute time (ms); 0 = the share above
+  c.train.valid_split = 0.7       # offline_tvt: validate from this share of the time span (to
+  #                                  the test boundary) and train before it
+  c.train.valid_split_ts_ms = 0   # ... or from this absolute time (ms); 0 = the share above
+  c.train.select_metric = "ctr/auc"  # offline_tvt: "<task>/<auc|gauc|uauc|logloss>" on valid
+  #                                  picks the checkpoint that scores the test (logloss: lowest)
+  c.train.epochs = 1              # passes over the training samples (offline modes only)
   c.train.batch_size = 256
   c.train.eval_batch_size = 1024
   c.train.shuffle_within_window = True
   c.train.learning_rate = 1e-3    # AdamW for dense parameters
   c.train.weight_decay = 0.0
-  c.train.grad_clip = 1.0
+  c.train.grad_clip = 1.0         # global-norm clip of the dense gradients; 0 = no clipping
   c.train.embedding_learning_rate = 0.05   # row-wise Adagrad for embedding tables
   c.train.checkpoint_every_steps = 500
   c.train.log_every_steps = 50
@@ -80,22 +91,52 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
   c.mesh.max_replicated_mb = 64.0  # a parameter larger than this may not be replicated
   #                                  on a multi-device mesh (put devices on "model")
+  # Sharding policy (mcjax.train.partition): ordered (regex on the parameter path, partition
+  # as a tuple of mesh axes) pairs, the first match wins; then each logical axis the model
+  # names on a parameter -> a mesh axis ("data", "model") or None (replicated).
+  c.mesh.rules = ()               # e.g. ((r"towers/.*/kernel", (None, "model")),)
+  c.mesh.logical_rules = model_config.LOGICAL_RULES
   return c
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key when the config is impossible."""
-  if cfg.train.mode not in MODES:
-    raise ValueError(f"config.train.mode must be one of {MODES}, got {cfg.train.mode!r}")
-  for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
-    if int(cfg.train[key]) <= 0:
-      raise ValueError(f"config.train.{key} must be > 0, got {cfg.train[key]}")
-  if cfg.train.window_min <= 0:
-    raise ValueError(f"config.train.window_min must be > 0, got {cfg.train.window_min}")
-  if not 0.0 < cfg.train.offline_split < 1.0:
-    raise ValueError(f"config.train.offline_split must be in (0, 1), got {cfg.train.offline_split}")
+  t = cfg.train
+  if t.mode not in MODES:
+    raise ValueError(f"config.train.mode must be one of {MODES}, got {t.mode!r}")
+  for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps",
+              "epochs"):
+    _require(t, key, _is_int(t[key]) and t[key] > 0, "an int > 0")
+  _require(t, "max_steps", _is_int(t.max_steps) and t.max_steps >= -1, "an int >= -1")
+  _require(t, "live_sparse_threshold", _is_int(t.live_sparse_threshold)
+           and t.live_sparse_threshold >= 0, "an int >= 0")
+  for key, low, want in (("learning_rate", 0.0, "> 0"), ("embedding_learning_rate", 0.0, "> 0"),
+                         ("window_min", 0.0, "> 0"), ("weight_decay", None, ">= 0"),
+                         ("grad_clip", None, ">= 0 (0 = no clipping)")):
+    x = t[key]
+    ok = _is_number(x) and math.isfinite(x) and (x > low if low is not None else x >= 0)
+    _require(t, key, ok, f"a finite number {want}")
+  for key in ("offline_split", "valid_split"):
+    _require(t, key, _is_number(t[key]) and 0.0 < t[key] < 1.0, "in (0, 1)")
+  for key in ("offline_split_ts_ms", "valid_split_ts_ms"):
+    _require(t, key, _is_int(t[key]) and t[key] >= 0, "an int >= 0 (0 = use the share)")
+  if t.mode == "offline_tvt" and not (t.valid_split_ts_ms or t.offline_split_ts_ms):
+    _require(t, "valid_split", t.valid_split < t.offline_split,
+             f"< config.train.offline_split={t.offline_split} (validation comes before test)")
+  if t.mode == "offline_tvt" and t.valid_split_ts_ms and t.offline_split_ts_ms:
+    _require(t, "valid_split_ts_ms", t.valid_split_ts_ms < t.offline_split_ts_ms,
+             f"< config.train.offline_split_ts_ms={t.offline_split_ts_ms}")
+  task, _, metric = str(t.select_metric).partition("/")
+  _require(t, "select_metric", task in TASKS and metric in SELECT_METRICS,
+           f"'<task>/<metric>' with a task of {TASKS} and a metric of {SELECT_METRICS}")
+  if t.mode == "online" and t.epochs != 1:
+    _require(t, "epochs", False, "1 in online mode (prequential: one pass, each window scored "
+             "before it is trained on); use train.mode='offline' or 'offline_tvt'")
   if len(tuple(cfg.mesh.shape)) != 2:
     raise ValueError(f"config.mesh.shape must have 2 entries (data, model), got {cfg.mesh.shape}")
+  _require(cfg.mesh, "max_replicated_mb", _is_number(cfg.mesh.max_replicated_mb)
+           and cfg.mesh.max_replicated_mb >= 0, "a number >= 0", where="mesh")
+  _validate_sharding(cfg.mesh)
   if not cfg.data.log_dir and cfg.data.preset not in sim_config.PRESETS:
     raise ValueError(f"config.data.preset must be one of {sorted(sim_config.PRESETS)}, "
                      f"got {cfg.data.preset!r}")
@@ -109,5 +150,59 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   losses.validate(cfg.loss)
 
 
+def _validate_sharding(mesh) -> None:
+  axes = ("data", "model", None)
+  for i, rule in enumerate(mesh.rules):
+    ok = len(rule) == 2 and isinstance(rule[0], str) and all(a in axes for a in rule[1])
+    if ok:
+      try:
+        re.compile(rule[0])
+      except re.error:
+        ok = False
+    if not ok:
+      raise ValueError(f"config.mesh.rules[{i}] must be (regex, tuple of {axes}), got {rule!r}")
+  table = dict(mesh.logical_rules)
+  missing = [a for a in model_config.LOGICAL_AXES if a not in table]
+  if missing or any(a not in axes for a in table.values()):
+    raise ValueError(f"config.mesh.logical_rules must map each of {model_config.LOGICAL_AXES} "
+                     f"to one of {axes}, got {mesh.logical_rules!r}")
+
+
+# offline_tvt's checkpoint choice: metric -> True where higher is better.
+SELECT_METRICS = {"auc": True, "gauc": True, "uauc": True, "logloss": False}
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _require(section, key: str, ok: bool, want: str, *, where: str = "train") -> None:
+  if not ok:
+    raise ValueError(f"config.{where}.{key} must be {want}, got {section[key]!r}")
+
+
 def moment_config(cfg: ml_collections.ConfigDict) -> MomentConfig:
   return MomentConfig(**cfg.moment.to_dict())
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Sets each dotted key of ``values`` (``{"train.window_min": 30.0}``) in ``cfg``, in place;
+  returns ``cfg``. Launchers that train several named configs with one set of overrides
+  (``launch.run``, ``experiments/ablation.py``) take ``--config.a.b=v`` flags on a
+  ``default_config()`` dict and pass ``config_flags.get_override_values`` here, so the syntax
+  is the one ``launch.train`` has; ValueError names a key that is not in ``cfg``."""
+  for key, value in values.items():
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      if part not in node:
+        raise ValueError(f"no config section {part!r} in {key!r}")
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"no config key {key!r}")
+    node[leaf] = value
+  return cfg

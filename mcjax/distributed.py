@@ -1,4 +1,5 @@
-"""Multi-process start-up: ``jax.distributed.initialize`` from flags or the environment.
+"""Multi-process start-up (``jax.distributed.initialize`` from flags or the environment), and
+the two helpers the trainer needs across processes: a barrier and an all-gather to the host.
 
 One process (the default) needs nothing. With several, give the coordinator address, the
 process count and this process's index (flags of the launchers), or let JAX read them from a
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -34,3 +36,18 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
   else:
     jax.distributed.initialize()
+
+
+def sync(name: str) -> None:
+  """A barrier of every process (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def gather(x) -> np.ndarray:
+  """A global array (sharded over processes) as one host numpy array in every process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

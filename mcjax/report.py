@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from mcjax.eventlog.files import atomic_write  # noqa: E402
+
 REPORT_TASKS = ("ctr", "lvtr", "ltr")
 
 
@@ -29,14 +31,14 @@ def metric_table(runs: dict[str, dict], tasks=REPORT_TASKS) -> str:
   """A Markdown table: one row per run, AUC / UAUC / GAUC / logloss per task."""
   headers = ["config"]
   for t in tasks:
-    headers += [f"{t} AUC", f"{t} UAUC", f"{t} GAUC", f"{t} logloss"]
+    headers += [f"{t} AUC", f"{t} UAUC", f"{t} GAUC", f"{t} logloss (base rate)"]
   rows = []
   for name, m in runs.items():
     row = [name]
     for t in tasks:
       r = m["overall"].get(t, {})
       row += [_fmt(r.get("auc")), _fmt(r.get("uauc")), _fmt(r.get("gauc")),
-              _fmt(r.get("logloss"))]
+              f"{_fmt(r.get('logloss'))} ({_fmt(r.get('base_logloss'))})"]
     rows.append(row)
   return tabulate(rows, headers, tablefmt="github")
 
@@ -104,8 +106,18 @@ def plot_slices(runs: dict[str, dict], names, slices, path: str, task="ctr") -> 
   return path
 
 
+def collision_table(report: dict[str, dict]) -> str:
+  """A Markdown table of ``model.collisions.collision_report``: per embedding table, its rows,
+  the distinct ids the log can put there and the share of them sharing a row."""
+  rows = [[t, f"{r['rows']:,}", f"{r['distinct_ids']:,}", f"{r['colliding_ids']:,}",
+           f"{r['collision_rate']:.2%}"] for t, r in report.items()]
+  return tabulate(rows, ["table", "rows", "distinct ids", "colliding ids", "collision rate"],
+                  tablefmt="github")
+
+
 def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None = None,
-                 timings: dict[str, float] | None = None) -> str:
+                 timings: dict[str, float] | None = None,
+                 collisions: dict[str, dict] | None = None) -> str:
   """Writes ``workdir/report.md`` and its plots; returns the report path."""
   plots = os.path.join(workdir, "plots")
   os.makedirs(plots, exist_ok=True)
@@ -113,7 +125,9 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
   if world_summary:
     lines += ["## The world", "", "```", world_summary.rstrip(), "```", ""]
   lines += ["## Online (prequential) metrics, all windows", "",
-            "Each evaluation window is scored before the model trains on it.", "",
+            "Each evaluation window is scored before the model trains on it. In parentheses: "
+            "the base-rate logloss (predicting the records' positive rate for all); a logloss "
+            "near or above it means the model is not calibrated.", "",
             metric_table(runs), "", "## CTR AUC per slice", "", slice_table(runs), ""]
   p1 = plot_auc_over_time(runs, ("full", "no_moment"), os.path.join(plots, "auc_over_time.png"))
   if p1:
@@ -124,14 +138,17 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
   if p2:
     lines += ["## Cross: live-sparse users vs the rest", "",
               "![CTR AUC live-sparse vs other](plots/live_sparse.png)", ""]
+  if collisions:
+    lines += ["## Hash collisions of the embedding tables", "",
+              "Ids of the trained log hashed as training hashes them (64-bit ids folded on the "
+              "host, then the per-feature salted hash): the share of distinct ids sharing a "
+              "row with another id.", "", collision_table(collisions), ""]
   if timings:
     lines += ["## Wall time per stage", "",
               tabulate([[k, f"{v:.1f} s"] for k, v in timings.items()], ["stage", "time"],
                        tablefmt="github"), ""]
   path = os.path.join(workdir, "report.md")
-  with open(path + ".tmp", "w") as f:
-    f.write("\n".join(lines))
-  os.replace(path + ".tmp", path)
+  atomic_write(path, "\n".join(lines))
   return path
 
 

@@ -10,11 +10,19 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ("train.window_min=360", "train.batch_size=64", "train.eval_batch_size=256",
-        "moment.sv_hist_len=8", "moment.lv_hist_len=4", "model.d_model=8",
-        "model.embedding.dim=8", "model.gsu.top_k=4", "model.esu.recent_n=4",
-        "model.crowd.hidden=(16,)", "model.towers.expert_hidden=(16,)",
-        "model.towers.expert_dim=16", "model.towers.head_hidden=(8,)")
+
+
+def tiny_flags() -> list[str]:
+  """``--config.k=v`` for every model, moment and train key where the `tiny` named config
+  differs from the default (the study overrides every named config with them)."""
+  from mcjax.config import default_config, load_config
+
+  def flat(d, prefix=""):
+    for k, v in d.items():
+      yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+  base = dict(flat(default_config().to_dict()))
+  return [f"--config.{k}={v}" for k, v in flat(load_config("tiny").to_dict())
+          if k.split(".")[0] in ("model", "moment", "train") and base[k] != v]
 
 
 def test_quick_study_writes_results(tmp_path):
@@ -22,7 +30,7 @@ def test_quick_study_writes_results(tmp_path):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")  # one device: fast
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "ablation.py"), "--quick",
          "--configs=full,no_cross", "--nopeer", f"--workdir={tmp_path / 'runs'}",
-         f"--out={out}"] + [f"--set={kv}" for kv in TINY]
+         f"--out={out}"] + tiny_flags()
   run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
 

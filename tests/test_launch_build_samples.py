@@ -16,8 +16,9 @@ def _run(*flags):
 
 def test_flags_reach_the_engine(tmp_path):
   out = tmp_path / "samples"
-  r = _run(f"--events={EXAMPLE}", f"--out={out}", "--mode=fast_slow", "--features_at=sample",
-           "--sv_hist_len=3", "--max_watch_s=1800", "--nofirst_only")
+  r = _run(f"--events={EXAMPLE}", f"--out={out}", "--config.moment.mode=fast_slow",
+           "--config.moment.features_at=sample", "--config.moment.sv_hist_len=3",
+           "--config.moment.max_watch_s=1800", "--config.moment.first_only=False")
   assert r.returncode == 0, r.stderr[-2000:]
   moment = json.load(open(out / "build_info.json"))["moment"]
   assert moment["mode"] == "fast_slow" and moment["features_at"] == "sample"
@@ -27,7 +28,7 @@ def test_flags_reach_the_engine(tmp_path):
 
 def test_bad_value_names_the_flag_and_writes_nothing(tmp_path):
   out = tmp_path / "samples"
-  r = _run(f"--events={EXAMPLE}", f"--out={out}", "--window_s=-1")
+  r = _run(f"--events={EXAMPLE}", f"--out={out}", "--config.moment.window_s=-1")
   assert r.returncode != 0
-  assert "--window_s=-1.0" in r.stderr
+  assert "--config.moment.window_s=-1.0" in r.stderr
   assert not out.exists()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mcjax.config import load_config
 from mcjax.model import build_model, costs, gsu, ranking_score
 from mcjax.model import config as model_config
 from mcjax.model.embedding import Embedding
@@ -15,16 +16,16 @@ from mcjax.samples import schema
 T = len(schema.TASKS)
 
 
+# What the model tests cover beyond the trainer's `tiny` config (which keeps compiles short):
+# recent-live attention and per-task experts.
+MODEL_TEST_OVERRIDES = {"esu.recent_n": 3, "towers.shared_experts": 2, "towers.task_experts": 1}
+
+
 def tiny(**overrides):
-  cfg = model_config.default()
-  cfg.d_model = cfg.embedding.dim = 8
-  cfg.embedding.large_table_rows = 500
-  for t in cfg.embedding.vocab:
-    cfg.embedding.vocab[t] = 1000 if t in ("user", "live_item", "sv_item") else 200
-  cfg.gsu.top_k, cfg.esu.recent_n = 4, 3
-  cfg.crowd.hidden = (8,)
-  cfg.towers.expert_hidden, cfg.towers.expert_dim, cfg.towers.head_hidden = (8,), 8, (8,)
-  for key, value in overrides.items():
+  """The `tiny` named config's model section, with MODEL_TEST_OVERRIDES and then ``overrides``
+  (dotted keys) applied."""
+  cfg = load_config("tiny").model
+  for key, value in {**MODEL_TEST_OVERRIDES, **overrides}.items():
     node = cfg
     *path, last = key.split(".")
     for p in path:
@@ -160,13 +161,13 @@ def test_empty_histories_are_finite_and_gradients_finite(model_a):
     (g_dense, g_rows), out = grads(dense, batch)
     assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves((g_dense, g_rows, out)))
   assert float(jnp.abs(g_rows["sv_item"][0]).sum()) > 0
-  assert float(jnp.abs(g_dense["lv_esu"]["q"]["kernel"][...]).sum()) > 0
+  assert float(jnp.abs(g_dense["lv"]["esu"]["q"]["kernel"][...]).sum()) > 0
 
 
 def test_build_with_and_without_mesh(model_a):
   cfg, model_c, _ = model_a
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(model_config.DEFAULT_LOGICAL_RULES):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(model_config.LOGICAL_RULES):
     model = build_model(cfg, rngs=nnx.Rngs(0))
     specs = nnx.get_partition_spec(nnx.state(model, Embedding))
     assert specs["tables"]["user"].get_value() == jax.P("model", None)

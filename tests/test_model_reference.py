@@ -90,14 +90,14 @@ def reference_forward(model, batch):
                  jnp.concatenate([r["live"], r["author"], r["live_category"]], -1))
   parts = [r[k] for k in _USER] + [cand, r["author_fans"]]
   out = {}
-  for dom, on in (("lv", cfg.use_lv_history), ("sv", cfg.use_sv_history)):
-    if not on:
-      out[f"{dom}_interest"] = jnp.broadcast_to(getattr(model, f"{dom}_null")[...],
+  for dom, null in (("lv", model.lv_null), ("sv", model.sv_null)):
+    if null is not None:
+      out[f"{dom}_interest"] = jnp.broadcast_to(null[...],
                                                 (batch["user_id"].shape[0], cfg.d_model))
       continue
-    enc = getattr(model, f"{dom}_encoder")
+    enc, branch = model.encoder(dom), model.branches[dom]
     length = batch[f"{dom}_len"]
-    query = _linear(getattr(model, f"{dom}_query"), cand)
+    query = _linear(branch.query, cand)
     content = _linear(enc.content_proj, jnp.concatenate(
         [r[f"{dom}_{s}"] for s in DOMAIN_CONTENT[dom]], -1))
     behaviour = jnp.concatenate([r[f"{dom}_{s}"] for s in DOMAIN_BEHAVIOUR[dom]], -1)
@@ -111,13 +111,13 @@ def reference_forward(model, batch):
       return c + _mlp(enc.item_mlp, jnp.concatenate([c, bh], -1))
 
     items = item(gsu.take(content, idx), gsu.take(behaviour, idx))
-    interest = _esu(getattr(model, f"{dom}_esu"), query, items, valid, bias)
+    interest = _esu(branch.esu, query, items, valid, bias)
     parts.append(interest)
     if dom == "lv" and cfg.esu.recent_n > 0:
       n = min(cfg.esu.recent_n, content.shape[1])
       parts.append(_esu(model.lv_recent_esu, query, item(content[:, :n], behaviour[:, :n]),
                         gsu.valid_positions(length, n)))
-    out[f"{dom}_interest"] = _linear(getattr(model, f"{dom}_interest"), interest)
+    out[f"{dom}_interest"] = _linear(branch.interest, interest)
   if cfg.use_crowd:
     parts.append(model.crowd(batch["crowd"]))
   if cfg.use_match_features and model.match_domains:

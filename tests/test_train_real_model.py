@@ -8,29 +8,17 @@ from jax.sharding import PartitionSpec as P
 
 from mcjax import losses
 from mcjax.model import build_model
-from mcjax.model import config as model_config
 from mcjax.samples import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import state as state_lib
 from mcjax.train import step as step_lib
-
-
-def tiny_config():
-  cfg = model_config.default()
-  cfg.d_model = cfg.embedding.dim = 8
-  cfg.embedding.large_table_rows = 500
-  for t in cfg.embedding.vocab:
-    cfg.embedding.vocab[t] = 1000 if t in ("user", "live_item", "sv_item") else 200
-  cfg.gsu.top_k, cfg.esu.recent_n = 4, 3
-  cfg.crowd.hidden = (8,)
-  cfg.towers.expert_hidden, cfg.towers.expert_dim, cfg.towers.head_hidden = (8,), 8, (8,)
-  return cfg
+from test_model import tiny
 
 
 def test_real_model_and_loss_train_step():
   mesh = mesh_lib.make_mesh((2, 4))
   optim = state_lib.OptimConfig()
-  build = functools.partial(build_model, tiny_config())
+  build = functools.partial(build_model, tiny())
   model_def, state, shardings = state_lib.create_train_state(build, mesh, optim)
   assert state.tables["tables"]["user"].sharding.spec == P("model", None)
   loss_fn = functools.partial(losses.compute_loss, cfg=losses.loss_config())
@@ -52,7 +40,7 @@ def test_real_model_sparse_step_equals_dense_step():
   mesh = mesh_lib.make_mesh((1, 1), devices=jax.devices()[:1])
   optim = state_lib.OptimConfig()
   model_def, state, shardings = state_lib.create_train_state(
-      functools.partial(build_model, tiny_config()), mesh, optim)
+      functools.partial(build_model, tiny()), mesh, optim)
   loss_fn = functools.partial(losses.compute_loss, cfg=losses.loss_config())
   batch = schema.dummy_batch(8, 6, 5, seed=2)
   initial = jax.device_get(state)

@@ -144,3 +144,26 @@ def test_ids_differing_only_in_high_bits_keep_their_rows():
   # negative and uint64 ids fold too
   u = np.array([2**64 - 1, 2**63, 5], np.uint64)
   assert len(np.unique(embedding.fold_ids(u))) == 3
+
+
+def test_collision_report_counts_what_training_hashes(tmp_path):
+  """collision_report's figure is the one the device path produces: ids folded by host_batch,
+  hashed on the device; ids differing only in high bits are not reported as colliding."""
+  from mcjax.model import collisions
+  from mcjax import report
+  cfg = tiny()
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 2**62, 3000, dtype=np.int64)
+  ids = np.concatenate([ids, ids[:500] ^ (np.int64(1) << 40)])  # same low word
+  rep = collisions.collision_report({"user_id": ids}, cfg)["user"]
+  device = np.asarray(embedding.hash_ids(jnp.asarray(host_batch({"user_id": ids})["user_id"]),
+                                         "user", cfg.embedding.vocab["user"]))
+  _, inverse, counts = np.unique(device, return_inverse=True, return_counts=True)
+  assert rep["distinct_ids"] == len(np.unique(ids))
+  assert rep["colliding_ids"] == int((counts[inverse] > 1).sum())
+  # with a large table, the 500 high-bit pairs stay apart (truncation would merge them all)
+  cfg.embedding.vocab["user"] = 1 << 22
+  big = collisions.collision_report({"user_id": ids}, cfg)["user"]
+  assert big["colliding_ids"] < 100
+  path = report.write_report(str(tmp_path), {}, collisions={"user": rep})
+  assert "collision rate" in open(path).read()

@@ -90,7 +90,7 @@ def test_no_recompile_across_batches(reference):
 def test_metrics_namespaced(reference):
   _, _, final, metrics, _, _ = reference
   assert set(metrics) == {"learning/loss", "learning/grad_norm", "learning/row_grad_norm",
-                          "learning/lr", "loss/bce"}
+                          "learning/param_norm", "learning/lr", "loss/bce"}
   assert int(final.step) == 3
 
 

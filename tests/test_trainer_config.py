@@ -63,6 +63,22 @@ def test_batch_must_split_over_the_data_axis():
     ("data.preset", "huge", "config.data.preset"),
     ("moment.window_s", 0.0, "window_s"),
     ("model.gsu.top_k", 0, "model.gsu.top_k"),
+    ("train.learning_rate", -1.0, "config.train.learning_rate"),
+    ("train.learning_rate", 0.0, "config.train.learning_rate"),
+    ("train.learning_rate", float("nan"), "config.train.learning_rate"),
+    ("train.learning_rate", float("inf"), "config.train.learning_rate"),
+    ("train.embedding_learning_rate", 0.0, "config.train.embedding_learning_rate"),
+    ("train.weight_decay", -1e-4, "config.train.weight_decay"),
+    ("train.grad_clip", -1.0, "config.train.grad_clip"),
+    ("train.grad_clip", float("nan"), "config.train.grad_clip"),
+    ("train.window_min", float("inf"), "config.train.window_min"),
+    ("train.max_steps", -2, "config.train.max_steps"),
+    ("train.epochs", 0, "config.train.epochs"),
+    ("train.epochs", 2, "config.train.epochs"),  # online makes one pass
+    ("train.offline_split_ts_ms", -1, "config.train.offline_split_ts_ms"),
+    ("train.select_metric", "ctr/f1", "config.train.select_metric"),
+    ("train.select_metric", "click/auc", "config.train.select_metric"),
+    ("mesh.max_replicated_mb", -1.0, "config.mesh.max_replicated_mb"),
 ])
 def test_validate_names_the_key(key, value, message):
   cfg = fx.tiny_config()
@@ -84,11 +100,36 @@ def test_validate_accepts_every_world_preset():
     mcconfig.validate(cfg)
 
 
+@pytest.mark.parametrize("changes", [
+    {"mode": "offline", "epochs": 3},
+    {"mode": "offline_tvt", "epochs": 2, "valid_split": 0.6, "offline_split": 0.8,
+     "select_metric": "ctr/logloss"},
+    {"mode": "offline_tvt", "valid_split_ts_ms": 5, "offline_split_ts_ms": 9},
+    {"mode": "offline", "offline_split_ts_ms": 1_746_100_000_000},
+])
+def test_validate_accepts_offline_protocols(changes):
+  cfg = fx.tiny_config()
+  cfg.train.update(changes)
+  mcconfig.validate(cfg)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mode": "offline_tvt", "valid_split": 0.8, "offline_split": 0.8}, "valid_split"),
+    ({"mode": "offline_tvt", "valid_split_ts_ms": 9, "offline_split_ts_ms": 5},
+     "valid_split_ts_ms"),
+])
+def test_validate_refuses_validation_after_test(changes, message):
+  cfg = fx.tiny_config()
+  cfg.train.update(changes)
+  with pytest.raises(ValueError, match=rf"config\.train\.{message} must be <"):
+    mcconfig.validate(cfg)
+
+
 def test_train_and_evaluate_validates_before_building_data(tmp_path):
   cfg = fx.tiny_config()
   cfg.train.mode = "bogus"
   with pytest.raises(ValueError, match=r"config\.train\.mode"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "work"))
+    trainer.train_and_evaluate(cfg, str(tmp_path / "work"), str(tmp_path / "samples"))
   assert not (tmp_path / "work").exists()
 
 
@@ -103,11 +144,11 @@ def test_config_imports_no_data_stack():
 def test_ablations_change_one_thing_each():
   """no_moment isolates the sample stream, no_crowd the crowd features; baseline drops both
   and Cross (the split of Moment into its two parts relies on it)."""
-  from mcjax.config import default_config, load_named
+  from mcjax.config import default_config, load_config
   full = default_config().to_dict()
 
   def diff(name):
-    cfg = load_named(name).to_dict()
+    cfg = load_config(name).to_dict()
     flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (  # noqa: E731
         flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}
     a, b = flat(full), flat(cfg)

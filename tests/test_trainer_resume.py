@@ -83,3 +83,19 @@ def test_offline_mode(s):
   assert len(m["windows"]) == 1  # the evaluation side of the time split
   assert m["overall"]["ctr"]["n"] > 0
   assert m["train"]["steps"] == fx.SHORT_STEPS
+
+
+def test_throughput_leaves_out_compile_and_scoring(s):
+  ref = fx.reference(s)
+  t = fx.load_metrics(ref)["train"]
+  perf = {"perf/step_time_s", "perf/examples_per_s", "perf/examples_per_s_per_chip"}
+  assert perf <= set(t), sorted(t)
+  assert t["steps_this_run"] == t["steps"] and t["timed_steps"] == t["steps"] - 1
+  assert t["first_step_s"] + t["scoring_s"] + t["timed_s"] <= t["wall_s"]
+  # the first step compiles: it would dominate the step time if it were counted
+  assert t["perf/step_time_s"] < t["first_step_s"] / 5
+  assert t["perf/examples_per_s"] > t["examples_this_run"] / t["wall_s"]
+  assert t["perf/examples_per_s_per_chip"] == t["perf/examples_per_s"]  # one device
+  logged = fx.read_scalars(ref, "perf/step_time_s")
+  assert sorted(logged) == list(range(10, t["steps"] + 1, 10))  # tiny: log_every_steps=10
+  assert max(logged.values()) < t["first_step_s"] / 5

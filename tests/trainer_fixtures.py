@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = "experiments/configs/tiny.py"
+TINY = "mcjax/configs/tiny.py"
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 RUN_TIMEOUT_S = 600
 _MEMO: dict = {}
@@ -49,11 +49,9 @@ class Session:
 
 
 def tiny_config():
-  """experiments/configs/tiny.py's config."""
-  spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, TINY))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """The `tiny` named config (mcjax/configs/tiny.py), fresh."""
+  from mcjax.config import load_config
+  return load_config("tiny")
 
 
 def session(tmp_path_factory) -> Session:
@@ -149,6 +147,31 @@ def run(s: Session, work: str, *flags: str, devices: int = 1) -> str:
   """Runs the launcher on ``work`` to completion; returns ``work``."""
   wait(start(s, work, *flags, devices=devices), work + ".log")
   return work
+
+
+def run_refused(s: Session, work: str, *flags: str, timeout: float = RUN_TIMEOUT_S) -> str:
+  """Runs the launcher on ``work`` expecting it to fail; returns its one ``FATAL`` line
+  (fails when it exits with 0, prints a traceback or not exactly one FATAL line)."""
+  log = f"{work}.refused.log"
+  if os.path.exists(log):
+    os.remove(log)
+  proc = start(s, work, *flags, log=log)
+  try:
+    rc = proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"{proc.args} ran over {timeout} s:\n{tail(log)}") from None
+  out = tail(log, 100_000)
+  fatal = [line for line in out.splitlines() if line.startswith("FATAL")]
+  assert rc != 0 and len(fatal) == 1 and "Traceback" not in out, (rc, tail(log))
+  return fatal[0]
+
+
+def samples_dir(s: Session) -> str:
+  """The session's samples folder (inside the sample cache)."""
+  (path,) = glob.glob(os.path.join(s.samples, "*", "build_info.json"))
+  return os.path.dirname(path)
 
 
 def memo_run(s: Session, name: str, *flags: str, devices: int = 1,

@@ -54,7 +54,8 @@ def mcjax(variant: str) -> dict:
   if variant != "dlrm":
     sizes += [f"--config.moment.sv_hist_len={h}", f"--config.moment.lv_hist_len={h}"]
   return _run([sys.executable, "-m", "launch.bench", "--mode=step", "--nomodel_flops",
-               f"--config=experiments/configs/{variant}.py", f"--batch_size={_BATCH.value}",
+               f"--config=mcjax/configs/{variant}.py",
+               f"--config.train.batch_size={_BATCH.value}",
                f"--json_out={path}"] + sizes + TIMING, path)["step"]
 
 

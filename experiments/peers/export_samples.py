@@ -16,7 +16,7 @@ Train rows are the samples whose CTR label is trained (``label_mask[ctr] > 0``, 
 first-only Moment semantics), with ``train_y``. Eval rows carry ``eval_labels``,
 ``eval_mask`` [n, 6], ``eval_user_id``, ``eval_exposure_id``, ``eval_in_highlight``,
 ``eval_lv_len`` (raw, for mcjax's metrics and slices). ``windows`` [W, 4] holds each online
-window's (eval_lo, eval_hi, train_lo, train_hi), as ``mcjax.windows.online_windows``.
+window's (eval_lo, eval_hi, train_lo, train_hi), as ``mcjax.train.plan.online_windows``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import os
 
 import numpy as np
 
-from mcjax import windows as windows_lib
 from mcjax.samples import schema as S
 from mcjax.samples import shards
+from mcjax.train import plan as plan_lib
 
 CTR = S.TASKS.index("ctr")
 SCALARS = ("user_id", "live_id", "author_id", "live_category", "hour_of_day", "crowd",
@@ -109,8 +109,8 @@ def export(samples_dir: str, out_path: str, *, window_min: float, sv_len: int,
   out.update(eval_labels=ev["labels"], eval_mask=ev["label_mask"], eval_user_id=ev["user_id"],
              eval_exposure_id=ev["exposure_id"], eval_in_highlight=ev["in_highlight"],
              eval_lv_len=ev["lv_len"])
-  plan = windows_lib.online_windows(ev["sample_ts_ms"], tr["sample_ts_ms"],
-                                    int(window_min * 60_000))
+  plan = plan_lib.online_windows(ev["sample_ts_ms"], tr["sample_ts_ms"],
+                                 int(window_min * 60_000))
   out["windows"] = np.array([[w.eval_lo, w.eval_hi, w.train_lo, w.train_hi] for w in plan],
                             np.int64).reshape(-1, 4)
   spaces = {"user": ("user",), "live": ("live", "hist_live"),

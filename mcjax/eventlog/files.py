@@ -11,6 +11,8 @@
   keeps its own folder safe, on this host and on NFS (Linux maps flock to POSIX locks there).
 * ``replace_dir(built, target)``: renames a fully written folder into place, moving an existing
   target aside into a staging folder first and deleting it only after the new one is in.
+* ``atomic_write(path, data)``: one file, written beside and renamed into place, so readers
+  see the old content or the new, never a part (run files, reports).
 * ``write_manifest`` / ``verify_manifest``: ``checksums.json``, the size and zlib crc32 of
   every file of a folder, written after the files and checked when the folder is opened.
 """
@@ -29,6 +31,14 @@ import zlib
 from collections.abc import Iterator
 
 from absl import logging
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+  """Writes ``path`` so that readers see the old content or the new, never a part."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+    f.write(data)
+  os.replace(tmp, path)
 
 MANIFEST = "checksums.json"
 _CHUNK = 1 << 22  # bytes read at a time while checksumming

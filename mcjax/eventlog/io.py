@@ -34,11 +34,16 @@ class UnreadableTableError(ValueError):
     self.path, self.problem = path, problem
 
 
-def _conform(table: pa.Table, target: pa.Schema, where: str) -> pa.Table:
+def conform(table: pa.Table, target: pa.Schema, where: str) -> pa.Table:
+  """``table`` with exactly ``target``'s columns, in its order and types (extra columns
+  dropped); ValueError naming ``where`` for a missing column or a value that does not cast."""
   missing = [n for n in target.names if n not in table.column_names]
   if missing:
     raise ValueError(f"{where}: missing column(s) {missing}")
-  return table.select(target.names).cast(target)
+  try:
+    return table.select(target.names).cast(target)
+  except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+    raise ValueError(f"{where}: cannot cast to the schema ({e})") from None
 
 
 def write_log(out_dir: str, events: pa.Table, side: dict[str, pa.Table],
@@ -59,18 +64,18 @@ def write_log(out_dir: str, events: pa.Table, side: dict[str, pa.Table],
     raise FileExistsError(f"{out_dir} already exists (pass overwrite=True to replace it)")
   files.check_replaceable(out_dir, "--out", LOG_MARKS, "an event-log folder")
   with files.staging(out_dir) as tmp:
-    pq.write_table(_conform(events, S.EVENT_SCHEMA, S.EVENTS_FILE),
+    pq.write_table(conform(events, S.EVENT_SCHEMA, S.EVENTS_FILE),
                    os.path.join(tmp, S.EVENTS_FILE))
     for name, schema in S.SIDE_TABLES.items():
       if name not in side:
         raise ValueError(f"side table {name} not given")
-      pq.write_table(_conform(side[name], schema, name), os.path.join(tmp, name))
+      pq.write_table(conform(side[name], schema, name), os.path.join(tmp, name))
     if oracle:
       os.makedirs(os.path.join(tmp, S.ORACLE_DIR))
       for name, table in oracle.items():
         if name not in S.ORACLE_TABLES:
           raise ValueError(f"unknown oracle table {name}; expected {sorted(S.ORACLE_TABLES)}")
-        pq.write_table(_conform(table, S.ORACLE_TABLES[name], f"{S.ORACLE_DIR}/{name}"),
+        pq.write_table(conform(table, S.ORACLE_TABLES[name], f"{S.ORACLE_DIR}/{name}"),
                        os.path.join(tmp, S.ORACLE_DIR, name))
     for name, data in (extra_files or {}).items():
       with open(os.path.join(tmp, name), "wb") as f:

@@ -12,16 +12,17 @@ import ml_collections
 from mcjax.samples import schema
 
 GSU_MODES = ("soft", "hard_author", "hard_category")
+GSU_APPROX = ("off", "f32", "bf16", "simhash")  # pre-scores of the two-stage search (gsu.py)
 TOWER_KINDS = ("cgc", "ple")
 FUSIONS = ("product", "weighted_sum")
 TABLES = ("user", "user_side", "live_item", "live_author", "live_side",
           "sv_item", "sv_author", "sv_side")
 
-# Logical axis names used by the model's variables, and the usual mapping onto a
-# ("data", "model") mesh: big tables row-sharded on "model", everything else replicated.
+# Logical axis names used by the model's variables, and their default mapping onto a
+# ("data", "model") mesh: big tables row-sharded on "model", everything else replicated. The
+# experiment config's ``mesh.logical_rules`` starts from this (its one copy).
 LOGICAL_AXES = ("vocab", "vocab_small", "embed", "mlp")
-DEFAULT_LOGICAL_RULES = (("vocab", "model"), ("vocab_small", None), ("embed", None),
-                         ("mlp", None))
+LOGICAL_RULES = (("vocab", "model"), ("vocab_small", None), ("embed", None), ("mlp", None))
 
 
 def default() -> ml_collections.ConfigDict:
@@ -58,6 +59,11 @@ def default() -> ml_collections.ConfigDict:
   c.gsu.mode = "soft"   # "soft": inner product top-k; "hard_author" / "hard_category": same
   #                       author / category as the candidate, most recent first
   c.gsu.top_k = 32      # items kept per domain (capped by the padded history length)
+  c.gsu.approx = "off"  # "off": score every position with gradient (the reference); "f32" /
+  #                       "bf16" / "simhash": two-stage search, a pre-score of every position
+  #                       without gradient keeps `candidates`, the model runs on those only
+  c.gsu.candidates = 64  # positions kept by the pre-score (>= top_k; histories no longer than
+  #                        this, plus the recent-N for live, are not cut)
 
   c.esu = ml_collections.ConfigDict()
   c.esu.num_heads = 2   # heads of the target attention; must divide d_model
@@ -121,6 +127,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _fail("gsu.top_k", "must be <= 10000 (the longest history the model supports)")
   if cfg.gsu.mode not in GSU_MODES:
     _fail("gsu.mode", f"must be one of {GSU_MODES}, got {cfg.gsu.mode!r}")
+  if cfg.gsu.approx not in GSU_APPROX:
+    _fail("gsu.approx", f"must be one of {GSU_APPROX}, got {cfg.gsu.approx!r}")
+  _positive_ints(cfg, "gsu.candidates")
+  if cfg.gsu.approx != "off" and cfg.gsu.candidates < cfg.gsu.top_k:
+    _fail("gsu.candidates", f"must be >= model.gsu.top_k={cfg.gsu.top_k}, got "
+          f"{cfg.gsu.candidates}")
   if cfg.towers.kind not in TOWER_KINDS:
     _fail("towers.kind", f"must be one of {TOWER_KINDS}, got {cfg.towers.kind!r}")
   if cfg.ranking.fusion not in FUSIONS:

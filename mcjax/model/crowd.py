@@ -15,6 +15,7 @@ class CrowdEncoder(nnx.Module):
 
   def __init__(self, hidden: Sequence[int], d_model: int, *, rngs: nnx.Rngs):
     self.mlp = layers.MLP(len(schema.CROWD_FEATURES), tuple(hidden), d_model, rngs=rngs)
+    self.width = d_model  # of the output
 
   def __call__(self, crowd):
     return self.mlp(features.scale_crowd(crowd))

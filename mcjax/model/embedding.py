@@ -114,14 +114,6 @@ def salt_of(salt: str | int) -> int:
   return int(salt) & 0xFFFFFFFF
 
 
-def _fmix32(xp, h):
-  h = h ^ (h >> 16)
-  h = h * xp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * xp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
 def fold_ids(ids) -> np.ndarray:
   """int64 (or uint64) ids -> int32, mixing in all 64 bits: ``lo32 ^ fmix(hi32')`` (see the
   module docstring); the identity for ids in int32 range. Host-side (numpy)."""
@@ -135,7 +127,7 @@ def fold_ids(ids) -> np.ndarray:
   sign = np.where(lo >> np.uint32(31) == 1, np.uint32(0xFFFFFFFF), np.uint32(0))
   hi = (u >> np.uint64(32)).astype(np.uint32) ^ sign
   with np.errstate(over="ignore"):
-    return (lo ^ _fmix32(np, hi)).view(np.int32)
+    return (lo ^ layers.fmix32(hi, np)).view(np.int32)
 
 
 def hash_ids(ids, salt: str | int, vocab: int, xp=jnp):
@@ -154,7 +146,7 @@ def hash_ids(ids, salt: str | int, vocab: int, xp=jnp):
   s = xp.uint32(salt_of(salt))
   lo = ids.astype(xp.int32).astype(xp.uint32)
   with np.errstate(over="ignore"):
-    h = _fmix32(xp, _fmix32(xp, lo ^ s))
+    h = layers.fmix32(layers.fmix32(lo ^ s, xp), xp)
     return (h % xp.uint32(vocab)).astype(xp.int32)
 
 

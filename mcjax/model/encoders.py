@@ -40,6 +40,7 @@ class DomainEncoder(nnx.Module):
     n_content, n_behaviour = len(DOMAIN_CONTENT[domain]), len(DOMAIN_BEHAVIOUR[domain])
     self.content_proj = layers.linear(n_content * dim, d_model, rngs=rngs)
     self.item_mlp = layers.MLP(d_model + n_behaviour * dim, (2 * d_model,), d_model, rngs=rngs)
+    self.width = d_model  # of ``content`` and ``item``
 
   def content(self, rows: dict, table, side_ids, prefix: str | None = None):
     """[..., d_model] from rows[f"{prefix}_{suffix}"] [..., dim] of the leading content

@@ -30,6 +30,7 @@ class TargetAttention(nnx.Module):
     self.v = layers.linear(d_model, d_model, rngs=rngs, use_bias=False)
     self.out = layers.linear(d_model, d_model, rngs=rngs)
     self.null = nnx.Param(jnp.zeros((d_model,)))
+    self.width = d_model  # of the output
 
   def __call__(self, query, items, mask, bias=None):
     b, n, d = items.shape

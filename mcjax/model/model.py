@@ -18,6 +18,11 @@ gathered rows. Gathering behaviour at every position and taking the kept ones gi
 outputs up to float rounding (tests/test_model_reference.py checks outputs and gradients
 against that plain computation); only the work differs.
 
+With ``gsu.approx`` on (the two-stage search, ``gsu.py``), ``lookup_ids`` and ``apply_rows``
+first cut each long history to its pre-scored candidates (``cut_histories``, no gradient), so
+the step looks up, differentiates and updates only those positions' rows; the match features
+still count over the whole history.
+
 ``out``: "logits" [B, len(TASKS)], "sv_interest" / "lv_interest" [B, d_model] (the user's
 short-video and live interests in the common contrastive space) and, with
 ``contrastive.author_level``, "author_sv" / "author_lv" [B, d_model] (the candidate's author
@@ -47,42 +52,66 @@ _HARD_MATCH = {"hard_author": ("author", "author_id"),
                "hard_category": ("category", "live_category")}
 
 
+class DomainBranch(nnx.Module):
+  """The layers of one history domain ("lv" or "sv") on top of its encoder: the query
+  projection of the candidate, the GSU-kept items' target attention (ESU) and the interest
+  projection into the contrastive space. ``width`` is what it adds to the towers' input (the
+  attended interest before projection)."""
+
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+    self.query = layers.linear(d_model, d_model, rngs=rngs)
+    self.esu = esu.TargetAttention(d_model, num_heads, rngs=rngs)
+    self.interest = layers.linear(d_model, d_model, rngs=rngs)
+    self.width = self.esu.width
+
+
 class MomentCross(nnx.Module):
-  """See the module docstring; build with ``build_model``."""
+  """See the module docstring; build with ``build_model``.
+
+  Layers (parameter paths): ``tables``, ``lv_encoder`` (also the candidate's), ``sv_encoder``,
+  ``lv`` / ``sv`` (a ``DomainBranch`` each, or with that history off a learned constant
+  ``lv_null`` / ``sv_null`` for its interest output), ``lv_recent_esu``, ``crowd``,
+  ``matches``, ``author_{sv,lv}_proj`` and ``towers``, whose input width is the sum of the
+  widths the parts before it report.
+  """
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     model_config.validate(cfg)
     self.cfg = ml_collections.FrozenConfigDict(cfg)
     d, dim = cfg.d_model, cfg.embedding.dim
+    heads = cfg.esu.num_heads
     self.tables = embedding.Tables(cfg, rngs=rngs)
     self.lv_encoder = encoders.DomainEncoder("lv", dim, d, rngs=rngs)  # also the candidate
-    d_in = len(_USER) * dim + d + dim  # user features, candidate content, author fans bucket
-    for dom, on in (("lv", cfg.use_lv_history), ("sv", cfg.use_sv_history)):
-      if not on:
-        setattr(self, f"{dom}_null", nnx.Param(jnp.zeros((d,))))
-        continue
-      if dom == "sv":
-        self.sv_encoder = encoders.DomainEncoder("sv", dim, d, rngs=rngs)
-      setattr(self, f"{dom}_query", layers.linear(d, d, rngs=rngs))
-      setattr(self, f"{dom}_esu", esu.TargetAttention(d, cfg.esu.num_heads, rngs=rngs))
-      setattr(self, f"{dom}_interest", layers.linear(d, d, rngs=rngs))
-      d_in += d
+    widths = [len(_USER) * dim, self.lv_encoder.width, dim]  # user, candidate, fans bucket
+    # (creation order = the order of the parameter initialisers' random draws)
+    self.lv = DomainBranch(d, heads, rngs=rngs) if cfg.use_lv_history else None
+    self.lv_null = None if cfg.use_lv_history else nnx.Param(jnp.zeros((d,)))
+    self.sv_encoder = (encoders.DomainEncoder("sv", dim, d, rngs=rngs)
+                       if cfg.use_sv_history else None)
+    self.sv = DomainBranch(d, heads, rngs=rngs) if cfg.use_sv_history else None
+    self.sv_null = None if cfg.use_sv_history else nnx.Param(jnp.zeros((d,)))
+    widths += [b.width for b in self.branches.values()]
     self.use_recent = cfg.use_lv_history and cfg.esu.recent_n > 0
-    if self.use_recent:
-      self.lv_recent_esu = esu.TargetAttention(d, cfg.esu.num_heads, rngs=rngs)
-      d_in += d
-    if cfg.use_crowd:
-      self.crowd = crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs)
-      d_in += d
-    self.match_domains = tuple(dom for dom, on in (("lv", cfg.use_lv_history),
-                                                    ("sv", cfg.use_sv_history)) if on)
-    if cfg.use_match_features and self.match_domains:
-      self.matches = layers.linear(matches.num_features(self.match_domains), d, rngs=rngs)
-      d_in += d
+    self.lv_recent_esu = (esu.TargetAttention(d, heads, rngs=rngs) if self.use_recent
+                          else None)
+    self.crowd = crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs) if cfg.use_crowd else None
+    self.match_domains = tuple(self.branches)
+    self.matches = (layers.linear(matches.num_features(self.match_domains), d, rngs=rngs)
+                    if cfg.use_match_features and self.match_domains else None)
+    widths += [m.width for m in (self.lv_recent_esu, self.crowd) if m is not None]
+    widths += [self.matches.out_features] if self.matches is not None else []
     if cfg.contrastive.author_level:
       self.author_sv_proj = layers.linear(dim, d, rngs=rngs)
       self.author_lv_proj = layers.linear(dim, d, rngs=rngs)
-    self.towers = towers.Towers(len(schema.TASKS), d_in, cfg.towers, rngs=rngs)
+    self.towers = towers.Towers(len(schema.TASKS), sum(widths), cfg.towers, rngs=rngs)
+
+  @property
+  def branches(self) -> dict[str, DomainBranch]:
+    """domain -> its branch, for the histories that are on ("lv" before "sv")."""
+    return {dom: b for dom, b in (("lv", self.lv), ("sv", self.sv)) if b is not None}
+
+  def encoder(self, dom: str) -> encoders.DomainEncoder:
+    return self.lv_encoder if dom == "lv" else self.sv_encoder
 
   @property
   def table_sizes(self) -> dict[str, tuple[int, int]]:
@@ -105,8 +134,69 @@ class MomentCross(nnx.Module):
 
   def lookup_ids(self, batch: dict) -> dict:
     """table -> tuple of int32 row indices, one array per looked-up feature of the table
-    (shaped like its batch field; hashing only)."""
-    return embedding.lookup_ids(self.cfg, batch)
+    (shaped like its batch field, or its cut history with ``gsu.approx``; hashing only)."""
+    return embedding.lookup_ids(self.cfg, self.cut_histories(batch))
+
+  def cut_histories(self, batch: dict) -> dict:
+    """With ``gsu.approx`` on: the batch with each long history cut to its recent-N plus
+    ``gsu.candidates`` pre-scored positions (``gsu.preselect``); otherwise the batch itself.
+
+    ``lookup_ids`` and ``apply_rows`` both call it on the same batch and tables, without
+    gradient: the same positions (one computation after XLA's common-subexpression pass).
+    """
+    cfg = self.cfg
+    if cfg.gsu.approx == "off":
+      return batch
+    for dom, on in (("lv", cfg.use_lv_history), ("sv", cfg.use_sv_history)):
+      max_len = np.shape(batch[f"{dom}_item"])[1] if on else 0
+      recent = min(cfg.esu.recent_n, max_len) if dom == "lv" and self.use_recent else 0
+      if max_len <= recent + cfg.gsu.candidates:
+        continue  # short history: nothing to cut
+      scores = jax.lax.stop_gradient(self._prescores(dom, batch))
+      positions, length = gsu.preselect(scores, batch[f"{dom}_len"], recent,
+                                        cfg.gsu.candidates)
+      batch = gsu.take_history(batch, schema.DOMAINS[dom], f"{dom}_len", positions, length)
+    return batch
+
+  def _prescores(self, dom: str, batch: dict):
+    """[B, L] pre-scores of a history for ``cut_histories`` (see ``gsu``'s two-stage
+    search): the hard modes' match score, or the soft score's item, author (read on the
+    shards owning their rows: ``gsu.owner_scores``) and side-feature parts."""
+    cfg = self.cfg
+    if cfg.gsu.mode in _HARD_MATCH:
+      hist_field, cand_field = _HARD_MATCH[cfg.gsu.mode]
+      return gsu.hard_scores(jnp.asarray(batch[f"{dom}_{hist_field}"])
+                             == jnp.asarray(batch[cand_field])[:, None])
+    sg = jax.lax.stop_gradient
+    plan = {f.name: f for f in embedding.feature_plan(cfg)}
+
+    def rows_of(name):  # (table value, int32 row ids) of a looked-up feature
+      f = plan[name]
+      table = sg(getattr(self.tables, f.table)[...])
+      return table, embedding.hash_ids(jnp.asarray(batch[f.field]), f.salt,
+                                       cfg.embedding.vocab[f.table])
+
+    cand_rows = {}
+    for key, name in (("cand_item", "live"), ("cand_author", "author")):
+      table, ids = rows_of(name)
+      cand_rows[key] = jnp.take(table, ids, axis=0, mode="clip")
+    cand = self.lv_encoder.content(cand_rows, *self._inline(batch, ["live_category"]),
+                                   prefix="cand")
+    query = sg(self.branches[dom].query(cand))
+    enc = self.encoder(dom)
+    kernel, dim = sg(enc.content_proj.kernel[...]), cfg.embedding.dim
+    names = encoders.DOMAIN_CONTENT[dom][:-len(encoders.SIDE_CONTENT[dom])]
+    triples = []
+    for i, suffix in enumerate(names):  # q . (row @ K_i) = row . (K_i q)
+      table, ids = rows_of(f"{dom}_{suffix}")
+      triples.append((table, ids, query @ kernel[i * dim:(i + 1) * dim].T))
+    scores = gsu.owner_scores(cfg.gsu.approx, triples)
+    if cfg.gsu.approx == "simhash":
+      return scores
+    side_table, side_ids = self._inline(
+        batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]])
+    side = gsu.side_scores(sg(side_table), side_ids, kernel[len(names) * dim:], query)
+    return scores.astype(jnp.float32) + side
 
   def gather(self, ids: dict) -> dict:
     """table -> table[ids] rows (ids.shape + (dim,)), in the structure of ids."""
@@ -118,9 +208,9 @@ class MomentCross(nnx.Module):
   def _domain(self, dom: str, batch: dict, rows: dict, cand, cand_raw: dict):
     """One history branch: (interest before projection [B, D], recent vector or None)."""
     cfg = self.cfg
-    enc = self.lv_encoder if dom == "lv" else self.sv_encoder
+    enc, branch = self.encoder(dom), self.branches[dom]
     length = jnp.asarray(batch[f"{dom}_len"])
-    query = getattr(self, f"{dom}_query")(cand)
+    query = branch.query(cand)
     content = enc.content(rows, *self._inline(
         batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]]))
     match = None
@@ -138,9 +228,9 @@ class MomentCross(nnx.Module):
     items = enc.item(gsu.take(content, positions), *self._inline(
         batch, [f"{dom}_{s}" for s in encoders.DOMAIN_BEHAVIOUR[dom]], positions))
     if not n:
-      return getattr(self, f"{dom}_esu")(query, items, valid, bias), None
+      return branch.esu(query, items, valid, bias), None
     kept, recent = jnp.split(items, [idx.shape[1]], axis=1)
-    interest = getattr(self, f"{dom}_esu")(query, kept, valid, bias)
+    interest = branch.esu(query, kept, valid, bias)
     return interest, self.lv_recent_esu(query, recent, gsu.valid_positions(length, n))
 
   def apply_rows(self, batch: dict, rows: dict, train: bool = False) -> dict:
@@ -148,6 +238,7 @@ class MomentCross(nnx.Module):
     trainer's interface and changes nothing (no dropout)."""
     del train
     cfg = self.cfg
+    full_batch, batch = batch, self.cut_histories(batch)
     r = embedding.split_rows(cfg, batch, rows)
     batch_size = np.shape(batch["user_id"])[0]
     cand = self.lv_encoder.content({"cand_item": r["live"], "cand_author": r["author"]},
@@ -155,23 +246,23 @@ class MomentCross(nnx.Module):
     parts = [r[k] for k in _USER] + [cand, r["author_fans"]]
     cand_raw = {k: jnp.asarray(batch[k]) for k in ("author_id", "live_category")}
     out = {}
-    for dom, on in (("lv", cfg.use_lv_history), ("sv", cfg.use_sv_history)):
-      if not on or np.shape(batch[f"{dom}_item"])[1] == 0:
-        if on:
-          raise ValueError(f"batch[{dom + '_item'!r}] has history length 0; pad to >= 1 or "
-                           f"turn off model.use_{dom}_history")
-        out[f"{dom}_interest"] = jnp.broadcast_to(getattr(self, f"{dom}_null")[...],
-                                                  (batch_size, cfg.d_model))
+    for dom, null in (("lv", self.lv_null), ("sv", self.sv_null)):
+      if null is not None:
+        out[f"{dom}_interest"] = jnp.broadcast_to(null[...], (batch_size, cfg.d_model))
         continue
+      if np.shape(batch[f"{dom}_item"])[1] == 0:
+        raise ValueError(f"batch[{dom + '_item'!r}] has history length 0; pad to >= 1 or "
+                         f"turn off model.use_{dom}_history")
       interest, recent = self._domain(dom, batch, r, cand, cand_raw)
       parts.append(interest)
       if recent is not None:
         parts.append(recent)
-      out[f"{dom}_interest"] = getattr(self, f"{dom}_interest")(interest)
+      out[f"{dom}_interest"] = self.branches[dom].interest(interest)
     if cfg.use_crowd:
       parts.append(self.crowd(jnp.asarray(batch["crowd"])))
     if cfg.use_match_features and self.match_domains:
-      parts.append(jax.nn.relu(self.matches(matches.match_features(batch, self.match_domains))))
+      parts.append(jax.nn.relu(self.matches(matches.match_features(full_batch,
+                                                                   self.match_domains))))
     out["logits"] = self.towers(jnp.concatenate(parts, axis=-1))
     if cfg.contrastive.author_level:
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])

@@ -2,6 +2,14 @@
 
 ``product``: prod_t p_t ** w_t (computed as exp(sum w_t log p_t), p clipped at 1e-7);
 ``weighted_sum``: sum_t w_t p_t. Weights per task come from ``model.ranking.weights``.
+
+Default (``model.config.default``): ``product`` with w = ctr 1.0, lvtr 0.5, ltr 0.1, cmtr 0.1,
+gtr 0.2, wtr 0.1, i.e. Ranking_Score = p_ctr * p_lvtr^0.5 * p_ltr^0.1 * p_cmtr^0.1 *
+p_gtr^0.2 * p_wtr^0.1: the click probability ranks first-order, a long view counts half, and the
+interactions (like, comment, gift, follow) tilt the order among similar click rates. An exponent
+of 0 drops a task; a task's weight scales its log-probability, so the fusion is invariant to
+the overall scale of the probabilities of any one task only up to that exponent. The scorer
+(``mcjax.serve``) returns this score beside the per-task probabilities.
 """
 
 from __future__ import annotations

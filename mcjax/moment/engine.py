@@ -18,6 +18,10 @@ They do not depend on the mode. Both tables are sorted by (sample_ts_ms, exposur
 
 ``SampleBuilder`` does the same in bounded memory: it labels every exposure up front and
 attaches features to consecutive chunks of rows (the histories dominate the tables' size).
+
+``Context(load_log(...)).request_features(user, live, author, q, cfg)`` computes the same
+model inputs for any request, logged or not: the scorer (``mcjax.serve``) builds its candidates'
+features with it, so training, evaluation and serving share one feature implementation.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from mcjax.moment import windows
 from mcjax.moment.config import MomentConfig
 from mcjax.moment import crowd
 from mcjax.moment.crowd import CrowdIndex
-from mcjax.moment.events import Log, gather, load_log
+from mcjax.moment.events import NEVER, Log, gather, load_log
 from mcjax.moment.history import (LiveHistory, ShortVideoHistory, live_action_ts,
                                   short_video_plays)
 from mcjax.samples import schema as SS
@@ -58,10 +62,17 @@ def time_fields(q: np.ndarray) -> dict:
   return {"hour_of_day": (q // HOUR_MS) % 24, "query_ts_ms": q}
 
 
-class _Context:
-  """The live exposures of a log with their side features and feature indexes."""
+class Context:
+  """A log's live exposures and the indexes every model input is computed from.
+
+  ``request_features(user, live, author, q, cfg)`` gives the model inputs of any requests
+  (user, live, author, query time q) from the log's events with ts < q: the engine calls it
+  for logged exposures (``features``), the scorer (``mcjax.serve``) for candidate lives at a
+  request's time. One implementation of the side, crowd and history features serves both.
+  """
 
   def __init__(self, log: Log):
+    self.log = log
     ex = log.exposures
     live = np.flatnonzero(ex.domain == S.DOMAIN_CODE[S.LIVE])
     self.n = len(live)
@@ -69,10 +80,7 @@ class _Context:
     local[live] = np.arange(self.n)
     self.exposure_id, self.exposure_ts = ex.exposure_id[live], ex.ts[live]
     self.user, self.live_id, self.author_id = ex.user[live], ex.item[live], ex.author[live]
-    self.side = (side_fields("users", log.users, self.user)
-                 | side_fields("lives", log.lives, self.live_id)
-                 | side_fields("authors", log.authors, self.author_id))
-    self.live_start = self._live_start(log)
+    self._index_lives()
     self.stats = {
         "unknown_users": int((log.users.rows(self.user) < 0).sum()),
         "unknown_lives": int((log.lives.rows(self.live_id) < 0).sum()),
@@ -89,15 +97,52 @@ class _Context:
                             **crowd.viewer_times(self.live_id, click, watch))
     self.lv = LiveHistory(
         self.user, self.exposure_ts, self.live_id, self.author_id,
-        self.side["live_category"], watch, ex.watch_value[live],
+        log.lives.get("category", self.live_id, -1), watch, ex.watch_value[live],
         live_action_ts(first))
     self.sv = self._short_video_history(log)
 
-  def _live_start(self, log: Log) -> np.ndarray:
-    """lives.start_ms; for lives missing there, their first exposure in the log."""
-    rows = log.lives.rows(self.live_id)
-    return crowd.live_start(self.live_id, self.exposure_ts, rows >= 0,
-                            gather(log.lives.columns["start_ms"], rows, 0))
+  def _index_lives(self) -> None:
+    """Per live id with an exposure in the log: its first exposure time and the author of its
+    latest exposure (for lives missing from lives.parquet); the ids of all exposed users."""
+    ids, inverse = np.unique(self.live_id, return_inverse=True)
+    self._exposed_lives = ids
+    self._first_exposure = np.full(len(ids), NEVER, np.int64)
+    np.minimum.at(self._first_exposure, inverse, self.exposure_ts)
+    last = np.lexsort((self.exposure_ts, inverse))  # by live, then time: a group's last row
+    ends = np.flatnonzero(np.r_[inverse[last][1:] != inverse[last][:-1], True])
+    self._last_author = self.author_id[last[ends]]
+    self._exposed_users = np.unique(self.log.exposures.user)
+
+  def side_features(self, user: np.ndarray, live: np.ndarray, author: np.ndarray) -> dict:
+    """user_age/gender/activity (users), live_category (lives), author_fans_bucket (authors);
+    -1 where the side table lacks the id."""
+    return (side_fields("users", self.log.users, user)
+            | side_fields("lives", self.log.lives, live)
+            | side_fields("authors", self.log.authors, author))
+
+  def live_start(self, live: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """lives.start_ms; for lives missing there, their first exposure in the log if it is not
+    after q, else q (a logged exposure's own live always has one)."""
+    rows = self.log.lives.rows(live)
+    first = np.minimum(_lookup(self._exposed_lives, self._first_exposure, live, NEVER), q)
+    return np.where(rows >= 0, gather(self.log.lives.columns["start_ms"], rows, 0), first)
+
+  def author_of(self, live: np.ndarray) -> np.ndarray:
+    """A live's author: lives.author_id; else the author of its latest exposure in the log;
+    else -1."""
+    rows = self.log.lives.rows(live)
+    logged = _lookup(self._exposed_lives, self._last_author, live, -1)
+    return np.where(rows >= 0, gather(self.log.lives.columns["author_id"], rows, 0), logged)
+
+  def known_users(self, user: np.ndarray) -> np.ndarray:
+    """Whether each user id is in users.parquet or has an exposure (either domain) in the log."""
+    logged = _lookup(self._exposed_users, np.ones(len(self._exposed_users), bool), user, False)
+    return (self.log.users.rows(user) >= 0) | logged
+
+  def known_lives(self, live: np.ndarray) -> np.ndarray:
+    """Whether each live id is in lives.parquet or has an exposure in the log."""
+    logged = _lookup(self._exposed_lives, np.ones(len(self._exposed_lives), bool), live, False)
+    return (self.log.lives.rows(live) >= 0) | logged
 
   def _short_video_history(self, log: Log) -> ShortVideoHistory:
     """The plays: short-video watch_end events (``history.short_video_plays``)."""
@@ -111,23 +156,48 @@ class _Context:
     self.stats.update(stats)
     return ShortVideoHistory(**plays)
 
-  def features(self, x: np.ndarray, q: np.ndarray, cfg: MomentConfig,
-               stored: bool = False) -> dict:
-    """Features of live exposures ``x`` at query times ``q`` (events with ts < q); histories
-    as references into ``history`` when ``stored``, else materialised."""
-    out = {"user_id": self.user[x], "live_id": self.live_id[x], "author_id": self.author_id[x],
+  def request_features(self, user: np.ndarray, live: np.ndarray, author: np.ndarray,
+                       q: np.ndarray, cfg: MomentConfig, *, stored: bool = False,
+                       exclude: np.ndarray | None = None) -> dict:
+    """The model inputs of requests (user, live, author, query time q), int64 arrays of one
+    length: ids, side features, hour_of_day and query_ts_ms, the live's crowd features and the
+    user's histories (at most ``cfg.sv_hist_len`` / ``cfg.lv_hist_len`` items), all from
+    events with ts < q. Histories are references into ``history`` when ``stored``, else
+    materialised (flat sequences plus ``sv_offsets`` / ``lv_offsets``); ``exclude``: the live
+    exposure row to leave out of each live history (-1 or None: none).
+    """
+    user, live, author, q = (np.asarray(a, np.int64) for a in (user, live, author, q))
+    out = {"user_id": user, "live_id": live, "author_id": author,
            **time_fields(q)}
-    out |= {name: values[x] for name, values in self.side.items()}
-    out["crowd"] = self.crowd.features(self.live_id[x], q, self.live_start[x])
-    for hist, refs in ((self.sv, self.sv.refs(self.user[x], q, cfg.sv_hist_len)),
-                       (self.lv, self.lv.refs(self.user[x], q, cfg.lv_hist_len, exclude=x))):
+    out |= self.side_features(user, live, author)
+    out["crowd"] = self.crowd.features(live, q, self.live_start(live, q))
+    for hist, refs in ((self.sv, self.sv.refs(user, q, cfg.sv_hist_len)),
+                       (self.lv, self.lv.refs(user, q, cfg.lv_hist_len, exclude=exclude))):
       out |= refs if stored else hist.snapshot(refs, q)
     return out
+
+  def features(self, x: np.ndarray, q: np.ndarray, cfg: MomentConfig,
+               stored: bool = False) -> dict:
+    """``request_features`` of live exposures ``x`` (rows of this context) at query times
+    ``q``, leaving each exposure itself out of its live history."""
+    return self.request_features(self.user[x], self.live_id[x], self.author_id[x], q, cfg,
+                                 stored=stored, exclude=x)
 
   @property
   def history(self) -> dict:
     """{"sv": HistoryStore, "lv": HistoryStore}: what stored samples point into."""
     return {"sv": self.sv.store, "lv": self.lv.store}
+
+
+def _lookup(sorted_ids: np.ndarray, values: np.ndarray, keys, default) -> np.ndarray:
+  """``values[i]`` for each key equal to ``sorted_ids[i]``, else ``default``."""
+  keys = np.asarray(keys, np.int64)
+  out = np.full(keys.shape, default, values.dtype)
+  if len(sorted_ids):
+    pos = np.minimum(np.searchsorted(sorted_ids, keys), len(sorted_ids) - 1)
+    hit = sorted_ids[pos] == keys
+    out[hit] = values[pos[hit]]
+  return out
 
 
 def _sort(rows: dict, exposure_id: np.ndarray) -> dict:
@@ -164,7 +234,7 @@ class SampleBuilder:
   def __init__(self, log_dir_or_tables, cfg: MomentConfig):
     self.cfg = cfg.validate()
     self.log = load_log(log_dir_or_tables)
-    self.ctx = _Context(self.log)
+    self.ctx = Context(self.log)
     ctx = self.ctx
     labels = windows.label_times(ctx.group, ctx.ts, ctx.code, ctx.exposure_ts, cfg)
     train, mode_stats = windows.emit_samples(labels, cfg)

@@ -78,13 +78,7 @@ def read_tables(src) -> LogTables:
 
 def _conform(table: pa.Table, name: str) -> pa.Table:
   file, schema = _TABLES[name]
-  missing = [c for c in schema.names if c not in table.column_names]
-  if missing:
-    raise ValueError(f"{file}: missing column(s) {missing}")
-  try:
-    return table.select(schema.names).cast(schema)
-  except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-    raise ValueError(f"{file}: cannot cast to the schema ({e})") from e
+  return io.conform(table, schema, file)
 
 
 def _codes(column: pa.ChunkedArray, names: tuple, what: str) -> np.ndarray:

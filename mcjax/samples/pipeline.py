@@ -14,10 +14,11 @@ Multi-process: process p of P takes the contiguous rows [p * B / P, (p + 1) * B 
 global batch, so concatenating the processes' batches in process order gives exactly the
 single-process batch (what ``jax.make_array_from_process_local_data`` expects).
 
-Shuffling (offline training) is storage-aware: per epoch, runs of ``source.block_size``
-consecutive selected samples are permuted, then samples are permuted within windows of
-``shuffle_window`` samples, so a batch touches few shard blocks. Without shuffling, batches
-follow the selection's order (time order for online training).
+Shuffling (the trainer's ``train.shuffle_within_window``, online and offline: within one
+window of the plan's training samples) is storage-aware: per epoch, runs of
+``source.block_size`` consecutive selected samples are permuted, then samples are permuted
+within windows of ``shuffle_window`` samples, so a batch touches few shard blocks. Without
+shuffling, batches follow the selection's order (time order).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ def pad_table(table: dict, sv_len: int, lv_len: int) -> dict:
   """A sample table -> dict of fixed-shape arrays (histories padded/truncated, lengths added).
 
   Padding is 0 after the valid items; sequences longer than the width keep their first (most
-  recent) items. Adds ``sv_len`` / ``lv_len`` (int32 valid lengths).
+  recent) items. Adds ``sv_len`` / ``lv_len`` (int32 valid lengths). Non-sequence fields the
+  table lacks stay absent (a scoring request has model inputs only).
   """
-  out = {f.name: table[f.name] for f in S.FIELDS if not f.is_sequence}
+  out = {f.name: table[f.name] for f in S.FIELDS if not f.is_sequence and f.name in table}
   for prefix, width, names in (("sv", sv_len, S.SV_FIELDS), ("lv", lv_len, S.LV_FIELDS)):
     off = table[S.OFFSETS[prefix]]
     valid = np.minimum(np.diff(off), width)

@@ -113,18 +113,6 @@ def take_rows(table: dict, rows) -> dict:
   return out
 
 
-def concat_tables(tables: list[dict]) -> dict:
-  """Concatenates sample tables row-wise."""
-  if len(tables) == 1:
-    return tables[0]
-  out = {f.name: np.concatenate([t[f.name] for t in tables]) for f in S.FIELDS}
-  for name in S.OFFSETS.values():
-    ends = np.cumsum([t[name][-1] for t in tables])
-    parts = [t[name][1:] + base for t, base in zip(tables, np.concatenate([[0], ends[:-1]]))]
-    out[name] = np.concatenate([np.zeros(1, np.int64)] + parts)
-  return out
-
-
 def kind_counts(table: dict) -> dict[str, int]:
   """Number of samples per kind name."""
   kinds = np.bincount(table["kind"], minlength=len(S.KIND_NAMES))

@@ -1,6 +1,7 @@
 """Small numpy tools for judging a world: rank AUC, offset logistic regression, causal counts.
 
-``auc`` is the rank (Mann-Whitney) AUC with ties averaged; ``fit_logistic`` is Newton/IRLS on
+``auc`` is ``mcjax.metrics.auc`` (the rank AUC with ties averaged, as the trainer reports
+it; one implementation); ``fit_logistic`` is Newton/IRLS on
 standardised features with a fixed per-row offset (the model learns only what the offset
 misses); ``count_before`` counts, for each query (group, time), the events of the same group
 in a time window strictly before the query time.
@@ -10,24 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Area under the ROC curve of ``scores`` for binary ``labels`` (ties get half credit)."""
-  labels = np.asarray(labels).astype(bool)
-  scores = np.asarray(scores, np.float64)
-  n_pos = int(labels.sum())
-  n_neg = len(labels) - n_pos
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  order = np.argsort(scores, kind="stable")
-  s = scores[order]
-  # Average rank (1-based) of each run of tied scores.
-  starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
-  ends = np.concatenate([starts[1:], [len(s)]])
-  avg = (starts + ends + 1) / 2.0
-  ranks = np.empty(len(s))
-  ranks[order] = np.repeat(avg, ends - starts)
-  return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+from mcjax.metrics import auc  # noqa: F401  (re-exported for the world checks)
 
 
 def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:

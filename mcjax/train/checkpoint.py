@@ -57,6 +57,11 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def delete(self, step: int) -> None:
+    """Deletes the checkpoint of ``step`` (after any save in flight has finished)."""
+    self._manager.wait_until_finished()
+    self._manager.delete(int(step))
+
   def restore(self, abstract_state, data_iter=None, *, step: int | None = None):
     """The state saved at ``step`` (default: latest) placed on ``abstract_state``'s
     shardings; ``data_iter``, if given, is moved to the saved position.

@@ -1,10 +1,12 @@
 """Partition rules: parameter path -> PartitionSpec, and the check that big tensors are sharded.
 
-Sharding policy is data (big_vision / MaxText style):
+Sharding policy is data (big_vision / MaxText style), kept in the experiment config as
+``config.mesh.rules`` and ``config.mesh.logical_rules`` (``from_config`` reads them):
   1. ``rules``: an ordered list of ``(regex, PartitionSpec)``; the regex is searched in the
      parameter's path joined with "/" (e.g. ``"tables/user"``); the first match wins.
-  2. Otherwise the parameter's logical axis names (``nnx.with_partitioning`` metadata, e.g.
-     ``("vocab", "embed")``) are mapped to mesh axes by ``logical_rules``.
+  2. Otherwise the parameter's logical axis names (its ``out_sharding`` metadata, set where the
+     model creates it, e.g. ``("vocab", "embed")`` on an embedding table) are mapped to mesh
+     axes by ``logical_rules``.
   3. Otherwise the parameter is replicated; ``check_sharding`` turns a large replicated
      parameter into an error naming it.
 """
@@ -21,20 +23,24 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mcjax.model import config as model_config
+
 Rules = Sequence[tuple[str, P]]
 LogicalRules = Sequence[tuple[str, str | None]]
 
-# Regex rules first (none by default: the models annotate their tables).
-RULES: Rules = ()
-# Logical axis -> mesh axis.
-LOGICAL_RULES: LogicalRules = (
-    ("vocab", "model"),  # large tables: rows sharded over the "model" axis
-    ("vocab_small", None),  # small tables: replicated
-    ("embed", None),
-    ("batch", "data"),
-    ("mlp", None),
-    ("heads", None),
-)
+RULES: Rules = ()  # no regex rules by default: the model annotates its tables
+LOGICAL_RULES: LogicalRules = model_config.LOGICAL_RULES
+
+
+def from_config(mesh_cfg) -> dict:
+  """``rules`` and ``logical_rules`` from a config's ``mesh`` section, as keyword arguments of
+  ``state.setup`` / ``state.create_train_state``; a rule's spec is a tuple of mesh axis names
+  (or None) in the config and a PartitionSpec here. A run's config.json from before these keys
+  existed gets the defaults (the policy those runs were trained with)."""
+  rules = mesh_cfg.get("rules", ())
+  logical_rules = mesh_cfg.get("logical_rules", LOGICAL_RULES)
+  return {"rules": tuple((pattern, P(*spec)) for pattern, spec in rules),
+          "logical_rules": tuple((name, axis) for name, axis in logical_rules)}
 
 
 def path_str(path: Sequence) -> str:

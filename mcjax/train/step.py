@@ -10,10 +10,7 @@ differentiated whole and dense-updated in both modes. ``eval_step(state, batch) 
 [B, T], metrics)``.
 
 Both are ``jax.jit`` once with explicit shardings (batch on "data"); the train step donates
-the state. The model must implement ``lookup_ids(batch) -> {table: ids}`` (an int array, or a
-tuple of them), ``gather(ids) -> {table: rows}`` (a pure row lookup, ids.shape + (dim,) per
-array, same structure) and ``apply_rows(batch, rows, train)``, and may name
-``inline_tables`` (default none).
+the state. The model implements ``TrainableModel`` (below).
 ``loss_fn(out, batch) -> (total, terms)``, e.g.
 ``functools.partial(mcjax.losses.compute_loss, cfg=loss_config())``.
 """
@@ -21,6 +18,7 @@ array, same structure) and ``apply_rows(batch, rows, train)``, and may name
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +34,27 @@ from mcjax.train import sparse
 from mcjax.train.state import ModelDef, OptimConfig, TrainState
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
+
+
+class TrainableModel(Protocol):
+  """What the steps need of a model (``mcjax.model.MomentCross``, ``tests/toy_model.py``).
+
+  ``inline_tables`` is optional: a model without the attribute reads no table itself.
+  """
+
+  inline_tables: tuple[str, ...]
+  """Tables ``apply_rows`` reads itself (rows at positions known only in the forward pass):
+  differentiated whole and dense-updated."""
+
+  def lookup_ids(self, batch: dict) -> dict:
+    """table -> int32 row ids (an array, or a tuple of arrays, one per looked-up feature);
+    hashing only, no table reads."""
+
+  def gather(self, ids: dict) -> dict:
+    """table -> rows: a pure lookup, ids.shape + (dim,) per array, in the structure of ids."""
+
+  def apply_rows(self, batch: dict, rows: dict, train: bool = False) -> dict:
+    """The forward pass from gathered rows: an output dict with "logits" [B, T]."""
 
 
 def host_batch(batch: dict) -> dict:
@@ -97,6 +116,30 @@ def _update_tables(state: TrainState, updates: dict):
   return unflat(tables), unflat(rows)
 
 
+def apply(model_def: ModelDef, params: dict, tables: dict, rest: dict, batch: dict, *,
+          rows: dict | None = None, ids: dict | None = None, train: bool):
+  """The one model pass of the train, sparse train and eval steps and of the scorer.
+
+  The model merged from ``(tables, params, rest)`` reads the given ``rows`` (gradients then
+  flow to the rows, not the tables) and gathers the rows of ``ids`` from ``tables`` (default:
+  every id of ``model.lookup_ids(batch)``). Returns ``(out, rest)``, ``rest`` being the
+  model's non-parameter variables after the pass.
+  """
+  model: TrainableModel = model_def.merge(tables, params, rest)
+  ids = model.lookup_ids(batch) if ids is None else ids
+  rows = {**(rows or {}), **(model.gather(ids) if ids else {})}
+  out = model.apply_rows(batch, rows, train=train)
+  return out, model_def.split(model)[2]
+
+
+def forward(model_def: ModelDef, loss_fn: LossFn, params: dict, tables: dict, rest: dict,
+            batch: dict, *, rows: dict | None = None, ids: dict | None = None, train: bool):
+  """``apply`` then the loss: ``(total, (terms, out, rest))``."""
+  out, rest = apply(model_def, params, tables, rest, batch, rows=rows, ids=ids, train=train)
+  total, terms = loss_fn(out, batch)
+  return total, (terms, out, rest)
+
+
 def _metrics(total: jax.Array, terms: dict, prefix: str) -> dict:
   """``<prefix>/loss`` plus the loss terms: in training a term ``t`` becomes ``loss/t``
   (names already under ``loss/`` are kept); in eval every name gets ``<prefix>/``."""
@@ -122,24 +165,17 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
   get sparse row updates.
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),
-  ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/lr`` and
-  ``loss/<term>`` for each loss term.
+  ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/param_norm``
+  (dense parameters after the update: cheap, and non-finite once any of them is),
+  ``learning/lr`` and ``loss/<term>`` for each loss term.
   """
   tx = optim.dense_tx()
   schedule = optim.schedule()
 
-  def forward(params, tables, rest, batch, rows=None):
-    model = model_def.merge(tables, params, rest)
-    if rows is None:  # dense mode: rows as a function of the tables
-      rows = model.gather(model.lookup_ids(batch))
-    out = model.apply_rows(batch, rows, train=True)
-    total, terms = loss_fn(out, batch)
-    return total, (terms, model_def.split(model)[2])
-
   def train_step(state: TrainState, batch: dict):
     flat_tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
     if sparse_update:
-      model = model_def.merge(state.tables, state.params, state.rest)
+      model: TrainableModel = model_def.merge(state.tables, state.params, state.rest)
       ids = model.lookup_ids(batch)
       inline = {model_def.table_path(t) for t in getattr(model, "inline_tables", ())}
       small = {path for path, t in flat_tables.items()
@@ -150,14 +186,11 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
 
       def loss_of(params, small_tables, rows):
         tables = traverse_util.unflatten_dict({**flat_tables, **small_tables})
-        m = model_def.merge(tables, params, state.rest)
-        all_rows = {**rows, **m.gather(small_ids)} if small_ids else rows
-        out = m.apply_rows(batch, all_rows, train=True)
-        total, terms = loss_fn(out, batch)
-        return total, (terms, model_def.split(m)[2])
+        return forward(model_def, loss_fn, params, tables, state.rest, batch, rows=rows,
+                       ids=small_ids, train=True)
 
       grad_fn = jax.value_and_grad(loss_of, argnums=(0, 1, 2), has_aux=True)
-      (total, (terms, rest)), (g_params, g_small, g_rows) = grad_fn(
+      (total, (terms, _, rest)), (g_params, g_small, g_rows) = grad_fn(
           state.params, {p: flat_tables[p] for p in small}, rows)
       vocab = {p: t.shape[0] for p, t in flat_tables.items()}
       uniq = {path: sparse.unique_rows(i, g, vocab[path])
@@ -176,8 +209,9 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
           for path, g in g_small.items()})
     else:
       grad_fn = jax.value_and_grad(
-          lambda p, t: forward(p, t, state.rest, batch), argnums=(0, 1), has_aux=True)
-      (total, (terms, rest)), (g_params, g_tables) = grad_fn(state.params, state.tables)
+          lambda p, t: forward(model_def, loss_fn, p, t, state.rest, batch, train=True),
+          argnums=(0, 1), has_aux=True)
+      (total, (terms, _, rest)), (g_params, g_tables) = grad_fn(state.params, state.tables)
       flat_g = traverse_util.flatten_dict(g_tables) if g_tables else {}
       row_grad_sq = sum((jnp.sum(jnp.square(g)) for g in flat_g.values()),
                         jnp.zeros((), jnp.float32))
@@ -192,6 +226,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
     metrics = _metrics(total, terms, "learning")
     metrics["learning/grad_norm"] = optax.tree.norm(g_params)
     metrics["learning/row_grad_norm"] = jnp.sqrt(row_grad_sq)
+    metrics["learning/param_norm"] = optax.tree.norm(params)
     metrics["learning/lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     return new_state, metrics
 
@@ -201,15 +236,22 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                  donate_argnums=(0,))
 
 
+def eval_forward(model_def: ModelDef, tables: dict, params: dict, rest: dict,
+                 batch: dict) -> dict:
+  """The model's outputs on a batch in evaluation mode (``apply``, train=False): what
+  ``eval_step`` and the scorer (``mcjax.serve``) compute, so served scores are evaluation
+  predictions."""
+  return apply(model_def, params, tables, rest, batch, train=False)[0]
+
+
 def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, mesh: Mesh,
                    *, predict_fn: Callable = logits_to_probs):
   """The jitted ``eval_step(state, batch) -> (probs [B, T], metrics)``; metrics are
   ``eval/loss`` and ``eval/<term>`` (e.g. ``eval/loss/bce`` for a term named ``loss/bce``)."""
 
   def eval_step(state: TrainState, batch: dict):
-    model = model_def.merge(state.tables, state.params, state.rest)
-    out = model.apply_rows(batch, model.gather(model.lookup_ids(batch)), train=False)
-    total, terms = loss_fn(out, batch)
+    total, (terms, out, _) = forward(model_def, loss_fn, state.params, state.tables,
+                                     state.rest, batch, train=False)
     return predict_fn(out), _metrics(total, terms, "eval")
 
   return jax.jit(eval_step,

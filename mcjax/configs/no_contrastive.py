@@ -1,6 +1,6 @@
 """no_contrastive: Cross search over both histories, without the contrastive loss.
 
-Command:  python -m launch.train --config=experiments/configs/no_contrastive.py --workdir=runs/no_contrastive
+Command:  python -m launch.train --config=mcjax/configs/no_contrastive.py --workdir=runs/no_contrastive
 Hardware: any; sized for a 2-core CPU.
 Expected: at or slightly below `full`.
 """

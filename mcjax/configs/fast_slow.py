@@ -1,6 +1,6 @@
 """fast_slow: the delayed-label baseline with a 5 min fast sample and a 1 h slow correction.
 
-Command:  python -m launch.train --config=experiments/configs/fast_slow.py --workdir=runs/fast_slow
+Command:  python -m launch.train --config=mcjax/configs/fast_slow.py --workdir=runs/fast_slow
 Hardware: any; sized for a 2-core CPU.
 Expected: between `no_moment` and `full` on CTR AUC.
 """

@@ -1,6 +1,6 @@
 """smoke: the `full` setup on the `small` world with a tiny model, for tests and CI.
 
-Command:  python -m launch.train --config=experiments/configs/smoke.py --workdir=/tmp/smoke
+Command:  python -m launch.train --config=mcjax/configs/smoke.py --workdir=/tmp/smoke
 Hardware: any CPU; about a minute.
 Expected: finishes and writes metrics.json; the numbers are not meaningful at this size.
 """

@@ -2,7 +2,7 @@
 
 Isolates Moment's crowd features: the only difference from `full` is `model.use_crowd`.
 
-Command:  python -m launch.train --config=experiments/configs/no_crowd.py --workdir=runs/no_crowd
+Command:  python -m launch.train --config=mcjax/configs/no_crowd.py --workdir=runs/no_crowd
 Hardware: any; sized for a 2-core CPU.
 Expected: below `full` inside highlight moments.
 """

@@ -1,6 +1,6 @@
 """no_first_only: real-time samples, but a fired label stays positive in every later sample.
 
-Command:  python -m launch.train --config=experiments/configs/no_first_only.py --workdir=runs/no_first_only
+Command:  python -m launch.train --config=mcjax/configs/no_first_only.py --workdir=runs/no_first_only
 Hardware: any; sized for a 2-core CPU.
 Expected: below `full`: repeated positives over-count long watches and inflate probabilities.
 """

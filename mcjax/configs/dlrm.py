@@ -1,9 +1,9 @@
 """dlrm: a DLRM-shaped mcjax config: ids and side features -> embeddings -> MLP towers; no
 histories (no GSU/ESU), no contrastive loss, crowd features as the dense input.
 
-Command:  python -m launch.bench --config=experiments/configs/dlrm.py --batch_size=4096
+Command:  python -m launch.bench --config=mcjax/configs/dlrm.py --batch_size=4096
           (throughput, beside MLPerf DLRM per-chip rates); it trains like any config:
-          python -m launch.train --config=experiments/configs/dlrm.py --workdir=runs/dlrm
+          python -m launch.train --config=mcjax/configs/dlrm.py --workdir=runs/dlrm
 Hardware: any; sized for a 2-core CPU.
 Expected: the fastest step of the family; the lowest AUC (no user history at all).
 """

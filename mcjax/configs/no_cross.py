@@ -1,6 +1,6 @@
 """no_cross: no short-video history and no contrastive alignment (live domain only).
 
-Command:  python -m launch.train --config=experiments/configs/no_cross.py --workdir=runs/no_cross
+Command:  python -m launch.train --config=mcjax/configs/no_cross.py --workdir=runs/no_cross
 Hardware: any; sized for a 2-core CPU.
 Expected: below `full`, most of all for live-sparse users.
 """

@@ -4,7 +4,7 @@ Isolates Moment's sample stream: the only difference from `full` is `moment.mode
 (`realtime` 30 s samples with first-only masks -> `on_close`). The real-time crowd features
 stay on (their effect is `full` vs `no_crowd`).
 
-Command:  python -m launch.train --config=experiments/configs/no_moment.py --workdir=runs/no_moment
+Command:  python -m launch.train --config=mcjax/configs/no_moment.py --workdir=runs/no_moment
 Hardware: any; sized for a 2-core CPU.
 Expected: at or below `full` on CTR AUC; the gap is the sample stream's worth.
 """

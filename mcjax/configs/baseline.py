@@ -1,6 +1,6 @@
 """baseline: slow labels (on_close), no crowd features, no short-video history (no Cross).
 
-Command:  python -m launch.train --config=experiments/configs/baseline.py --workdir=runs/baseline
+Command:  python -m launch.train --config=mcjax/configs/baseline.py --workdir=runs/baseline
 Hardware: any; sized for a 2-core CPU.
 Expected: the lowest CTR AUC of the ablation family; the zero of the oracle headroom share in
 `experiments/ablation.py` ((model AUC - baseline AUC) / (oracle AUC - baseline AUC)).

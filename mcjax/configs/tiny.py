@@ -1,6 +1,6 @@
 """tiny: the `small` world with a very small model and few, large windows, for trainer tests.
 
-Command:  python -m launch.train --config=experiments/configs/tiny.py --workdir=runs/tiny
+Command:  python -m launch.train --config=mcjax/configs/tiny.py --workdir=runs/tiny
 Hardware: any CPU; well under a minute.
 Expected: finishes and writes metrics.json; the numbers are not meaningful at this size.
 Small tables (a few thousand rows) keep steps cheap; ``large_table_rows`` is low enough that
