@@ -107,21 +107,22 @@ class LogStats:
     return "\n".join(lines)
 
 
-def _row(table: pa.Table, i: int) -> str:
+def _row(table: pa.Table, i: int, first_row: int = 0) -> str:
   values = table.slice(int(i), 1).to_pylist()[0]
-  return f"row {int(i)}: " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+  return f"row {int(i) + first_row}: " + ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
 def _fail(where: str, column: str | None, problem: str, table: pa.Table | None = None,
-          mask: np.ndarray | None = None, row: int | None = None) -> None:
-  """Raises LogValidationError; ``mask`` (or ``row``) points at the offending row(s)."""
+          mask: np.ndarray | None = None, row: int | None = None, first_row: int = 0) -> None:
+  """Raises LogValidationError; ``mask`` (or ``row``) points at the offending row(s);
+  ``first_row``: the table's first row in the file (a batch of it was checked)."""
   msg = f"{where}: column '{column}': {problem}" if column else f"{where}: {problem}"
   if mask is not None:
     bad = np.flatnonzero(mask)
     row = int(bad[0])
     msg += f" ({bad.size} row(s))"
   if table is not None and row is not None:
-    msg += f"; e.g. {_row(table, row)}"
+    msg += f"; e.g. {_row(table, row, first_row)}"
   raise LogValidationError(msg)
 
 
@@ -130,8 +131,10 @@ def _check_if(where, column, problem, table, mask) -> None:
     _fail(where, column, problem, table, mask)
 
 
-def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
-  """Checks columns, types and nulls; returns the table cast to ``schema`` (its columns only)."""
+def conform(table: pa.Table, schema: pa.Schema, where: str, first_row: int = 0) -> pa.Table:
+  """Checks columns, types and nulls; returns the table cast to ``schema`` (its columns only).
+  ``first_row``: where ``table`` starts in the file, when it is a batch of it (row numbers in
+  messages count from the file's start; the row count is the batch's)."""
   for field in schema:
     if field.name not in table.column_names:
       _fail(where, field.name, f"missing column (has {table.column_names})")
@@ -141,10 +144,11 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     if typ not in _WIDENS[field.type]:
       _fail(where, field.name, f"wrong type {typ}, expected {field.type} "
             f"(or a lossless widening: {', '.join(map(str, _WIDENS[field.type]))})"
-            + _nan_hint(table.column(field.name), typ))
+            + _nan_hint(table.column(field.name), typ, first_row))
     col = table.column(field.name)
     if col.null_count:
-      _fail(where, field.name, "null values", table, pc.is_null(col).to_numpy(zero_copy_only=False))
+      _fail(where, field.name, "null values", table, pc.is_null(col).to_numpy(zero_copy_only=False),
+            first_row=first_row)
   columns, fields = [], []
   for field in schema:
     col = table.column(field.name)
@@ -159,12 +163,12 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
   return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
-def _nan_hint(col, typ) -> str:
+def _nan_hint(col, typ, first_row: int = 0) -> str:
   """"; row i holds NaN" when a float column meant to hold ints has a NaN (else "")."""
   if not pa.types.is_floating(typ):
     return ""
   nan = pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)
-  return f"; row {int(np.flatnonzero(nan)[0])} holds NaN" if nan.any() else ""
+  return f"; row {int(np.flatnonzero(nan)[0]) + first_row} holds NaN" if nan.any() else ""
 
 
 def _np(table: pa.Table, name: str) -> np.ndarray:

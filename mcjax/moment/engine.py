@@ -35,13 +35,31 @@ from absl import logging
 from mcjax.eventlog import schema as S
 from mcjax.moment import windows
 from mcjax.moment.config import MomentConfig
+from mcjax.moment import crowd
 from mcjax.moment.crowd import CrowdIndex
 from mcjax.moment.events import NEVER, Log, gather, load_log
-from mcjax.moment.history import LiveHistory, ShortVideoHistory
+from mcjax.moment.history import (LiveHistory, ShortVideoHistory, live_action_ts,
+                                  short_video_plays)
 from mcjax.samples import schema as SS
 
 HOUR_MS = 3_600_000
 _EC = S.EVENT_CODE
+# Side features: sample field -> (side table, its column); -1 where the id is not in the table.
+SIDE_FIELDS = {"user_age": ("users", "age_bucket"), "user_gender": ("users", "gender"),
+               "user_activity": ("users", "activity_bucket"),
+               "live_category": ("lives", "category"),
+               "author_fans_bucket": ("authors", "fans_bucket")}
+
+
+def side_fields(table: str, lookup, ids: np.ndarray) -> dict:
+  """The ``SIDE_FIELDS`` taken from side table ``table`` (an ``events.Lookup``) for ``ids``."""
+  return {field: lookup.get(column, ids, -1)
+          for field, (name, column) in SIDE_FIELDS.items() if name == table}
+
+
+def time_fields(q: np.ndarray) -> dict:
+  """The fields of a query time: query_ts_ms and hour_of_day (UTC)."""
+  return {"hour_of_day": (q // HOUR_MS) % 24, "query_ts_ms": q}
 
 
 class Context:
@@ -75,16 +93,12 @@ class Context:
     self.value = log.value[on_live]
     first = ex.first[live]
     click, watch = first[:, _EC[S.CLICK]], first[:, _EC[S.WATCH_END]]
-    clicked = click != NEVER
-    leaves = clicked & (watch != NEVER)
-    self.crowd = CrowdIndex(
-        self.live_id[self.group], self.ts, self.code, self.value,
-        enter_live=self.live_id[clicked], enter_ts=click[clicked],
-        leave_live=self.live_id[leaves], leave_ts=np.maximum(watch, click)[leaves])
+    self.crowd = CrowdIndex(self.live_id[self.group], self.ts, self.code, self.value,
+                            **crowd.viewer_times(self.live_id, click, watch))
     self.lv = LiveHistory(
         self.user, self.exposure_ts, self.live_id, self.author_id,
         log.lives.get("category", self.live_id, -1), watch, ex.watch_value[live],
-        {name: first[:, _EC[name]] for name in SS.LIVE_ACTION_BITS})
+        live_action_ts(first))
     self.sv = self._short_video_history(log)
 
   def _index_lives(self) -> None:
@@ -102,14 +116,9 @@ class Context:
   def side_features(self, user: np.ndarray, live: np.ndarray, author: np.ndarray) -> dict:
     """user_age/gender/activity (users), live_category (lives), author_fans_bucket (authors);
     -1 where the side table lacks the id."""
-    log = self.log
-    return {
-        "user_age": log.users.get("age_bucket", user, -1),
-        "user_gender": log.users.get("gender", user, -1),
-        "user_activity": log.users.get("activity_bucket", user, -1),
-        "live_category": log.lives.get("category", live, -1),
-        "author_fans_bucket": log.authors.get("fans_bucket", author, -1),
-    }
+    return (side_fields("users", self.log.users, user)
+            | side_fields("lives", self.log.lives, live)
+            | side_fields("authors", self.log.authors, author))
 
   def live_start(self, live: np.ndarray, q: np.ndarray) -> np.ndarray:
     """lives.start_ms; for lives missing there, their first exposure in the log if it is not
@@ -136,28 +145,16 @@ class Context:
     return (self.log.lives.rows(live) >= 0) | logged
 
   def _short_video_history(self, log: Log) -> ShortVideoHistory:
-    """The plays: short-video watch_end events; sv_progress = seconds played / duration_s.
-
-    A play of a video missing from videos.parquet, or with duration_s <= 0, gets progress 0
-    (counted in ``sv_plays_without_duration``).
-    """
+    """The plays: short-video watch_end events (``history.short_video_plays``)."""
     ex = log.exposures
     play = np.flatnonzero((log.code == _EC[S.WATCH_END])
                           & (ex.domain[log.xi] == S.DOMAIN_CODE[S.SHORT_VIDEO]))
     xi = log.xi[play]
-    item = ex.item[xi]
-    rows = log.videos.rows(item)
-    video = log.videos.columns
-    self.stats["unknown_videos"] = int((rows < 0).sum())
-    duration = gather(video["duration_s"], rows, 0).astype(np.float64)
-    timed = duration > 0
-    self.stats["sv_plays_without_duration"] = int((~timed).sum())
-    progress = np.where(timed, log.value[play] / np.where(timed, duration, 1.0), 0.0)
-    return ShortVideoHistory(
-        ex.user[xi], log.ts[play], item,
-        np.where(rows >= 0, gather(video["author_id"], rows, 0), ex.author[xi]),
-        gather(video["category"], rows, -1), gather(video["tag"], rows, -1),
-        progress, ex.first[xi, _EC[S.LIKE]], ex.first[xi, _EC[S.FOLLOW]])
+    plays, stats = short_video_plays(
+        ex.user[xi], log.ts[play], ex.item[xi], ex.author[xi], log.value[play],
+        ex.first[xi, _EC[S.LIKE]], ex.first[xi, _EC[S.FOLLOW]], log.videos)
+    self.stats.update(stats)
+    return ShortVideoHistory(**plays)
 
   def request_features(self, user: np.ndarray, live: np.ndarray, author: np.ndarray,
                        q: np.ndarray, cfg: MomentConfig, *, stored: bool = False,
@@ -171,7 +168,7 @@ class Context:
     """
     user, live, author, q = (np.asarray(a, np.int64) for a in (user, live, author, q))
     out = {"user_id": user, "live_id": live, "author_id": author,
-           "hour_of_day": (q // HOUR_MS) % 24, "query_ts_ms": q}
+           **time_fields(q)}
     out |= self.side_features(user, live, author)
     out["crowd"] = self.crowd.features(live, q, self.live_start(live, q))
     for hist, refs in ((self.sv, self.sv.refs(user, q, cfg.sv_hist_len)),
@@ -208,15 +205,17 @@ def _sort(rows: dict, exposure_id: np.ndarray) -> dict:
   return {k: v[order] for k, v in rows.items()}
 
 
-def _oracle(log: Log, exposure_id: np.ndarray, is_eval: bool) -> dict:
+def oracle_fields(oracle, exposure_id: np.ndarray, is_eval: bool) -> dict:
+  """The oracle fields of rows: from ``oracle`` (an ``events.Lookup`` of
+  _oracle/exposures.parquet, or None) for evaluation records, else -1 / NaN."""
   n = len(exposure_id)
   out = {"in_highlight": np.full(n, -1, np.int32)}
   out |= {name: np.full(n, np.nan, np.float32)
           for name in ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity")}
-  if is_eval and log.oracle is not None:
-    rows = log.oracle.rows(exposure_id)
+  if is_eval and oracle is not None:
+    rows = oracle.rows(exposure_id)
     hit = rows >= 0
-    columns = log.oracle.columns
+    columns = oracle.columns
     out["in_highlight"][hit] = columns["in_highlight"][rows[hit]]
     for name, column in (("oracle_p_click", "p_click"),
                          ("oracle_p_no_highlight", "p_click_no_highlight"),
@@ -287,10 +286,16 @@ class SampleBuilder:
     parts = {**ctx.features(x, q, self.cfg, stored),
              **{k: v for k, v in rows.items() if k != "x"},
              "exposure_id": ctx.exposure_id[x], "exposure_ts_ms": ctx.exposure_ts[x],
-             **_oracle(self.log, ctx.exposure_id[x], is_eval)}
-    fields = SS.STORED_FIELDS if stored else SS.FIELDS
-    table = {f.name: np.asarray(parts[f.name]).astype(f.dtype, copy=False) for f in fields}
-    return table if stored else table | {key: parts[key] for key in SS.OFFSETS.values()}
+             **oracle_fields(self.log.oracle, ctx.exposure_id[x], is_eval)}
+    return assemble(parts, stored)
+
+
+def assemble(parts: dict, stored: bool) -> dict:
+  """The schema's fields of ``parts`` in their dtypes: a stored table (``STORED_FIELDS``) or a
+  sample table (``FIELDS`` and the offsets)."""
+  fields = SS.STORED_FIELDS if stored else SS.FIELDS
+  table = {f.name: np.asarray(parts[f.name]).astype(f.dtype, copy=False) for f in fields}
+  return table if stored else table | {key: parts[key] for key in SS.OFFSETS.values()}
 
 
 def build_samples(log_dir_or_tables, cfg: MomentConfig) -> dict:

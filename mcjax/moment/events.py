@@ -78,13 +78,7 @@ def read_tables(src) -> LogTables:
 
 def _conform(table: pa.Table, name: str) -> pa.Table:
   file, schema = _TABLES[name]
-  missing = [c for c in schema.names if c not in table.column_names]
-  if missing:
-    raise ValueError(f"{file}: missing column(s) {missing}")
-  try:
-    return table.select(schema.names).cast(schema)
-  except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-    raise ValueError(f"{file}: cannot cast to the schema ({e})") from e
+  return io.conform(table, schema, file)
 
 
 def _codes(column: pa.ChunkedArray, names: tuple, what: str) -> np.ndarray:
@@ -187,32 +181,66 @@ class Log:
   stats: dict
 
 
-def load_log(src) -> Log:
-  """Reads, validates and organises a log (any form ``read_tables`` accepts)."""
-  tables = read_tables(src)
-  ev = _conform(tables.events, "events")
-  ts = ev["ts_ms"].to_numpy()
-  xid = ev["exposure_id"].to_numpy()
+def event_columns(events: pa.Table) -> dict:
+  """The event table as numpy columns for ``organize``: conformed to the schema, with
+  ``code`` / ``domain`` as small-integer codes; raises on events not allowed in their domain.
+
+  Works on the whole table or on any batch of its rows (the Beam engine reads in batches).
+  """
+  ev = _conform(events, "events")
   code = _codes(ev["event"], S.EVENTS, "event")
   domain = _codes(ev["domain"], S.DOMAINS, "domain")
   allowed = np.zeros((len(S.DOMAINS), len(S.EVENTS)), bool)
-  for d, events in S.DOMAIN_EVENTS.items():
-    allowed[S.DOMAIN_CODE[d], [S.EVENT_CODE[e] for e in events]] = True
+  for d, names in S.DOMAIN_EVENTS.items():
+    allowed[S.DOMAIN_CODE[d], [S.EVENT_CODE[e] for e in names]] = True
   bad = ~allowed[domain, code]
   if bad.any():
     i = int(np.flatnonzero(bad)[0])
     raise ValueError(f"{S.EVENTS_FILE}: {int(bad.sum())} event(s) not allowed in their domain, "
                      f"e.g. {S.EVENTS[code[i]]!r} in {S.DOMAINS[domain[i]]!r}")
-  value, user = ev["value"].to_numpy(), ev["user_id"].to_numpy()
-  item, author = ev["item_id"].to_numpy(), ev["author_id"].to_numpy()
-  step, same = np.diff(ts), np.diff(xid)
-  if not ((step > 0) | ((step == 0) & (same >= 0))).all():  # logs are written sorted
-    order = np.lexsort((xid, ts))
+  return {"ts": ev["ts_ms"].to_numpy(), "xid": ev["exposure_id"].to_numpy(), "code": code,
+          "domain": domain, "value": ev["value"].to_numpy(), "user": ev["user_id"].to_numpy(),
+          "item": ev["item_id"].to_numpy(), "author": ev["author_id"].to_numpy()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Organized:
+  """The kept events of some whole exposures, sorted by (ts_ms, exposure_id, log row)."""
+  ts: np.ndarray      # int64
+  xi: np.ndarray      # int64 row of the event's exposure in ``exposures``
+  code: np.ndarray    # int8 EVENT_CODE
+  value: np.ndarray   # float64
+  row: np.ndarray     # int64 index into the ``organize`` input of each kept event
+  exposures: Exposures
+  first_row: np.ndarray  # (n,) index into the ``organize`` input of each exposure's event
+  stats: dict
+
+
+def organize(ts, xid, code, domain, value, user, item, author,
+             seq: np.ndarray | None = None) -> Organized:
+  """Events of whole exposures -> kept events (sorted) and one row per exposure.
+
+  The rules of ``load_log``: events are ordered by (ts_ms, exposure_id), ties in log order
+  (``seq``, the event's row in the log; None: the given order is the log order); an exposure
+  is its first ``exposure`` event; events of an exposure without one, or before it, and later
+  ``exposure`` events are dropped and counted. Any set of whole exposures may come in (the
+  whole log in process, one key's exposures in the Beam engine): nothing depends on the others.
+  """
+  n_in = len(ts)
+  if seq is not None:
+    order = np.lexsort((seq, xid, ts))
+  else:
+    step, same = np.diff(ts), np.diff(xid)
+    sorted_ = ((step > 0) | ((step == 0) & (same >= 0))).all()  # logs are written sorted
+    order = None if sorted_ else np.lexsort((xid, ts))
+  if order is not None:
     ts, xid, code, domain = ts[order], xid[order], code[order], domain[order]
     value, user, item, author = value[order], user[order], item[order], author[order]
+  source = np.arange(n_in) if order is None else order
 
   is_exposure = code == S.EVENT_CODE[S.EXPOSURE]
   ids, xi = np.unique(xid, return_inverse=True)
+  xi = xi.reshape(-1)
   row = first_rows(xi, is_exposure, len(ids))
   has = row >= 0
   exposure_ts = gather(ts, row, NEVER)
@@ -229,18 +257,27 @@ def load_log(src) -> Log:
   exposure_meta = dict(exposure_id=ids[has], ts=ts[row], user=user[row], item=item[row],
                        author=author[row], domain=domain[row])
   xi = (np.cumsum(has) - 1)[xi[keep]]
+  kept = np.flatnonzero(keep)
   ts, code, value = ts[keep], code[keep], value[keep]
   first_row = first_rows_by_code(xi, code, n, len(S.EVENTS))
   first = gather(ts, first_row, NEVER)
   watch = first_row[:, S.EVENT_CODE[S.WATCH_END]]
   exposures = Exposures(**exposure_meta, first=first,
                         watch_value=gather(value, watch, np.nan))
+  return Organized(ts=ts, xi=xi, code=code, value=value, row=source[kept],
+                   exposures=exposures, first_row=source[row], stats=stats)
+
+
+def load_log(src) -> Log:
+  """Reads, validates and organises a log (any form ``read_tables`` accepts)."""
+  tables = read_tables(src)
+  org = organize(**event_columns(tables.events))
   oracle = None
   if tables.oracle_exposures is not None:
     oracle = Lookup.build(tables.oracle_exposures, "oracle_exposures", "exposure_id")
-  return Log(ts=ts, xi=xi, code=code, value=value, exposures=exposures,
+  return Log(ts=org.ts, xi=org.xi, code=org.code, value=org.value, exposures=org.exposures,
              users=Lookup.build(tables.users, "users", "user_id"),
              authors=Lookup.build(tables.authors, "authors", "author_id"),
              lives=Lookup.build(tables.lives, "lives", "live_id"),
              videos=Lookup.build(tables.videos, "videos", "video_id"),
-             oracle=oracle, stats=stats)
+             oracle=oracle, stats=org.stats)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mcjax.eventlog import schema as S
+from mcjax.moment.events import gather
 from mcjax.moment.timeindex import SegmentedTimes, by_segment
 from mcjax.samples import schema as SS
 from mcjax.samples.history_store import HistoryStore
@@ -93,3 +95,38 @@ class LiveHistory(_History):
     super().__init__(user, ts, {"lv_item": item, "lv_author": author, "lv_category": category,
                                 "lv_ts_ms": ts},
                      action_ts, {"lv_watch_s": (watch_value, watch_ts)})
+
+
+def short_video_plays(user, ts, item, author, value, like_ts, follow_ts, videos) -> tuple[dict,
+                                                                                     dict]:
+  """Short-video plays (watch_end events of short-video exposures) -> ``ShortVideoHistory``
+  keyword arguments and stats.
+
+  sv_progress = seconds played / the video's duration_s; a play of a video missing from
+  videos.parquet (``videos``, an ``events.Lookup``), or with duration_s <= 0, gets progress 0
+  (counted in ``unknown_videos`` / ``sv_plays_without_duration``). The author is the video's,
+  else the event's; category and tag -1 when the video is unknown.
+
+  Args:
+    user, ts, item, author, value: the play's user, time, video id, author (from the event) and
+      seconds played.
+    like_ts, follow_ts: the time of its exposure's first like / follow (NEVER: none).
+  """
+  rows = videos.rows(item)
+  video = videos.columns
+  duration = gather(video["duration_s"], rows, 0).astype(np.float64)
+  timed = duration > 0
+  progress = np.where(timed, value / np.where(timed, duration, 1.0), 0.0)
+  stats = {"unknown_videos": int((rows < 0).sum()),
+           "sv_plays_without_duration": int((~timed).sum())}
+  return dict(user=user, ts=ts, item=item,
+              author=np.where(rows >= 0, gather(video["author_id"], rows, 0), author),
+              category=gather(video["category"], rows, -1), tag=gather(video["tag"], rows, -1),
+              progress=progress, like_ts=like_ts, follow_ts=follow_ts), stats
+
+
+def live_action_ts(first: np.ndarray) -> dict:
+  """``LiveHistory`` action times of live exposures from their first-event times
+  (``events.Exposures.first`` rows): each LIVE_ACTION_BITS bit is set at the exposure's first
+  event of that name."""
+  return {name: first[:, S.EVENT_CODE[name]] for name in SS.LIVE_ACTION_BITS}

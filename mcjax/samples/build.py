@@ -52,21 +52,31 @@ def _jsonable(value):
 CHUNK_ROWS = 256 * 1024  # samples per written part (a multiple of the block size)
 
 
+ENGINES = ("local", "beam")
+
+
 def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool = False,
-                      num_shards: int | None = None, validate: bool = True) -> dict:
+                      num_shards: int | None = None, validate: bool = True,
+                      engine: str = "local", beam_args=None, beam_layout=None) -> dict:
   """Runs the engine and writes all splits into out_dir atomically; returns build info.
 
   Refuses (before writing anything) an ``out_dir`` overlapping ``log_dir``, an existing one
   without ``overwrite`` or that is not a samples folder, and, with ``validate``, a log that
   breaks its contract (``LogValidationError``; warnings go to stderr and build_info.json).
+
+  ``engine``: "local" (``moment.engine``, the whole log in this process) or "beam"
+  (``moment.beam``: the same samples from a Beam pipeline; ``beam_args`` are Beam's own flags,
+  e.g. ["--runner=DirectRunner", "--direct_num_workers=2"]; ``beam_layout`` a
+  ``moment.beam.stages.Layout``). Both validate at the same door and write the same folder.
   """
+  if engine not in ENGINES:
+    raise ValueError(f"engine={engine!r}: expected one of {ENGINES}")
+  if engine == "beam":
+    return _build_beam(log_dir, out_dir, moment_cfg, overwrite=overwrite,
+                       num_shards=num_shards, validate=validate, beam_args=beam_args,
+                       layout=beam_layout)
   from mcjax import moment  # the engine, imported only when samples are built
-  moment_cfg.validate()
-  out_dir = os.path.abspath(out_dir)
-  files.check_apart({"--events": log_dir}, {"--out": out_dir})
-  if os.path.lexists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
-  files.check_replaceable(out_dir, "--out", MARKS, "a samples folder")
+  out_dir = _check_out(log_dir, out_dir, moment_cfg, overwrite)
   start = time.perf_counter()
   log, warnings = _read_log(log_dir, validate)
   validate_s = time.perf_counter() - start
@@ -92,6 +102,56 @@ def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool
 
 
 _WRITE_FAILURES = ("write() failed", "No space left", "File too large", "quota")
+
+
+def _check_out(log_dir: str, out_dir: str, moment_cfg, overwrite: bool) -> str:
+  """The refusals made before anything is read or written; returns out_dir made absolute."""
+  moment_cfg.validate()
+  out_dir = os.path.abspath(out_dir)
+  files.check_apart({"--events": log_dir}, {"--out": out_dir})
+  if os.path.lexists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+  files.check_replaceable(out_dir, "--out", MARKS, "a samples folder")
+  return out_dir
+
+
+def _build_beam(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool, num_shards,
+                validate: bool, beam_args, layout) -> dict:
+  """``build_samples_dir`` with the Beam engine. The door is the same: with ``validate`` the
+  log is validated here first (this process reads it once, as ``launch.validate`` does);
+  without, the pipeline checks each table's columns, types and nulls as it reads them. The
+  pipeline writes into the staging folder; a failed run leaves ``out_dir`` as it was."""
+  from mcjax.moment.beam import pipeline  # Beam, imported only when asked for
+  out_dir = _check_out(log_dir, out_dir, moment_cfg, overwrite)
+  pipeline.pipeline_options(beam_args)  # refuse unknown flags before any work
+  start = time.perf_counter()
+  warnings = []
+  if validate:
+    tables, warnings = _read_log(log_dir, True)
+    del tables
+  validate_s = time.perf_counter() - start
+  meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
+  try:
+    with files.staging(out_dir) as tmp:
+      got = pipeline.run(log_dir, tmp, moment_cfg, pipeline_args=beam_args, layout=layout,
+                         num_shards=num_shards, check_types=not validate, metadata=meta)
+      total_s = time.perf_counter() - start
+      info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
+              "counts": got["counts"], "stats": got["stats"], "engine": "beam",
+              "beam_args": list(beam_args or []),
+              "beam_layout": dataclasses.asdict(layout) if layout else None,
+              "beam_largest_key": got["largest_key"],
+              "engine_prepare_s": got["pipeline_s"], "validate_s": validate_s,
+              "build_and_write_s": total_s, "log_warnings": warnings}
+      with open(os.path.join(tmp, BUILD_INFO), "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
+      files.replace_dir(tmp, out_dir, overwrite)
+  except FileExistsError:
+    raise
+  except OSError as e:
+    raise OSError(f"cannot write samples to {out_dir}: {e.strerror or e}"
+                  + (f" ({e.filename})" if e.filename else "")) from e
+  return info
 
 
 def _read_log(log_dir: str, validate: bool):
@@ -170,8 +230,16 @@ def format_report(info: dict) -> str:
   total = sum(r[-1] for r in rows)
   total_s, engine_s = info["build_and_write_s"], info["engine_prepare_s"]
   read_s = info.get("validate_s", 0.0)  # with --novalidate: the engine's own read
+  if info.get("engine") == "beam":
+    steps = (f"Beam pipeline (labels, features, parts): {engine_s:.1f} s; "
+             f"assembling the splits: {total_s - engine_s - read_s:.1f} s")
+  else:
+    steps = (f"engine labels: {engine_s:.1f} s; "
+             f"features + shards: {total_s - engine_s - read_s:.1f} s")
   lines = [tabulate(rows, headers=["split"] + kinds + ["total"]),
-           f"log read + validation: {read_s:.1f} s; engine labels: {engine_s:.1f} s; "
-           f"features + shards: {total_s - engine_s - read_s:.1f} s; total {total_s:.1f} s "
+           f"log read + validation: {read_s:.1f} s; {steps}; total {total_s:.1f} s "
            f"({total / max(total_s, 1e-9):,.0f} samples/s)"]
+  if info.get("beam_largest_key"):
+    lines.append("largest key (rows one worker held at once): " + ", ".join(
+        f"{k} {v:,}" for k, v in info["beam_largest_key"].items()))
   return "\n".join(lines)

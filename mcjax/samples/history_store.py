@@ -202,3 +202,46 @@ def materialize_table(stored: dict, stores: dict) -> dict:
     out.update(seq)
     out[S.OFFSETS[prefix]] = offsets
   return out
+
+
+def _arrays(store: HistoryStore) -> dict:
+  """File name -> array of a store, as ``save`` writes them."""
+  out = {f"{n}.npy": v for n, v in store.columns.items()}
+  out["action_ts.npy"] = store.action_ts
+  for n, (value, visible) in store.timed.items():
+    out[f"{n}.npy"], out[f"{n}.visible_ts.npy"] = value, visible
+  return out
+
+
+def empty(prefix: str) -> HistoryStore:
+  """A store of one domain without records."""
+  return HistoryStore(
+      prefix, {n: np.zeros(0, S.FIELD[n].dtype) for n in static_fields(prefix)},
+      np.zeros((0, len(S.ACTION_BITS[prefix])), np.int64),
+      {n: (np.zeros(0, S.FIELD[n].dtype), np.zeros(0, np.int64)) for n in TIMED[prefix]})
+
+
+def concat_saved(folders: list[str], out: str, prefix: str) -> int:
+  """Concatenates saved stores of one domain (``HistoryStore.save`` folders, in order) into
+  the store folder ``out``, file by file through memory-mapped output (memory stays bounded by
+  the page cache, whatever the stores' size); returns the number of records."""
+  stores = [_arrays(HistoryStore.load(f, prefix, verify=False)) for f in folders]
+  template = _arrays(empty(prefix))
+  total = sum(len(s["action_ts.npy"]) for s in stores)
+  os.makedirs(out, exist_ok=True)
+  for name, like in template.items():
+    path = os.path.join(out, name)
+    shape = (total,) + tuple(like.shape[1:])
+    if total == 0:
+      np.save(path, np.zeros(shape, like.dtype))
+      continue
+    dest = np.lib.format.open_memmap(path, mode="w+", dtype=like.dtype, shape=shape)
+    at = 0
+    for store in stores:
+      piece = store[name]
+      dest[at:at + len(piece)] = piece
+      at += len(piece)
+    dest.flush()
+    del dest
+  files.write_manifest(out)
+  return total

@@ -78,7 +78,6 @@ def write_samples(table, out_dir: str, split: str, *, history: dict | None = Non
   if os.path.exists(target) and not overwrite:
     raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
   with files.staging(target) as tmp:
-    tfds.disable_progress_bar()
     built = os.path.join(tmp, "split")
     os.makedirs(built)
     parts, ts, counts, last_ts = [], [], collections.Counter(), None
@@ -99,12 +98,8 @@ def write_samples(table, out_dir: str, split: str, *, history: dict | None = Non
                          "the previous one ends (sample_ts_ms must be sorted)")
       last_ts = chunk["sample_ts_ms"][-1]
       name = f"part-{len(parts):05d}"
-      builder = B.SampleShardBuilder(table=chunk, split=split, block_size=block_size,
-                                     data_dir=os.path.join(tmp, name), file_format="array_record")
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(num_shards=num_shards))
-      os.rename(str(builder.data_path), os.path.join(built, name))
-      shutil.rmtree(os.path.join(tmp, name))
+      write_part(chunk, os.path.join(built, name), split, block_size=block_size,
+                 num_shards=num_shards)
       parts.append({"dir": name, "num_samples": n})
       ts.append(chunk["sample_ts_ms"])
       counts.update(kind_counts(chunk))
@@ -113,18 +108,40 @@ def write_samples(table, out_dir: str, split: str, *, history: dict | None = Non
     stores = history or {p: H.concat(pieces[p]) for p in S.DOMAINS}
     for p, store in stores.items():
       store.save(os.path.join(built, HISTORY_DIR, p))
-    ts = np.concatenate(ts)
-    info = {"schema_version": S.SCHEMA_VERSION, "split": split,
-            "num_samples": int(sum(p["num_samples"] for p in parts)), "parts": parts,
-            "block_size": block_size, "kind_counts": dict(counts),
-            "history_records": {p: len(store) for p, store in stores.items()},
-            "sample_ts_ms_range": [int(ts[0]), int(ts[-1])], "metadata": metadata or {}}
-    with open(os.path.join(built, INFO_FILE), "w") as f:
-      json.dump(info, f, indent=1, sort_keys=True)
-    np.save(os.path.join(built, TS_FILE), ts)
-    files.write_manifest(built, skip=(HISTORY_DIR,))
+    finish_split(built, split, parts, np.concatenate(ts), counts,
+                 {p: len(store) for p, store in stores.items()}, block_size, metadata)
     files.replace_dir(built, target, overwrite)
   return target
+
+
+def write_part(stored: dict, folder: str, split: str, *, block_size: int = DEFAULT_BLOCK_SIZE,
+               num_shards: int | None = None) -> None:
+  """Writes one part: a *stored* table (``conform_stored``, sorted, non-empty) as the TFDS
+  ArrayRecord dataset folder ``folder`` (which must not exist; built in a sibling first)."""
+  tfds.disable_progress_bar()
+  tmp = f"{folder}.building"
+  shutil.rmtree(tmp, ignore_errors=True)
+  builder = B.SampleShardBuilder(table=stored, split=split, block_size=block_size,
+                                 data_dir=tmp, file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+  os.rename(str(builder.data_path), folder)
+  shutil.rmtree(tmp)
+
+
+def finish_split(built: str, split: str, parts: list, ts: np.ndarray, counts,
+                 history_records: dict, block_size: int, metadata: dict | None) -> None:
+  """Writes a split folder's ``samples_info.json``, ``sample_ts_ms.npy`` and checksums, once
+  its parts (``[{"dir", "num_samples"}]`` in time order) and history stores are in ``built``."""
+  info = {"schema_version": S.SCHEMA_VERSION, "split": split,
+          "num_samples": int(sum(p["num_samples"] for p in parts)), "parts": parts,
+          "block_size": block_size, "kind_counts": dict(counts),
+          "history_records": dict(history_records),
+          "sample_ts_ms_range": [int(ts[0]), int(ts[-1])], "metadata": metadata or {}}
+  with open(os.path.join(built, INFO_FILE), "w") as f:
+    json.dump(info, f, indent=1, sort_keys=True)
+  np.save(os.path.join(built, TS_FILE), ts)
+  files.write_manifest(built, skip=(HISTORY_DIR,))
 
 
 # ---------------------------------------------------------------------------- reading
