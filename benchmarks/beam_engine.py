@@ -30,7 +30,7 @@ _OUT = flags.DEFINE_string("out", None, "Scratch folder for the samples (replace
 _WORKERS = flags.DEFINE_list("workers", ["1", "2"], "Beam worker counts to run.")
 _MODE = flags.DEFINE_string("mode", "realtime", "Moment mode.")
 _EXTRA = flags.DEFINE_list("beam_flags", [], "More flags for the Beam runs (e.g. "
-                           "--beam_buckets=32).")
+                           "--config.beam.buckets=32).")
 _LOCAL = flags.DEFINE_bool("local", True, "Also run the in-process engine.")
 
 

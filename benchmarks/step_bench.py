@@ -22,7 +22,7 @@ from mcjax import config as mcconfig
 from mcjax import losses
 from mcjax.model import build_model, costs, embedding, encoders
 from mcjax.model import model as model_lib
-from mcjax.samples import schema
+from mcjax.contract import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import partition
 from mcjax.train import state as state_lib

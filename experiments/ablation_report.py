@@ -26,7 +26,7 @@ from tabulate import tabulate  # noqa: E402
 from experiments import ablation_freshness as fresh  # noqa: E402
 from mcjax import metrics, report  # noqa: E402
 from mcjax.eventlog.files import atomic_write  # noqa: E402
-from mcjax.samples import schema as S  # noqa: E402
+from mcjax.contract import schema as S  # noqa: E402
 from mcjax.samples import shards  # noqa: E402
 
 TASKS = ("ctr", "lvtr", "ltr")

@@ -3,30 +3,23 @@
     python -m launch.build_samples --events=LOG_DIR --out=SAMPLES_DIR \
         --config.moment.mode=realtime --config.moment.window_s=30
 
-writes ``SAMPLES_DIR/train/`` and ``SAMPLES_DIR/eval/`` (see ``mcjax.samples.shards``) and
-``SAMPLES_DIR/build_info.json``, then prints the sample counts per kind and the throughput.
-Every ``MomentConfig`` field is a key of the ``moment`` section, overridden with the syntax of
-every launcher (``--config.moment.features_at=sample``, ``--config.moment.max_watch_s=1800``,
-``--config.moment.first_only=False``); keys left unset take its defaults (``--help`` lists them
-with their docs). The library side (and the cache
-the trainer uses) is ``mcjax.samples.build``.
-
-``--engine=beam`` builds the same folder with the Apache Beam pipeline (``mcjax.moment.beam``),
-which never holds the whole log in one worker. Beam's own flags pass through unchanged::
+writes ``SAMPLES_DIR/{train,eval}/`` (``mcjax.samples.shards``) and ``build_info.json``, and
+prints the sample counts per kind and the throughput. Every ``MomentConfig`` field is a key of
+``--config.moment`` (the trainer config's section; ``--help`` lists them); the library side is
+``mcjax.samples.build``. ``--engine=beam`` builds the same folder with the Apache Beam pipeline
+(``mcjax.samples.beam``: no worker holds the whole log); Beam's own flags pass through::
 
     python -m launch.build_samples --engine=beam --events=LOG --out=SAMPLES \
         --direct_num_workers=2 --direct_running_mode=multi_processing   # DirectRunner
+        [--config.beam.buckets=64 --config.beam.crowd_range_ms=900000]  # how work is keyed
     python -m launch.build_samples --engine=beam --events=gs-fuse/LOG --out=/mnt/shared/S \
         --runner=FlinkRunner --flink_master=HOST:8081 --environment_type=LOOPBACK
 
-(the output folder must be on a file system every worker sees). ``--cache_dir=ROOT`` instead of
-``--out`` writes into ``ROOT/<mode>-<hash>/``, the folder ``launch.train`` takes from its sample
-cache (``--workdir``'s ``samples/``), so a run trains on samples built either way.
-
-The log is validated first (as ``launch.validate`` does; ``--novalidate`` skips it) and nothing
-is written when it is invalid, when ``--out`` overlaps ``--events``, or when ``--out`` exists
-(without ``--overwrite``, or is not a samples folder). Every refusal or failure is one line on
-stderr and exit code 1.
+(the output on a file system every worker sees). ``--cache_dir=ROOT`` instead of ``--out``
+writes ``ROOT/<mode>-<hash>/``, the folder ``launch.train`` takes from its sample cache. The log
+is validated first (``--novalidate`` skips it); nothing is written when it is invalid, when
+``--out`` overlaps ``--events`` or exists (without ``--overwrite``, or is not a samples
+folder). Every refusal or failure is one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -41,6 +34,7 @@ from ml_collections import config_flags
 
 from mcjax.moment.config import MomentConfig
 from mcjax.eventlog.validate import LogValidationError
+from mcjax.samples.beam import stages
 from mcjax.samples.build import ENGINES, build_samples_dir, cache_key, format_report
 
 _LOG = flags.DEFINE_string("events", None, "Event-log folder to read.")
@@ -49,58 +43,35 @@ _CACHE = flags.DEFINE_string("cache_dir", None, "Instead of --out: a sample cach
                              "ROOT/<mode>-<hash>, the folder launch.train reads from it.")
 _ENGINE = flags.DEFINE_enum("engine", "local", list(ENGINES), "local: the in-process engine; "
                             "beam: the Apache Beam pipeline (Beam's own flags pass through).")
-_BUCKETS = flags.DEFINE_integer("beam_buckets", None, "--engine=beam: hash buckets per key "
-                                "(default: mcjax.moment.beam.stages.Layout).")
-_SALTS = flags.DEFINE_integer("beam_salts", None, "--engine=beam: keys a live's, video's or "
-                              "author's exposures are spread over for the side-table joins.")
-_CROWD_RANGE = flags.DEFINE_float("beam_crowd_range_s", None, "--engine=beam: the time range "
-                                  "a live's crowd features are computed in (>= 300).")
-_WRITE_RANGE = flags.DEFINE_float("beam_write_range_s", None, "--engine=beam: the time range "
-                                  "of sample times written as one part.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per part "
-                                   "(default: from the size).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists (a samples "
-                                "folder only, never one overlapping --events).")
-_VALIDATE = flags.DEFINE_bool("validate", True, "Validate the log first (as launch.validate); "
-                              "--novalidate skips it.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per part.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out samples folder.")
+_VALIDATE = flags.DEFINE_bool("validate", True, "Validate the log first (as launch.validate).")
 
 
-def _moment_help() -> str:
-  """The --config flag's help: each MomentConfig field with its doc and default."""
+def _help() -> str:
+  """The --config flag's help: each MomentConfig and Layout field with its default."""
   return "The Moment engine's settings, --config.moment.<field>=value:\n" + "\n".join(
       f"  {f.name}: {f.metadata['doc']} (default: {f.default})"
-      for f in dataclasses.fields(MomentConfig))
+      for f in dataclasses.fields(MomentConfig)) + (
+      "\n--engine=beam's layout, --config.beam.<field>=value (stages.Layout): " + ", ".join(
+          f"{f.name} (default: {f.default})" for f in dataclasses.fields(stages.Layout)))
 
 
-# Only the moment section: the same keys as the trainer config's ``moment`` section.
-_CONFIG = config_flags.DEFINE_config_dict(
-    "config", ml_collections.ConfigDict({"moment": dataclasses.asdict(MomentConfig())}),
-    _moment_help())
+# The moment section: the same keys as the trainer config's; beam: how the Beam work is keyed.
+_CONFIG = config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict({
+    "moment": dataclasses.asdict(MomentConfig()),
+    "beam": dataclasses.asdict(stages.Layout())}), _help())
 
 
-def moment_config_from_flags() -> MomentConfig:
-  """MomentConfig from --config.moment.* (keys not given keep the defaults)."""
+def configs_from_flags() -> tuple[MomentConfig, "stages.Layout"]:
+  """(MomentConfig, Layout) from --config.moment.* / --config.beam.*; a bad value: usage error."""
   try:
-    return MomentConfig(**_CONFIG.value.moment.to_dict()).validate()
+    moment = MomentConfig(**_CONFIG.value.moment.to_dict()).validate()
+    layout = stages.Layout(**_CONFIG.value.beam.to_dict()).validate()
   except ValueError as e:
-    raise app.UsageError(str(e).replace("MomentConfig.", "--config.moment.")) from e
-
-
-def _layout():
-  """The Beam layout from the --beam_* flags (None: the defaults)."""
-  from mcjax.moment.beam import stages
-  given = {"buckets": _BUCKETS.value, "salts": _SALTS.value,
-           "crowd_range_ms": None if _CROWD_RANGE.value is None
-           else round(_CROWD_RANGE.value * 1000),
-           "write_range_ms": None if _WRITE_RANGE.value is None
-           else round(_WRITE_RANGE.value * 1000)}
-  given = {k: v for k, v in given.items() if v is not None}
-  if not given:
-    return None
-  try:
-    return dataclasses.replace(stages.Layout(), **given).validate()
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    raise app.UsageError(str(e).replace("MomentConfig.", "--config.moment.")
+                         .replace("Layout.", "--config.beam.")) from e
+  return moment, layout
 
 
 def main(argv) -> None:
@@ -109,13 +80,12 @@ def main(argv) -> None:
     raise app.UsageError(f"unknown flag(s) {rest} (Beam's flags need --engine=beam)")
   if not _LOG.value or bool(_OUT.value) == bool(_CACHE.value):
     raise app.UsageError("--events and one of --out, --cache_dir are required")
-  cfg = moment_config_from_flags()
+  cfg, layout = configs_from_flags()
   out = _OUT.value or os.path.join(_CACHE.value, cache_key(_LOG.value, cfg))
   try:
     info = build_samples_dir(_LOG.value, out, cfg, overwrite=_OVERWRITE.value,
                              num_shards=_NUM_SHARDS.value, validate=_VALIDATE.value,
-                             engine=_ENGINE.value, beam_args=rest,
-                             beam_layout=_layout() if _ENGINE.value == "beam" else None)
+                             engine=_ENGINE.value, beam_args=rest, beam_layout=layout)
   except LogValidationError as e:
     sys.exit(f"INVALID: {e}")
   except (ValueError, OSError, RuntimeError) as e:  # overlap, exists, unreadable log, disk, ...
@@ -124,10 +94,5 @@ def main(argv) -> None:
   print(format_report(info))
 
 
-def _parse(argv):
-  """absl flags; the ones it does not define are left for Beam (checked in main)."""
-  return flags.FLAGS(argv, known_only=True)
-
-
-if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+if __name__ == "__main__":  # flags this program does not define are left for Beam (see main)
+  app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))

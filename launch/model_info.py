@@ -25,7 +25,7 @@ def main(argv) -> None:
 
   from mcjax import config as mcconfig
   from mcjax.model import build_model, costs
-  from mcjax.samples import schema
+  from mcjax.contract import schema
 
   cfg = _CONFIG.value
   mcconfig.validate(cfg)

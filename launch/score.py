@@ -38,7 +38,7 @@ def main(argv) -> None:
   import pyarrow.parquet as pq
   from tqdm import tqdm
 
-  from mcjax.samples.schema import TASKS
+  from mcjax.contract.schema import TASKS
   from mcjax.serve import Scorer
   try:
     table = pq.read_table(_REQUESTS.value)

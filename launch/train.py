@@ -6,14 +6,13 @@
     python -m launch.train --config=mcjax/configs/full.py --workdir=runs/tvt \
         --samples=SAMPLES_DIR --config.train.mode=offline_tvt --config.train.epochs=3
 
-Without --data or --samples it trains on the simulated world of ``config.data`` (generated,
-with its samples, into the workdir when missing). Writes ``WORKDIR/metrics.json``, TensorBoard
-event files and Orbax checkpoints (``mcjax.train.rundir``); a rerun with the same workdir
-resumes from the latest checkpoint, and refuses another config or other data unless
---overwrite (which deletes that run's files, never the data). With several processes
-(``--coordinator``/``--num_processes``/``--process_id``, or the environment of a cluster
-launcher) it calls ``jax.distributed.initialize`` first. A run that cannot go on (workdir in
-use or another run's, training diverged) exits non-zero with one ``FATAL`` line.
+Without --data or --samples it trains on the simulated world of ``config.data`` (made in the
+workdir when missing). Writes ``WORKDIR/metrics.json``, TensorBoard events and Orbax
+checkpoints (``mcjax.train.rundir``); a rerun resumes from the latest checkpoint and refuses
+another config or other data unless --overwrite (deletes that run's files, never the data).
+Several processes (``--coordinator``/``--num_processes``/``--process_id``, or a cluster
+launcher's environment): ``jax.distributed.initialize`` first. A run that cannot go on (workdir
+in use or another run's, training diverged) exits non-zero with one ``FATAL`` line.
 """
 
 from __future__ import annotations
@@ -54,10 +53,10 @@ def main(argv) -> None:
   from mcjax import distributed, trainer
   from mcjax.eventlog import files
   from mcjax.train import RunError, data
+  from mcjax.train import mesh as mesh_lib
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  _refuse_bad_config(trainer.check_layout, cfg)  # needs the device count only
-
+  _refuse_bad_config(mesh_lib.check_layout, cfg)  # needs the device count only
   try:
     samples = _SAMPLES.value or data.prepare(cfg, _WORKDIR.value)
     result = trainer.train_and_evaluate(cfg, _WORKDIR.value, samples,
@@ -65,13 +64,11 @@ def main(argv) -> None:
   except (RunError, FileNotFoundError, files.OverlapError, files.CorruptFileError) as e:
     sys.exit(f"FATAL {e}")  # one line: what to change
   ctr = result["overall"].get("ctr", {})
-  logging.info("done: ctr auc=%s gauc=%s", ctr.get("auc"), ctr.get("gauc"))
   print(f"{cfg.name}: CTR AUC {ctr.get('auc')}, GAUC {ctr.get('gauc')} -> "
         f"{_WORKDIR.value}/metrics.json")
 
 
-def _refuse_bad_log(log_dir: str) -> None:
-  """The --data door: the log validator's first broken rule exits (warnings are printed)."""
+def _refuse_bad_log(log_dir: str) -> None:  # the --data door: the first broken rule exits
   from mcjax.eventlog import validate
   try:
     validate.check_log(log_dir)
@@ -80,7 +77,7 @@ def _refuse_bad_log(log_dir: str) -> None:
 
 
 def _refuse_bad_config(check, cfg) -> None:
-  try:
+  try:  # a ValueError of the check: one FATAL line
     check(cfg)
   except ValueError as e:
     sys.exit(f"FATAL invalid config: {e}")
@@ -94,13 +91,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     missing = str(e).strip("'\"")
     given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
     named = [a for a in given if missing in a.split(".")] or given
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")] or [_CONFIG.default]
     sys.exit(f"FATAL unknown config key: {', '.join(named)} ({missing!r} is not in the config "
-             f"of {_config_file(argv)})")
-
-
-def _config_file(argv: list[str]) -> str:
-  files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-  return files[-1] if files else _CONFIG.default
+             f"of {files[-1]})")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ import ml_collections
 from mcjax import configs, losses
 from mcjax.model import config as model_config
 from mcjax.moment.config import MomentConfig
-from mcjax.samples.schema import TASKS
+from mcjax.contract.schema import TASKS
 from mcjax.sim import config as sim_config
-from mcjax.train.plan import MODES
+
+# train.mode: the time plans of ``mcjax.train.plan``.
+TRAIN_MODES = ("online", "offline", "offline_tvt")
 
 
 def load_config(name: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
@@ -102,8 +104,8 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key when the config is impossible."""
   t = cfg.train
-  if t.mode not in MODES:
-    raise ValueError(f"config.train.mode must be one of {MODES}, got {t.mode!r}")
+  if t.mode not in TRAIN_MODES:
+    raise ValueError(f"config.train.mode must be one of {TRAIN_MODES}, got {t.mode!r}")
   for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps",
               "epochs"):
     _require(t, key, _is_int(t[key]) and t[key] > 0, "an int > 0")

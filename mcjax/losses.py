@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mcjax.samples.schema import SLOW, TASKS
+from mcjax.contract.schema import SLOW, TASKS
 
 # Logit given to excluded pairs in InfoNCE: finite (no NaN in an all-padding batch) and far
 # below any cosine similarity / temperature.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcjax.samples.schema import TASKS
+from mcjax.contract.schema import TASKS
 
 def _segment_starts(*keys: np.ndarray) -> np.ndarray:
   """Boolean [N]: True where any of the (sorted) keys changes, and at 0."""

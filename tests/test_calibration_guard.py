@@ -22,7 +22,7 @@ from mcjax.model import build_model
 from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
 from mcjax.samples import pipeline
-from mcjax.samples.schema import SLOW
+from mcjax.contract.schema import SLOW
 from mcjax.samples.table import TableSource
 from mcjax.sim import world
 from mcjax.train import mesh as mesh_lib

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from mcjax.eventlog import files
-from mcjax.samples import history_store as H
+from mcjax.contract import history_store as H
 from mcjax.samples import shards
 from mcjax.samples import table as sample_table
 

@@ -10,7 +10,7 @@ import pytest
 from mcjax.model import collisions
 from mcjax.model import config as model_config
 from mcjax.model import embedding as E
-from mcjax.samples import schema
+from mcjax.contract import schema
 
 EXAMPLE_LOG = os.path.join(os.path.dirname(__file__), "..", "data", "example")
 CFG = model_config.default()

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks import gsu_recall
 from mcjax.model import build_model, gsu
-from mcjax.samples import schema
+from mcjax.contract import schema
 from test_model import tiny
 from test_model_reference import reference_forward
 

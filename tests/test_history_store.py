@@ -8,8 +8,8 @@ import pytest
 from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
 from mcjax.moment.synth import random_log
-from mcjax.samples import history_store as H
-from mcjax.samples import schema as S
+from mcjax.contract import history_store as H
+from mcjax.contract import schema as S
 from mcjax.samples import shards
 from mcjax.samples import table as sample_table
 

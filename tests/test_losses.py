@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from mcjax import losses
-from mcjax.samples.schema import CLOSE, EVAL, FAST, REALTIME, SLOW, TASKS
+from mcjax.contract.schema import CLOSE, EVAL, FAST, REALTIME, SLOW, TASKS
 
 T = len(TASKS)
 CTR, LVTR, LTR = TASKS.index("ctr"), TASKS.index("lvtr"), TASKS.index("ltr")

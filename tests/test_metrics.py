@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from mcjax import metrics
-from mcjax.samples.schema import TASKS
+from mcjax.contract.schema import TASKS
 
 
 def _data(n=600, users=40, seed=0):

@@ -11,7 +11,7 @@ from mcjax.config import load_config
 from mcjax.model import build_model, costs, gsu, ranking_score
 from mcjax.model import config as model_config
 from mcjax.model.embedding import Embedding
-from mcjax.samples import schema
+from mcjax.contract import schema
 
 T = len(schema.TASKS)
 

@@ -13,7 +13,7 @@ from flax import nnx
 from mcjax.model import build_model, gsu, matches
 from mcjax.model import embedding as E
 from mcjax.model.encoders import DOMAIN_BEHAVIOUR, DOMAIN_CONTENT
-from mcjax.samples import schema
+from mcjax.contract import schema
 from test_model import tiny
 
 _USER = ("user", "user_age", "user_gender", "user_activity", "hour_of_day")

@@ -1,4 +1,4 @@
-"""The Beam engine (mcjax.moment.beam) builds the same samples folder as the in-process one.
+"""The Beam engine (mcjax.samples.beam) builds the same samples folder as the in-process one.
 
 Each test builds a log with both engines (the Beam one on the DirectRunner, in-process) and
 compares everything a reader sees: the stats, every materialised train sample and evaluation
@@ -23,7 +23,7 @@ from mcjax import convert
 from mcjax.eventlog import io as log_io
 from mcjax.eventlog.validate import LogValidationError
 from mcjax.moment import MomentConfig
-from mcjax.moment.beam import stages
+from mcjax.samples.beam import stages
 from mcjax.samples import build, pipeline, shards
 from mcjax.sim import world
 
@@ -176,7 +176,7 @@ def test_launcher_passes_beam_flags_and_fills_the_trainer_cache(tmp_path):
       capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   cache = tmp_path / "cache"
   r = run("--engine=beam", f"--cache_dir={cache}", "--runner=DirectRunner",
-          "--direct_num_workers=1", "--beam_buckets=2")
+          "--direct_num_workers=1", "--config.beam.buckets=2")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "Beam pipeline" in r.stdout
   path = build.ensure_samples(example, str(cache), MomentConfig())  # what launch.train calls

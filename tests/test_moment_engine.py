@@ -7,10 +7,11 @@ import pyarrow as pa
 import pytest
 
 from mcjax.eventlog import io
-from mcjax.moment import MomentConfig, build_samples
+from mcjax.moment import MomentConfig
+from mcjax.moment.engine import build_samples
 from mcjax.moment.engine import SampleBuilder
 from mcjax.moment.synth import EPOCH_MS, random_log, tables_from_events
-from mcjax.samples import schema as SS
+from mcjax.contract import schema as SS
 
 
 @pytest.fixture(scope="module")

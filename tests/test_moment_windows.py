@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from mcjax.moment import MomentConfig, build_samples
+from mcjax.moment import MomentConfig
+from mcjax.moment.engine import build_samples
 from mcjax.moment.synth import EPOCH_MS, random_log, tables_from_events
-from mcjax.samples import schema as SS
+from mcjax.contract import schema as SS
 
 RT, CLOSE, FAST, SLOW, EVAL = SS.REALTIME, SS.CLOSE, SS.FAST, SS.SLOW, SS.EVAL
 ONES = (1, 1, 1, 1, 1, 1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mcjax.samples import pipeline
-from mcjax.samples import schema as S
+from mcjax.contract import schema as S
 from mcjax.samples import shards
 from mcjax.samples import table as sample_table
 

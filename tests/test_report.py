@@ -4,7 +4,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from mcjax import metrics, report
-from mcjax.samples.schema import TASKS
+from mcjax.contract.schema import TASKS
 
 
 def _window(start, n, pos, auc=0.7):

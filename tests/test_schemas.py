@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 
 from mcjax.eventlog import schema as ev
-from mcjax.samples import schema as ss
+from mcjax.contract import schema as ss
 
 
 def test_event_schema_declares_the_contract_columns():

@@ -22,7 +22,8 @@ from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
 from mcjax.moment.events import LogTables
 from mcjax.moment.synth import random_log
-from mcjax.samples import pipeline, schema
+from mcjax.contract import schema
+from mcjax.samples import pipeline
 from mcjax.serve import EventBuffer, RequestBuilder, Scorer, export
 from mcjax.train.step import host_batch
 

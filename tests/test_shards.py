@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from mcjax.samples import schema as S
+from mcjax.contract import schema as S
 from mcjax.samples import shards
 from mcjax.samples import table as sample_table
 from mcjax.samples import tfds_builder

@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from mcjax import losses
 from mcjax.model import build_model
-from mcjax.samples import schema
+from mcjax.contract import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import state as state_lib
 from mcjax.train import step as step_lib

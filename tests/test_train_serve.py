@@ -18,7 +18,8 @@ from mcjax import losses
 from mcjax.model import build_model, embedding
 from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
-from mcjax.samples import pipeline, schema
+from mcjax.contract import schema
+from mcjax.samples import pipeline
 from mcjax.sim import world
 from mcjax.train.step import host_batch
 from test_model import tiny

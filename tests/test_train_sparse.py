@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mcjax.samples import schema
+from mcjax.contract import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import sparse
 from mcjax.train import state as state_lib

@@ -9,7 +9,7 @@ import pytest
 import toy_model
 from jax.sharding import PartitionSpec as P
 
-from mcjax.samples import schema
+from mcjax.contract import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import partition
 from mcjax.train import sparse

@@ -12,6 +12,7 @@ import trainer_fixtures as fx
 from mcjax import config as mcconfig
 from mcjax import trainer
 from mcjax.sim import config as sim_config
+from mcjax.train import mesh as mesh_lib
 
 
 def _launch(tmp_path, *flags):
@@ -40,16 +41,16 @@ def test_launcher_refuses_bad_configs(tmp_path, flags, message):
 def test_batch_must_split_over_the_data_axis():
   cfg = fx.tiny_config()
   cfg.mesh.shape = (8, 1)
-  assert trainer.check_layout(cfg) == (8, 1)
+  assert mesh_lib.check_layout(cfg) == (8, 1)
   cfg.train.batch_size = 60
   with pytest.raises(ValueError, match=r"config\.train\.batch_size=60"):
-    trainer.check_layout(cfg)
+    mesh_lib.check_layout(cfg)
   cfg.train.batch_size, cfg.train.eval_batch_size = 64, 100
   with pytest.raises(ValueError, match=r"config\.train\.eval_batch_size=100"):
-    trainer.check_layout(cfg)
+    mesh_lib.check_layout(cfg)
   cfg.train.eval_batch_size, cfg.mesh.shape = 256, (3, -1)
   with pytest.raises(ValueError, match=r"config\.mesh\.shape"):
-    trainer.check_layout(cfg)
+    mesh_lib.check_layout(cfg)
 
 
 @pytest.mark.parametrize("key, value, message", [

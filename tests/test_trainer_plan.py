@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import trainer_fixtures as fx
 
-from mcjax import trainer
 from mcjax.eventlog import files
-from mcjax.train import RunError
+from mcjax.train import RunError, evaluate
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
@@ -135,7 +134,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 
 class _FakeData:
-  """Two batches of four evaluation records, as ``trainer.Scorer`` reads them."""
+  """Two batches of four evaluation records, as ``evaluate.EvalScorer`` reads them."""
   cfg = fx.tiny_config()
   cfg.train.eval_batch_size = 4
 
@@ -158,7 +157,7 @@ def test_nonfinite_predictions_are_refused():
     probs[batch["row"] == 5] = np.nan
     return probs, {}
 
-  scorer = trainer.Scorer(eval_step, _FakeData(), mesh)
+  scorer = evaluate.EvalScorer(eval_step, _FakeData(), mesh)
   assert scorer(state, 0, 4)["probs"].shape == (4, 6)
   with pytest.raises(RunError, match=r"step 7: 1 of 7 predictions of evaluation records "
                                      r"\[0, 7\) are not finite"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trainer_fixtures as fx
 
-from mcjax.samples.schema import TASKS
+from mcjax.contract.schema import TASKS
 
 METRIC_KEYS = {"auc", "uauc", "gauc", "logloss", "n"}
 SLICES = {"highlight", "non_highlight", "live_sparse", "other"}

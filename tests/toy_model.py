@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from mcjax.model.embedding import Embedding
-from mcjax.samples import schema
+from mcjax.contract import schema
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from mcjax.samples import schema as S
+from mcjax.contract import schema as S
 from mcjax.samples import shards
 from mcjax.train import plan as plan_lib
 

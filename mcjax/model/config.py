@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mcjax.samples import schema
+from mcjax.contract import schema
 
 GSU_MODES = ("soft", "hard_author", "hard_category")
 GSU_APPROX = ("off", "f32", "bf16", "simhash")  # pre-scores of the two-stage search (gsu.py)

@@ -7,7 +7,7 @@ from typing import Sequence
 from flax import nnx
 
 from mcjax.model import features, layers
-from mcjax.samples import schema
+from mcjax.contract import schema
 
 
 class CrowdEncoder(nnx.Module):

@@ -45,7 +45,7 @@ from flax import nnx
 
 from mcjax.model import config as model_config
 from mcjax.model import crowd, embedding, encoders, esu, gsu, layers, matches, towers
-from mcjax.samples import schema
+from mcjax.contract import schema
 
 _USER = ("user", "user_age", "user_gender", "user_activity", "hour_of_day")
 _HARD_MATCH = {"hard_author": ("author", "author_id"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mcjax.samples import schema
+from mcjax.contract import schema
 
 
 def task_weights(cfg):

@@ -1,20 +1,11 @@
 """Moment: the streaming sample engine (event-time windows, first-only masks, crowd features,
-history snapshots). ``build_samples(log, MomentConfig(...))`` is the entry point.
+history snapshots). ``mcjax.moment.engine.build_samples(log, MomentConfig(...))`` is the entry
+point; the Beam pipeline (``mcjax.samples.beam``) runs the same engine functions per key.
 
-The engine (numpy + pyarrow) is imported on first use, so ``mcjax.moment.config`` (needed by
-every config) loads on a machine that only trains, e.g. a GPU box without pyarrow.
+This package's ``__init__`` imports only the config, so every run config (``mcjax.config``)
+loads on a machine without the data stack (pyarrow), e.g. a GPU box that only trains.
 """
 
 from mcjax.moment.config import MomentConfig
 
-__all__ = ["MomentConfig", "build_samples"]
-
-
-def __getattr__(name):
-  if name == "build_samples":
-    from mcjax.moment.engine import build_samples
-    return build_samples
-  if name == "engine":
-    import importlib
-    return importlib.import_module("mcjax.moment.engine")
-  raise AttributeError(f"module 'mcjax.moment' has no attribute {name!r}")
+__all__ = ["MomentConfig"]

@@ -13,7 +13,7 @@ Gift values are summed exactly: each value becomes a 2^-32 fixed-point integer p
 once (``from_fixed``). Integer sums do not depend on where they start, so the same window gives
 the same float whether the index holds the whole log or one time range of one live.
 
-Time-range splits (the Beam engine, ``mcjax.moment.beam``): an index may hold only the events
+Time-range splits (the Beam engine, ``mcjax.samples.beam``): an index may hold only the events
 of a time range [b, e) of some lives, plus, per live, a ``Carry``: the live's counts before b
 that the ``all`` window and ``viewers_now`` need (``carry_totals`` computes the per-range
 totals they are summed from). The 30 s and 5 min windows of a query q >= b + 5 min lie in the
@@ -29,7 +29,7 @@ import numpy as np
 from mcjax.eventlog import schema as S
 from mcjax.moment.events import NEVER
 from mcjax.moment.timeindex import SegmentedTimes, by_segment
-from mcjax.samples import schema as SS
+from mcjax.contract import schema as SS
 
 WINDOW_MS = {"30s": 30_000, "5m": 300_000}  # "all" starts at the live's start
 MAX_WINDOW_MS = max(WINDOW_MS.values())

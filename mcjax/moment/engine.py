@@ -40,7 +40,7 @@ from mcjax.moment.crowd import CrowdIndex
 from mcjax.moment.events import NEVER, Log, gather, load_log
 from mcjax.moment.history import (LiveHistory, ShortVideoHistory, live_action_ts,
                                   short_video_plays)
-from mcjax.samples import schema as SS
+from mcjax.contract import schema as SS
 
 HOUR_MS = 3_600_000
 _EC = S.EVENT_CODE
@@ -309,7 +309,7 @@ def build_samples(log_dir_or_tables, cfg: MomentConfig) -> dict:
 
   Returns:
     {"train": sample table, "eval": sample table, "stats": dict}; sample tables are columnar
-    (see ``mcjax.samples.schema``), sorted by (sample_ts_ms, exposure_id, kind). stats holds
+    (see ``mcjax.contract.schema``), sorted by (sample_ts_ms, exposure_id, kind). stats holds
     the counts per kind and of dropped or ignored events, and ``build_seconds``.
   """
   start = time.perf_counter()

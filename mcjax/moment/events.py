@@ -166,13 +166,18 @@ class Exposures:
 
 
 @dataclasses.dataclass(frozen=True)
-class Log:
-  """An event log organised for the engine: events sorted by (ts_ms, exposure_id)."""
+class Events:
+  """Events of whole exposures, sorted by (ts_ms, exposure_id), and those exposures."""
   ts: np.ndarray       # int64
   xi: np.ndarray       # int64 row of the event's exposure in ``exposures``
   code: np.ndarray     # int8 EVENT_CODE
   value: np.ndarray    # float64
   exposures: Exposures
+
+
+@dataclasses.dataclass(frozen=True)
+class Log(Events):
+  """An event log organised for the engine: all its events, with the side tables."""
   users: Lookup
   authors: Lookup
   lives: Lookup
@@ -204,14 +209,9 @@ def event_columns(events: pa.Table) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Organized:
-  """The kept events of some whole exposures, sorted by (ts_ms, exposure_id, log row)."""
-  ts: np.ndarray      # int64
-  xi: np.ndarray      # int64 row of the event's exposure in ``exposures``
-  code: np.ndarray    # int8 EVENT_CODE
-  value: np.ndarray   # float64
+class Organized(Events):
+  """The kept events of some whole exposures (ties in time broken by log row)."""
   row: np.ndarray     # int64 index into the ``organize`` input of each kept event
-  exposures: Exposures
   first_row: np.ndarray  # (n,) index into the ``organize`` input of each exposure's event
   stats: dict
 

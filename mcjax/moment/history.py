@@ -25,8 +25,8 @@ import numpy as np
 from mcjax.eventlog import schema as S
 from mcjax.moment.events import gather
 from mcjax.moment.timeindex import SegmentedTimes, by_segment
-from mcjax.samples import schema as SS
-from mcjax.samples.history_store import HistoryStore
+from mcjax.contract import schema as SS
+from mcjax.contract.history_store import HistoryStore
 
 
 class _History:

@@ -47,7 +47,7 @@ import numpy as np
 from mcjax.eventlog import schema as S
 from mcjax.moment.config import MomentConfig
 from mcjax.moment.events import NEVER, first_rows, gather
-from mcjax.samples import schema as SS
+from mcjax.contract import schema as SS
 
 _INTERACTIONS = {"ltr": S.LIKE, "cmtr": S.COMMENT, "gtr": S.GIFT, "wtr": S.FOLLOW}
 _TASK = {t: i for i, t in enumerate(SS.TASKS)}

@@ -17,6 +17,7 @@ naming the output folder, which is left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,8 +31,9 @@ from tqdm import tqdm
 
 from mcjax.eventlog import files
 from mcjax.eventlog import io as log_io
+from mcjax.contract import schema as S
 from mcjax.eventlog import validate as V
-from mcjax.samples import schema as S
+from mcjax.moment import engine as engine_lib
 from mcjax.samples import shards
 
 SPLITS = ("train", "eval")
@@ -65,9 +67,9 @@ def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool
   breaks its contract (``LogValidationError``; warnings go to stderr and build_info.json).
 
   ``engine``: "local" (``moment.engine``, the whole log in this process) or "beam"
-  (``moment.beam``: the same samples from a Beam pipeline; ``beam_args`` are Beam's own flags,
+  (``samples.beam``: the same samples from a Beam pipeline; ``beam_args`` are Beam's own flags,
   e.g. ["--runner=DirectRunner", "--direct_num_workers=2"]; ``beam_layout`` a
-  ``moment.beam.stages.Layout``). Both validate at the same door and write the same folder.
+  ``samples.beam.stages.Layout``). Both validate at the same door and write the same folder.
   """
   if engine not in ENGINES:
     raise ValueError(f"engine={engine!r}: expected one of {ENGINES}")
@@ -75,29 +77,16 @@ def build_samples_dir(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool
     return _build_beam(log_dir, out_dir, moment_cfg, overwrite=overwrite,
                        num_shards=num_shards, validate=validate, beam_args=beam_args,
                        layout=beam_layout)
-  from mcjax import moment  # the engine, imported only when samples are built
   out_dir = _check_out(log_dir, out_dir, moment_cfg, overwrite)
   start = time.perf_counter()
   log, warnings = _read_log(log_dir, validate)
   validate_s = time.perf_counter() - start
-  builder = moment.engine.SampleBuilder(log, moment_cfg)
+  builder = engine_lib.SampleBuilder(log, moment_cfg)
   prep_s = time.perf_counter() - start - validate_s
-  try:
-    with files.staging(out_dir) as tmp:
-      info = _write(builder, tmp, log_dir, moment_cfg, num_shards, prep_s + validate_s)
-      info.update(engine_prepare_s=prep_s, validate_s=validate_s, log_warnings=warnings)
-      with open(os.path.join(tmp, BUILD_INFO), "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
-      files.replace_dir(tmp, out_dir, overwrite)
-  except FileExistsError:
-    raise
-  except OSError as e:
-    raise OSError(f"cannot write samples to {out_dir}: {e.strerror or e}"
-                  + (f" ({e.filename})" if e.filename else "")) from e
-  except RuntimeError as e:  # the ArrayRecord writer reports a failed write() this way
-    if not any(w in str(e) for w in _WRITE_FAILURES):
-      raise
-    raise OSError(f"cannot write samples to {out_dir}: {' '.join(str(e).split())}") from e
+  with _writing(out_dir), files.staging(out_dir) as tmp:
+    info = _write(builder, tmp, log_dir, moment_cfg, num_shards, prep_s + validate_s)
+    info.update(engine_prepare_s=prep_s, validate_s=validate_s, log_warnings=warnings)
+    _publish(tmp, out_dir, info, overwrite)
   return info
 
 
@@ -121,7 +110,7 @@ def _build_beam(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool, num_
   log is validated here first (this process reads it once, as ``launch.validate`` does);
   without, the pipeline checks each table's columns, types and nulls as it reads them. The
   pipeline writes into the staging folder; a failed run leaves ``out_dir`` as it was."""
-  from mcjax.moment.beam import pipeline  # Beam, imported only when asked for
+  from mcjax.samples.beam import pipeline  # Beam, imported only when asked for
   out_dir = _check_out(log_dir, out_dir, moment_cfg, overwrite)
   pipeline.pipeline_options(beam_args)  # refuse unknown flags before any work
   start = time.perf_counter()
@@ -131,27 +120,43 @@ def _build_beam(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool, num_
     del tables
   validate_s = time.perf_counter() - start
   meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
+  with _writing(out_dir), files.staging(out_dir) as tmp:
+    got = pipeline.run(log_dir, tmp, moment_cfg, pipeline_args=beam_args, layout=layout,
+                       num_shards=num_shards, check_types=not validate, metadata=meta)
+    total_s = time.perf_counter() - start
+    info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
+            "counts": got["counts"], "stats": got["stats"], "engine": "beam",
+            "beam_args": list(beam_args or []),
+            "beam_layout": dataclasses.asdict(layout) if layout else None,
+            "beam_largest_key": got["largest_key"],
+            "engine_prepare_s": got["pipeline_s"], "validate_s": validate_s,
+            "build_and_write_s": total_s, "log_warnings": warnings}
+    _publish(tmp, out_dir, info, overwrite)
+  return info
+
+
+@contextlib.contextmanager
+def _writing(out_dir: str):
+  """Failed writes (disk full, permissions, the ArrayRecord writer's errors) as one OSError
+  naming ``out_dir``; an existing ``out_dir`` stays a FileExistsError."""
   try:
-    with files.staging(out_dir) as tmp:
-      got = pipeline.run(log_dir, tmp, moment_cfg, pipeline_args=beam_args, layout=layout,
-                         num_shards=num_shards, check_types=not validate, metadata=meta)
-      total_s = time.perf_counter() - start
-      info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
-              "counts": got["counts"], "stats": got["stats"], "engine": "beam",
-              "beam_args": list(beam_args or []),
-              "beam_layout": dataclasses.asdict(layout) if layout else None,
-              "beam_largest_key": got["largest_key"],
-              "engine_prepare_s": got["pipeline_s"], "validate_s": validate_s,
-              "build_and_write_s": total_s, "log_warnings": warnings}
-      with open(os.path.join(tmp, BUILD_INFO), "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
-      files.replace_dir(tmp, out_dir, overwrite)
+    yield
   except FileExistsError:
     raise
   except OSError as e:
     raise OSError(f"cannot write samples to {out_dir}: {e.strerror or e}"
                   + (f" ({e.filename})" if e.filename else "")) from e
-  return info
+  except RuntimeError as e:  # the ArrayRecord writer reports a failed write() this way
+    if not any(w in str(e) for w in _WRITE_FAILURES):
+      raise
+    raise OSError(f"cannot write samples to {out_dir}: {' '.join(str(e).split())}") from e
+
+
+def _publish(tmp: str, out_dir: str, info: dict, overwrite: bool) -> None:
+  """Writes build_info.json into the staged folder and moves it to ``out_dir``."""
+  with open(os.path.join(tmp, BUILD_INFO), "w") as f:
+    json.dump(info, f, indent=1, sort_keys=True, default=_jsonable)
+  files.replace_dir(tmp, out_dir, overwrite)
 
 
 def _read_log(log_dir: str, validate: bool):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import grain
 
-from mcjax.samples import schema as S
+from mcjax.contract import schema as S
 
 EXTRA_FIELDS = ("sv_len", "lv_len", "weight")
 

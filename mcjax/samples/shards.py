@@ -32,8 +32,8 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
 from mcjax.eventlog import files
-from mcjax.samples import history_store as H
-from mcjax.samples import schema as S
+from mcjax.contract import history_store as H
+from mcjax.contract import schema as S
 from mcjax.samples import tfds_builder as B
 from mcjax.samples.table import (conform_stored, conform_table, kind_counts, num_rows,
                                  one_sample)

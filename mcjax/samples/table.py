@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcjax.samples import schema as S
+from mcjax.contract import schema as S
 
 
 def num_rows(table: dict) -> int:

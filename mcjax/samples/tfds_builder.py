@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mcjax.samples import schema as S
+from mcjax.contract import schema as S
 
 NAME = "mcjax_samples"
 

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from mcjax.samples.schema import TASKS
+from mcjax.contract.schema import TASKS
 
 LOADER = "load_exported.py"
 WEIGHTS = "weights.npz"

@@ -27,7 +27,7 @@ from mcjax.moment.config import MomentConfig
 from mcjax.moment.engine import Context
 from mcjax.moment.events import LogTables, load_log, read_tables
 from mcjax.samples import pipeline
-from mcjax.samples import schema as SS
+from mcjax.contract import schema as SS
 from mcjax.train.step import host_batch
 
 _SIDE_KEYS = {"users": "user_id", "authors": "author_id", "lives": "live_id",

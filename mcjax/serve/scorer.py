@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from mcjax.model import build_model, ranking
-from mcjax.samples.schema import MODEL_INPUTS, TASKS
+from mcjax.contract.schema import MODEL_INPUTS, TASKS
 from mcjax.train import checkpoint, mesh as mesh_lib, partition, state as state_lib
 from mcjax.train import step as step_lib
 

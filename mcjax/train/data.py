@@ -25,7 +25,7 @@ import numpy as np
 from mcjax import config as mcconfig
 from mcjax import distributed
 from mcjax.samples import pipeline, shards
-from mcjax.samples.schema import TASKS
+from mcjax.contract.schema import TASKS
 from mcjax.train import step as step_lib
 from mcjax.train.plan import Plan
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -53,3 +54,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def check_layout(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+  """The resolved mesh shape; refuses layouts the batch cannot be split over."""
+  try:
+    shape = resolve_shape(tuple(cfg.mesh.shape), jax.device_count())
+  except ValueError as e:
+    raise ValueError(f"config.mesh.shape: {e}") from None
+  for key in ("batch_size", "eval_batch_size"):
+    b = cfg.train[key]
+    if b % shape[0]:
+      raise ValueError(f"config.train.{key}={b} is not divisible by the data axis "
+                       f"({shape[0]} of mesh {shape})")
+    if b % jax.process_count():
+      raise ValueError(f"config.train.{key}={b} is not divisible by the "
+                       f"{jax.process_count()} processes")
+  return shape

@@ -26,8 +26,6 @@ import numpy as np
 
 from mcjax.train import RunError
 
-MODES = ("online", "offline", "offline_tvt")
-
 
 @dataclasses.dataclass(frozen=True)
 class Window:

@@ -28,7 +28,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from mcjax.model import embedding
-from mcjax.samples import schema
+from mcjax.contract import schema
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import sparse
 from mcjax.train.state import ModelDef, OptimConfig, TrainState

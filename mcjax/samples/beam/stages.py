@@ -25,9 +25,9 @@ import pyarrow as pa
 
 from mcjax.eventlog import schema as S
 from mcjax.moment import crowd, engine, events, history, windows
-from mcjax.moment.beam import cols as C
+from mcjax.samples.beam import cols as C
 from mcjax.moment.config import MomentConfig
-from mcjax.samples import schema as SS
+from mcjax.contract import schema as SS
 
 _EC = S.EVENT_CODE
 _LIVE = S.DOMAIN_CODE[S.LIVE]

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from mcjax.eventlog import files
-from mcjax.samples import schema as S
+from mcjax.contract import schema as S
 
 NEVER = np.iinfo(np.int64).max
 ALWAYS = np.iinfo(np.int64).min

@@ -43,11 +43,11 @@ from mcjax.eventlog import io as log_io
 from mcjax.eventlog import schema as ES
 from mcjax.eventlog import validate as V
 from mcjax.moment import events
-from mcjax.moment.beam import cols as C
-from mcjax.moment.beam import stages
+from mcjax.samples.beam import cols as C
+from mcjax.samples.beam import stages
 from mcjax.moment.config import MomentConfig
-from mcjax.samples import history_store as H
-from mcjax.samples import schema as SS
+from mcjax.contract import history_store as H
+from mcjax.contract import schema as SS
 from mcjax.samples import shards
 from mcjax.samples.table import conform_stored, kind_counts
 
