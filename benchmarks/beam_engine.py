@@ -92,7 +92,7 @@ def _watch(proc, cmd, log, start) -> dict:
 def main(argv) -> None:
   del argv
   base = [sys.executable, "-m", "launch.build_samples", f"--events={_LOG.value}",
-          f"--mode={_MODE.value}", "--novalidate", "--overwrite"]
+          f"--config.moment.mode={_MODE.value}", "--novalidate", "--overwrite"]
   runs = [("local", [])] if _LOCAL.value else []
   runs += [(f"beam, {n} worker(s)", ["--engine=beam", "--direct_running_mode=multi_processing",
                                      f"--direct_num_workers={n}", *_EXTRA.value])

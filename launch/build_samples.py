@@ -10,7 +10,7 @@ prints the sample counts per kind and the throughput. Every ``MomentConfig`` fie
 (``mcjax.samples.beam``: no worker holds the whole log); Beam's own flags pass through::
 
     python -m launch.build_samples --engine=beam --events=LOG --out=SAMPLES \
-        --direct_num_workers=2 --direct_running_mode=multi_processing   # DirectRunner
+        --direct_num_workers=2 --direct_running_mode=multi_processing   # local runner
         [--config.beam.buckets=64 --config.beam.crowd_range_ms=900000]  # how work is keyed
     python -m launch.build_samples --engine=beam --events=gs-fuse/LOG --out=/mnt/shared/S \
         --runner=FlinkRunner --flink_master=HOST:8081 --environment_type=LOOPBACK

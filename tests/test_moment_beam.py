@@ -189,3 +189,13 @@ def test_launcher_passes_beam_flags_and_fills_the_trainer_cache(tmp_path):
   r = run(f"--out={tmp_path / 'y'}", "--runner=DirectRunner")
   assert r.returncode == 1 and "Beam's flags need --engine=beam" in r.stderr
   assert sorted(os.listdir(tmp_path)) == ["cache"]
+
+
+def test_no_runner_named_runs_locally_without_downloading_prism():
+  """Beam's DirectRunner first tries the Prism runner, which it downloads: with no --runner the
+  pipeline runs on Beam's local FnApiRunner (the same --direct_* flags); a named runner stays."""
+  from mcjax.samples.beam.pipeline import pipeline_options
+  opts = pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+  assert opts.get_all_options()["runner"] == "FnApiRunner"
+  assert opts.get_all_options()["direct_num_workers"] == 2
+  assert pipeline_options(["--runner=FlinkRunner"]).get_all_options()["runner"] == "FlinkRunner"

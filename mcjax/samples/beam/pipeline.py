@@ -25,7 +25,6 @@ memory-mapped files).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from absl import logging
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from mcjax.eventlog import io as log_io
@@ -282,6 +281,14 @@ class WriteParts(beam.DoFn):
              "kinds": kind_counts(chunk)}
 
 
+def _load_json(path: str, missing):
+  """The JSON file's content; ``missing`` when the pipeline wrote none (no element)."""
+  if not os.path.exists(path):
+    return missing
+  with open(path) as f:
+    return json.load(f)
+
+
 def _save_json(obj, path: str):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
@@ -362,14 +369,20 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
            | "join" >> beam.ParDo(Join(layout), pieces)
            | "group write ranges" >> beam.GroupByKey()
            | "write" >> beam.ParDo(WriteParts(scratch, layout, block_size, num_shards)))
-  (parts | "all parts" >> beam.combiners.ToList()
-   | "save parts" >> beam.Map(_save_json, os.path.join(scratch, "parts.json")))
-  (hist.pieces | "all pieces" >> beam.combiners.ToList()
-   | "save pieces" >> beam.Map(_save_json, os.path.join(scratch, "pieces.json")))
+  # One key, grouped: exactly one writer of each file (a global combine may also emit its
+  # empty default from another worker, which would overwrite the list).
+  (parts | "key parts" >> beam.Map(lambda x: (0, x)) | "all parts" >> beam.GroupByKey()
+   | "save parts" >> beam.MapTuple(lambda _, xs: _save_json(
+       sorted(xs, key=lambda x: (x["split"], x["name"])), os.path.join(scratch, "parts.json"))))
+  (hist.pieces | "key pieces" >> beam.Map(lambda x: (0, x)) | "all pieces" >> beam.GroupByKey()
+   | "save pieces" >> beam.MapTuple(lambda _, xs: _save_json(
+       sorted(xs), os.path.join(scratch, "pieces.json"))))
   ((e.stats, lives.stats, crowd.stats, videos.stats, authors.stats, hist.stats)
    | "stats" >> beam.Flatten()
-   | "sum stats" >> beam.CombineGlobally(SumStats())
-   | "save stats" >> beam.Map(_save_json, os.path.join(scratch, "stats.json")))
+   | "key stats" >> beam.Map(lambda x: (0, x))
+   | "sum stats" >> beam.CombinePerKey(SumStats())
+   | "save stats" >> beam.MapTuple(lambda _, x: _save_json(x, os.path.join(scratch,
+                                                                            "stats.json"))))
 
 
 # ---------------------------------------------------------------------------- finishing
@@ -388,10 +401,9 @@ def finish(scratch: str, out_dir: str, metadata: dict, block_size: int) -> tuple
   """Assembles ``out_dir/<split>/`` from the scratch folder (parts renamed in time order,
   sample times and history pieces concatenated); returns the kind counts per split and the
   most samples of one (split, write range)."""
-  with open(os.path.join(scratch, "parts.json")) as f:
-    parts = json.load(f)
-  with open(os.path.join(scratch, "pieces.json")) as f:
-    buckets = sorted(b for b, _ in json.load(f))
+  parts, pieces = (_load_json(os.path.join(scratch, n), []) for n in ("parts.json",
+                                                                     "pieces.json"))
+  buckets = sorted(b for b, _ in pieces)
   counts = {}
   for split in SPLITS:
     mine = sorted((p for p in parts if p["split"] == split), key=lambda p: p["name"])
@@ -424,13 +436,17 @@ def finish(scratch: str, out_dir: str, metadata: dict, block_size: int) -> tuple
 
 
 def pipeline_options(args) -> PipelineOptions:
-  """Beam's own flags (``--runner``, ``--direct_num_workers``, ...); the DirectRunner when no
-  runner is named. Refuses flags Beam does not know, naming them."""
+  """Beam's own flags (``--runner``, ``--direct_num_workers``, ...). No runner named: Beam's
+  local ``FnApiRunner`` (what the DirectRunner itself runs this pipeline on, with the same
+  ``--direct_*`` flags), because the DirectRunner first tries the Prism runner, which it
+  downloads. Refuses flags Beam does not know, naming them."""
   options = PipelineOptions(list(args or []))
   known = options.get_all_options()
   unknown = [a for a in options.get_all_options(retain_unknown_options=True) if a not in known]
   if unknown:
     raise ValueError(f"unknown pipeline flag(s) {sorted(unknown)}")
+  if options.view_as(StandardOptions).runner is None:
+    options.view_as(StandardOptions).runner = "FnApiRunner"
   return options
 
 
@@ -459,8 +475,7 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
   if state not in (PipelineState.DONE, None):
     raise RuntimeError(f"the Beam pipeline ended in state {state}")
   pipeline_s = time.perf_counter() - start
-  with open(os.path.join(scratch, "stats.json")) as f:
-    raw = json.load(f)
+  raw = _load_json(os.path.join(scratch, "stats.json"), {})
   stats = _engine_stats(raw)
   largest = {k[len("max/"):]: v for k, v in sorted(raw.items()) if k.startswith("max/")}
   if stats["late_clicks"]:
