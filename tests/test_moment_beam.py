@@ -199,3 +199,21 @@ def test_no_runner_named_runs_locally_without_downloading_prism():
   assert opts.get_all_options()["runner"] == "FnApiRunner"
   assert opts.get_all_options()["direct_num_workers"] == 2
   assert pipeline_options(["--runner=FlinkRunner"]).get_all_options()["runner"] == "FlinkRunner"
+
+
+def test_events_lost_by_the_runner_fail_the_build(small_world, tmp_path, monkeypatch):
+  """Every event row must reach the engine: a runner that drops an element fails the build
+  with one line, and nothing is written."""
+  real = stages.route_events
+
+  def lossy(cols, layout):
+    out = list(real(cols, layout))
+    drop = next(i for i, (tag, _, _) in enumerate(out) if tag == "events")
+    return out[:drop] + out[drop + 1:]
+
+  monkeypatch.setattr(stages, "route_events", lossy)
+  out = tmp_path / "beam"
+  with pytest.raises(RuntimeError, match=r"lost events: [\d,]+ of the [\d,]+ rows"):
+    build.build_samples_dir(small_world, str(out), MomentConfig(), engine="beam",
+                            beam_layout=LAYOUT)
+  assert not out.exists()

@@ -477,6 +477,11 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
   pipeline_s = time.perf_counter() - start
   raw = _load_json(os.path.join(scratch, "stats.json"), {})
   stats = _engine_stats(raw)
+  rows = sum(pq.ParquetFile(f).metadata.num_rows
+             for f in log_io.table_files(log_io.table_path(log_dir, ES.EVENTS_FILE)))
+  if stats["events"] != rows:  # a runner that drops elements must not pass for a build
+    raise RuntimeError(f"the Beam pipeline lost events: {stats['events']:,} of the {rows:,} "
+                       f"rows of {ES.EVENTS_FILE} reached the engine; nothing was written")
   largest = {k[len("max/"):]: v for k, v in sorted(raw.items()) if k.startswith("max/")}
   if stats["late_clicks"]:
     logging.warning("%d click(s) came after no_click_close_s=%s and were ignored; raise "
@@ -484,6 +489,12 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
                     cfg.no_click_close_s)
   counts, largest["write range: samples"] = finish(scratch, out_dir, metadata or {},
                                                    block_size)
+  written = {split: sum(kinds.values()) for split, kinds in counts.items()}
+  if (written["train"], written["eval"]) != (stats["train_samples"], stats["eval_records"]):
+    raise RuntimeError(f"the Beam pipeline lost samples: the engine made "
+                       f"{stats['train_samples']:,} train samples and {stats['eval_records']:,} "
+                       f"evaluation records, {written['train']:,} and {written['eval']:,} were "
+                       f"written; nothing was kept")
   shutil.rmtree(scratch)
   return {"counts": counts, "stats": stats, "largest_key": largest, "pipeline_s": pipeline_s,
           "finish_s": time.perf_counter() - start - pipeline_s}
