@@ -22,9 +22,11 @@ Timing follows big_vision/MaxText (``benchmarks/harness.py``): compile and warm-
 not counted, results are blocked on, rates are global examples / wall time / chips. Reported:
 examples/s/chip, ms/step (median, min, max over repeats), model FLOPs per example (XLA cost
 analysis of forward + backward, ``mcjax.model.costs``), achieved FLOP/s, MFU against the
-chip's peak (CPU: ``--peak_tflops`` or a matmul probe measured now; GPU/TPU: the published
-dense peak of the precision the float32 step's matmuls run in, TF32 on NVIDIA and one bf16
-pass on TPU: ``step_bench.STEP_PRECISION``), the compiled step's FLOPs and bytes accessed, and the embedding traffic per step
+chip's peak in the precision the step's matmuls run in (``step_bench.step_precision``; CPU:
+``--peak_tflops`` or a matmul probe of that dtype measured now; GPU/TPU: the published dense
+peak, for a float32 step TF32 on NVIDIA and one bf16 pass on TPU, for
+``model.compute_dtype=bfloat16`` bf16), the compiled step's FLOPs and bytes accessed, and the
+embedding traffic per step
 ((rows gathered + rows updated) x dim x 4 bytes).
 """
 
