@@ -1,4 +1,5 @@
-"""``model.compute_dtype``: bfloat16 activations and matmuls over float32 parameters.
+"""``model.compute_dtype``: bfloat16 activations and matmuls over float32 parameters; and
+``model.embedding.table_dtype``: bfloat16 table storage with float32 gradients and updates.
 
 With "bfloat16" the parameters, their gradients, the outputs (logits) and the train state
 stay float32, the forward is close to the float32 one (same parameters: the hash initialiser
@@ -7,6 +8,7 @@ step learns. A bad value is refused naming the key. (That "float32" is the model
 option, bit for bit, is what tests/test_model.py and tests/test_model_reference.py check.)
 """
 
+import dataclasses
 import functools
 import re
 
@@ -88,11 +90,13 @@ def test_bfloat16_forward_is_close_in_float32_outputs_with_bf16_matmuls(case):
     assert len(fwd16) - len(bf16_fwd) <= 1, fwd16
 
 
-def test_bfloat16_train_step_keeps_float32_state_and_learns():
+@pytest.mark.parametrize("table_dtype", ["float32", "bfloat16"])
+def test_bfloat16_train_step_keeps_float32_state_and_learns(table_dtype):
   mesh = mesh_lib.make_mesh((1, 1), devices=jax.devices()[:1])
   optim = state_lib.OptimConfig()
+  cfg = tiny(compute_dtype="bfloat16", **{"embedding.table_dtype": table_dtype})
   model_def, state, shardings = state_lib.create_train_state(
-      functools.partial(build_model, tiny(compute_dtype="bfloat16")), mesh, optim)
+      functools.partial(build_model, cfg), mesh, optim)
   loss_fn = functools.partial(losses.compute_loss, cfg=losses.loss_config())
   step = step_lib.make_train_step(model_def, optim, loss_fn, shardings, mesh)
   batch = schema.dummy_batch(32, 6, 5, seed=1)
@@ -102,13 +106,53 @@ def test_bfloat16_train_step_keeps_float32_state_and_learns():
     loss.append(float(metrics["learning/loss"]))
   assert all(np.isfinite(loss)), loss
   assert loss[-1] < loss[0] - 0.05, loss
-  for part in (state.params, state.tables, state.opt_state, state.row_state):
+  for part in (state.params, state.opt_state, state.row_state):
     floats = {x.dtype for x in jax.tree.leaves(part) if jnp.issubdtype(x.dtype, jnp.floating)}
     assert floats == {jnp.dtype(jnp.float32)}, floats
+  assert {x.dtype for x in jax.tree.leaves(state.tables)} == {jnp.dtype(table_dtype)}
   assert all(v.dtype == jnp.float32 for v in metrics.values())
+
+
+@pytest.mark.parametrize("sparse_update", [True, False])
+def test_bfloat16_tables_update_in_float32_and_round_once(sparse_update):
+  """A step on bfloat16 tables is the step on float32 tables holding the same values (same
+  float32 row gradients, optimizer state and dense parameters), its new rows rounded once."""
+  mesh = mesh_lib.make_mesh((1, 1), devices=jax.devices()[:1])
+  optim = state_lib.OptimConfig()
+  loss_fn = functools.partial(losses.compute_loss, cfg=losses.loss_config())
+  batch = schema.dummy_batch(16, 6, 5, seed=4)
+  results = {}
+  for table_dtype in ("bfloat16", "float32"):
+    model_def, state, shardings = state_lib.create_train_state(
+        functools.partial(build_model, tiny(**{"embedding.table_dtype": table_dtype})), mesh,
+        optim)
+    if table_dtype == "float32":  # the bfloat16 model's table values, held in float32
+      bf16_tables = results["bfloat16"][0].tables
+      state = jax.device_put(dataclasses.replace(state, tables=jax.tree.map(
+          lambda t: np.asarray(t, np.float32), bf16_tables)), shardings)
+    else:
+      initial = jax.device_get(state)
+    step = step_lib.make_train_step(model_def, optim, loss_fn, shardings, mesh,
+                                    sparse_update=sparse_update)
+    state, metrics = step(state, batch)
+    results[table_dtype] = (initial, jax.device_get(state), metrics)
+  initial, low, low_metrics = results["bfloat16"]
+  _, ref, ref_metrics = results["float32"]
+  assert low_metrics["learning/loss"] == ref_metrics["learning/loss"]
+  jax.tree.map(np.testing.assert_array_equal, (low.params, low.row_state),
+               (ref.params, ref.row_state))
+  for path, table in jax.tree_util.tree_leaves_with_path(low.tables):
+    want = jax.tree_util.tree_leaves_with_path(ref.tables)
+    assert table.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(table, dict(want)[path].astype(jnp.bfloat16), err_msg=path)
+  moved = [np.any(a != b) for a, b in zip(jax.tree.leaves(low.tables),
+                                          jax.tree.leaves(initial.tables))]
+  assert all(moved)  # every table (user, items, side tables) took updates in bfloat16
 
 
 @pytest.mark.parametrize("value", ["float16", "bf16", "fp32", "", None])
 def test_bad_compute_dtype_is_refused_naming_the_key(value):
   with pytest.raises(ValueError, match=r"^model\.compute_dtype must be one of"):
     model_config.validate(tiny(compute_dtype=value))
+  with pytest.raises(ValueError, match=r"^model\.embedding\.table_dtype must be one of"):
+    model_config.validate(tiny(**{"embedding.table_dtype": value}))

@@ -44,6 +44,10 @@ def default() -> ml_collections.ConfigDict:
   c.embedding.dim = 32                  # width of every embedding row
   c.embedding.large_table_rows = 20_000  # tables with at least this many rows are "vocab"-sharded
   c.embedding.init_stddev = 0.05        # normal init of table rows
+  c.embedding.table_dtype = "float32"   # storage of the tables: "float32" or "bfloat16" (half
+  #                                       the bytes; rows are read in the compute dtype, row
+  #                                       gradients, optimizer state and updates are float32,
+  #                                       each updated row rounded once to bfloat16)
   c.embedding.vocab = ml_collections.ConfigDict({
       "user": 100_000,       # user_id (shared by both domains)
       "user_side": 1_024,    # user_age, user_gender, user_activity, hour_of_day
@@ -168,6 +172,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       _fail(key, f"must be a bool, got {value!r}")
   if not cfg.embedding.init_stddev > 0:
     _fail("embedding.init_stddev", "must be > 0")
+  table_dtype = cfg.embedding.get("table_dtype", "float32")
+  if not isinstance(table_dtype, str) or table_dtype not in COMPUTE_DTYPES:
+    _fail("embedding.table_dtype", f"must be one of {COMPUTE_DTYPES}, got {table_dtype!r}")
   compute_dtype = cfg.get("compute_dtype", "float32")
   if not isinstance(compute_dtype, str) or compute_dtype not in COMPUTE_DTYPES:
     _fail("compute_dtype", f"must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")

@@ -192,8 +192,8 @@ def _partial_scores(kind: str, table, ids, u, planes):
     diff = jnp.bitwise_xor(signatures, simhash(u, planes)[:, None])
     return SIMHASH_BITS - jax.lax.population_count(diff).astype(jnp.int32)
   rows = jnp.take(table, ids, axis=0, mode="clip")
-  if kind == "f32":
-    return jnp.einsum("bld,bd->bl", rows, u)
+  if kind == "f32":  # (bfloat16 tables: their rows, exactly, in float32)
+    return jnp.einsum("bld,bd->bl", rows.astype(jnp.float32), u.astype(jnp.float32))
   return jnp.einsum("bld,bd->bl", rows.astype(jnp.bfloat16), u.astype(jnp.bfloat16),
                     preferred_element_type=jnp.float32)
 

@@ -35,8 +35,8 @@ vector (so a contrastive loss on it stays well-defined and simply has nothing to
 counts of the enabled histories (``matches.py``). No dropout and no RNG in the forward pass.
 
 ``compute_dtype`` ("float32" or "bfloat16"): the dtype of activations and matmuls. Parameters
-and tables stay float32; gathered rows (and the inline side tables) are cast to it after the
-gather, every layer casts its float32 parameters where it uses them (``layers.cast``), and
+stay float32 and tables are stored in ``embedding.table_dtype``; gathered rows (and the
+inline side tables) are cast to the compute dtype after the gather, every layer casts its float32 parameters where it uses them (``layers.cast``), and
 all outputs are float32 (the task heads' last matmul returns float32 logits; the interest and
 author vectors are cast), so losses, optimizer state and metrics stay float32. Softmaxes
 (ESU, gates), the GSU's top-k and the pre-scores of ``gsu.approx`` (which keep the precision
@@ -90,6 +90,7 @@ class MomentCross(nnx.Module):
     heads = cfg.esu.num_heads
     # None for float32 (no casts), else the dtype of activations and matmuls
     self.dtype = dtype = layers.compute_dtype(cfg.get("compute_dtype", "float32"))
+    self.rows_dtype = dtype or jnp.dtype(jnp.float32)  # gathered rows and inline tables
     self.tables = embedding.Tables(cfg, rngs=rngs)
     # the live encoder also encodes the candidate
     self.lv_encoder = encoders.DomainEncoder("lv", dim, d, rngs=rngs, dtype=dtype)
@@ -144,7 +145,7 @@ class MomentCross(nnx.Module):
   def _inline(self, batch: dict, names, positions=None):
     """(table value, row ids) of inline features (see ``embedding.inline_ids``)."""
     table, ids = embedding.inline_ids(self.cfg, batch, names, positions)
-    return getattr(self.tables, table)[...], ids
+    return getattr(self.tables, table)[...].astype(self.rows_dtype), ids
 
   def lookup_ids(self, batch: dict) -> dict:
     """table -> tuple of int32 row indices, one array per looked-up feature of the table
@@ -193,7 +194,7 @@ class MomentCross(nnx.Module):
     cand_rows = {}
     for key, name in (("cand_item", "live"), ("cand_author", "author")):
       table, ids = rows_of(name)
-      cand_rows[key] = jnp.take(table, ids, axis=0, mode="clip")
+      cand_rows[key] = jnp.take(table, ids, axis=0, mode="clip").astype(self.rows_dtype)
     cand = self.lv_encoder.content(cand_rows, *self._inline(batch, ["live_category"]),
                                    prefix="cand")
     # float32 whatever the compute dtype: the pre-score's precision is gsu.approx's
@@ -208,9 +209,10 @@ class MomentCross(nnx.Module):
     scores = gsu.owner_scores(cfg.gsu.approx, triples)
     if cfg.gsu.approx == "simhash":
       return scores
-    side_table, side_ids = self._inline(
-        batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]])
-    side = gsu.side_scores(sg(side_table), side_ids, kernel[len(names) * dim:], query)
+    side_table, side_ids = embedding.inline_ids(
+        cfg, batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]])
+    side_table = sg(getattr(self.tables, side_table)[...]).astype(jnp.float32)
+    side = gsu.side_scores(side_table, side_ids, kernel[len(names) * dim:], query)
     return scores.astype(jnp.float32) + side
 
   def gather(self, ids: dict) -> dict:
@@ -254,7 +256,7 @@ class MomentCross(nnx.Module):
     del train
     cfg = self.cfg
     full_batch, batch = batch, self.cut_histories(batch)
-    r = {k: layers.cast(v, self.dtype)
+    r = {k: v.astype(self.rows_dtype)  # no op for float32 rows and compute dtype
          for k, v in embedding.split_rows(cfg, batch, rows).items()}
     batch_size = np.shape(batch["user_id"])[0]
     cand = self.lv_encoder.content({"cand_item": r["live"], "cand_author": r["author"]},
