@@ -116,7 +116,8 @@ def cut_histories_for_counts(model_cfg: ml_collections.ConfigDict, batch: dict) 
 
 def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
                       dense_below_rows: int, sparse_update: bool = True) -> dict:
-  """Rows gathered and rows updated per step, and their bytes ((gathered + updated) x dim x 4).
+  """Rows gathered and rows updated per step, and their bytes ((gathered + updated) x dim x
+  the table dtype's size: 4, or 2 with ``embedding.table_dtype`` bfloat16).
 
   Looked-up features gather one row per id; the model's inline features one per history
   position (side-table content) or per GSU-selected position (behaviour). Sparse tables
@@ -137,6 +138,7 @@ def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
     if suffix in encoders.DOMAIN_BEHAVIOUR.get(dom, ()):
       shape = (shape[0], model_lib.selected_positions(model_cfg, dom, shape[1]))
     n_gathered[f.table] = n_gathered.get(f.table, 0) + int(np.prod(shape))
+  itemsize = np.dtype(jnp.dtype(model_cfg.embedding.get("table_dtype", "float32"))).itemsize
   gathered = updated = 0
   per_table = {}
   for table, n in n_gathered.items():
@@ -150,7 +152,7 @@ def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
     updated += n_upd * dim
   return {"rows_gathered": int(sum(t["gathered"] for t in per_table.values())),
           "rows_updated": int(sum(t["updated"] for t in per_table.values())),
-          "bytes": int(4 * (gathered + updated)), "tables": per_table}
+          "bytes": int(itemsize * (gathered + updated)), "tables": per_table}
 
 
 def _cost(compiled) -> dict:

@@ -27,7 +27,7 @@ chip's peak in the precision the step's matmuls run in (``step_bench.step_precis
 peak, for a float32 step TF32 on NVIDIA and one bf16 pass on TPU, for
 ``model.compute_dtype=bfloat16`` bf16), the compiled step's FLOPs and bytes accessed, and the
 embedding traffic per step
-((rows gathered + rows updated) x dim x 4 bytes).
+((rows gathered + rows updated) x dim x 4 bytes, 2 for bfloat16 tables).
 """
 
 from __future__ import annotations
