@@ -10,6 +10,12 @@ Each round runs ``python -m launch.bench --mode=step --nomodel_flops`` once in e
 checkout's own code is imported because the process starts in it. On a shared machine load
 from other jobs hits both alike: the numbers to read are the medians over rounds of each
 checkout and the per-round ratios old / new ms/step.
+
+``--old_flag`` / ``--new_flag`` (repeatable) add flags to one side only, so one checkout can
+be A/B-tested against itself with a different setting:
+
+    python -m benchmarks.ab --old=. --new_flag=--config.model.compute_dtype=bfloat16 \
+        --rounds=4 --out=runs/ab_bf16 -- --config.train.batch_size=1024
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ _OLD = flags.DEFINE_string("old", None, "The old checkout (a git worktree).", re
 _NEW = flags.DEFINE_string("new", ".", "The new checkout.")
 _ROUNDS = flags.DEFINE_integer("rounds", 6, "Rounds (one process per checkout each).")
 _OUT = flags.DEFINE_string("out", "runs/ab", "Folder for the per-run JSON files.")
+_OLD_FLAGS = flags.DEFINE_multi_string("old_flag", [], "A launch.bench flag for the old side "
+                                       "only (after the shared ones).")
+_NEW_FLAGS = flags.DEFINE_multi_string("new_flag", [], "A launch.bench flag for the new side "
+                                       "only (after the shared ones).")
 
 
 def run(tree: str, name: str, i: int, bench_flags: list[str]) -> float:
@@ -43,13 +53,15 @@ def main(argv) -> None:
   bench_flags = argv[1:]
   os.makedirs(_OUT.value, exist_ok=True)
   trees = {"old": _OLD.value, "new": _NEW.value}
+  side_flags = {"old": _OLD_FLAGS.value, "new": _NEW_FLAGS.value}
   ms = {"old": [], "new": []}
   for i in range(_ROUNDS.value):
     for name in ("old", "new") if i % 2 == 0 else ("new", "old"):
-      ms[name].append(run(trees[name], name, i, bench_flags))
+      ms[name].append(run(trees[name], name, i, bench_flags + side_flags[name]))
       print(f"round {i} {name}: {ms[name][-1]:.1f} ms/step", flush=True)
   ratios = [o / n for o, n in zip(ms["old"], ms["new"])]
-  result = {"bench_flags": bench_flags, "ms_per_step": ms,
+  result = {"bench_flags": bench_flags, "old_flags": _OLD_FLAGS.value,
+            "new_flags": _NEW_FLAGS.value, "ms_per_step": ms,
             "median_ms": {k: statistics.median(v) for k, v in ms.items()},
             "ratios_old_over_new": ratios, "median_ratio": statistics.median(ratios)}
   result["speedup_of_medians"] = result["median_ms"]["old"] / result["median_ms"]["new"]

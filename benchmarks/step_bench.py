@@ -13,6 +13,7 @@ import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -37,10 +38,20 @@ PEAKS = (("H200", {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12}),
          ("A100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
          ("TPU v6", {"bf16": 918e12}), ("TPU v5p", {"bf16": 459e12}),
          ("TPU v5", {"bf16": 197e12}), ("TPU v4", {"bf16": 275e12}))
-# The train step runs in float32. At JAX's DEFAULT matmul precision its float32 dots run on
+# MFU is taken against the peak of the precision the step's matmuls run in. With
+# model.compute_dtype = "float32", at JAX's DEFAULT matmul precision its float32 dots run on
 # TF32 tensor cores on NVIDIA Ampere and later, and as one bf16 pass on TPU
-# (docs.jax.dev/en/latest/201/precision.html), so MFU is taken against those peaks.
+# (docs.jax.dev/en/latest/201/precision.html); with "bfloat16" they are bf16 dots everywhere.
+# (CPU: a matmul probe of the same dtype, measured now.)
 STEP_PRECISION = {"gpu": "tf32", "tpu": "bf16"}
+
+
+def step_precision(platform: str, compute_dtype: str = "float32") -> str:
+  """The precision ("bf16", "tf32", "fp32") a train step's matmuls run in on a platform,
+  given ``model.compute_dtype``."""
+  if compute_dtype == "bfloat16":
+    return "bf16"
+  return STEP_PRECISION.get(platform, "fp32")
 # Raw id fields: drawn over a wide range so that hashing spreads them over every table row
 # (the dummy batch's ids < 1000 would touch at most 1000 rows of a 10^7-row table).
 WIDE_ID_FIELDS = ("user_id", "live_id", "author_id", "sv_item", "sv_author", "lv_item",
@@ -48,8 +59,10 @@ WIDE_ID_FIELDS = ("user_id", "live_id", "author_id", "sv_item", "sv_author", "lv
 
 
 def shrink_for_quick(cfg: ml_collections.ConfigDict) -> None:
-  """The `tiny` named config's model and history lengths (in place), for a smoke run."""
+  """The `tiny` named config's model and history lengths (in place), for a smoke run; the
+  model's compute dtype is kept."""
   tiny = mcconfig.load_config("tiny")
+  tiny.model.compute_dtype = cfg.model.get("compute_dtype", "float32")
   cfg.model = tiny.model
   cfg.moment.sv_hist_len = tiny.moment.sv_hist_len
   cfg.moment.lv_hist_len = tiny.moment.lv_hist_len
@@ -70,7 +83,8 @@ def synthetic_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) ->
 def chip_peak_flops(device, precision: str | None = None) -> tuple[float | None, str]:
   """(published dense peak FLOP/s, its precision) of a GPU/TPU chip at ``precision``
   ("bf16", "tf32" or "fp32"; default: what the float32 step's matmuls run in on that
-  platform, ``STEP_PRECISION``); (None, "") when unknown or on CPU."""
+  platform, ``STEP_PRECISION``; see ``step_precision``); (None, "") when unknown or on
+  CPU."""
   kind = str(device.device_kind)
   precision = precision or STEP_PRECISION.get(device.platform, "bf16")
   for name, peaks in PEAKS:
@@ -102,7 +116,8 @@ def cut_histories_for_counts(model_cfg: ml_collections.ConfigDict, batch: dict) 
 
 def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
                       dense_below_rows: int, sparse_update: bool = True) -> dict:
-  """Rows gathered and rows updated per step, and their bytes ((gathered + updated) x dim x 4).
+  """Rows gathered and rows updated per step, and their bytes ((gathered + updated) x dim x
+  the table dtype's size: 4, or 2 with ``embedding.table_dtype`` bfloat16).
 
   Looked-up features gather one row per id; the model's inline features one per history
   position (side-table content) or per GSU-selected position (behaviour). Sparse tables
@@ -123,6 +138,7 @@ def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
     if suffix in encoders.DOMAIN_BEHAVIOUR.get(dom, ()):
       shape = (shape[0], model_lib.selected_positions(model_cfg, dom, shape[1]))
     n_gathered[f.table] = n_gathered.get(f.table, 0) + int(np.prod(shape))
+  itemsize = np.dtype(jnp.dtype(model_cfg.embedding.get("table_dtype", "float32"))).itemsize
   gathered = updated = 0
   per_table = {}
   for table, n in n_gathered.items():
@@ -136,7 +152,7 @@ def embedding_traffic(model_cfg: ml_collections.ConfigDict, batch: dict,
     updated += n_upd * dim
   return {"rows_gathered": int(sum(t["gathered"] for t in per_table.values())),
           "rows_updated": int(sum(t["updated"] for t in per_table.values())),
-          "bytes": int(4 * (gathered + updated)), "tables": per_table}
+          "bytes": int(itemsize * (gathered + updated)), "tables": per_table}
 
 
 def _cost(compiled) -> dict:
@@ -210,16 +226,23 @@ class StepBench:
     chips = self.mesh.devices.size
     out = harness.summary(timing, examples_per_step=self.batch_size, chips=chips)
     device = self.mesh.devices.flat[0]
+    compute_dtype = self.cfg.model.get("compute_dtype", "float32")
     peak_source = "flag"
     if peak_flops is None:
-      peak_flops, precision = chip_peak_flops(device)
-      peak_source = f"published dense {precision} (float32 step at DEFAULT precision)"
+      precision = step_precision(device.platform, compute_dtype)
+      peak_flops, _ = chip_peak_flops(device, precision)
+      peak_source = f"published dense {precision} ({compute_dtype} step at DEFAULT precision)"
       if peak_flops is None:
         n = 256 if self.fast_compile else 1024
-        peak_flops, peak_source = roofline.matmul_rate(n), f"fp32 {n}^2 matmul probe (now)"
+        if precision == "bf16":
+          peak_flops = roofline.matmul_rate(n, jnp.bfloat16)
+          peak_source = f"bf16-input (fp32 accumulate) {n}^2 matmul probe (now)"
+        else:
+          peak_flops = roofline.matmul_rate(n)
+          peak_source = f"fp32 {n}^2 matmul probe (now)"
     per_s_chip = out["examples_per_s_per_chip"]
     out.update(
-        config=self.cfg.name, batch_size=self.batch_size,
+        config=self.cfg.name, compute_dtype=compute_dtype, batch_size=self.batch_size,
         mesh=list(self.mesh.devices.shape), chips=chips, platform=device.platform,
         device_kind=str(device.device_kind), sparse_update=self.sparse_update,
         sv_len=self.sv_len, lv_len=self.lv_len,
@@ -256,7 +279,8 @@ def table(result: dict) -> str:
   rows = []
   if "step" in result:
     s = result["step"]
-    rows += [["config", s["config"]], ["device", f"{s['device_kind']} x {s['chips']}"],
+    rows += [["config", s["config"]], ["compute dtype", s.get("compute_dtype", "float32")],
+             ["device", f"{s['device_kind']} x {s['chips']}"],
              ["batch / sv_len / lv_len", f"{s['batch_size']} / {s['sv_len']} / {s['lv_len']}"],
              ["ms/step (median [min, max])", f"{s['ms_per_step_median']:.2f} "
               f"[{s['ms_per_step_min']:.2f}, {s['ms_per_step_max']:.2f}]"],

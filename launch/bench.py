@@ -16,8 +16,8 @@ features from an event buffer and prebuilt, and candidates/s (``benchmarks/serve
 Timing (``benchmarks/harness.py``, as big_vision/MaxText): compile and warm-up not counted,
 results blocked on, rates = global examples / wall time / chips. Reported: examples/s/chip,
 ms/step (median, min, max), model FLOPs per example (XLA cost analysis), MFU against the peak
-of the precision the step's matmuls run in (``step_bench.STEP_PRECISION``; CPU: --peak_tflops
-or a matmul probe), the compiled step's FLOPs and bytes, and the embedding traffic per step.
+of the precision the step's matmuls run in (``step_bench.step_precision``: TF32 / bf16 pass
+for float32, bf16 for ``model.compute_dtype=bfloat16``; CPU: --peak_tflops or a probe), FLOPs.
 """
 
 from __future__ import annotations

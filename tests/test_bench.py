@@ -12,7 +12,7 @@ STEP_KEYS = {
     "ms_per_step_median", "ms_per_step_min", "ms_per_step_max", "examples_per_s",
     "examples_per_s_per_chip", "model_flops_per_example", "achieved_flops", "mfu",
     "peak_flops", "step_flops", "step_bytes_accessed", "embedding_traffic", "chips", "mesh",
-    "batch_size", "params", "compile_s"}
+    "batch_size", "params", "compile_s", "compute_dtype"}
 RATE_KEYS = {"batches_per_s", "examples_per_s", "ms_per_step_median"}
 
 

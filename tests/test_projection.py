@@ -46,3 +46,10 @@ def test_mfu_peak_is_the_step_precision():
   assert step_bench.chip_peak_flops(v5p) == (459e12, "bf16")
   cpu = types.SimpleNamespace(device_kind="cpu", platform="cpu")
   assert step_bench.chip_peak_flops(cpu) == (None, "")
+  # a model.compute_dtype=bfloat16 step runs bf16 dots: its MFU is against the bf16 peak
+  assert step_bench.step_precision("gpu") == "tf32"
+  assert step_bench.step_precision("gpu", "bfloat16") == "bf16"
+  assert step_bench.step_precision("cpu") == "fp32"
+  assert step_bench.step_precision("cpu", "bfloat16") == "bf16"
+  assert step_bench.chip_peak_flops(h200, step_bench.step_precision("gpu", "bfloat16")) == (
+      989e12, "bf16")

@@ -15,6 +15,7 @@ GSU_MODES = ("soft", "hard_author", "hard_category")
 GSU_APPROX = ("off", "f32", "bf16", "simhash")  # pre-scores of the two-stage search (gsu.py)
 TOWER_KINDS = ("cgc", "ple")
 FUSIONS = ("product", "weighted_sum")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 TABLES = ("user", "user_side", "live_item", "live_author", "live_side",
           "sv_item", "sv_author", "sv_side")
 
@@ -29,6 +30,10 @@ def default() -> ml_collections.ConfigDict:
   """The default model config, sized for a 2-core CPU."""
   c = ml_collections.ConfigDict()
   c.d_model = 32                # width of item/interest vectors (D) and of the contrastive space
+  c.compute_dtype = "float32"   # dtype of activations and matmuls: "float32" or "bfloat16".
+  #                               Parameters, tables, optimizer state, outputs (logits) and
+  #                               losses stay float32; gathered rows are cast after the gather.
+  #                               gsu.approx's pre-score keeps its own precision (model.py)
   c.use_crowd = True            # real-time crowd ("moment") features enter the towers
   c.use_sv_history = True       # short-video history branch (GSU + ESU); off: learned null vector
   c.use_lv_history = True       # live history branch (GSU + ESU + recent); off: learned null vectors
@@ -39,6 +44,10 @@ def default() -> ml_collections.ConfigDict:
   c.embedding.dim = 32                  # width of every embedding row
   c.embedding.large_table_rows = 20_000  # tables with at least this many rows are "vocab"-sharded
   c.embedding.init_stddev = 0.05        # normal init of table rows
+  c.embedding.table_dtype = "float32"   # storage of the tables: "float32" or "bfloat16" (half
+  #                                       the bytes; rows are read in the compute dtype, row
+  #                                       gradients, optimizer state and updates are float32,
+  #                                       each updated row rounded once to bfloat16)
   c.embedding.vocab = ml_collections.ConfigDict({
       "user": 100_000,       # user_id (shared by both domains)
       "user_side": 1_024,    # user_age, user_gender, user_activity, hour_of_day
@@ -163,3 +172,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       _fail(key, f"must be a bool, got {value!r}")
   if not cfg.embedding.init_stddev > 0:
     _fail("embedding.init_stddev", "must be > 0")
+  table_dtype = cfg.embedding.get("table_dtype", "float32")
+  if not isinstance(table_dtype, str) or table_dtype not in COMPUTE_DTYPES:
+    _fail("embedding.table_dtype", f"must be one of {COMPUTE_DTYPES}, got {table_dtype!r}")
+  compute_dtype = cfg.get("compute_dtype", "float32")
+  if not isinstance(compute_dtype, str) or compute_dtype not in COMPUTE_DTYPES:
+    _fail("compute_dtype", f"must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")

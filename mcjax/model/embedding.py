@@ -213,14 +213,17 @@ def inline_ids(cfg: ml_collections.ConfigDict, batch: dict, names,
 
 
 class Tables(nnx.Module):
-  """The embedding tables of a config, as ``Embedding`` variables with logical axes."""
+  """The embedding tables of a config, as ``Embedding`` variables with logical axes, stored
+  in ``embedding.table_dtype`` (gathered rows come in that dtype; the model casts them)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.sizes = table_sizes(cfg)
     init = layers.stddev_init(cfg.embedding.init_stddev)
+    # float32, or bfloat16 (the float32 initial values rounded): ``embedding.table_dtype``
+    dtype = jnp.dtype(cfg.embedding.get("table_dtype", "float32"))
     for name, (rows, dim) in self.sizes.items():
       vocab_axis = "vocab" if rows >= cfg.embedding.large_table_rows else "vocab_small"
-      value = init(rngs.params(), (rows, dim), jnp.float32)
+      value = init(rngs.params(), (rows, dim), dtype)
       setattr(self, name, Embedding(value, out_sharding=(vocab_axis, "embed")))
 
   def gather(self, ids: dict) -> dict:

@@ -101,7 +101,8 @@ def search(mode: str, k: int, length, *, query=None, keys=None, match=None):
   query and keys get a gradient.
   """
   if mode == "soft":
-    scores = soft_scores(query, keys)
+    # float32 whatever the compute dtype of query and keys: the top-k and the bias
+    scores = soft_scores(query, keys).astype(jnp.float32)
   elif mode in ("hard_author", "hard_category"):
     scores = hard_scores(match)
   else:
@@ -140,6 +141,12 @@ def search(mode: str, k: int, length, *, query=None, keys=None, match=None):
 #            positions, the whole table is signed once and 4-byte signatures are gathered
 #            instead of 128-byte rows (same signatures, a cache-resident gather).
 # Hard modes pre-score with their exact match-and-recency score (no table read).
+#
+# With ``model.compute_dtype`` = "bfloat16" the pre-score keeps the precision ``approx`` names
+# (``approx`` wins there): the query, computed by the model's layers in bfloat16, is cast to
+# float32 and the pre-score runs exactly as above ("f32" in float32, "bf16" from bf16 rows and
+# query). ``compute_dtype`` governs the differentiable pass, the exact search over the cut
+# history included (its scores come from a bfloat16 matmul; top-k and bias in float32).
 
 APPROX = model_config.GSU_APPROX
 SIMHASH_BITS = 32
@@ -185,8 +192,8 @@ def _partial_scores(kind: str, table, ids, u, planes):
     diff = jnp.bitwise_xor(signatures, simhash(u, planes)[:, None])
     return SIMHASH_BITS - jax.lax.population_count(diff).astype(jnp.int32)
   rows = jnp.take(table, ids, axis=0, mode="clip")
-  if kind == "f32":
-    return jnp.einsum("bld,bd->bl", rows, u)
+  if kind == "f32":  # (bfloat16 tables: their rows, exactly, in float32)
+    return jnp.einsum("bld,bd->bl", rows.astype(jnp.float32), u.astype(jnp.float32))
   return jnp.einsum("bld,bd->bl", rows.astype(jnp.bfloat16), u.astype(jnp.bfloat16),
                     preferred_element_type=jnp.float32)
 

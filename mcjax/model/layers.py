@@ -10,6 +10,13 @@ Initialization uses a counter-based hash (murmur3's finalizer over an iota, seed
 key) instead of threefry: on CPU, XLA compiles one threefry draw per parameter in ~1 s, which
 made building the model take 15-90 s; the hash compiles in milliseconds and gives the same
 values eagerly, under jit and under eval_shape.
+
+Compute dtype (``model.compute_dtype``): every module takes ``dtype``, None for float32 (no
+cast at all, so the float32 model is exactly the one without the option) or bfloat16.
+Parameters stay float32; a module casts its kernels, biases and inputs to ``dtype`` where it
+uses them (``cast``), so its matmuls and activations run in bfloat16 and the gradients of the
+float32 parameters come back float32 through the casts. Softmaxes run in float32
+(``softmax``) and return the compute dtype.
 """
 
 from __future__ import annotations
@@ -64,10 +71,31 @@ def stddev_init(stddev: float):
   return lambda key, shape, dtype=jnp.float32: hash_uniform(key, shape, stddev, dtype)
 
 
-def linear(d_in: int, d_out: int, *, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-  """nnx.Linear whose kernel carries the ("embed", "mlp") logical axes."""
+def compute_dtype(name: str | None):
+  """``model.compute_dtype`` -> the ``dtype`` modules take: None for "float32" (no casts),
+  else the jnp dtype ("bfloat16")."""
+  return None if name in (None, "float32") else jnp.dtype(name)
+
+
+def cast(x, dtype):
+  """x in the compute dtype: x itself when dtype is None (float32: no op is added)."""
+  return x if dtype is None else x.astype(dtype)
+
+
+def softmax(x, axis: int = -1):
+  """jax.nn.softmax computed in float32, returned in x's dtype (the plain softmax for a
+  float32 x)."""
+  if x.dtype == jnp.float32:
+    return jax.nn.softmax(x, axis=axis)
+  return jax.nn.softmax(x.astype(jnp.float32), axis=axis).astype(x.dtype)
+
+
+def linear(d_in: int, d_out: int, *, rngs: nnx.Rngs, use_bias: bool = True,
+           dtype=None) -> nnx.Linear:
+  """nnx.Linear whose kernel carries the ("embed", "mlp") logical axes; float32 parameters,
+  inputs, kernel and bias cast to ``dtype`` when called (None: float32, no cast)."""
   return nnx.Linear(d_in, d_out, use_bias=use_bias, rngs=rngs, kernel_init=fan_in_init(),
-                    kernel_metadata={"out_sharding": _KERNEL_AXES})
+                    kernel_metadata={"out_sharding": _KERNEL_AXES}, dtype=dtype)
 
 
 # gelu whose backward recomputes it from its input: the forward saves only the
@@ -98,9 +126,12 @@ def take_matmul(table: jax.Array, ids: jax.Array, kernel: jax.Array) -> jax.Arra
 class MLP(nnx.Module):
   """gelu MLP: widths (d_in, *hidden, d_out); no activation after the last layer."""
 
-  def __init__(self, d_in: int, hidden: Sequence[int], d_out: int, *, rngs: nnx.Rngs):
+  def __init__(self, d_in: int, hidden: Sequence[int], d_out: int, *, rngs: nnx.Rngs,
+               dtype=None):
     widths = (d_in, *hidden, d_out)
-    self.layers = nnx.List([linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+    self.dtype = dtype
+    self.layers = nnx.List([linear(a, b, rngs=rngs, dtype=dtype)
+                            for a, b in zip(widths[:-1], widths[1:])])
 
   def __call__(self, x):
     return self.after_first(self.layers[0](x))
@@ -114,11 +145,14 @@ class MLP(nnx.Module):
 
 class MLPBank(nnx.Module):
   """n independent gelu MLPs with stacked weights: [B, n, d_in] -> [B, n, d_out]; an input
-  [B, d_in] is read by all n (as if broadcast to [B, n, d_in])."""
+  [B, d_in] is read by all n (as if broadcast to [B, n, d_in]). With a compute ``dtype`` and
+  ``float32_output``, the last layer's matmul takes the compute dtype and returns float32
+  (float32 accumulation, float32 bias): the task heads' logits."""
 
   def __init__(self, n: int, d_in: int, hidden: Sequence[int], d_out: int, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, dtype=None, float32_output: bool = False):
     widths = (d_in, *hidden, d_out)
+    self.dtype, self.float32_output = dtype, float32_output
     init = fan_in_init()
     self.kernels = nnx.List([
         nnx.Param(init(rngs.params(), (n, a, b)), out_sharding=(None, *_KERNEL_AXES))
@@ -126,8 +160,15 @@ class MLPBank(nnx.Module):
     self.biases = nnx.List([nnx.Param(jnp.zeros((n, b))) for b in widths[1:]])
 
   def __call__(self, x):
+    x = cast(x, self.dtype)
     for i, (w, b) in enumerate(zip(self.kernels, self.biases)):
-      x = jnp.einsum("bi,nio->bno" if x.ndim == 2 else "bni,nio->bno", x, w[...]) + b[...]
-      if i + 1 < len(self.kernels):
+      spec = "bi,nio->bno" if x.ndim == 2 else "bni,nio->bno"
+      last = i + 1 == len(self.kernels)
+      if last and self.float32_output and self.dtype is not None:
+        x = jnp.einsum(spec, x, cast(w[...], self.dtype),
+                       preferred_element_type=jnp.float32) + b[...]
+      else:
+        x = jnp.einsum(spec, x, cast(w[...], self.dtype)) + cast(b[...], self.dtype)
+      if not last:
         x = jax.nn.gelu(x)
     return x

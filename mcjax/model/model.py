@@ -33,6 +33,14 @@ are not built, it does not enter the towers, and its interest output is a learne
 vector (so a contrastive loss on it stays well-defined and simply has nothing to align).
 ``use_crowd`` off drops the crowd encoder; ``use_match_features`` adds the hard-search match
 counts of the enabled histories (``matches.py``). No dropout and no RNG in the forward pass.
+
+``compute_dtype`` ("float32" or "bfloat16"): the dtype of activations and matmuls. Parameters
+stay float32 and tables are stored in ``embedding.table_dtype``; gathered rows (and the
+inline side tables) are cast to the compute dtype after the gather, every layer casts its float32 parameters where it uses them (``layers.cast``), and
+all outputs are float32 (the task heads' last matmul returns float32 logits; the interest and
+author vectors are cast), so losses, optimizer state and metrics stay float32. Softmaxes
+(ESU, gates), the GSU's top-k and the pre-scores of ``gsu.approx`` (which keep the precision
+that option names) run in float32. "float32" adds no cast anywhere.
 """
 
 from __future__ import annotations
@@ -58,10 +66,10 @@ class DomainBranch(nnx.Module):
   projection into the contrastive space. ``width`` is what it adds to the towers' input (the
   attended interest before projection)."""
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
-    self.query = layers.linear(d_model, d_model, rngs=rngs)
-    self.esu = esu.TargetAttention(d_model, num_heads, rngs=rngs)
-    self.interest = layers.linear(d_model, d_model, rngs=rngs)
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=None):
+    self.query = layers.linear(d_model, d_model, rngs=rngs, dtype=dtype)
+    self.esu = esu.TargetAttention(d_model, num_heads, rngs=rngs, dtype=dtype)
+    self.interest = layers.linear(d_model, d_model, rngs=rngs, dtype=dtype)
     self.width = self.esu.width
 
 
@@ -80,30 +88,37 @@ class MomentCross(nnx.Module):
     self.cfg = ml_collections.FrozenConfigDict(cfg)
     d, dim = cfg.d_model, cfg.embedding.dim
     heads = cfg.esu.num_heads
+    # None for float32 (no casts), else the dtype of activations and matmuls
+    self.dtype = dtype = layers.compute_dtype(cfg.get("compute_dtype", "float32"))
+    self.rows_dtype = dtype or jnp.dtype(jnp.float32)  # gathered rows and inline tables
     self.tables = embedding.Tables(cfg, rngs=rngs)
-    self.lv_encoder = encoders.DomainEncoder("lv", dim, d, rngs=rngs)  # also the candidate
+    # the live encoder also encodes the candidate
+    self.lv_encoder = encoders.DomainEncoder("lv", dim, d, rngs=rngs, dtype=dtype)
     widths = [len(_USER) * dim, self.lv_encoder.width, dim]  # user, candidate, fans bucket
     # (creation order = the order of the parameter initialisers' random draws)
-    self.lv = DomainBranch(d, heads, rngs=rngs) if cfg.use_lv_history else None
+    self.lv = DomainBranch(d, heads, rngs=rngs, dtype=dtype) if cfg.use_lv_history else None
     self.lv_null = None if cfg.use_lv_history else nnx.Param(jnp.zeros((d,)))
-    self.sv_encoder = (encoders.DomainEncoder("sv", dim, d, rngs=rngs)
+    self.sv_encoder = (encoders.DomainEncoder("sv", dim, d, rngs=rngs, dtype=dtype)
                        if cfg.use_sv_history else None)
-    self.sv = DomainBranch(d, heads, rngs=rngs) if cfg.use_sv_history else None
+    self.sv = DomainBranch(d, heads, rngs=rngs, dtype=dtype) if cfg.use_sv_history else None
     self.sv_null = None if cfg.use_sv_history else nnx.Param(jnp.zeros((d,)))
     widths += [b.width for b in self.branches.values()]
     self.use_recent = cfg.use_lv_history and cfg.esu.recent_n > 0
-    self.lv_recent_esu = (esu.TargetAttention(d, heads, rngs=rngs) if self.use_recent
-                          else None)
-    self.crowd = crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs) if cfg.use_crowd else None
+    self.lv_recent_esu = (esu.TargetAttention(d, heads, rngs=rngs, dtype=dtype)
+                          if self.use_recent else None)
+    self.crowd = (crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs, dtype=dtype)
+                  if cfg.use_crowd else None)
     self.match_domains = tuple(self.branches)
-    self.matches = (layers.linear(matches.num_features(self.match_domains), d, rngs=rngs)
+    self.matches = (layers.linear(matches.num_features(self.match_domains), d, rngs=rngs,
+                                  dtype=dtype)
                     if cfg.use_match_features and self.match_domains else None)
     widths += [m.width for m in (self.lv_recent_esu, self.crowd) if m is not None]
     widths += [self.matches.out_features] if self.matches is not None else []
     if cfg.contrastive.author_level:
-      self.author_sv_proj = layers.linear(dim, d, rngs=rngs)
-      self.author_lv_proj = layers.linear(dim, d, rngs=rngs)
-    self.towers = towers.Towers(len(schema.TASKS), sum(widths), cfg.towers, rngs=rngs)
+      self.author_sv_proj = layers.linear(dim, d, rngs=rngs, dtype=dtype)
+      self.author_lv_proj = layers.linear(dim, d, rngs=rngs, dtype=dtype)
+    self.towers = towers.Towers(len(schema.TASKS), sum(widths), cfg.towers, rngs=rngs,
+                                dtype=dtype)
 
   @property
   def branches(self) -> dict[str, DomainBranch]:
@@ -130,7 +145,7 @@ class MomentCross(nnx.Module):
   def _inline(self, batch: dict, names, positions=None):
     """(table value, row ids) of inline features (see ``embedding.inline_ids``)."""
     table, ids = embedding.inline_ids(self.cfg, batch, names, positions)
-    return getattr(self.tables, table)[...], ids
+    return getattr(self.tables, table)[...].astype(self.rows_dtype), ids
 
   def lookup_ids(self, batch: dict) -> dict:
     """table -> tuple of int32 row indices, one array per looked-up feature of the table
@@ -179,10 +194,11 @@ class MomentCross(nnx.Module):
     cand_rows = {}
     for key, name in (("cand_item", "live"), ("cand_author", "author")):
       table, ids = rows_of(name)
-      cand_rows[key] = jnp.take(table, ids, axis=0, mode="clip")
+      cand_rows[key] = jnp.take(table, ids, axis=0, mode="clip").astype(self.rows_dtype)
     cand = self.lv_encoder.content(cand_rows, *self._inline(batch, ["live_category"]),
                                    prefix="cand")
-    query = sg(self.branches[dom].query(cand))
+    # float32 whatever the compute dtype: the pre-score's precision is gsu.approx's
+    query = sg(self.branches[dom].query(cand)).astype(jnp.float32)
     enc = self.encoder(dom)
     kernel, dim = sg(enc.content_proj.kernel[...]), cfg.embedding.dim
     names = encoders.DOMAIN_CONTENT[dom][:-len(encoders.SIDE_CONTENT[dom])]
@@ -193,9 +209,10 @@ class MomentCross(nnx.Module):
     scores = gsu.owner_scores(cfg.gsu.approx, triples)
     if cfg.gsu.approx == "simhash":
       return scores
-    side_table, side_ids = self._inline(
-        batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]])
-    side = gsu.side_scores(sg(side_table), side_ids, kernel[len(names) * dim:], query)
+    side_table, side_ids = embedding.inline_ids(
+        cfg, batch, [f"{dom}_{s}" for s in encoders.SIDE_CONTENT[dom]])
+    side_table = sg(getattr(self.tables, side_table)[...]).astype(jnp.float32)
+    side = gsu.side_scores(side_table, side_ids, kernel[len(names) * dim:], query)
     return scores.astype(jnp.float32) + side
 
   def gather(self, ids: dict) -> dict:
@@ -239,7 +256,8 @@ class MomentCross(nnx.Module):
     del train
     cfg = self.cfg
     full_batch, batch = batch, self.cut_histories(batch)
-    r = embedding.split_rows(cfg, batch, rows)
+    r = {k: v.astype(self.rows_dtype)  # no op for float32 rows and compute dtype
+         for k, v in embedding.split_rows(cfg, batch, rows).items()}
     batch_size = np.shape(batch["user_id"])[0]
     cand = self.lv_encoder.content({"cand_item": r["live"], "cand_author": r["author"]},
                                    *self._inline(batch, ["live_category"]), prefix="cand")
@@ -267,7 +285,7 @@ class MomentCross(nnx.Module):
     if cfg.contrastive.author_level:
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])
       out["author_lv"] = self.author_lv_proj(r["author"])
-    return out
+    return {k: v.astype(jnp.float32) for k, v in out.items()}  # no op for float32
 
 
 def selected_positions(cfg: ml_collections.ConfigDict, domain: str, hist_len: int) -> int:

@@ -11,7 +11,6 @@ layer of all experts and gates is then one matmul.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -22,24 +21,26 @@ class ExtractionLevel(nnx.Module):
   """One CGC level: (task inputs [B, T, d_in], shared input [B, d_in]) -> same at expert_dim.
   ``task_in=None`` means every task's input is the shared input (the first level)."""
 
-  def __init__(self, n_tasks: int, d_in: int, tcfg, *, last: bool, rngs: nnx.Rngs):
+  def __init__(self, n_tasks: int, d_in: int, tcfg, *, last: bool, rngs: nnx.Rngs,
+               dtype=None):
     self.n_tasks, self.n_task_experts = n_tasks, tcfg.task_experts
     self.n_shared = tcfg.shared_experts
     hidden, d_out = tuple(tcfg.expert_hidden), tcfg.expert_dim
     if self.n_task_experts:
       self.task_experts = layers.MLPBank(n_tasks * self.n_task_experts, d_in, hidden, d_out,
-                                         rngs=rngs)
-    self.shared_experts = layers.MLPBank(self.n_shared, d_in, hidden, d_out, rngs=rngs)
+                                         rngs=rngs, dtype=dtype)
+    self.shared_experts = layers.MLPBank(self.n_shared, d_in, hidden, d_out, rngs=rngs,
+                                         dtype=dtype)
     self.task_gates = layers.MLPBank(n_tasks, d_in, (), self.n_task_experts + self.n_shared,
-                                     rngs=rngs)
+                                     rngs=rngs, dtype=dtype)
     self.shared_gate = None if last else layers.linear(
-        d_in, n_tasks * self.n_task_experts + self.n_shared, rngs=rngs)
+        d_in, n_tasks * self.n_task_experts + self.n_shared, rngs=rngs, dtype=dtype)
 
   def __call__(self, task_in, shared_in):
     b, t, e = shared_in.shape[0], self.n_tasks, self.n_task_experts
     shared = self.shared_experts(shared_in)  # [B, S, d_out]
     gate_in = shared_in if task_in is None else task_in
-    gates = jax.nn.softmax(self.task_gates(gate_in), axis=-1)  # [B, T, E + S]
+    gates = layers.softmax(self.task_gates(gate_in), axis=-1)  # [B, T, E + S]
     task_out = jnp.einsum("bts,bsd->btd", gates[..., e:], shared)
     own = None
     if e:
@@ -49,24 +50,27 @@ class ExtractionLevel(nnx.Module):
     if self.shared_gate is None:
       return task_out, None
     everything = shared if own is None else jnp.concatenate([own, shared], axis=1)
-    shared_gates = jax.nn.softmax(self.shared_gate(shared_in), axis=-1)
+    shared_gates = layers.softmax(self.shared_gate(shared_in), axis=-1)
     return task_out, jnp.einsum("be,bed->bd", shared_gates, everything)
 
 
 class Towers(nnx.Module):
-  """x [B, d_in] -> logits [B, n_tasks] through CGC or PLE and per-task head MLPs."""
+  """x [B, d_in] -> logits [B, n_tasks] through CGC or PLE and per-task head MLPs. With a
+  compute ``dtype`` the logits still come out float32 (the heads' last matmul returns
+  float32)."""
 
-  def __init__(self, n_tasks: int, d_in: int, tcfg, *, rngs: nnx.Rngs):
+  def __init__(self, n_tasks: int, d_in: int, tcfg, *, rngs: nnx.Rngs, dtype=None):
     if tcfg.kind not in ("cgc", "ple"):
       raise ValueError(f"model.towers.kind must be cgc or ple, got {tcfg.kind!r}")
     n_levels = 1 if tcfg.kind == "cgc" else tcfg.levels
     dims = [d_in] + [tcfg.expert_dim] * n_levels
     self.n_tasks = n_tasks
     self.levels = nnx.List([
-        ExtractionLevel(n_tasks, dims[i], tcfg, last=i == n_levels - 1, rngs=rngs)
+        ExtractionLevel(n_tasks, dims[i], tcfg, last=i == n_levels - 1, rngs=rngs,
+                        dtype=dtype)
         for i in range(n_levels)])
     self.heads = layers.MLPBank(n_tasks, tcfg.expert_dim, tuple(tcfg.head_hidden), 1,
-                                rngs=rngs)
+                                rngs=rngs, dtype=dtype, float32_output=True)
 
   def __call__(self, x):
     task_in, shared_in = None, x

@@ -13,6 +13,11 @@ Optimizers (``RowOptConfig.kind``):
   * ``"adam"``: lazy Adam, per-element moments updated only for touched rows, bias correction
     from the global step (TF ``LazyAdam``).
 
+Tables may be stored in bfloat16: gradients and optimizer state are float32, and each updated
+row is computed in float32 (row + delta) and rounded to the table's dtype once (round to
+nearest: an update below half a bfloat16 step of the row is lost; no stochastic rounding).
+Float32 tables take the plain float32 update.
+
 Under an Auto (GSPMD) mesh the gathers and scatters are partitioned by XLA; tables may be
 row-sharded on any mesh axis and the row state follows the table's row sharding.
 """
@@ -115,7 +120,11 @@ def update_rows(table: jax.Array, row_state: dict, rows: jax.Array, grads: jax.A
   gathered = {k: s.at[rows].get(mode="fill", fill_value=0) for k, s in row_state.items()}
   delta, new_rows = _apply_rows(gathered, grads.astype(jnp.float32), step, cfg)
   scatter = dict(mode="drop", indices_are_sorted=True, unique_indices=True)
-  table = table.at[rows].add(delta.astype(table.dtype), **scatter)
+  if table.dtype == delta.dtype:
+    table = table.at[rows].add(delta, **scatter)
+  else:  # a bfloat16 table: the new rows in float32, rounded once
+    old = table.at[rows].get(mode="fill", fill_value=0).astype(delta.dtype)
+    table = table.at[rows].set((old + delta).astype(table.dtype), **scatter)
   row_state = {k: row_state[k].at[rows].set(new_rows[k], **scatter) for k in row_state}
   return table, row_state
 
@@ -145,7 +154,9 @@ def dense_update(table: jax.Array, row_state: dict, grad: jax.Array, step: jax.A
   to every row whose gradient is nonzero (O(vocabulary) work)."""
   touched = jnp.any(grad != 0, axis=-1)
   delta, new_state = _apply_rows(row_state, grad.astype(jnp.float32), step, cfg)
-  table = table + jnp.where(touched[:, None], delta, 0).astype(table.dtype)
+  # float32 sum, rounded once for a bfloat16 table (for float32: table + where(...))
+  table = (table.astype(delta.dtype) + jnp.where(touched[:, None], delta, 0)).astype(
+      table.dtype)
   row_state = {
       k: jnp.where(touched.reshape((-1,) + (1,) * (v.ndim - 1)), new_state[k], v)
       for k, v in row_state.items()

@@ -7,7 +7,10 @@ differentiates w.r.t. whole tables and uses ``sparse.dense_update``: the O(vocab
 reference, for tests and benchmarks). Tables the model reads inside ``apply_rows`` (its
 optional ``inline_tables``: rows gathered at positions known only in the forward pass) are
 differentiated whole and dense-updated in both modes. ``eval_step(state, batch) -> (probs
-[B, T], metrics)``.
+[B, T], metrics)``. Tables stored in bfloat16 (``model.embedding.table_dtype``) are
+differentiated through float32 copies of their rows (or of the whole small table), so row
+gradients are summed in float32; the row optimizers work in float32 and round each updated
+row once (``sparse``).
 
 Both are ``jax.jit`` once with explicit shardings (batch on "data"); the train step donates
 the state. The model implements ``TrainableModel`` (below).
@@ -88,6 +91,13 @@ def host_batch(batch: dict) -> dict:
 def logits_to_probs(out) -> jax.Array:
   """Default ``predict_fn``: sigmoid of ``out["logits"]`` ([B, T])."""
   return jax.nn.sigmoid(out["logits"].astype(jnp.float32))
+
+
+def _float32(tree):
+  """Floating arrays of a tree in float32 (no op for float32 ones): the differentiated view
+  of bfloat16 tables and rows, so their gradients are float32."""
+  return jax.tree.map(
+      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def _group_by_table(model_def: ModelDef, ids: dict, row_grads: dict) -> dict:
@@ -182,7 +192,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                if t.shape[0] < dense_below_rows or path in inline}
       large_ids = {k: v for k, v in ids.items() if model_def.table_path(k) not in small}
       small_ids = {k: v for k, v in ids.items() if model_def.table_path(k) in small}
-      rows = model.gather(large_ids)
+      rows = _float32(model.gather(large_ids))  # float32 row gradients whatever the table
 
       def loss_of(params, small_tables, rows):
         tables = traverse_util.unflatten_dict({**flat_tables, **small_tables})
@@ -191,7 +201,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
 
       grad_fn = jax.value_and_grad(loss_of, argnums=(0, 1, 2), has_aux=True)
       (total, (terms, _, rest)), (g_params, g_small, g_rows) = grad_fn(
-          state.params, {p: flat_tables[p] for p in small}, rows)
+          state.params, {p: _float32(flat_tables[p]) for p in small}, rows)
       vocab = {p: t.shape[0] for p, t in flat_tables.items()}
       uniq = {path: sparse.unique_rows(i, g, vocab[path])
               for path, (i, g) in _group_by_table(model_def, large_ids, g_rows).items()}
@@ -211,7 +221,8 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
       grad_fn = jax.value_and_grad(
           lambda p, t: forward(model_def, loss_fn, p, t, state.rest, batch, train=True),
           argnums=(0, 1), has_aux=True)
-      (total, (terms, _, rest)), (g_params, g_tables) = grad_fn(state.params, state.tables)
+      (total, (terms, _, rest)), (g_params, g_tables) = grad_fn(state.params,
+                                                                _float32(state.tables))
       flat_g = traverse_util.flatten_dict(g_tables) if g_tables else {}
       row_grad_sq = sum((jnp.sum(jnp.square(g)) for g in flat_g.values()),
                         jnp.zeros((), jnp.float32))
