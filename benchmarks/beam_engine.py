@@ -99,9 +99,9 @@ def main(argv) -> None:
            for n in _WORKERS.value]
   os.makedirs(_OUT.value, exist_ok=True)
   print("| engine | wall (process) | build | peak RSS, launching process | peak RSS, "
-        "largest worker | live exposures / minute (build) |")
-  print("|---|---|---|---|---|---|", flush=True)
-  largest = {}
+        "largest worker | live exposures / minute (build) | buckets | spilled | samples |")
+  print("|---|---|---|---|---|---|---|---|---|", flush=True)
+  largest, first = {}, None
   for name, extra in runs:
     tag = name.replace(",", "").replace(" ", "-").replace("(", "").replace(")", "")
     out = os.path.join(_OUT.value, tag)
@@ -113,8 +113,18 @@ def main(argv) -> None:
     live = info["stats"]["live_exposures"]
     worker = f"{got['worker_gb']:.2f} GB ({got['workers_seen']} processes)" \
         if name != "local" else "-"
+    beam = info.get("engine") == "beam"
+    spilled = f"{info['beam_spill_bytes'] / 2**30:.2f} GiB" if beam else "-"
+    buckets = info["beam_layout"]["buckets"] if beam else "-"
+    # every count of the engine (samples by kind, evaluation records, events, orphans, ...)
+    same = (info["stats"], info["counts"]) == first if first else None
+    first = first or (info["stats"], info["counts"])
+    verdict = {None: ", ".join(f"{split} {sum(k.values()):,}"
+                               for split, k in info["counts"].items()),
+               True: "same counts and stats", False: "**DIFFERENT**"}[same]
     print(f"| {name} | {got['wall_s']:.1f} s | {build_s:.1f} s | {got['root_gb']:.2f} GB | "
-          f"{worker} | {live / build_s * 60:,.0f} |", flush=True)
+          f"{worker} | {live / build_s * 60:,.0f} | {buckets} | {spilled} | {verdict} |",
+          flush=True)
     largest.update(info.get("beam_largest_key") or {})
   if largest:
     print("\nLargest key group (rows), per stage: " + ", ".join(

@@ -8,6 +8,7 @@ the Beam engine). Rows are compared in the order both engines write, (sample_ts_
 exposure_id, kind), which is asserted too.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,8 +32,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_convert import _m3  # noqa: E402  (the KuaiLive-M3 source fixture)
 
-# Several keys per stage, several crowd ranges per live (carries), several write parts.
-LAYOUT = stages.Layout(buckets=3, salts=2, crowd_range_ms=600_000, write_range_ms=6 * 3_600_000)
+# Several keys per stage, several crowd ranges per live (carries), several write parts; most
+# batches between stages travel as spilled files, the smaller ones inline.
+LAYOUT = stages.Layout(buckets=3, salts=2, crowd_range_ms=600_000, write_range_ms=6 * 3_600_000,
+                       spill_rows=64)
 MODES = {"realtime": MomentConfig(),
          "on_close": MomentConfig(mode="on_close"),
          "fast_slow": MomentConfig(mode="fast_slow", features_at="sample")}
@@ -94,6 +97,7 @@ def _assert_same(tmp, local, beam):
 def test_beam_matches_in_process_on_a_small_world(small_world, tmp_path, mode):
   local, beam = _both(small_world, tmp_path, MODES[mode])
   _assert_same(tmp_path, local, beam)
+  assert beam["beam_spill_bytes"] > 0
   assert beam["engine"] == "beam" and local["stats"]["live_exposures"] > 500
   # The trainer's input pipeline reads the Beam-built folder like any other.
   src = shards.open_samples(str(tmp_path / "beam"), "train")
@@ -103,8 +107,21 @@ def test_beam_matches_in_process_on_a_small_world(small_world, tmp_path, mode):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_beam_matches_in_process_on_converted_kuailive_m3(m3_log, tmp_path, mode):
-  local, beam = _both(m3_log, tmp_path, MODES[mode])
+  """Every batch inline here (spill_rows 0): the runner carries the data itself."""
+  local, beam = _both(m3_log, tmp_path, MODES[mode], layout=dataclasses.replace(LAYOUT,
+                                                                                spill_rows=0))
   _assert_same(tmp_path, local, beam)
+  assert beam["beam_spill_bytes"] == 0
+
+
+def test_automatic_buckets_grow_with_the_log():
+  auto = stages.Layout()
+  assert auto.buckets == 0
+  assert auto.resolve(1000).buckets == stages.MIN_AUTO_BUCKETS
+  assert auto.resolve(100 * stages.AUTO_BUCKET_EVENTS + 1).buckets == 101
+  assert stages.Layout(buckets=5).resolve(10 ** 9).buckets == 5
+  with pytest.raises(ValueError, match=r"Layout\.spill_rows=-1: expected >= 0"):
+    stages.Layout(spill_rows=-1).validate()
 
 
 def _as_parts(table: pa.Table, folder, n: int, row_group: int):

@@ -127,7 +127,7 @@ def _build_beam(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool, num_
     info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
             "counts": got["counts"], "stats": got["stats"], "engine": "beam",
             "beam_args": list(beam_args or []),
-            "beam_layout": dataclasses.asdict(layout) if layout else None,
+            "beam_layout": got["layout"], "beam_spill_bytes": got["spill_bytes"],
             "beam_largest_key": got["largest_key"],
             "engine_prepare_s": got["pipeline_s"], "validate_s": validate_s,
             "build_and_write_s": total_s, "log_warnings": warnings}
@@ -247,4 +247,6 @@ def format_report(info: dict) -> str:
   if info.get("beam_largest_key"):
     lines.append("largest key (rows one worker held at once): " + ", ".join(
         f"{k} {v:,}" for k, v in info["beam_largest_key"].items()))
+    lines.append(f"Beam layout: {info['beam_layout']['buckets']} buckets; batches spilled to "
+                 f"the scratch folder: {info['beam_spill_bytes'] / 2**20:,.0f} MiB")
   return "\n".join(lines)

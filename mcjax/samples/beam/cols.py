@@ -71,17 +71,24 @@ def split(cols: dict, *keys: np.ndarray) -> Iterator[tuple[tuple, dict]]:
   new[1:] = (s[:, 1:] != s[:, :-1]).any(axis=0)
   starts = np.flatnonzero(new)
   ends = np.append(starts[1:], n)
+  rows = take(cols, order)  # one gather; each key's rows are a slice of it
   for a, b in zip(starts, ends):
-    yield tuple(int(v) for v in s[:, a]), take(cols, order[a:b])
+    yield tuple(int(v) for v in s[:, a]), take(rows, slice(a, b))
 
 
 def pair_index(a_id: np.ndarray, a_t: np.ndarray, b_id: np.ndarray,
                b_t: np.ndarray) -> np.ndarray:
-  """Row of each (a_id, a_t) pair among the (b_id, b_t) pairs, -1 where absent."""
-  both = np.stack([np.concatenate([a_id, b_id]), np.concatenate([a_t, b_t])], axis=1)
-  _, inverse = np.unique(both, axis=0, return_inverse=True)
-  inverse = inverse.reshape(-1)
-  a, b = inverse[:len(a_id)], inverse[len(a_id):]
-  where = np.full(int(inverse.max()) + 1 if len(inverse) else 0, -1, np.int64)
-  where[b] = np.arange(len(b))
-  return where[a]
+  """Row of each (a_id, a_t) pair among the (b_id, b_t) pairs (the last of equal ones), -1
+  where absent."""
+  n = len(a_id)
+  _, id_code = np.unique(np.concatenate([a_id, b_id]), return_inverse=True)
+  t_values, t_code = np.unique(np.concatenate([a_t, b_t]), return_inverse=True)
+  key = id_code.reshape(-1).astype(np.int64) * len(t_values) + t_code.reshape(-1)
+  ka, kb = key[:n], key[n:]
+  if not len(kb):
+    return np.full(n, -1, np.int64)
+  order = np.argsort(kb, kind="stable")
+  sorted_b = kb[order]
+  pos = np.searchsorted(sorted_b, ka, side="right") - 1
+  hit = (pos >= 0) & (sorted_b[np.maximum(pos, 0)] == ka)
+  return np.where(hit, order[np.maximum(pos, 0)], -1).astype(np.int64)

@@ -25,10 +25,13 @@ memory-mapped files).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import shutil
 import time
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -79,15 +82,65 @@ class Batch:
     return Batch, (self.cols,)
 
 
-def _out(tag: str, key, value):
-  return beam.pvalue.TaggedOutput(tag, (key, Batch(value) if isinstance(value, dict) else value))
+class Spilled:
+  """A batch saved in the scratch folder: only its file name travels through the runner."""
+
+  __slots__ = ("path",)
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def __reduce__(self):
+    return Spilled, (self.path,)
+
+  def load(self) -> dict:
+    with open(self.path, "rb") as f:
+      return pickle.load(f)
+
+
+class Spill:
+  """How a batch travels: one of at least ``min_rows`` rows is pickled into a new file under
+  ``folder`` (the scratch folder every worker sees) and becomes a ``Spilled`` name; a smaller
+  one (or every one, ``min_rows`` 0) travels inline as a ``Batch``. What a runner shuffles and
+  buffers is then file names and small batches: its memory does not grow with the log, and a
+  worker holds the batches of the key it is working on, loaded when it reads them. The files
+  are never modified (a retried bundle writes new ones) and go with the scratch folder."""
+
+  def __init__(self, folder: str, min_rows: int):
+    self.folder, self.min_rows = folder, min_rows
+
+  def __call__(self, tag: str, cols: dict):
+    if not self.min_rows or C.length(cols) < self.min_rows:
+      return Batch(cols)
+    path = os.path.join(self.folder, tag, f"{uuid.uuid4().hex}.pkl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+      pickle.dump(cols, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return Spilled(path)
+
+
+def _out(spill: Spill, tag: str, key, value):
+  return beam.pvalue.TaggedOutput(tag, (key, spill(tag, value) if isinstance(value, dict)
+                                        else value))
+
+
+def _cols(v):
+  return v.cols if isinstance(v, Batch) else v.load() if isinstance(v, Spilled) else v
 
 
 def _values(grouped, name: str) -> list:
-  return [v.cols if isinstance(v, Batch) else v for v in grouped.get(name, ())]
+  return [_cols(v) for v in grouped.get(name, ())]
 
 
 # ---------------------------------------------------------------------------- reading
+
+def _footer(path: str):
+  try:
+    return pq.ParquetFile(path).metadata
+  except (pa.ArrowException, OSError) as e:
+    raise log_io.UnreadableTableError(path, f"unreadable Parquet file ({type(e).__name__}: "
+                                      f"{' '.join(str(e).split())})") from e
+
 
 def read_tasks(log_dir: str, name: str) -> list[tuple]:
   """(table name, path, row group, first row of the row group in the table) of every row
@@ -98,23 +151,25 @@ def read_tasks(log_dir: str, name: str) -> list[tuple]:
     return []
   out, row = [], 0
   for f in log_io.table_files(path):
-    try:
-      meta = pq.ParquetFile(f).metadata
-    except (pa.ArrowException, OSError) as e:
-      raise log_io.UnreadableTableError(f, f"unreadable Parquet file ({type(e).__name__}: "
-                                        f"{' '.join(str(e).split())})") from e
+    meta = _footer(f)
     for rg in range(meta.num_row_groups):
       out.append((name, f, rg, row))
       row += meta.row_group(rg).num_rows
   return out
 
 
+def table_rows(log_dir: str, name: str) -> int:
+  """Rows of a log table (from the footers)."""
+  return sum(_footer(f).num_rows for f in log_io.table_files(log_io.table_path(log_dir, name)))
+
+
 class ReadEvents(beam.DoFn):
   """A row group of the event table -> column batches of at most ``batch_rows`` rows, with
   each row's index in the whole table (``seq``: the log's order), routed to their keys."""
 
-  def __init__(self, layout: stages.Layout, batch_rows: int, check_types: bool, where: str):
-    self.layout, self.batch_rows = layout, batch_rows
+  def __init__(self, spill: Spill, layout: stages.Layout, batch_rows: int, check_types: bool,
+               where: str):
+    self.spill, self.layout, self.batch_rows = spill, layout, batch_rows
     self.check_types, self.where = check_types, where
 
   def process(self, task):
@@ -128,7 +183,7 @@ class ReadEvents(beam.DoFn):
       cols["seq"] = first + np.arange(table.num_rows, dtype=np.int64)
       first += table.num_rows
       for tag, key, rows in stages.route_events(cols, self.layout):
-        yield _out(tag, key, rows)
+        yield _out(self.spill, tag, key, rows)
 
 
 def _read_table(task, check_types: bool, where: str) -> pa.Table:
@@ -196,8 +251,8 @@ class Stage(beam.DoFn):
   """Runs a ``stages`` function on one key's grouped batches; its (tag, key, batch) outputs
   become tagged (key, batch) elements (key None: this element's key; tag "stats": counts)."""
 
-  def __init__(self, fn, inputs: tuple, side: tuple = (), **kwargs):
-    self.fn, self.inputs, self.side, self.kwargs = fn, inputs, side, kwargs
+  def __init__(self, spill: Spill, fn, inputs: tuple, side: tuple = (), **kwargs):
+    self.spill, self.fn, self.inputs, self.side, self.kwargs = spill, fn, inputs, side, kwargs
 
   def process(self, element, *side):
     key, grouped = element
@@ -207,15 +262,15 @@ class Stage(beam.DoFn):
       if tag == "stats":
         yield beam.pvalue.TaggedOutput("stats", batch)
       else:
-        yield _out(tag, key if out_key is None else out_key, batch)
+        yield _out(self.spill, tag, key if out_key is None else out_key, batch)
 
 
 class Histories(beam.DoFn):
   """``stages.histories`` of one user bucket; saves its stores as pieces in the scratch
   folder (idempotent: a retried bundle rewrites the same files)."""
 
-  def __init__(self, scratch: str, cfg: MomentConfig, layout: stages.Layout):
-    self.scratch, self.cfg, self.layout = scratch, cfg, layout
+  def __init__(self, spill: Spill, scratch: str, cfg: MomentConfig, layout: stages.Layout):
+    self.spill, self.scratch, self.cfg, self.layout = spill, scratch, cfg, layout
 
   def process(self, element):
     (bucket,), grouped = element
@@ -232,12 +287,12 @@ class Histories(beam.DoFn):
           sizes[p] = len(store)
         yield beam.pvalue.TaggedOutput("pieces", (bucket, sizes))
       else:
-        yield _out(tag, key, batch)
+        yield _out(self.spill, tag, key, batch)
 
 
 class Join(beam.DoFn):
-  def __init__(self, layout: stages.Layout):
-    self.layout = layout
+  def __init__(self, spill: Spill, layout: stages.Layout):
+    self.spill, self.layout = spill, layout
 
   def process(self, element, pieces):
     _, g = element
@@ -251,7 +306,7 @@ class Join(beam.DoFn):
     for split, key, table in stages.join(rows, _values(g, "crowd"), _values(g, "histories"),
                                          _values(g, "authors"), _values(g, "oracle"), offsets,
                                          self.layout):
-      yield (split, key[0]), Batch(table)
+      yield (split, key[0]), self.spill(f"samples_{split}", table)
 
 
 class WriteParts(beam.DoFn):
@@ -264,7 +319,7 @@ class WriteParts(beam.DoFn):
 
   def process(self, element):
     (split, w), tables = element
-    table = stages.sort_part(C.concat([t.cols for t in tables]))
+    table = stages.sort_part(C.concat([_cols(t) for t in tables]))
     n = C.length(table)
     for i, lo in enumerate(range(0, n, self.layout.part_rows)):
       chunk = conform_stored(C.take(table, slice(lo, lo + self.layout.part_rows)))
@@ -279,6 +334,11 @@ class WriteParts(beam.DoFn):
       np.save(ts_path, chunk["sample_ts_ms"])
       yield {"split": split, "name": name, "num_samples": C.length(chunk),
              "kinds": kind_counts(chunk)}
+
+
+def _folder_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(path)
+             for n in names)
 
 
 def _load_json(path: str, missing):
@@ -302,11 +362,12 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
                    check_types: bool) -> None:
   """Adds the engine's transforms to ``p`` (reads ``log_dir``, writes into ``scratch``)."""
   where = os.path.basename(os.path.normpath(log_dir))
+  spill = Spill(os.path.join(scratch, "spill"), layout.spill_rows)
   ev = (p | "event row groups" >> beam.Create(read_tasks(log_dir, ES.EVENTS_FILE))
         | "spread reads" >> beam.Reshuffle()
         | "read events" >> beam.ParDo(ReadEvents(
-            layout, batch_rows, check_types, os.path.join(where, ES.EVENTS_FILE))).with_outputs(
-                "live_exposures", "events"))
+            spill, layout, batch_rows, check_types, os.path.join(where, ES.EVENTS_FILE)))
+        .with_outputs("live_exposures", "events"))
   side = {}
   for name, (file, _) in _SIDE.items():
     side[name] = (p | f"{name} row groups" >> beam.Create(read_tasks(log_dir, file))
@@ -325,39 +386,42 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
     return side[name] | f"route {name}" >> beam.FlatMap(
         lambda t: ((k, v) for _, k, v in stages.table_routes(name, t, key, layout, salted)))
 
+  def stage(fn, inputs, side=(), **kwargs):
+    return Stage(spill, fn, inputs, side, **kwargs)
+
   lives = ({"x": ev.live_exposures, "lives": routed("lives", True)}
            | "group lives" >> beam.CoGroupByKey()
-           | "join lives" >> beam.ParDo(Stage(stages.join_lives, ("x", "lives"),
-                                              layout=layout)).with_outputs("live_exposures",
-                                                                           "stats"))
+           | "join lives" >> beam.ParDo(stage(stages.join_lives, ("x", "lives"), layout=layout))
+           .with_outputs("live_exposures", "stats"))
   e = ({"events": ev.events, "live_exposures": lives.live_exposures}
        | "group exposures" >> beam.CoGroupByKey()
        | "exposures" >> beam.ParDo(
-           Stage(stages.exposures, ("events", "live_exposures"), ("user_bounds",), cfg=cfg,
+           stage(stages.exposures, ("events", "live_exposures"), ("user_bounds",), cfg=cfg,
                  layout=layout), bounds).with_outputs("stats", *_E_TAGS))
   scan = ({"totals": e.carry_totals, "starts": e.live_starts, "marks": e.crowd_marks}
           | "group carries" >> beam.CoGroupByKey()
-          | "carry scan" >> beam.ParDo(Stage(stages.carry_scan, ("totals", "starts", "marks"),
+          | "carry scan" >> beam.ParDo(stage(stages.carry_scan, ("totals", "starts", "marks"),
                                              layout=layout)).with_outputs("crowd_carry"))
   crowd = ({"events": e.crowd_events, "viewers": e.crowd_viewers, "queries": e.crowd_queries,
             "carry": scan.crowd_carry}
            | "group crowd ranges" >> beam.CoGroupByKey()
-           | "crowd" >> beam.ParDo(Stage(stages.crowd_range,
+           | "crowd" >> beam.ParDo(stage(stages.crowd_range,
                                          ("events", "viewers", "queries", "carry"),
                                          layout=layout)).with_outputs("crowd", "stats"))
   videos = ({"plays": e.plays, "videos": routed("videos", True)}
             | "group videos" >> beam.CoGroupByKey()
-            | "join videos" >> beam.ParDo(Stage(stages.join_videos, ("plays", "videos"),
-                                                ("user_bounds",)), bounds).with_outputs("plays", "stats"))
+            | "join videos" >> beam.ParDo(stage(stages.join_videos, ("plays", "videos"),
+                                                ("user_bounds",)), bounds)
+            .with_outputs("plays", "stats"))
   authors = ({"requests": e.author_requests, "authors": routed("authors", True)}
              | "group authors" >> beam.CoGroupByKey()
-             | "join authors" >> beam.ParDo(Stage(stages.join_authors, ("requests", "authors"),
-                                                  layout=layout)).with_outputs("authors",
-                                                                               "stats"))
+             | "join authors" >> beam.ParDo(stage(stages.join_authors, ("requests", "authors"),
+                                                  layout=layout))
+             .with_outputs("authors", "stats"))
   hist = ({"plays": videos.plays, "records": e.lv_records, "queries": e.user_queries,
            "users": routed("users", False, user_keyed=True)}
           | "group users" >> beam.CoGroupByKey()
-          | "histories" >> beam.ParDo(Histories(scratch, cfg, layout)).with_outputs(
+          | "histories" >> beam.ParDo(Histories(spill, scratch, cfg, layout)).with_outputs(
               "histories", "pieces", "stats"))
   pieces = beam.pvalue.AsList(hist.pieces)
   oracle = side["oracle"] | "route oracle" >> beam.FlatMap(
@@ -366,7 +430,7 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
   parts = ({"rows_train": e.rows_train, "rows_eval": e.rows_eval, "crowd": crowd.crowd,
             "histories": hist.histories, "authors": authors.authors, "oracle": oracle}
            | "group samples" >> beam.CoGroupByKey()
-           | "join" >> beam.ParDo(Join(layout), pieces)
+           | "join" >> beam.ParDo(Join(spill, layout), pieces)
            | "group write ranges" >> beam.GroupByKey()
            | "write" >> beam.ParDo(WriteParts(scratch, layout, block_size, num_shards)))
   # One key, grouped: exactly one writer of each file (a global combine may also emit its
@@ -462,7 +526,8 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
   ``--novalidate`` keeps; a log validated at the door needs none).
   """
   cfg.validate()
-  layout = (layout or stages.Layout()).validate()
+  rows = table_rows(log_dir, ES.EVENTS_FILE)
+  layout = (layout or stages.Layout()).validate().resolve(rows)
   scratch = os.path.join(out_dir, SCRATCH)
   os.makedirs(scratch, exist_ok=True)
   options = pipeline_options(pipeline_args)
@@ -477,8 +542,6 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
   pipeline_s = time.perf_counter() - start
   raw = _load_json(os.path.join(scratch, "stats.json"), {})
   stats = _engine_stats(raw)
-  rows = sum(pq.ParquetFile(f).metadata.num_rows
-             for f in log_io.table_files(log_io.table_path(log_dir, ES.EVENTS_FILE)))
   if stats["events"] != rows:  # a runner that drops elements must not pass for a build
     raise RuntimeError(f"the Beam pipeline lost events: {stats['events']:,} of the {rows:,} "
                        f"rows of {ES.EVENTS_FILE} reached the engine; nothing was written")
@@ -495,6 +558,8 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
                        f"{stats['train_samples']:,} train samples and {stats['eval_records']:,} "
                        f"evaluation records, {written['train']:,} and {written['eval']:,} were "
                        f"written; nothing was kept")
+  spilled = _folder_bytes(os.path.join(scratch, "spill"))
   shutil.rmtree(scratch)
   return {"counts": counts, "stats": stats, "largest_key": largest, "pipeline_s": pipeline_s,
-          "finish_s": time.perf_counter() - start - pipeline_s}
+          "finish_s": time.perf_counter() - start - pipeline_s, "spill_bytes": spilled,
+          "layout": dataclasses.asdict(layout)}

@@ -36,12 +36,18 @@ _COUNTED = np.array(sorted(_EC[e] for e in crowd.COUNTED.values()))
 ALWAYS = np.iinfo(np.int64).min
 
 
+AUTO_BUCKET_EVENTS = 400_000
+MIN_AUTO_BUCKETS = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """How work is keyed.
 
   Attributes:
-    buckets: hash buckets of exposures, lives, videos, authors; range buckets of users.
+    buckets: hash buckets of exposures, lives, videos, authors; range buckets of users. 0:
+      one per ``AUTO_BUCKET_EVENTS`` events of the log, at least ``MIN_AUTO_BUCKETS`` (so a
+      key's share of a bigger log stays the same size; see ``resolve``).
     salts: each live / video / author bucket's exposures are spread over this many keys for
       the side-table joins (a hot live's exposures go to ``salts`` workers; its side-table row
       is copied to each).
@@ -50,21 +56,35 @@ class Layout:
     write_range_ms: samples are written in one part per time range of this length (several
       parts of at most ``part_rows`` when a range holds more).
     part_rows: samples per written part at most.
+    spill_rows: a batch of at least this many rows travels between stages as a file in the
+      scratch folder (its name goes through the runner); smaller ones travel inline. 0:
+      every batch inline (the runner then buffers the whole log between stages).
   """
-  buckets: int = 16
+  buckets: int = 0
   salts: int = 4
   crowd_range_ms: int = 3_600_000
   write_range_ms: int = 6 * 3_600_000
   part_rows: int = 256 * 1024
+  spill_rows: int = 4096
 
   def validate(self) -> "Layout":
-    for name in ("buckets", "salts", "write_range_ms", "part_rows"):
+    for name in ("salts", "write_range_ms", "part_rows"):
       if getattr(self, name) < 1:
         raise ValueError(f"Layout.{name}={getattr(self, name)}: expected >= 1")
+    for name in ("buckets", "spill_rows"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"Layout.{name}={getattr(self, name)}: expected >= 0")
     if self.crowd_range_ms < crowd.MAX_WINDOW_MS:
       raise ValueError(f"Layout.crowd_range_ms={self.crowd_range_ms}: expected >= "
                        f"{crowd.MAX_WINDOW_MS} (the longest crowd window)")
     return self
+
+  def resolve(self, events: int) -> "Layout":
+    """This layout for a log of ``events`` events (``buckets`` 0 made a number)."""
+    if self.buckets:
+      return self
+    return dataclasses.replace(self, buckets=max(MIN_AUTO_BUCKETS,
+                                                 -(-events // AUTO_BUCKET_EVENTS)))
 
   def own_range(self, ts: np.ndarray) -> np.ndarray:
     """The crowd range whose carry an event at ``ts`` is summed into: range k covers
