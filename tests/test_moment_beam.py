@@ -230,7 +230,8 @@ def test_events_lost_by_the_runner_fail_the_build(small_world, tmp_path, monkeyp
 
   monkeypatch.setattr(stages, "route_events", lossy)
   out = tmp_path / "beam"
-  with pytest.raises(RuntimeError, match=r"lost events: [\d,]+ of the [\d,]+ rows"):
+  with pytest.raises(RuntimeError, match=r"lost events: [\d,]+ of the ([\d,]+) rows of "
+                     r"events\.parquet reached the engine \(\1 were read\)"):
     build.build_samples_dir(small_world, str(out), MomentConfig(), engine="beam",
                             beam_layout=LAYOUT)
   assert not out.exists()

@@ -184,6 +184,7 @@ class ReadEvents(beam.DoFn):
       first += table.num_rows
       for tag, key, rows in stages.route_events(cols, self.layout):
         yield _out(self.spill, tag, key, rows)
+      yield beam.pvalue.TaggedOutput("stats", {"events_read": table.num_rows})
 
 
 def _read_table(task, check_types: bool, where: str) -> pa.Table:
@@ -367,7 +368,7 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
         | "spread reads" >> beam.Reshuffle()
         | "read events" >> beam.ParDo(ReadEvents(
             spill, layout, batch_rows, check_types, os.path.join(where, ES.EVENTS_FILE)))
-        .with_outputs("live_exposures", "events"))
+        .with_outputs("live_exposures", "events", "stats"))
   side = {}
   for name, (file, _) in _SIDE.items():
     side[name] = (p | f"{name} row groups" >> beam.Create(read_tasks(log_dir, file))
@@ -441,7 +442,7 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
   (hist.pieces | "key pieces" >> beam.Map(lambda x: (0, x)) | "all pieces" >> beam.GroupByKey()
    | "save pieces" >> beam.MapTuple(lambda _, xs: _save_json(
        sorted(xs), os.path.join(scratch, "pieces.json"))))
-  ((e.stats, lives.stats, crowd.stats, videos.stats, authors.stats, hist.stats)
+  ((ev.stats, e.stats, lives.stats, crowd.stats, videos.stats, authors.stats, hist.stats)
    | "stats" >> beam.Flatten()
    | "key stats" >> beam.Map(lambda x: (0, x))
    | "sum stats" >> beam.CombinePerKey(SumStats())
@@ -543,8 +544,10 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
   raw = _load_json(os.path.join(scratch, "stats.json"), {})
   stats = _engine_stats(raw)
   if stats["events"] != rows:  # a runner that drops elements must not pass for a build
+    read = raw.get("events_read", 0)
     raise RuntimeError(f"the Beam pipeline lost events: {stats['events']:,} of the {rows:,} "
-                       f"rows of {ES.EVENTS_FILE} reached the engine; nothing was written")
+                       f"rows of {ES.EVENTS_FILE} reached the engine ({read:,} were read); "
+                       f"nothing was written")
   largest = {k[len("max/"):]: v for k, v in sorted(raw.items()) if k.startswith("max/")}
   if stats["late_clicks"]:
     logging.warning("%d click(s) came after no_click_close_s=%s and were ignored; raise "
