@@ -93,39 +93,92 @@ class Spilled:
   def __reduce__(self):
     return Spilled, (self.path,)
 
-  def load(self) -> dict:
+  def load(self):
     with open(self.path, "rb") as f:
       return pickle.load(f)
 
 
+class Slice:
+  """Rows [start, stop) of a run file (a record array saved by ``Spill.routes``): only its
+  name and bounds travel; loading reads those rows through a memory map."""
+
+  __slots__ = ("path", "start", "stop")
+
+  def __init__(self, path: str, start: int, stop: int):
+    self.path, self.start, self.stop = path, start, stop
+
+  def __reduce__(self):
+    return Slice, (self.path, self.start, self.stop)
+
+  def load(self) -> dict:
+    rows = np.load(self.path, mmap_mode="r")[self.start:self.stop]
+    return {name: np.array(rows[name]) for name in rows.dtype.names}
+
+
 class Spill:
-  """How a batch travels: one of at least ``min_rows`` rows is pickled into a new file under
-  ``folder`` (the scratch folder every worker sees) and becomes a ``Spilled`` name; a smaller
-  one (or every one, ``min_rows`` 0) travels inline as a ``Batch``. What a runner shuffles and
-  buffers is then file names and small batches: its memory does not grow with the log, and a
-  worker holds the batches of the key it is working on, loaded when it reads them. The files
-  are never modified (a retried bundle writes new ones) and go with the scratch folder."""
+  """How batches travel between stages: the way a MapReduce shuffle moves data. All the
+  batches one call of a stage sends under one tag (one per destination key) are written as
+  one *run file* in the scratch folder (every worker sees it), and each key gets a ``Slice``
+  of it: what the runner shuffles and buffers is names and row bounds, so its memory does not
+  grow with the log, and a worker holds only the key it is working on (its slices, read
+  through memory maps). Outputs of fewer than ``min_rows`` rows in all (or every output,
+  ``min_rows`` 0) travel inline as ``Batch``es. Files are never modified (a retried bundle
+  writes new ones) and go with the scratch folder."""
 
   def __init__(self, folder: str, min_rows: int):
     self.folder, self.min_rows = folder, min_rows
 
-  def __call__(self, tag: str, cols: dict):
-    if not self.min_rows or C.length(cols) < self.min_rows:
-      return Batch(cols)
-    path = os.path.join(self.folder, tag, f"{uuid.uuid4().hex}.pkl")
+  def _path(self, tag: str, ext: str) -> str:
+    path = os.path.join(self.folder, tag, f"{uuid.uuid4().hex}.{ext}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+  def __call__(self, tag: str, value):
+    """One element's value: a column batch (dict) or a side table's rows (``pa.Table``)."""
+    rows = value.num_rows if isinstance(value, pa.Table) else C.length(value)
+    if not self.min_rows or rows < self.min_rows:
+      return Batch(value)
+    path = self._path(tag, "pkl")
     with open(path, "wb") as f:
-      pickle.dump(cols, f, protocol=pickle.HIGHEST_PROTOCOL)
+      pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
     return Spilled(path)
 
+  def routes(self, tag: str, pieces: list) -> list:
+    """(key, value) for each (key, column batch) of ``pieces`` (batches with the same
+    columns): slices of one run file, or inline batches when they are small."""
+    total = sum(C.length(c) for _, c in pieces)
+    if not self.min_rows or total < self.min_rows:
+      return [(k, Batch(c)) for k, c in pieces]
+    first = pieces[0][1]
+    run = np.empty(total, np.dtype([(n, v.dtype, v.shape[1:]) for n, v in first.items()]))
+    out, at = [], 0
+    path = self._path(tag, "npy")
+    for k, c in pieces:
+      n = C.length(c)
+      for name, v in c.items():
+        run[name][at:at + n] = v
+      out.append((k, Slice(path, at, at + n)))
+      at += n
+    np.save(path, run)
+    return out
 
-def _out(spill: Spill, tag: str, key, value):
-  return beam.pvalue.TaggedOutput(tag, (key, spill(tag, value) if isinstance(value, dict)
-                                        else value))
+
+def _routed(spill: Spill, outputs, default_key=None):
+  """The tagged elements of a stage's (tag, key, batch) outputs: "stats" counts as they come,
+  then each tag's batches through ``spill.routes`` (key None: ``default_key``)."""
+  by_tag = {}
+  for tag, key, batch in outputs:
+    if tag == "stats":
+      yield beam.pvalue.TaggedOutput("stats", batch)
+    else:
+      by_tag.setdefault(tag, []).append((default_key if key is None else key, batch))
+  for tag, pieces in by_tag.items():
+    for key, value in spill.routes(tag, pieces):
+      yield beam.pvalue.TaggedOutput(tag, (key, value))
 
 
 def _cols(v):
-  return v.cols if isinstance(v, Batch) else v.load() if isinstance(v, Spilled) else v
+  return v.cols if isinstance(v, Batch) else v.load() if isinstance(v, (Spilled, Slice)) else v
 
 
 def _values(grouped, name: str) -> list:
@@ -182,8 +235,7 @@ class ReadEvents(beam.DoFn):
       cols = events.event_columns(table)
       cols["seq"] = first + np.arange(table.num_rows, dtype=np.int64)
       first += table.num_rows
-      for tag, key, rows in stages.route_events(cols, self.layout):
-        yield _out(self.spill, tag, key, rows)
+      yield from _routed(self.spill, stages.route_events(cols, self.layout))
       yield beam.pvalue.TaggedOutput("stats", {"events_read": table.num_rows})
 
 
@@ -259,11 +311,7 @@ class Stage(beam.DoFn):
     key, grouped = element
     args = [_values(grouped, name) for name in self.inputs]
     kwargs = dict(zip(self.side, side), **self.kwargs)
-    for tag, out_key, batch in self.fn(*args, **kwargs):
-      if tag == "stats":
-        yield beam.pvalue.TaggedOutput("stats", batch)
-      else:
-        yield _out(self.spill, tag, key if out_key is None else out_key, batch)
+    yield from _routed(self.spill, self.fn(*args, **kwargs), key)
 
 
 class Histories(beam.DoFn):
@@ -278,17 +326,17 @@ class Histories(beam.DoFn):
     out = stages.histories(bucket, _values(grouped, "plays"), _values(grouped, "records"),
                            _values(grouped, "queries"), _values(grouped, "users"), self.cfg,
                            self.layout)
+    rest = []
     for tag, key, batch in out:
-      if tag == "stats":
-        yield beam.pvalue.TaggedOutput("stats", batch)
-      elif tag == "stores":
+      if tag == "stores":
         sizes = {}
         for p, store in batch.items():
           store.save(os.path.join(self.scratch, "history", p, f"{bucket:06d}"))
           sizes[p] = len(store)
         yield beam.pvalue.TaggedOutput("pieces", (bucket, sizes))
       else:
-        yield _out(self.spill, tag, key, batch)
+        rest.append((tag, key, batch))
+    yield from _routed(self.spill, rest)
 
 
 class Join(beam.DoFn):
@@ -378,14 +426,23 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
       side["users"] | beam.Map(lambda t: t["user_id"].to_numpy())
       | "user bounds" >> beam.CombineGlobally(UserBounds(layout.buckets)))
 
+  def spilled(routes):
+    """(key, batch) of (tag, key, part) routes, each part spilled once (the salts of one
+    bucket get the same part)."""
+    part = ref = None
+    for tag, k, v in routes:
+      if v is not part:
+        part, ref = v, spill(tag, v)
+      yield k, ref
+
   def routed(name, salted, user_keyed=False):
     key = _SIDE[name][1]
     if user_keyed:
       return side[name] | f"route {name}" >> beam.FlatMap(
-          lambda t, b: ((k, v) for _, k, v in stages.table_routes(name, t, key, layout, False,
-                                                                   bounds=b)), bounds)
+          lambda t, b: spilled(stages.table_routes(name, t, key, layout, False, bounds=b)),
+          bounds)
     return side[name] | f"route {name}" >> beam.FlatMap(
-        lambda t: ((k, v) for _, k, v in stages.table_routes(name, t, key, layout, salted)))
+        lambda t: spilled(stages.table_routes(name, t, key, layout, salted)))
 
   def stage(fn, inputs, side=(), **kwargs):
     return Stage(spill, fn, inputs, side, **kwargs)
@@ -426,8 +483,7 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
               "histories", "pieces", "stats"))
   pieces = beam.pvalue.AsList(hist.pieces)
   oracle = side["oracle"] | "route oracle" >> beam.FlatMap(
-      lambda t: ((k, v) for _, k, v in stages.table_routes("oracle", t, "exposure_id", layout,
-                                                           False)))
+      lambda t: spilled(stages.table_routes("oracle", t, "exposure_id", layout, False)))
   parts = ({"rows_train": e.rows_train, "rows_eval": e.rows_eval, "crowd": crowd.crowd,
             "histories": hist.histories, "authors": authors.authors, "oracle": oracle}
            | "group samples" >> beam.CoGroupByKey()
