@@ -1,11 +1,15 @@
-"""Shared test set-up: CPU only, 8 fake host devices for mesh tests, absl flags parsed."""
+"""Shared test set-up: CPU only, 8 fake host devices for mesh tests, XLA's cheap CPU code
+generation (``xla_flags.FAST_COMPILE``), absl flags parsed."""
 
 import os
+
+from xla_flags import with_fast_compile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-  os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+  flags = (flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = with_fast_compile(flags)
 
 from absl import flags as absl_flags  # noqa: E402
 

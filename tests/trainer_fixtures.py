@@ -25,9 +25,10 @@ import time
 import jax
 import numpy as np
 
+from xla_flags import FAST_COMPILE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "mcjax/configs/tiny.py"
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 RUN_TIMEOUT_S = 600
 _MEMO: dict = {}
 
