@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+from xla_flags import FAST_COMPILE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,7 +26,7 @@ def test_readme_example_runs(tmp_path):
            "assert sorted(ranking.live_ids.tolist()) == [1, 2, 3]\n"
            "assert np.all(np.diff(ranking.ranking_score) <= 0)\n"
            "print('ok')\n")
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",  # one device: fast
+  env = dict(os.environ, XLA_FLAGS=" ".join(FAST_COMPILE), JAX_PLATFORMS="cpu",  # one device
              PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
   run = subprocess.run([sys.executable, "-c", code + check], cwd=str(tmp_path), env=env,
                        capture_output=True, text=True, timeout=900)
