@@ -12,6 +12,7 @@ prints the sample counts per kind and the throughput. Every ``MomentConfig`` fie
     python -m launch.build_samples --engine=beam --events=LOG --out=SAMPLES \
         --direct_num_workers=2 --direct_running_mode=multi_processing   # local runner
         [--config.beam.buckets=64 --config.beam.crowd_range_ms=900000]  # how work is keyed
+                                    # (buckets 0, the default: one per 400k events, >= 16)
     python -m launch.build_samples --engine=beam --events=gs-fuse/LOG --out=/mnt/shared/S \
         --runner=FlinkRunner --flink_master=HOST:8081 --environment_type=LOOPBACK
 

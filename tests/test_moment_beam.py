@@ -24,6 +24,7 @@ from mcjax import convert
 from mcjax.eventlog import io as log_io
 from mcjax.eventlog.validate import LogValidationError
 from mcjax.moment import MomentConfig
+from mcjax.samples.beam import pipeline as beam_pipeline
 from mcjax.samples.beam import stages
 from mcjax.samples import build, pipeline, shards
 from mcjax.sim import world
@@ -107,19 +108,30 @@ def test_beam_matches_in_process_on_a_small_world(small_world, tmp_path, mode):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_beam_matches_in_process_on_converted_kuailive_m3(m3_log, tmp_path, mode):
-  """Every batch inline here (spill_rows 0): the runner carries the data itself."""
-  local, beam = _both(m3_log, tmp_path, MODES[mode], layout=dataclasses.replace(LAYOUT,
-                                                                                spill_rows=0))
+  """Every batch inline here (spill_rows 0): the runner carries the data itself; the write
+  ranges are the automatic ones."""
+  layout = dataclasses.replace(LAYOUT, spill_rows=0, write_range_ms=0)
+  local, beam = _both(m3_log, tmp_path, MODES[mode], layout=layout)
   _assert_same(tmp_path, local, beam)
   assert beam["beam_spill_bytes"] == 0
 
 
-def test_automatic_buckets_grow_with_the_log():
+def test_automatic_keys_keep_their_size_as_the_log_grows(small_world):
   auto = stages.Layout()
-  assert auto.buckets == 0
-  assert auto.resolve(1000).buckets == stages.MIN_AUTO_BUCKETS
-  assert auto.resolve(100 * stages.AUTO_BUCKET_EVENTS + 1).buckets == 101
-  assert stages.Layout(buckets=5).resolve(10 ** 9).buckets == 5
+  assert auto.buckets == auto.write_range_ms == 0
+  day = 86_400_000
+  small = auto.resolve(1000, day)
+  assert (small.buckets, small.write_range_ms) == (stages.MIN_AUTO_BUCKETS, day)
+  big = auto.resolve(100 * stages.AUTO_BUCKET_EVENTS + 1, day)
+  assert big.buckets == 101
+  ranges = -(-(100 * stages.AUTO_BUCKET_EVENTS + 1) // stages.AUTO_WRITE_EVENTS)
+  assert big.write_range_ms == -(-day // (ranges * 60_000)) * 60_000
+  assert auto.resolve(10 ** 12, 5).write_range_ms == stages.MIN_WRITE_RANGE_MS
+  fixed = stages.Layout(buckets=5, write_range_ms=7).resolve(10 ** 9, day)
+  assert (fixed.buckets, fixed.write_range_ms) == (5, 7)
+  # the log's extent comes from the Parquet footers
+  ts = log_io.read_events(small_world)["ts_ms"].to_numpy()
+  assert beam_pipeline.event_extent(small_world) == (len(ts), int(ts.max() - ts.min() + 1))
   with pytest.raises(ValueError, match=r"Layout\.spill_rows=-1: expected >= 0"):
     stages.Layout(spill_rows=-1).validate()
 

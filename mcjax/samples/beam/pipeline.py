@@ -211,9 +211,28 @@ def read_tasks(log_dir: str, name: str) -> list[tuple]:
   return out
 
 
-def table_rows(log_dir: str, name: str) -> int:
-  """Rows of a log table (from the footers)."""
-  return sum(_footer(f).num_rows for f in log_io.table_files(log_io.table_path(log_dir, name)))
+def event_extent(log_dir: str) -> tuple[int, int]:
+  """(rows, time span in ms) of the event table, from the files' footers (the ``ts_ms``
+  statistics; the column itself where a row group has none)."""
+  rows, lo, hi = 0, None, None
+  for f in log_io.table_files(log_io.table_path(log_dir, ES.EVENTS_FILE)):
+    meta = _footer(f)
+    rows += meta.num_rows
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "ts_ms" not in names:
+      continue  # the pipeline names the missing column when it reads the file
+    col = names.index("ts_ms")
+    for rg in range(meta.num_row_groups):
+      st = meta.row_group(rg).column(col).statistics
+      if st is not None and st.has_min_max:
+        a, b = int(st.min), int(st.max)
+      else:
+        ts = pq.ParquetFile(f).read_row_group(rg, columns=["ts_ms"])["ts_ms"]
+        if not len(ts) or ts.null_count:
+          continue
+        a, b = int(ts.to_numpy().min()), int(ts.to_numpy().max())
+      lo, hi = a if lo is None else min(lo, a), b if hi is None else max(hi, b)
+  return rows, (hi - lo + 1) if lo is not None else 1
 
 
 class ReadEvents(beam.DoFn):
@@ -583,8 +602,8 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
   ``--novalidate`` keeps; a log validated at the door needs none).
   """
   cfg.validate()
-  rows = table_rows(log_dir, ES.EVENTS_FILE)
-  layout = (layout or stages.Layout()).validate().resolve(rows)
+  rows, span_ms = event_extent(log_dir)
+  layout = (layout or stages.Layout()).validate().resolve(rows, span_ms)
   scratch = os.path.join(out_dir, SCRATCH)
   os.makedirs(scratch, exist_ok=True)
   options = pipeline_options(pipeline_args)
