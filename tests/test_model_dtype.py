@@ -33,9 +33,13 @@ from test_model import tiny
 MAX_PROB_DIFF = 0.02
 DOT = re.compile(r"stablehlo\.dot_general.*:\s*\((tensor<[^>]*>),\s*(tensor<[^>]*>)\)")
 
+# Two models cover the switches whose layers and matmuls differ: the soft search with the
+# bf16 two-stage pre-score, PLE towers and author-level outputs; the hard search with the
+# default towers.
 CASES = {
-    "soft": {"towers.kind": "ple", "contrastive.author_level": True},
-    "approx_bf16": {"gsu.approx": "bf16", "gsu.candidates": 4, "esu.recent_n": 2},
+    "soft_approx_bf16_ple_author": {"towers.kind": "ple", "contrastive.author_level": True,
+                                    "gsu.approx": "bf16", "gsu.candidates": 4,
+                                    "esu.recent_n": 2},
     "hard_author": {"gsu.mode": "hard_author"},
 }
 
@@ -45,19 +49,32 @@ def _batch(seed=3):
 
 
 def _forward(cfg):
-  """(params, f(params, batch) -> (sum of logits, outputs)) of a model built from cfg."""
+  """(params, f(params, batch) -> (sum of logits, outputs), prescore(params, batch) -> the
+  two-stage search's cut batch) of a model built from cfg."""
   graphdef, params, rest = nnx.split(build_model(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
 
   def f(p, batch):
     out = nnx.merge(graphdef, p, rest)(batch)
     return jnp.sum(out["logits"]), out
 
-  return params, f
+  def prescore(p, batch):
+    return nnx.merge(graphdef, p, rest).cut_histories(batch)
+
+  return params, f, prescore
 
 
 def _dot_operand_types(fn, *args) -> list[tuple[str, str]]:
   """The operand types of every dot_general in fn's lowered StableHLO."""
-  return DOT.findall(jax.jit(fn).lower(*args).as_text())
+  return _dots(jax.jit(fn).lower(*args))
+
+
+def _dots(lowered) -> list[tuple[str, str]]:
+  return DOT.findall(lowered.as_text())
+
+
+def _bf16(dots):
+  """The dots of ``dots`` whose operands are both bfloat16."""
+  return [d for d in dots if "bf16" in d[0] and "bf16" in d[1]]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -65,29 +82,37 @@ def test_bfloat16_forward_is_close_in_float32_outputs_with_bf16_matmuls(case):
   batch = _batch()
   results = {}
   for dtype in ("float32", "bfloat16"):
-    params, f = _forward(tiny(**CASES[case], compute_dtype=dtype))
+    params, f, prescore = _forward(tiny(**CASES[case], compute_dtype=dtype))
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-    (_, out), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params, batch)
+    lowered = jax.jit(jax.value_and_grad(f, has_aux=True)).lower(params, batch)
+    (_, out), grads = lowered.compile()(params, batch)
     assert {k: v.dtype for k, v in out.items()} == {k: jnp.float32 for k in out}
     assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
     assert all(np.isfinite(x).all() for x in jax.tree.leaves((out, grads)))
-    results[dtype] = (out, _dot_operand_types(f, params, batch),
-                      _dot_operand_types(jax.grad(lambda p, b: f(p, b)[0]), params, batch))
-  (out32, fwd32, bwd32), (out16, fwd16, bwd16) = results["float32"], results["bfloat16"]
+    # forward dots; forward and backward dots; the pre-score's dots (gsu.approx; the model
+    # cuts the histories twice, in lookup_ids and in apply_rows)
+    results[dtype] = (out, _dot_operand_types(f, params, batch), _dots(lowered),
+                      2 * _dot_operand_types(prescore, params, batch))
+  (out32, fwd32, bwd32, pre32), (out16, fwd16, bwd16, pre16) = (results["float32"],
+                                                                results["bfloat16"])
+  assert bool(pre16) == bool(pre32) == (CASES[case].get("gsu.approx", "off") != "off")
   diff = np.abs(jax.nn.sigmoid(out32["logits"]) - jax.nn.sigmoid(out16["logits"]))
   assert 0 < diff.max() < MAX_PROB_DIFF, diff.max()
   for k in out32:  # the interest (and author) vectors too
     np.testing.assert_allclose(out16[k], out32[k], atol=0.1, rtol=0.1)
-  # float32: no bfloat16 matmul (but gsu.approx="bf16"'s pre-score); bfloat16: the model's
-  # matmuls, forward and backward, take bfloat16 operands (the rest: the pre-score, the
-  # logits' float32 cotangent)
-  assert fwd32 and (case == "approx_bf16" or not any("bf16" in a + b for a, b in fwd32 + bwd32))
-  bf16_fwd = [d for d in fwd16 if "bf16" in d[0] and "bf16" in d[1]]
-  bf16_bwd = [d for d in bwd16 if "bf16" in d[0] and "bf16" in d[1]]
+  # float32: no bfloat16 matmul but gsu.approx="bf16"'s pre-score's (its own precision)
+  pre32_bf16 = [d for d in pre32 if "bf16" in d[0] + d[1]]
+  assert fwd32 and pre32_bf16 == _bf16(pre32)
+  for dots in (fwd32, bwd32):
+    assert len([d for d in dots if "bf16" in d[0] + d[1]]) <= len(pre32_bf16), dots
+  # bfloat16: the model's matmuls, forward and backward, take bfloat16 operands: every
+  # forward matmul but the logits' and the pre-score's float32 ones (the backward's rest:
+  # the logits' float32 cotangent)
+  bf16_fwd, bf16_bwd = _bf16(fwd16), _bf16(bwd16)
   assert len(bf16_fwd) >= 0.6 * len(fwd16) and len(bf16_bwd) >= 0.6 * len(bwd16), (
       len(bf16_fwd), len(fwd16), len(bf16_bwd), len(bwd16))
-  if case != "approx_bf16":  # no pre-score: every forward matmul is bf16 but the logits'
-    assert len(fwd16) - len(bf16_fwd) <= 1, fwd16
+  allowed = 1 + len(pre16) - len(_bf16(pre16))
+  assert len(fwd16) - len(bf16_fwd) <= allowed, (allowed, fwd16)
 
 
 # bf16 compute over bf16 tables (the float32-table step is the float32 step's code path:
