@@ -26,6 +26,7 @@ from mcjax.contract import schema
 from mcjax.samples import pipeline
 from mcjax.serve import EventBuffer, RequestBuilder, Scorer, export
 from mcjax.train.step import host_batch
+from xla_flags import FAST_COMPILE
 
 SV, LV = 12, 6
 BUCKETS = (8, 64)
@@ -210,7 +211,7 @@ def test_export_round_trip_in_a_jax_only_process(trained, scorer, tmp_path):
       "probs, ranking = score(batch)\n"
       f"np.savez({str(tmp_path / 'out.npz')!r}, probs=probs, ranking=ranking)\n"
       "assert not [m for m in sys.modules if m.split('.')[0] in ('mcjax', 'flax', 'pyarrow')]\n")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(FAST_COMPILE))
   done = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(tmp_path),
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
