@@ -371,10 +371,14 @@ class Join(beam.DoFn):
         sizes[b + 1] = s[p]
       offsets[p] = np.cumsum(sizes)
     rows = {split: _values(g, f"rows_{split}") for split in SPLITS}
+    by_split = {split: [] for split in SPLITS}
     for split, key, table in stages.join(rows, _values(g, "crowd"), _values(g, "histories"),
                                          _values(g, "authors"), _values(g, "oracle"), offsets,
                                          self.layout):
-      yield (split, key[0]), self.spill(f"samples_{split}", table)
+      by_split[split].append(((split, key[0]), table))
+    for split, pieces in by_split.items():  # one run file per split, a slice per write range
+      if pieces:
+        yield from self.spill.routes(f"samples_{split}", pieces)
 
 
 class WriteParts(beam.DoFn):
