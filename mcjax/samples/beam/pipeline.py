@@ -162,23 +162,32 @@ class Spill:
     np.save(path, run)
     return out
 
+  def route_all(self, outputs) -> list:
+    """(tag, key, value) for each (tag, key, column batch) of ``outputs``: each tag's batches
+    through ``routes`` (one run file per tag)."""
+    by_tag = {}
+    for tag, key, batch in outputs:
+      by_tag.setdefault(tag, []).append((key, batch))
+    return [(tag, key, value) for tag, pieces in by_tag.items()
+            for key, value in self.routes(tag, pieces)]
+
 
 def _routed(spill: Spill, outputs, default_key=None):
   """The tagged elements of a stage's (tag, key, batch) outputs: "stats" counts as they come,
-  then each tag's batches through ``spill.routes`` (key None: ``default_key``)."""
-  by_tag = {}
+  then the rest through ``spill.route_all`` (key None: ``default_key``)."""
+  rest = []
   for tag, key, batch in outputs:
     if tag == "stats":
       yield beam.pvalue.TaggedOutput("stats", batch)
     else:
-      by_tag.setdefault(tag, []).append((default_key if key is None else key, batch))
-  for tag, pieces in by_tag.items():
-    for key, value in spill.routes(tag, pieces):
-      yield beam.pvalue.TaggedOutput(tag, (key, value))
+      rest.append((tag, default_key if key is None else key, batch))
+  for tag, key, value in spill.route_all(rest):
+    yield beam.pvalue.TaggedOutput(tag, (key, value))
 
 
 def _cols(v):
-  return v.cols if isinstance(v, Batch) else v.load() if isinstance(v, (Spilled, Slice)) else v
+  """A travelled value's content: an inline ``Batch``'s, or a ``Spilled`` or ``Slice`` loaded."""
+  return v.cols if isinstance(v, Batch) else v.load()
 
 
 def _values(grouped, name: str) -> list:
@@ -371,14 +380,12 @@ class Join(beam.DoFn):
         sizes[b + 1] = s[p]
       offsets[p] = np.cumsum(sizes)
     rows = {split: _values(g, f"rows_{split}") for split in SPLITS}
-    by_split = {split: [] for split in SPLITS}
-    for split, key, table in stages.join(rows, _values(g, "crowd"), _values(g, "histories"),
-                                         _values(g, "authors"), _values(g, "oracle"), offsets,
-                                         self.layout):
-      by_split[split].append(((split, key[0]), table))
-    for split, pieces in by_split.items():  # one run file per split, a slice per write range
-      if pieces:
-        yield from self.spill.routes(f"samples_{split}", pieces)
+    joined = stages.join(rows, _values(g, "crowd"), _values(g, "histories"),
+                         _values(g, "authors"), _values(g, "oracle"), offsets, self.layout)
+    # one run file per split, a slice per write range
+    for _, key, value in self.spill.route_all((f"samples_{split}", (split, key[0]), table)
+                                              for split, key, table in joined):
+      yield key, value
 
 
 class WriteParts(beam.DoFn):
