@@ -128,10 +128,13 @@ def info_nce(a: jax.Array, b: jax.Array, weight: jax.Array, temperature: float,
   valid = weight > 0
   keep = valid[:, None] & valid[None, :]
   if group is not None:
-    eye = jnp.eye(sim.shape[0], dtype=bool)
+    eye = jnp.arange(sim.shape[0])[:, None] == jnp.arange(sim.shape[1])[None, :]
     keep = keep & ((group[:, None] != group[None, :]) | eye)
   sim = jnp.where(keep, sim, _EXCLUDED_LOGIT)
-  diag = jnp.diagonal(sim)
+  # The positives as row-wise dot products, not jnp.diagonal(sim): on a mesh the diagonal's
+  # backward is a scatter-add into the [B/data, B] similarity matrix, all-reduced over the
+  # devices of a model group (benchmarks/RESULTS.md, "Communication at scale").
+  diag = jnp.where(valid, jnp.sum(a * b, axis=-1) / temperature, _EXCLUDED_LOGIT)
   loss_ab = jax.nn.logsumexp(sim, axis=1) - diag
   loss_ba = jax.nn.logsumexp(sim, axis=0) - diag
   w = jnp.where(valid, weight, 0.0).astype(jnp.float32)
