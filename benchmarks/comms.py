@@ -226,7 +226,8 @@ def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool =
   train_step = step_lib.make_train_step(
       model_def, optim, functools.partial(losses.compute_loss, cfg=cfg.loss),
       partition.to_shardings(specs, mesh), mesh,
-      dense_below_rows=int(cfg.model.embedding.large_table_rows))
+      dense_below_rows=int(cfg.model.embedding.large_table_rows),
+      exchange_capacity=partition.exchange_capacity(cfg.mesh))
   # field shapes and dtypes of one example as the step takes them, batch axis widened
   one = step_bench.synthetic_batch(1, int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len))
   sharding = mesh_lib.batch_sharding(mesh)

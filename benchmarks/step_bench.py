@@ -190,7 +190,8 @@ class StepBench:
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
     train_step = step_lib.make_train_step(
         self.model_def, optim, loss_fn, shardings, self.mesh, sparse_update=sparse_update,
-        dense_below_rows=self.dense_below_rows)
+        dense_below_rows=self.dense_below_rows,
+        exchange_capacity=partition.exchange_capacity(cfg.mesh))
     self.host_batch = synthetic_batch(batch_size, self.sv_len, self.lv_len)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self.batches = [self.to_device(synthetic_batch(batch_size, self.sv_len, self.lv_len, s))

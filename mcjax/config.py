@@ -25,6 +25,8 @@ from mcjax.sim import config as sim_config
 
 # train.mode: the time plans of ``mcjax.train.plan``.
 TRAIN_MODES = ("online", "offline", "offline_tvt")
+# mesh.embedding_exchange: how large tables are looked up and updated (mcjax.train.exchange).
+EXCHANGE_MODES = ("gspmd", "all_to_all")
 
 
 def load_config(name: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
@@ -98,6 +100,12 @@ def default_config() -> ml_collections.ConfigDict:
   # names on a parameter -> a mesh axis ("data", "model") or None (replicated).
   c.mesh.rules = ()               # e.g. ((r"towers/.*/kernel", (None, "model")),)
   c.mesh.logical_rules = model_config.LOGICAL_RULES
+  c.mesh.embedding_exchange = "gspmd"  # "gspmd": large tables row-sharded on "model", lookups
+  #                                  and updates partitioned by XLA; "all_to_all": rows over
+  #                                  every device, ids and rows exchanged with their owners
+  #                                  (mcjax.train.exchange; rows divisible by the devices)
+  c.mesh.exchange_capacity = 2.0  # all_to_all: ids one device sends one owner per step, in
+  #                                  even shares (plus a margin); more are refused at that step
   return c
 
 
@@ -138,6 +146,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.mesh.shape must have 2 entries (data, model), got {cfg.mesh.shape}")
   _require(cfg.mesh, "max_replicated_mb", _is_number(cfg.mesh.max_replicated_mb)
            and cfg.mesh.max_replicated_mb >= 0, "a number >= 0", where="mesh")
+  _require(cfg.mesh, "embedding_exchange", cfg.mesh.embedding_exchange in EXCHANGE_MODES,
+           f"one of {EXCHANGE_MODES}", where="mesh")
+  _require(cfg.mesh, "exchange_capacity", _is_number(cfg.mesh.exchange_capacity)
+           and math.isfinite(cfg.mesh.exchange_capacity) and cfg.mesh.exchange_capacity >= 1,
+           "a finite number >= 1", where="mesh")
   _validate_sharding(cfg.mesh)
   if not cfg.data.log_dir and cfg.data.preset not in sim_config.PRESETS:
     raise ValueError(f"config.data.preset must be one of {sorted(sim_config.PRESETS)}, "

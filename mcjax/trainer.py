@@ -65,7 +65,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, samples_dir
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
     train_step = step_lib.make_train_step(
         model_def, optim, loss_fn, shardings, mesh,
-        dense_below_rows=cfg.model.embedding.large_table_rows)
+        dense_below_rows=cfg.model.embedding.large_table_rows,
+        exchange_capacity=partition.exchange_capacity(cfg.mesh))
     eval_step = step_lib.make_eval_step(model_def, loss_fn, shardings, mesh)
     scorer = evaluate.EvalScorer(eval_step, data, mesh)
 

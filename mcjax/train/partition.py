@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcjax.model import config as model_config
+from mcjax.train.mesh import AXES
 
 Rules = Sequence[tuple[str, P]]
 LogicalRules = Sequence[tuple[str, str | None]]
@@ -38,9 +39,22 @@ def from_config(mesh_cfg) -> dict:
   (or None) in the config and a PartitionSpec here. A run's config.json from before these keys
   existed gets the defaults (the policy those runs were trained with)."""
   rules = mesh_cfg.get("rules", ())
-  logical_rules = mesh_cfg.get("logical_rules", LOGICAL_RULES)
+  logical_rules = tuple((name, axis) for name, axis in mesh_cfg.get("logical_rules",
+                                                                     LOGICAL_RULES))
+  if exchange_capacity(mesh_cfg) is not None:  # the exchange's layout: rows over every device
+    logical_rules = tuple((name, AXES if name == "vocab" else axis)
+                          for name, axis in logical_rules)
   return {"rules": tuple((pattern, P(*spec)) for pattern, spec in rules),
-          "logical_rules": tuple((name, axis) for name, axis in logical_rules)}
+          "logical_rules": logical_rules}
+
+
+def exchange_capacity(mesh_cfg) -> float | None:
+  """``mesh.exchange_capacity`` when ``mesh.embedding_exchange`` is "all_to_all" (large
+  tables then shard over every device, the "vocab" logical axis on ("data", "model"), and the
+  train step looks them up and updates them through ``mcjax.train.exchange``), else None."""
+  if mesh_cfg.get("embedding_exchange", "gspmd") != "all_to_all":
+    return None
+  return float(mesh_cfg.exchange_capacity)
 
 
 def path_str(path: Sequence) -> str:

@@ -66,6 +66,30 @@ def row_state_specs(table_spec: P, cfg: RowOptConfig) -> dict:
   return {"m": P(*table_spec), "v": P(*table_spec)}
 
 
+def unique_ids(ids: jax.Array, vocab: int):
+  """The distinct ids of ``ids`` and where each id went.
+
+  Returns ``(rows, inverse)``: ``rows`` [n] int32 sorted and distinct, where n = ids.size;
+  the real rows come first and the padding slots hold distinct out-of-range indices (>=
+  vocab), which scatters with ``mode="drop"`` ignore. ``inverse`` [n]: the slot of each
+  (flattened) id in ``rows``. Ids >= vocab are kept like any other id.
+  """
+  flat = ids.reshape(-1).astype(jnp.int32)
+  n = flat.shape[0]
+  if n == 0:
+    return flat, flat
+  # A one-operand sort plus a binary search: on CPU a key-value sort (what jnp.unique's
+  # return_inverse does) is several times slower than sorting the keys alone.
+  ordered = jnp.sort(flat)
+  starts = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+  run = jnp.cumsum(starts.astype(jnp.int32)) - 1  # distinct-id index of each sorted slot
+  inverse = run[jnp.searchsorted(ordered, flat, method="scan_unrolled")]
+  slot = jnp.arange(n, dtype=jnp.int32)
+  rows = jnp.zeros((n,), jnp.int32).at[run].set(ordered, mode="drop")
+  rows = jnp.where(slot <= run[-1], rows, vocab + slot)
+  return rows, inverse
+
+
 def unique_rows(ids: jax.Array, row_grads: jax.Array, vocab: int):
   """Sums the gradients of duplicate ids.
 
@@ -75,27 +99,15 @@ def unique_rows(ids: jax.Array, row_grads: jax.Array, vocab: int):
     vocab: the table's number of rows.
 
   Returns:
-    ``(rows, grads)``: ``rows`` [n] int32 sorted and distinct, where n = ids.size; the real
-    rows come first and the padding slots hold distinct out-of-range indices (>= vocab), which
-    scatters with ``mode="drop"`` ignore. ``grads`` [n, dim] is each row's summed gradient
-    (zero in padding slots).
+    ``(rows, grads)``: ``rows`` as from ``unique_ids``; ``grads`` [n, dim] is each row's
+    summed gradient (zero in padding slots).
   """
-  flat = ids.reshape(-1).astype(jnp.int32)
-  n = flat.shape[0]
+  n = ids.size
   grads = row_grads.reshape(n, row_grads.shape[-1])
+  rows, inverse = unique_ids(ids, vocab)
   if n == 0:
-    return flat, grads
-  # A one-operand sort plus a binary search: on CPU a key-value sort (what jnp.unique's
-  # return_inverse does) is several times slower than sorting the keys alone.
-  ordered = jnp.sort(flat)
-  starts = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
-  run = jnp.cumsum(starts.astype(jnp.int32)) - 1  # distinct-id index of each sorted slot
-  inverse = run[jnp.searchsorted(ordered, flat, method="scan_unrolled")]
-  summed = jax.ops.segment_sum(grads, inverse, num_segments=n)
-  slot = jnp.arange(n, dtype=jnp.int32)
-  rows = jnp.zeros((n,), jnp.int32).at[run].set(ordered, mode="drop")
-  rows = jnp.where(slot <= run[-1], rows, vocab + slot)
-  return rows, summed
+    return rows, grads
+  return rows, jax.ops.segment_sum(grads, inverse, num_segments=n)
 
 
 def _apply_rows(rows_state: dict, grads: jax.Array, step: jax.Array, cfg: RowOptConfig):

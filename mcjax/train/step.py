@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from mcjax.model import embedding
 from mcjax.contract import schema
+from mcjax.train import exchange
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import sparse
 from mcjax.train.state import ModelDef, OptimConfig, TrainState
@@ -114,13 +115,18 @@ def _group_by_table(model_def: ModelDef, ids: dict, row_grads: dict) -> dict:
   return {path: (cat(i), cat(g)) for path, (i, g) in groups.items()}
 
 
+def _row_state(state: TrainState, path: tuple) -> dict:
+  """The row optimizer state of the table at ``path`` (a dict of arrays)."""
+  flat = traverse_util.flatten_dict(state.row_state) if state.row_state else {}
+  return {k[-1]: v for k, v in flat.items() if k[:-1] == path}
+
+
 def _update_tables(state: TrainState, updates: dict):
   """Applies ``update(table, row_state) -> (table, row_state)`` per table path."""
   tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
   rows = traverse_util.flatten_dict(state.row_state) if state.row_state else {}
   for path, update in updates.items():
-    table_rows = {k[-1]: v for k, v in rows.items() if k[:-1] == path}
-    tables[path], table_rows = update(tables[path], table_rows)
+    tables[path], table_rows = update(tables[path], _row_state(state, path))
     rows.update({path + (k,): v for k, v in table_rows.items()})
   unflat = lambda d: traverse_util.unflatten_dict(d) if d else {}  # noqa: E731
   return unflat(tables), unflat(rows)
@@ -163,24 +169,38 @@ def _metrics(total: jax.Array, terms: dict, prefix: str) -> dict:
   return metrics
 
 
+def _exchanged(shardings: TrainState, mesh: Mesh, capacity: float | None) -> set:
+  """Paths of the tables the embedding exchange serves: with a ``capacity``, those sharded
+  over every device (``exchange.served``); each must split evenly over the devices."""
+  if capacity is None or not shardings.tables:
+    return set()
+  specs = traverse_util.flatten_dict(shardings.tables)
+  return {path for path, s in specs.items() if exchange.served(s.spec)}
+
+
 def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                     shardings: TrainState, mesh: Mesh, *, sparse_update: bool = True,
-                    dense_below_rows: int = 0):
+                    dense_below_rows: int = 0, exchange_capacity: float | None = None):
   """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated).
 
   With ``sparse_update``, tables of fewer than ``dense_below_rows`` rows (side features:
   categories, buckets, actions, whose ids repeat thousands of times per batch) and the
   model's ``inline_tables`` are differentiated whole and updated with ``sparse.dense_update``
   (same rows touched, same result), which is cheaper than sorting their ids; larger tables
-  get sparse row updates.
+  get sparse row updates. With ``exchange_capacity`` (``mesh.embedding_exchange =
+  "all_to_all"``), the sparse tables sharded over every device are looked up and updated
+  through ``mcjax.train.exchange`` (all-to-alls to the rows' owners) instead of GSPMD's
+  gathers and scatters.
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),
   ``learning/row_grad_norm`` (of the per-row summed table gradients), ``learning/param_norm``
   (dense parameters after the update: cheap, and non-finite once any of them is),
-  ``learning/lr`` and ``loss/<term>`` for each loss term.
+  ``learning/lr``, ``loss/<term>`` for each loss term, and with the exchange
+  ``learning/exchange_overflow`` (ids past its capacity: not served, not updated).
   """
   tx = optim.dense_tx()
   schedule = optim.schedule()
+  exchanged = _exchanged(shardings, mesh, exchange_capacity) if sparse_update else set()
 
   def train_step(state: TrainState, batch: dict):
     flat_tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
@@ -192,7 +212,20 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                if t.shape[0] < dense_below_rows or path in inline}
       large_ids = {k: v for k, v in ids.items() if model_def.table_path(k) not in small}
       small_ids = {k: v for k, v in ids.items() if model_def.table_path(k) in small}
-      rows = _float32(model.gather(large_ids))  # float32 row gradients whatever the table
+      routed = {p: [] for p in sorted(exchanged - small)}  # path -> [(key, id leaves)]
+      for key, v in large_ids.items():
+        if model_def.table_path(key) in routed:
+          routed[model_def.table_path(key)].append((key, jax.tree.leaves(v)))
+      local_ids = {k: v for k, v in large_ids.items() if model_def.table_path(k) not in routed}
+      rows = model.gather(local_ids)
+      for path, keyed in routed.items():
+        exchange.check_table("/".join(map(str, path)), flat_tables[path].shape[0], mesh)
+        got = iter(exchange.lookup(flat_tables[path], [i for _, ids_ in keyed for i in ids_],
+                                   mesh, exchange_capacity))
+        for key, _ in keyed:
+          rows[key] = jax.tree.unflatten(jax.tree.structure(large_ids[key]),
+                                         [next(got) for _ in jax.tree.leaves(large_ids[key])])
+      rows = _float32(rows)  # float32 row gradients whatever the table
 
       def loss_of(params, small_tables, rows):
         tables = traverse_util.unflatten_dict({**flat_tables, **small_tables})
@@ -204,7 +237,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
           state.params, {p: _float32(flat_tables[p]) for p in small}, rows)
       vocab = {p: t.shape[0] for p, t in flat_tables.items()}
       uniq = {path: sparse.unique_rows(i, g, vocab[path])
-              for path, (i, g) in _group_by_table(model_def, large_ids, g_rows).items()}
+              for path, (i, g) in _group_by_table(model_def, local_ids, g_rows).items()}
       # per-row mean squares first, the expression row-wise Adagrad computes: one shared
       # reduction, not a squared [n, dim] buffer materialised for two of them
       row_grad_sq = sum((jnp.sum(jnp.mean(jnp.square(g), axis=-1)) * g.shape[-1]
@@ -214,6 +247,16 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
       updates = {
           path: (lambda t, s, r=r, g=g: sparse.update_rows(t, s, r, g, state.step, optim.rows))
           for path, (r, g) in uniq.items()}
+      overflow = jnp.zeros((), jnp.int32)
+      for path, keyed in routed.items():
+        keys = [key for key, _ in keyed]
+        table, row_state_, sq, dropped = exchange.update(
+            flat_tables[path], _row_state(state, path),
+            [i for _, ids_ in keyed for i in ids_],
+            [g for key in keys for g in jax.tree.leaves(g_rows[key])],
+            state.step, optim.rows, mesh, exchange_capacity)
+        updates[path] = lambda t, s, r=(table, row_state_): r
+        row_grad_sq, overflow = row_grad_sq + sq, overflow + dropped
       updates.update({
           path: (lambda t, s, g=g: sparse.dense_update(t, s, g, state.step, optim.rows))
           for path, g in g_small.items()})
@@ -239,6 +282,8 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
     metrics["learning/row_grad_norm"] = jnp.sqrt(row_grad_sq)
     metrics["learning/param_norm"] = optax.tree.norm(params)
     metrics["learning/lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    if sparse_update and exchanged:
+      metrics["learning/exchange_overflow"] = overflow.astype(jnp.float32)
     return new_state, metrics
 
   return jax.jit(train_step,

@@ -59,6 +59,12 @@ class StepLog:
     bad = {k: v for k, v in m.items() if not np.isfinite(v)}
     if bad:
       raise RunError(self._nonfinite(step, bad, state))
+    if m.get("learning/exchange_overflow", 0) > 0:
+      self.bar.close()
+      raise RunError(
+          f"step {step}: the embedding exchange dropped {int(m['learning/exchange_overflow'])} "
+          "ids past its capacity (their rows were read as zeros and not updated): raise "
+          f"--config.mesh.exchange_capacity (now {self.cfg.mesh.exchange_capacity})")
     self.total["steps"] += 1
     self.total["examples"] += examples
     if self.total["first_step_s"] is None:  # compiled in this step: not timed
