@@ -1,6 +1,7 @@
 """Same code, any mesh: the trainer gives the same losses and parameters on meshes (8, 1),
-(4, 2) and (2, 4) of 8 host devices (and on one device), and a run checkpointed on (4, 2)
-continues on (8, 1) like an uninterrupted run."""
+(4, 2) and (2, 4) of 8 host devices (and on one device), also with the embedding exchange
+(tables over all 8 devices, all-to-alls), and a run checkpointed on (4, 2) continues on (8, 1)
+like an uninterrupted run."""
 
 import os
 import shutil
@@ -9,6 +10,7 @@ import pytest
 import trainer_fixtures as fx
 
 MESHES = ((8, 1), (4, 2), (2, 4))
+EXCHANGE = "4x2_all_to_all"  # (4, 2) with mesh.embedding_exchange="all_to_all"
 STEPS = 5
 LOSS = "learning/loss"
 
@@ -22,8 +24,10 @@ def s(tmp_path_factory):
 def mesh_runs(s):
   """{mesh shape: workdir} of SHORT runs of STEPS steps on 8 devices (run side by side)."""
   works = {shape: fx.workdir(s, f"mesh_{shape[0]}x{shape[1]}") for shape in MESHES}
+  works[EXCHANGE] = fx.workdir(s, f"mesh_{EXCHANGE}")
+  extra = {EXCHANGE: ("--config.mesh.shape=(4,2)", "--config.mesh.embedding_exchange=all_to_all")}
   procs = {shape: fx.start(s, work, *fx.SHORT, f"--config.train.max_steps={STEPS}",
-                           f"--config.mesh.shape={shape}", devices=8)
+                           *extra.get(shape, (f"--config.mesh.shape={shape}",)), devices=8)
            for shape, work in works.items()}
   fx.short_reference(s, block=False)
   for shape, proc in procs.items():
