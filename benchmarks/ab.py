@@ -1,4 +1,5 @@
-"""A/B of the train step between two checkouts, interleaved processes on one machine.
+"""A/B of the train step (or the whole training loop) between two checkouts, interleaved
+processes on one machine.
 
     git worktree add --detach ../mcjax_old <old commit>
     python -m benchmarks.ab --old=../mcjax_old --rounds=6 --out=runs/ab -- \
@@ -11,8 +12,11 @@ checkout's own code is imported because the process starts in it. On a shared ma
 from other jobs hits both alike: the numbers to read are the medians over rounds of each
 checkout and the per-round ratios old / new ms/step.
 
+``--mode=e2e`` compares the pipeline -> device -> step loop instead (``launch.bench
+--mode=e2e``; give both sides a data source, e.g. ``--synthetic_samples=20000``).
 ``--old_flag`` / ``--new_flag`` (repeatable) add flags to one side only, so one checkout can
-be A/B-tested against itself with a different setting:
+be A/B-tested against itself with a different setting, or an old checkout be given its own
+spelling of a flag:
 
     python -m benchmarks.ab --old=. --new_flag=--config.model.compute_dtype=bfloat16 \
         --rounds=4 --out=runs/ab_bf16 -- --config.train.batch_size=1024
@@ -36,17 +40,20 @@ _OLD_FLAGS = flags.DEFINE_multi_string("old_flag", [], "A launch.bench flag for 
                                        "only (after the shared ones).")
 _NEW_FLAGS = flags.DEFINE_multi_string("new_flag", [], "A launch.bench flag for the new side "
                                        "only (after the shared ones).")
+_MODE = flags.DEFINE_enum("mode", "step", ["step", "e2e"], "launch.bench --mode: the train "
+                          "step alone, or pipeline -> device -> step (its 'e2e' timing is "
+                          "compared; the process also times the step and the pipeline alone).")
 
 
 def run(tree: str, name: str, i: int, bench_flags: list[str]) -> float:
   """ms/step median of one launch.bench process started in ``tree``."""
   path = os.path.abspath(os.path.join(_OUT.value, f"{name}_{i}.json"))
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
-  subprocess.run([sys.executable, "-m", "launch.bench", "--mode=step", "--nomodel_flops",
-                  f"--json_out={path}"] + bench_flags, cwd=tree, env=env, check=True,
-                 capture_output=True)
+  subprocess.run([sys.executable, "-m", "launch.bench", f"--mode={_MODE.value}",
+                  "--nomodel_flops", f"--json_out={path}"] + bench_flags, cwd=tree, env=env,
+                 check=True, capture_output=True)
   with open(path) as f:
-    return json.load(f)["step"]["ms_per_step_median"]
+    return json.load(f)[_MODE.value]["ms_per_step_median"]
 
 
 def main(argv) -> None:

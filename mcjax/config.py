@@ -163,6 +163,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         "launch.build_samples for leakage studies only)")
   model_config.validate(cfg.model)
   losses.validate(cfg.loss)
+  block = cfg.loss.get("contrastive_block", 0)
+  for key in ("batch_size", "eval_batch_size"):
+    if block and cfg.train[key] % block:
+      raise ValueError(f"config.loss.contrastive_block={block} must divide "
+                       f"config.train.{key}={cfg.train[key]}")
 
 
 def _validate_sharding(mesh) -> None:

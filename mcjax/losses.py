@@ -50,6 +50,13 @@ def loss_config() -> ml_collections.ConfigDict:
       one user, whose interests are not negatives of each other.
     slow_logit_clip: the SLOW correction pushes a logit up only while it is below this
       value (see :func:`slow_correction`).
+    contrastive_block: 0: every row of the batch is a negative of every other (in-batch);
+      n > 0: negatives only within blocks of n consecutive rows (the batch size must be a
+      multiple of n). With n a divisor of the per-device batch every block lives on one
+      device, and the loss costs B x n similarities instead of B x B, with no communication
+      (on a pod the global batch's similarities grow with the chip count:
+      benchmarks/RESULTS.md, "Communication at scale"); the result does not depend on the
+      mesh.
   """
   cfg = ml_collections.ConfigDict()
   cfg.task_weights = ml_collections.ConfigDict({t: 1.0 for t in TASKS})
@@ -58,6 +65,7 @@ def loss_config() -> ml_collections.ConfigDict:
   cfg.contrastive_author_weight = 0.0
   cfg.contrastive_mask_same_group = True
   cfg.slow_logit_clip = 3.0
+  cfg.contrastive_block = 0
   return cfg
 
 
@@ -73,6 +81,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     v = cfg[key]
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
       raise ValueError(f"loss.{key} must be a finite number >= 0, got {v!r}")
+  n = cfg.get("contrastive_block", 0)
+  if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+    raise ValueError(f"loss.contrastive_block must be an int >= 0 (0: the whole batch), got {n!r}")
   t = cfg.contrastive_temperature
   if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
     raise ValueError(f"loss.contrastive_temperature must be a finite number > 0, got {t!r}")
@@ -113,19 +124,38 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 def info_nce(a: jax.Array, b: jax.Array, weight: jax.Array, temperature: float,
-             group: jax.Array | None = None) -> jax.Array:
+             group: jax.Array | None = None, block: int = 0) -> jax.Array:
   """Symmetric in-batch InfoNCE between rows of ``a`` [B, D] and ``b`` [B, D].
 
-  Row i of ``a`` and row i of ``b`` are a positive pair; every other valid row is a negative.
-  Vectors are L2-normalised, similarities divided by ``temperature``. Rows with
-  ``weight == 0`` (padding) are neither anchors, positives nor negatives; anchors are
+  Row i of ``a`` and row i of ``b`` are a positive pair; every other valid row is a negative
+  (with ``block`` n > 0: every other valid row of its block of n consecutive rows; B must be
+  a multiple of n). Vectors are L2-normalised, similarities divided by ``temperature``. Rows
+  with ``weight == 0`` (padding) are neither anchors, positives nor negatives; anchors are
   averaged with their weights. If ``group`` [B] is given, other rows of the same group (the
   same user) are not negatives. Returns ``(loss_a->b + loss_b->a) / 2``; 0 if no row is valid.
   """
   a = _l2_normalize(a.astype(jnp.float32))
   b = _l2_normalize(b.astype(jnp.float32))
-  sim = (a @ b.T) / temperature  # [B, B]: rows are a anchors, columns b candidates
   valid = weight > 0
+  if block and block < a.shape[0]:
+    if a.shape[0] % block:
+      raise ValueError(f"loss.contrastive_block={block} does not divide the batch of "
+                       f"{a.shape[0]} rows")
+    split = lambda x: x.reshape((-1, block) + x.shape[1:])  # noqa: E731
+    rows = jax.vmap(_info_nce_rows, in_axes=(0, 0, 0, None, 0 if group is not None else None))
+    per_row = rows(split(a), split(b), split(valid), temperature,
+                   None if group is None else split(group)).reshape(-1)
+  else:
+    per_row = _info_nce_rows(a, b, valid, temperature, group)
+  w = jnp.where(valid, weight, 0.0).astype(jnp.float32)
+  return jnp.sum(w * per_row) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def _info_nce_rows(a: jax.Array, b: jax.Array, valid: jax.Array, temperature: float,
+                   group: jax.Array | None) -> jax.Array:
+  """``info_nce``'s per-row loss over one set of rows (normalised ``a``, ``b`` [n, D]); 0 for
+  rows that are not ``valid``."""
+  sim = (a @ b.T) / temperature  # [n, n]: rows are a anchors, columns b candidates
   keep = valid[:, None] & valid[None, :]
   if group is not None:
     eye = jnp.arange(sim.shape[0])[:, None] == jnp.arange(sim.shape[1])[None, :]
@@ -137,9 +167,7 @@ def info_nce(a: jax.Array, b: jax.Array, weight: jax.Array, temperature: float,
   diag = jnp.where(valid, jnp.sum(a * b, axis=-1) / temperature, _EXCLUDED_LOGIT)
   loss_ab = jax.nn.logsumexp(sim, axis=1) - diag
   loss_ba = jax.nn.logsumexp(sim, axis=0) - diag
-  w = jnp.where(valid, weight, 0.0).astype(jnp.float32)
-  per_row = jnp.where(valid, 0.5 * (loss_ab + loss_ba), 0.0)
-  return jnp.sum(w * per_row) / jnp.maximum(jnp.sum(w), 1e-12)
+  return jnp.where(valid, 0.5 * (loss_ab + loss_ba), 0.0)
 
 
 def both_histories(batch: dict) -> jax.Array:
@@ -217,13 +245,15 @@ def compute_loss(out: dict, batch: dict, cfg: ml_collections.ConfigDict):
   if cfg.contrastive_mask_same_group:
     group = {"user": batch.get("user_id"), "author": batch.get("author_id")}
   contrastive = contrastive_author = zero
+  block = cfg.get("contrastive_block", 0)
   if cfg.contrastive_weight > 0:
     a, b = _interest_pair(out, "sv_interest", "lv_interest", "contrastive_weight")
     contrastive = info_nce(a, b, weight * both_histories(batch), cfg.contrastive_temperature,
-                           group["user"])
+                           group["user"], block)
   if cfg.contrastive_author_weight > 0:
     a, b = _interest_pair(out, "author_sv", "author_lv", "contrastive_author_weight")
-    contrastive_author = info_nce(a, b, weight, cfg.contrastive_temperature, group["author"])
+    contrastive_author = info_nce(a, b, weight, cfg.contrastive_temperature, group["author"],
+                                  block)
 
   total = (bce_total + slow_total + cfg.contrastive_weight * contrastive
            + cfg.contrastive_author_weight * contrastive_author)

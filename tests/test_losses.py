@@ -226,3 +226,27 @@ def test_interest_info_nce_skips_rows_with_an_empty_history():
   assert np.all(np.asarray(g["sv_interest"][1:3]) == 0)
   assert np.all(np.asarray(g["lv_interest"][1:3]) == 0)
   assert np.any(np.asarray(g["sv_interest"][0]) != 0)
+
+
+def test_info_nce_in_blocks_is_the_mean_of_each_blocks_loss():
+  """contrastive_block=n: negatives only within n consecutive rows; the weighted mean of the
+  rows' losses equals the reference computed block by block (padding and groups included)."""
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(size=(8, 4)), rng.normal(size=(8, 4))
+  weight = np.array([1, 1, 0, 1, 1, 1, 1, 0], np.float32)
+  group = np.array([10, 11, 10, 10, 12, 13, 12, 14])
+  got = losses.info_nce(jnp.asarray(a), jnp.asarray(b), jnp.asarray(weight), 0.1,
+                        jnp.asarray(group), block=4)
+  parts = [(_ref_info_nce(a[s], b[s], weight[s] > 0, 0.1, group[s]), np.sum(weight[s]))
+           for s in (slice(0, 4), slice(4, 8))]
+  want = sum(v * n for v, n in parts) / sum(n for _, n in parts)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  whole = losses.info_nce(jnp.asarray(a), jnp.asarray(b), jnp.asarray(weight), 0.1,
+                          jnp.asarray(group), block=8)  # one block: the plain loss
+  np.testing.assert_allclose(whole, _ref_info_nce(a, b, weight > 0, 0.1, group), rtol=1e-5)
+  with pytest.raises(ValueError, match="contrastive_block=3 does not divide the batch of 8"):
+    losses.info_nce(jnp.asarray(a), jnp.asarray(b), jnp.asarray(weight), 0.1, block=3)
+  cfg = losses.loss_config()
+  cfg.contrastive_block = -1
+  with pytest.raises(ValueError, match="loss.contrastive_block"):
+    losses.validate(cfg)

@@ -74,14 +74,25 @@ def run_config(cfg: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps(keep, sort_keys=True, default=str))
 
 
-def code_version() -> str:
-  """``git describe --always --dirty`` of the repository, or "unknown"."""
+def _describe() -> str:
   try:
     out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=_REPO, timeout=10,
                          capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
   except (OSError, subprocess.SubprocessError):
     return "unknown"
+
+
+# Taken when the process loads the training code, not when a run starts: a long process (the
+# ablation study trains every run in one) keeps running the code it loaded while the checkout
+# moves on.
+_CODE_VERSION = _describe()
+
+
+def code_version() -> str:
+  """``git describe --always --dirty`` of the repository when this process imported the
+  training code, or "unknown"."""
+  return _CODE_VERSION
 
 
 def identity(cfg: ml_collections.ConfigDict, fingerprint: dict) -> dict:
