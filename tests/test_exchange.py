@@ -99,12 +99,12 @@ def test_capacity_bounds():
   assert exchange.capacity(0, 8, 2.0) == 1
 
 
-def _tiny_step(shape, exchange_mode):
+def _tiny_step(shape, exchange_mode, **model_overrides):
   mesh = mesh_lib.make_mesh(shape, devices=jax.devices()[:shape[0] * shape[1]])
   mesh_cfg = mcconfig.default_config().mesh
   mesh_cfg.embedding_exchange = exchange_mode
   optim = state_lib.OptimConfig()
-  model_cfg = tiny()
+  model_cfg = tiny(**model_overrides)
   model_def, state, shardings = state_lib.create_train_state(
       functools.partial(build_model, model_cfg), mesh, optim, **partition.from_config(mesh_cfg))
   step = step_lib.make_train_step(
@@ -135,6 +135,22 @@ def test_real_train_step_through_the_exchange_equals_the_gspmd_step():
     assert got_m[key] == pytest.approx(ref_m[key], rel=1e-4), key
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
                jax.device_get(got), jax.device_get(ref))
+
+
+def test_two_stage_search_through_the_exchange_equals_the_reference_step():
+  """The f32 two-stage GSU pre-scores on the tables' owning shards (custom partitioning):
+  with the tables over all 8 devices and the exchange, the state after two steps is the
+  reference GSU's on one device."""
+  batch = schema.dummy_batch(16, 12, 10, seed=3)
+  results = []
+  for shape, mode, approx in (((1, 1), "gspmd", "off"), ((4, 2), "all_to_all", "f32")):
+    state, step = _tiny_step(shape, mode, **{"gsu.approx": approx, "gsu.candidates": 4})
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    results.append((jax.device_get(state), float(metrics["learning/loss"])))
+  (ref, ref_loss), (got, loss) = results
+  assert loss == pytest.approx(ref_loss, rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), got, ref)
 
 
 def test_config_keys_and_bad_values():
