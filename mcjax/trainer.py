@@ -63,11 +63,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, samples_dir
 
     # --------------------------------------------------------------------------- steps
     loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
+    capacity = partition.exchange_capacity(cfg.mesh)
     train_step = step_lib.make_train_step(
         model_def, optim, loss_fn, shardings, mesh,
-        dense_below_rows=cfg.model.embedding.large_table_rows,
-        exchange_capacity=partition.exchange_capacity(cfg.mesh))
-    eval_step = step_lib.make_eval_step(model_def, loss_fn, shardings, mesh)
+        dense_below_rows=cfg.model.embedding.large_table_rows, exchange_capacity=capacity)
+    eval_step = step_lib.make_eval_step(model_def, loss_fn, shardings, mesh,
+                                        exchange_capacity=capacity)
     scorer = evaluate.EvalScorer(eval_step, data, mesh)
 
     # ------------------------------------------------------------------------- restore

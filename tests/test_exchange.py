@@ -31,9 +31,9 @@ def _put(mesh, x, spec):
 
 
 def _exchange(mesh, table, ids, grads, cfg, factor, step=0):
-  """lookup rows, then (table, row_state, row_grad_sq, overflow) of one update."""
+  """lookup rows, then (table, row_state, row_grad_sq, lookup's overflow) of one update."""
   ids_d = [_put(mesh, i, P("data")) for i in ids]
-  rows = jax.jit(lambda t, i: exchange.lookup(t, i, mesh, factor))(
+  rows, overflow = jax.jit(lambda t, i: exchange.lookup(t, i, mesh, factor))(
       _put(mesh, table, P(exchange.AXES, None)), ids_d)
   state = jax.tree.map(lambda x: _put(mesh, x, P(exchange.AXES, *(None,) * (x.ndim - 1))),
                        sparse.init_row_state(jnp.asarray(table), cfg))
@@ -41,7 +41,7 @@ def _exchange(mesh, table, ids, grads, cfg, factor, step=0):
                                                    factor))(
       _put(mesh, table, P(exchange.AXES, None)), state, ids_d,
       [_put(mesh, g, P("data")) for g in grads])
-  return [np.asarray(r) for r in rows], jax.device_get(out)
+  return [np.asarray(r) for r in rows], jax.device_get((*out, overflow))
 
 
 @pytest.mark.parametrize("shape,kind", [((4, 2), "adagrad"), ((8, 1), "adam"),
@@ -107,10 +107,13 @@ def _tiny_step(shape, exchange_mode, **model_overrides):
   model_cfg = tiny(**model_overrides)
   model_def, state, shardings = state_lib.create_train_state(
       functools.partial(build_model, model_cfg), mesh, optim, **partition.from_config(mesh_cfg))
+  loss_fn = functools.partial(losses.compute_loss, cfg=losses.loss_config())
+  capacity = partition.exchange_capacity(mesh_cfg)
   step = step_lib.make_train_step(
-      model_def, optim, functools.partial(losses.compute_loss, cfg=losses.loss_config()),
-      shardings, mesh, dense_below_rows=model_cfg.embedding.large_table_rows,
-      exchange_capacity=partition.exchange_capacity(mesh_cfg))
+      model_def, optim, loss_fn, shardings, mesh,
+      dense_below_rows=model_cfg.embedding.large_table_rows, exchange_capacity=capacity)
+  step.eval = step_lib.make_eval_step(model_def, loss_fn, shardings, mesh,
+                                      exchange_capacity=capacity)
   return state, step
 
 
@@ -119,13 +122,18 @@ def test_real_train_step_through_the_exchange_equals_the_gspmd_step():
   devices and served by the exchange leaves the state and metrics of the GSPMD step on one
   device."""
   batch = schema.dummy_batch(16, 6, 5, seed=4)
-  results = []
+  results, evals = [], []
   for shape, mode in (((1, 1), "gspmd"), ((4, 2), "all_to_all")):
     state, step = _tiny_step(shape, mode)
     for _ in range(2):
       state, metrics = step(state, batch)
     results.append((state, jax.device_get(metrics)))
+    evals.append(jax.device_get(step.eval(state, schema.dummy_batch(16, 6, 5, seed=5))))
   (ref, ref_m), (got, got_m) = results
+  (ref_probs, ref_eval), (got_probs, got_eval) = evals  # evaluation reads through it too
+  np.testing.assert_allclose(got_probs, ref_probs, rtol=1e-4, atol=1e-6)
+  assert got_eval["eval/loss"] == pytest.approx(ref_eval["eval/loss"], rel=1e-4)
+  assert got_eval["eval/exchange_overflow"] == 0 and "eval/exchange_overflow" not in ref_eval
   user = got.tables["tables"]["user"]
   assert user.sharding.spec == P(("data", "model"), None)
   assert got.row_state["tables"]["user"]["acc"].sharding.spec == P(("data", "model"))
@@ -189,3 +197,23 @@ def test_training_stops_at_a_step_that_overflowed():
   with pytest.raises(RunError, match=r"^step 7: the embedding exchange dropped 3 ids past its "
                                      r"capacity .* --config.mesh.exchange_capacity \(now 2.0\)$"):
     log.flush(None)
+
+
+def test_scoring_stops_when_evaluation_overflowed():
+  """Evaluation through the exchange: a batch with ids past the capacity is refused in one
+  line naming the records and the key, not scored with zero rows."""
+  from types import SimpleNamespace
+
+  from mcjax.train import RunError
+  from mcjax.train.evaluate import EvalScorer
+  cfg = mcconfig.default_config()
+  cfg.mesh.embedding_exchange = "all_to_all"
+  data = SimpleNamespace(cfg=cfg, eval_batches=lambda lo, hi: [{}],
+                         to_device=lambda sharding, local, rows: local)
+  probs = np.full((cfg.train.eval_batch_size, len(schema.TASKS)), 0.5, np.float32)
+  scorer = EvalScorer(lambda state, batch: (probs, {"eval/exchange_overflow": 5.0}), data,
+                      mesh_lib.make_mesh((1, 1), devices=jax.devices()[:1]))
+  state = SimpleNamespace(step=np.int32(12))
+  with pytest.raises(RunError, match=r"^step 12: the embedding exchange dropped 5 ids of "
+                                     r"evaluation records \[0, 10\) .* \(now 2.0\)$"):
+    scorer(state, 0, 10)

@@ -31,8 +31,17 @@ class EvalScorer:
 
   def __call__(self, state, lo: int, hi: int) -> dict:
     b = self.data.cfg.train.eval_batch_size
-    probs = [distributed.gather(self.eval_step(state, self.put(local, b))[0])
-             for local in (self.data.eval_batches(lo, hi) if hi > lo else ())]
+    probs, dropped = [], 0
+    for local in (self.data.eval_batches(lo, hi) if hi > lo else ()):
+      batch_probs, m = self.eval_step(state, self.put(local, b))
+      probs.append(distributed.gather(batch_probs))
+      dropped += int(jax.device_get(m.get("eval/exchange_overflow", 0)))
+    if dropped:
+      raise RunError(
+          f"step {int(jax.device_get(state.step))}: the embedding exchange dropped {dropped} "
+          f"ids of evaluation records [{lo}, {hi}) past its capacity (their rows read as "
+          "zeros): raise --config.mesh.exchange_capacity "
+          f"(now {self.data.cfg.mesh.exchange_capacity})")
     probs = np.concatenate(probs)[:hi - lo] if probs else np.zeros((0, len(TASKS)))
     bad = int(np.sum(~np.isfinite(probs).all(axis=1)))
     if bad:

@@ -142,16 +142,17 @@ def _flat(arrays: Sequence[jax.Array], trailing: int = 0) -> jax.Array:
   return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def lookup(table: jax.Array, ids: Sequence[jax.Array], mesh: Mesh, factor: float) -> list:
+def lookup(table: jax.Array, ids: Sequence[jax.Array], mesh: Mesh, factor: float):
   """``table[i]`` for each id array ``i`` of ``ids`` (batch-sharded on "data"), through the
-  exchange; returns the row arrays, ``i.shape + (dim,)``, batch-sharded like the ids."""
+  exchange; returns ``(rows, overflow)``: the row arrays, ``i.shape + (dim,)``, batch-sharded
+  like the ids (zeros for ids past the capacity), and the number of those ids."""
   vocab, dim = table.shape
   plan = _Plan(mesh, vocab, ids, factor)
 
   def body(block, *local_ids):
     chunk = plan.chunk(_flat(local_ids).astype(jnp.int32), vocab)
     distinct, inverse = sparse.unique_ids(chunk, vocab)
-    dest, fits, _ = plan.route(distinct)
+    dest, fits, overflow = plan.route(distinct)
     asked = plan.send(dest, distinct, -1)                       # [N, C] ids to serve
     local = plan.local(asked)
     rows = jnp.where((asked >= 0)[..., None],
@@ -159,20 +160,23 @@ def lookup(table: jax.Array, ids: Sequence[jax.Array], mesh: Mesh, factor: float
     back = _all_to_all(rows).reshape(plan.shards * plan.cap, dim)
     mine = jnp.where(fits[:, None], back.at[dest].get(mode="fill", fill_value=0), 0)
     group = jax.lax.all_gather(mine[inverse], "model", axis=0, tiled=True)[:plan.n]
-    return tuple(plan.split(group, [i.shape for i in local_ids]))
+    return (tuple(plan.split(group, [i.shape for i in local_ids])),
+            jax.lax.psum(overflow, AXES))
 
-  return list(jax.shard_map(
+  rows, overflow = jax.shard_map(
       body, mesh=mesh, in_specs=(P(AXES, None),) + (P("data"),) * len(ids),
-      out_specs=(P("data"),) * len(ids), check_vma=False)(table, *ids))
+      out_specs=((P("data"),) * len(ids), P()), check_vma=False)(table, *ids)
+  return list(rows), overflow
 
 
 def update(table: jax.Array, row_state: dict, ids: Sequence[jax.Array],
            grads: Sequence[jax.Array], step: jax.Array, cfg: sparse.RowOptConfig, mesh: Mesh,
            factor: float):
   """The sparse row update through the exchange: ``ids`` (batch-sharded) and their row
-  gradients ``grads`` (``ids.shape + (dim,)``). Returns ``(table, row_state, row_grad_sq,
-  overflow)``: the sum over updated rows of their squared summed gradient (the GSPMD path's
-  ``learning/row_grad_norm`` before the root) and the number of ids past capacity."""
+  gradients ``grads`` (``ids.shape + (dim,)``). Returns ``(table, row_state, row_grad_sq)``:
+  the last is the sum over updated rows of their squared summed gradient (the GSPMD path's
+  ``learning/row_grad_norm`` before the root). Ids past the capacity (``lookup`` counts
+  them) are not updated."""
   vocab, dim = table.shape
   plan = _Plan(mesh, vocab, ids, factor)
   state_specs = sparse.row_state_specs(P(AXES, None), cfg)
@@ -182,17 +186,17 @@ def update(table: jax.Array, row_state: dict, ids: Sequence[jax.Array],
     g = plan.chunk(_flat([x.astype(jnp.float32) for x in local_grads], 1), 0)
     distinct, inverse = sparse.unique_ids(chunk, vocab)
     summed = jax.ops.segment_sum(g, inverse, num_segments=plan.k)
-    dest, _, overflow = plan.route(distinct)
+    dest, _, _ = plan.route(distinct)
     got_ids = plan.send(dest, distinct, -1).reshape(-1)
     got = plan.send(dest, summed, 0).reshape(-1, dim)
     rows, row_grads = sparse.unique_rows(plan.local(got_ids), got, plan.per)
     block, state = sparse.update_rows(block, state, rows, row_grads, step, cfg)
     sq = jnp.sum(jnp.mean(jnp.square(row_grads), axis=-1)) * dim
-    return (block, state, jax.lax.psum(sq, AXES), jax.lax.psum(overflow, AXES))
+    return block, state, jax.lax.psum(sq, AXES)
 
   return jax.shard_map(
       body, mesh=mesh,
       in_specs=(P(AXES, None), state_specs, P(), (P("data"),) * len(ids),
                 (P("data"),) * len(grads)),
-      out_specs=(P(AXES, None), state_specs, P(), P()), check_vma=False)(
+      out_specs=(P(AXES, None), state_specs, P()), check_vma=False)(
           table, row_state, step, tuple(ids), tuple(grads))

@@ -178,6 +178,31 @@ def _exchanged(shardings: TrainState, mesh: Mesh, capacity: float | None) -> set
   return {path for path, s in specs.items() if exchange.served(s.spec)}
 
 
+def _routed(model_def: ModelDef, ids: dict, paths: set) -> dict:
+  """{table path: [(lookup key, its id arrays)]} for the ids of the tables in ``paths``."""
+  routed = {p: [] for p in sorted(paths)}
+  for key, v in ids.items():
+    if model_def.table_path(key) in routed:
+      routed[model_def.table_path(key)].append((key, jax.tree.leaves(v)))
+  return {p: keyed for p, keyed in routed.items() if keyed}
+
+
+def _exchange_rows(flat_tables: dict, ids: dict, routed: dict, mesh: Mesh,
+                   capacity: float | None):
+  """The rows of the ``routed`` lookups through the exchange, in the structure of ``ids``
+  (one exchange per table), and the number of ids past the exchange's capacity."""
+  rows, overflow = {}, jnp.zeros((), jnp.int32)
+  for path, keyed in routed.items():
+    exchange.check_table("/".join(map(str, path)), flat_tables[path].shape[0], mesh)
+    got, dropped = exchange.lookup(flat_tables[path], [i for _, ids_ in keyed for i in ids_],
+                                   mesh, capacity)
+    got, overflow = iter(got), overflow + dropped
+    for key, _ in keyed:
+      rows[key] = jax.tree.unflatten(jax.tree.structure(ids[key]),
+                                     [next(got) for _ in jax.tree.leaves(ids[key])])
+  return rows, overflow
+
+
 def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                     shardings: TrainState, mesh: Mesh, *, sparse_update: bool = True,
                     dense_below_rows: int = 0, exchange_capacity: float | None = None):
@@ -212,20 +237,10 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
                if t.shape[0] < dense_below_rows or path in inline}
       large_ids = {k: v for k, v in ids.items() if model_def.table_path(k) not in small}
       small_ids = {k: v for k, v in ids.items() if model_def.table_path(k) in small}
-      routed = {p: [] for p in sorted(exchanged - small)}  # path -> [(key, id leaves)]
-      for key, v in large_ids.items():
-        if model_def.table_path(key) in routed:
-          routed[model_def.table_path(key)].append((key, jax.tree.leaves(v)))
+      routed = _routed(model_def, large_ids, exchanged - small)
       local_ids = {k: v for k, v in large_ids.items() if model_def.table_path(k) not in routed}
-      rows = model.gather(local_ids)
-      for path, keyed in routed.items():
-        exchange.check_table("/".join(map(str, path)), flat_tables[path].shape[0], mesh)
-        got = iter(exchange.lookup(flat_tables[path], [i for _, ids_ in keyed for i in ids_],
-                                   mesh, exchange_capacity))
-        for key, _ in keyed:
-          rows[key] = jax.tree.unflatten(jax.tree.structure(large_ids[key]),
-                                         [next(got) for _ in jax.tree.leaves(large_ids[key])])
-      rows = _float32(rows)  # float32 row gradients whatever the table
+      rows, overflow = _exchange_rows(flat_tables, large_ids, routed, mesh, exchange_capacity)
+      rows = _float32({**rows, **model.gather(local_ids)})  # float32 row gradients
 
       def loss_of(params, small_tables, rows):
         tables = traverse_util.unflatten_dict({**flat_tables, **small_tables})
@@ -247,16 +262,14 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
       updates = {
           path: (lambda t, s, r=r, g=g: sparse.update_rows(t, s, r, g, state.step, optim.rows))
           for path, (r, g) in uniq.items()}
-      overflow = jnp.zeros((), jnp.int32)
       for path, keyed in routed.items():
-        keys = [key for key, _ in keyed]
-        table, row_state_, sq, dropped = exchange.update(
+        table, row_state_, sq = exchange.update(
             flat_tables[path], _row_state(state, path),
             [i for _, ids_ in keyed for i in ids_],
-            [g for key in keys for g in jax.tree.leaves(g_rows[key])],
+            [g for key, _ in keyed for g in jax.tree.leaves(g_rows[key])],
             state.step, optim.rows, mesh, exchange_capacity)
         updates[path] = lambda t, s, r=(table, row_state_): r
-        row_grad_sq, overflow = row_grad_sq + sq, overflow + dropped
+        row_grad_sq = row_grad_sq + sq
       updates.update({
           path: (lambda t, s, g=g: sparse.dense_update(t, s, g, state.step, optim.rows))
           for path, g in g_small.items()})
@@ -301,14 +314,30 @@ def eval_forward(model_def: ModelDef, tables: dict, params: dict, rest: dict,
 
 
 def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, mesh: Mesh,
-                   *, predict_fn: Callable = logits_to_probs):
+                   *, predict_fn: Callable = logits_to_probs,
+                   exchange_capacity: float | None = None):
   """The jitted ``eval_step(state, batch) -> (probs [B, T], metrics)``; metrics are
-  ``eval/loss`` and ``eval/<term>`` (e.g. ``eval/loss/bce`` for a term named ``loss/bce``)."""
+  ``eval/loss`` and ``eval/<term>`` (e.g. ``eval/loss/bce`` for a term named ``loss/bce``).
+  With ``exchange_capacity`` the tables sharded over every device are read through the
+  exchange, as in training, and ``eval/exchange_overflow`` counts the ids past its capacity
+  (their rows read as zeros)."""
+  exchanged = _exchanged(shardings, mesh, exchange_capacity)
 
   def eval_step(state: TrainState, batch: dict):
+    rows = ids = None
+    if exchanged:
+      model: TrainableModel = model_def.merge(state.tables, state.params, state.rest)
+      ids = model.lookup_ids(batch)
+      routed = _routed(model_def, ids, exchanged)
+      rows, overflow = _exchange_rows(traverse_util.flatten_dict(state.tables), ids, routed,
+                                      mesh, exchange_capacity)
+      ids = {k: v for k, v in ids.items() if k not in rows}
     total, (terms, out, _) = forward(model_def, loss_fn, state.params, state.tables,
-                                     state.rest, batch, train=False)
-    return predict_fn(out), _metrics(total, terms, "eval")
+                                     state.rest, batch, rows=rows, ids=ids, train=False)
+    metrics = _metrics(total, terms, "eval")
+    if exchanged:
+      metrics["eval/exchange_overflow"] = overflow.astype(jnp.float32)
+    return predict_fn(out), metrics
 
   return jax.jit(eval_step,
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
