@@ -175,6 +175,11 @@ def test_config_keys_and_bad_values():
     bad.mesh[key] = value
     with pytest.raises(ValueError, match=message):
       mcconfig.validate(bad)
+  from mcjax.model import config as model_config
+  big = tiny()
+  big.embedding.vocab.user = 2**30  # padding slots (vocab + slot) must stay in int32
+  with pytest.raises(ValueError, match=r"embedding.vocab.user.*must be < 2\*\*30"):
+    model_config.validate(big)
   with pytest.raises(ValueError, match="table tables/user has 1001 rows, not divisible by "
                                        "the 8 devices"):
     exchange.check_table("tables/user", 1001, mesh_lib.make_mesh((4, 2)))

@@ -158,8 +158,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if t not in cfg.embedding.vocab:
       _fail(f"embedding.vocab.{t}", "is missing")
     _positive_ints(cfg, f"embedding.vocab.{t}")
-    if cfg.embedding.vocab[t] >= 2**31:
-      _fail(f"embedding.vocab.{t}", "must be < 2**31 (int32 row indices)")
+    if cfg.embedding.vocab[t] >= 2**30:
+      _fail(f"embedding.vocab.{t}", "must be < 2**30 (int32 row indices, with room above "
+            "the vocabulary for the sparse update's padding slots)")
   extra = [t for t in cfg.embedding.vocab if t not in TABLES]
   if extra:
     _fail("embedding.vocab", f"has unknown table(s) {extra}; known: {TABLES}")

@@ -71,7 +71,8 @@ def unique_ids(ids: jax.Array, vocab: int):
 
   Returns ``(rows, inverse)``: ``rows`` [n] int32 sorted and distinct, where n = ids.size;
   the real rows come first and the padding slots hold distinct out-of-range indices (>=
-  vocab), which scatters with ``mode="drop"`` ignore. ``inverse`` [n]: the slot of each
+  vocab, so vocab + n must stay below 2**31: ``model.embedding.vocab`` is capped at 2**30),
+  which scatters with ``mode="drop"`` ignore. ``inverse`` [n]: the slot of each
   (flattened) id in ``rows``. Ids >= vocab are kept like any other id.
   """
   flat = ids.reshape(-1).astype(jnp.int32)
