@@ -12,6 +12,7 @@ from mcjax.contract.schema import TASKS
 from mcjax.model import ranking_score
 from mcjax.train import RunError
 from mcjax.train import data as data_lib
+from mcjax.train import exchange
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
@@ -37,11 +38,9 @@ class EvalScorer:
       probs.append(distributed.gather(batch_probs))
       dropped += int(jax.device_get(m.get("eval/exchange_overflow", 0)))
     if dropped:
-      raise RunError(
-          f"step {int(jax.device_get(state.step))}: the embedding exchange dropped {dropped} "
-          f"ids of evaluation records [{lo}, {hi}) past its capacity (their rows read as "
-          "zeros): raise --config.mesh.exchange_capacity "
-          f"(now {self.data.cfg.mesh.exchange_capacity})")
+      raise RunError(exchange.overflow_error(
+          int(jax.device_get(state.step)), dropped, self.data.cfg.mesh.exchange_capacity,
+          of=f" of evaluation records [{lo}, {hi})"))
     probs = np.concatenate(probs)[:hi - lo] if probs else np.zeros((0, len(TASKS)))
     bad = int(np.sum(~np.isfinite(probs).all(axis=1)))
     if bad:

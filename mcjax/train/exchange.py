@@ -70,6 +70,14 @@ def capacity(chunk: int, shards: int, factor: float) -> int:
   return max(1, min(chunk, math.ceil(factor * share + 6.0 * math.sqrt(share))))
 
 
+def overflow_error(step: int, dropped: int, factor: float, *, of: str = "",
+                   effect: str = "their rows read as zeros") -> str:
+  """The one line that stops a run when ``dropped`` ids (``of``: of which records) went past
+  the exchange's capacity at ``step``."""
+  return (f"step {step}: the embedding exchange dropped {dropped} ids{of} past its capacity "
+          f"({effect}): raise --config.mesh.exchange_capacity (now {factor})")
+
+
 def check_table(name: str, rows: int, mesh: Mesh) -> None:
   """Refuses a table whose rows do not split evenly over the devices (one line, the key)."""
   if rows % mesh.size:

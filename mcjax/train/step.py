@@ -115,18 +115,22 @@ def _group_by_table(model_def: ModelDef, ids: dict, row_grads: dict) -> dict:
   return {path: (cat(i), cat(g)) for path, (i, g) in groups.items()}
 
 
-def _row_state(state: TrainState, path: tuple) -> dict:
-  """The row optimizer state of the table at ``path`` (a dict of arrays)."""
-  flat = traverse_util.flatten_dict(state.row_state) if state.row_state else {}
+def _flat_row_state(state: TrainState) -> dict:
+  return traverse_util.flatten_dict(state.row_state) if state.row_state else {}
+
+
+def _row_state(flat: dict, path: tuple) -> dict:
+  """The row optimizer state of the table at ``path`` (a dict of arrays) from the flattened
+  ``state.row_state``."""
   return {k[-1]: v for k, v in flat.items() if k[:-1] == path}
 
 
 def _update_tables(state: TrainState, updates: dict):
   """Applies ``update(table, row_state) -> (table, row_state)`` per table path."""
   tables = traverse_util.flatten_dict(state.tables) if state.tables else {}
-  rows = traverse_util.flatten_dict(state.row_state) if state.row_state else {}
+  rows = _flat_row_state(state)
   for path, update in updates.items():
-    tables[path], table_rows = update(tables[path], _row_state(state, path))
+    tables[path], table_rows = update(tables[path], _row_state(rows, path))
     rows.update({path + (k,): v for k, v in table_rows.items()})
   unflat = lambda d: traverse_util.unflatten_dict(d) if d else {}  # noqa: E731
   return unflat(tables), unflat(rows)
@@ -262,9 +266,10 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
       updates = {
           path: (lambda t, s, r=r, g=g: sparse.update_rows(t, s, r, g, state.step, optim.rows))
           for path, (r, g) in uniq.items()}
+      flat_rows = _flat_row_state(state)
       for path, keyed in routed.items():
         table, row_state_, sq = exchange.update(
-            flat_tables[path], _row_state(state, path),
+            flat_tables[path], _row_state(flat_rows, path),
             [i for _, ids_ in keyed for i in ids_],
             [g for key, _ in keyed for g in jax.tree.leaves(g_rows[key])],
             state.step, optim.rows, mesh, exchange_capacity)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from mcjax import metrics
 from mcjax.train import RunError
+from mcjax.train import exchange
 from mcjax.train import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
@@ -61,10 +62,9 @@ class StepLog:
       raise RunError(self._nonfinite(step, bad, state))
     if m.get("learning/exchange_overflow", 0) > 0:
       self.bar.close()
-      raise RunError(
-          f"step {step}: the embedding exchange dropped {int(m['learning/exchange_overflow'])} "
-          "ids past its capacity (their rows were read as zeros and not updated): raise "
-          f"--config.mesh.exchange_capacity (now {self.cfg.mesh.exchange_capacity})")
+      raise RunError(exchange.overflow_error(
+          step, int(m["learning/exchange_overflow"]), self.cfg.mesh.exchange_capacity,
+          effect="their rows were read as zeros and not updated"))
     self.total["steps"] += 1
     self.total["examples"] += examples
     if self.total["first_step_s"] is None:  # compiled in this step: not timed
