@@ -20,6 +20,7 @@ RANKS = {
     "mcjax.convert": 2,
     "mcjax.moment": 3,       # the Moment engine
     "mcjax.samples": 4,      # shards, the Beam pipeline, the Grain pipeline
+    "mcjax.stream": 4,       # event sources and the stream engine (samples as they happen)
     "mcjax.model": 5,
     "mcjax.losses": 5,
     "mcjax.config": 6,       # run configs: name every layer's knobs
