@@ -72,6 +72,11 @@ def test_metrics_json_layout_and_tensorboard(s):
   # Every evaluation record is scored exactly once, in one window.
   assert sum(w["ctr"]["n"] for w in m["windows"]) == m["overall"]["ctr"]["n"] > 0
   assert 0.0 <= m["overall"]["ctr"]["auc"] <= 1.0
+  # The tiny world has an oracle: the headroom block covers the same click records.
+  room = m["headroom"]["overall"]
+  assert room["n"] == m["overall"]["ctr"]["n"] and room["auc"] == m["overall"]["ctr"]["auc"]
+  assert 0.5 < room["oracle_auc"] <= 1.0 and set(room["learned"]) == {"rest", "affinity",
+                                                                      "highlight"}
   assert m["train"]["steps"] > 0
   assert glob.glob(os.path.join(ref, "tb", "events.out.tfevents.*"))
 

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from mcjax import config as mcconfig
-from mcjax import distributed
+from mcjax import distributed, metrics
 from mcjax.samples import pipeline, shards
 from mcjax.contract.schema import TASKS
 from mcjax.train import step as step_lib
@@ -101,12 +101,14 @@ class Data:
       z = np.zeros((0, len(TASKS)), np.float32)
       return {"probs": z, "labels": z, "mask": z, "user_id": np.zeros(0, np.int64),
               "in_highlight": np.zeros(0, np.int32), "lv_len": np.zeros(0, np.int64),
-              "exposure_id": np.zeros(0, np.int64)}
+              "exposure_id": np.zeros(0, np.int64),
+              **{k: np.zeros(0, np.float32) for k in metrics.ORACLE_FIELDS}}
     rec = self.eval_src.__getitems__(np.arange(lo, hi))
     return {"probs": probs.astype(np.float32), "labels": rec["labels"],
             "mask": rec["label_mask"], "user_id": rec["user_id"],
             "in_highlight": rec["in_highlight"], "lv_len": np.diff(rec["lv_offsets"]),
-            "exposure_id": rec["exposure_id"]}
+            "exposure_id": rec["exposure_id"],
+            **{k: rec[k] for k in metrics.ORACLE_FIELDS}}
 
   @staticmethod
   def to_device(sharding, local: dict, global_rows: int) -> dict:

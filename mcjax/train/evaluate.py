@@ -1,6 +1,7 @@
 """Evaluation inside a run: ``EvalScorer`` scores evaluation records with the train state,
 ``validate_epoch`` keeps offline_tvt's best epoch, ``compute_metrics`` writes metrics.json
-(overall, per slice, per window, and Ranking_Score's AUC)."""
+(overall, per slice, per window, Ranking_Score's AUC, and the headroom to a simulated
+world's oracle)."""
 
 from __future__ import annotations
 
@@ -84,12 +85,34 @@ def compute_metrics(cfg, plan: plan_lib.Plan, preds: dict[int, dict],
            "highlight_share": float(np.mean(hl == 1)) if (hl >= 0).any() else None}
     row.update(m["overall"])
     out_windows.append(row)
+  parts = [preds[w.index] for w in window_rows]
   out = {"config": cfg.name, "mode": cfg.train.mode, "overall": overall["overall"],
          "slices": overall.get("slices", {}), "windows": out_windows,
-         "ranking": ranking_metrics(cfg, [preds[w.index] for w in window_rows])}
+         "ranking": ranking_metrics(cfg, parts)}
+  room = headroom_metrics(cfg, parts)
+  if room:
+    out["headroom"] = room
   if plan.valid is not None:
     out.update(valid=progress.valid, selected=progress.best)
   return out
+
+
+def headroom_metrics(cfg, parts: list[dict]) -> dict:
+  """metrics.json's ``headroom`` (worlds with an oracle): the click model against the true
+  p(click) and the oracle without its highlight or affinity term, overall and per slice
+  (``metrics.headroom``); {} without an oracle (or for scored records of an older run)."""
+  if not parts or any(k not in p for p in parts for k in metrics.ORACLE_FIELDS):
+    return {}
+  cat = {k: np.concatenate([p[k] for p in parts])
+         for k in ("probs", "labels", "mask", "in_highlight", "lv_len",
+                   *metrics.ORACLE_FIELDS)}
+  t = TASKS.index("ctr")
+  keep = cat["mask"][:, t] > 0
+  cat = {k: v[keep] for k, v in cat.items()}
+  slices = metrics.standard_slices({"in_highlight": cat["in_highlight"], "lv_len": cat["lv_len"]},
+                                   cfg.train.live_sparse_threshold)
+  return metrics.headroom_by_slice(cat["probs"][:, t], cat["labels"][:, t],
+                                   {k: cat[k] for k in metrics.ORACLE_FIELDS}, slices)
 
 
 def ranking_metrics(cfg, parts: list[dict]) -> dict:
