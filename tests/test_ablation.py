@@ -41,7 +41,7 @@ def test_quick_study_writes_results(tmp_path):
   assert text.startswith("# Ablation study")
   assert "python experiments/ablation.py --quick" in text
   for section in ("## Expectations", "## CTR", "## LVTR", "## LTR", "## Calibration", "## Slices",
-                  "## Oracle headroom", "## Freshness", "## Wall time"):
+                  "## Oracle headroom", "### Where the gap is", "## Freshness", "## Wall time"):
     assert section in text, section
   for png in ("auc_over_time.png", "slices.png", "freshness.png"):
     assert (tmp_path / "plots" / png).stat().st_size > 0, png
