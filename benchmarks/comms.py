@@ -211,15 +211,15 @@ def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool =
   from benchmarks import step_bench
   from mcjax import losses
   from mcjax.model import build_model
-  from mcjax.train import mesh as mesh_lib
-  from mcjax.train import state as state_lib
-  from mcjax.train import step as step_lib
+  from mcjax.runtime import mesh as mesh_lib
+  from mcjax.runtime import state as state_lib
+  from mcjax.runtime import step as step_lib
 
   start = time.perf_counter()
   n = layout[0] * layout[1]
   mesh = mesh_lib.make_mesh(layout, jax.devices()[:n])
   optim = state_lib.optim_config(cfg)
-  from mcjax.train import partition  # pylint: disable=g-import-not-at-top
+  from mcjax.runtime import partition  # pylint: disable=g-import-not-at-top
   model_def, abstract, specs = state_lib.setup(functools.partial(build_model, cfg.model),
                                                optim, **partition.from_config(cfg.mesh))
   state = state_lib.abstract_with_shardings(abstract, specs, mesh)

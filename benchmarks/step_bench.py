@@ -24,10 +24,10 @@ from mcjax import losses
 from mcjax.model import build_model, costs, embedding, encoders
 from mcjax.model import model as model_lib
 from mcjax.contract import schema
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import partition
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 
 # Published dense peaks per chip (FLOP/s) by precision, matched against jax's device_kind
 # (NVIDIA data sheets quote tensor-core TF32 and bf16 with 2:4 sparsity: halved here; "fp32"

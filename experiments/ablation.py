@@ -110,7 +110,7 @@ def ensure_world(root: str, preset: str, seed: int, sizes: dict) -> str:
 def run_seed(p: dict, seed: int, timings: dict) -> dict:
   """Trains every config on world ``seed`` (with ``--report_only``: collects the finished
   runs only); returns config -> the run's folder, plus "world", "samples" and "din"."""
-  from mcjax import trainer
+  from mcjax.train import loop
   from mcjax.train import data
   root = os.path.join(p["workdir"], f"seed_{seed}")
   t = time.time()
@@ -129,7 +129,7 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
     t = time.time()
     if not done:
       samples = data.prepare(cfg, root, os.path.join(root, "samples"))
-      m = trainer.train_and_evaluate(cfg, run_dir, samples)
+      m = loop.train_and_evaluate(cfg, run_dir, samples)
       ctr = m["overall"]["ctr"]
       print(f"seed {seed} {name}: CTR AUC {ctr['auc']:.4f} GAUC {ctr['gauc']:.4f} "
             f"({time.time() - t:.0f} s)", flush=True)

@@ -73,8 +73,8 @@ def main(argv) -> None:
     json.dump(stats, f, indent=2, sort_keys=True)
   timings["world summary"] = time.time() - t
 
-  from mcjax import report, trainer
-  from mcjax.train import RunError, data
+  from mcjax import report
+  from mcjax.train import RunError, data, loop
   runs = {}
   for name, cfg in cfgs.items():
     cfg.data.log_dir = log_dir
@@ -82,7 +82,7 @@ def main(argv) -> None:
     t = time.time()
     samples = data.prepare(cfg, workdir, cache_dir=os.path.join(workdir, "samples"))
     try:
-      runs[name] = trainer.train_and_evaluate(cfg, os.path.join(workdir, name), samples)
+      runs[name] = loop.train_and_evaluate(cfg, os.path.join(workdir, name), samples)
     except RunError as e:
       sys.exit(f"FATAL {name}: {e}")
     timings[f"train + eval {name}"] = time.time() - t

@@ -50,17 +50,17 @@ def main(argv) -> None:
     if _VALIDATE.value:
       _refuse_bad_log(_DATA.value)
   from mcjax import config as mcconfig
-  from mcjax import distributed, trainer
+  from mcjax import distributed
   from mcjax.eventlog import files
-  from mcjax.train import RunError, data
-  from mcjax.train import mesh as mesh_lib
+  from mcjax.train import RunError, data, loop
+  from mcjax.runtime import mesh as mesh_lib
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   _refuse_bad_config(mesh_lib.check_layout, cfg)  # needs the device count only
   try:
     samples = _SAMPLES.value or data.prepare(cfg, _WORKDIR.value)
-    result = trainer.train_and_evaluate(cfg, _WORKDIR.value, samples,
-                                        overwrite=_OVERWRITE.value)
+    result = loop.train_and_evaluate(cfg, _WORKDIR.value, samples,
+                                     overwrite=_OVERWRITE.value)
   except (RunError, FileNotFoundError, files.OverlapError, files.CorruptFileError) as e:
     sys.exit(f"FATAL {e}")  # one line: what to change
   ctr = result["overall"].get("ctr", {})

@@ -25,7 +25,7 @@ from mcjax.sim import config as sim_config
 
 # train.mode: the time plans of ``mcjax.train.plan``.
 TRAIN_MODES = ("online", "offline", "offline_tvt")
-# mesh.embedding_exchange: how large tables are looked up and updated (mcjax.train.exchange).
+# mesh.embedding_exchange: how large tables are looked up and updated (mcjax.runtime.exchange).
 EXCHANGE_MODES = ("gspmd", "all_to_all")
 
 
@@ -95,7 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
   c.mesh.max_replicated_mb = 64.0  # a parameter larger than this may not be replicated
   #                                  on a multi-device mesh (put devices on "model")
-  # Sharding policy (mcjax.train.partition): ordered (regex on the parameter path, partition
+  # Sharding policy (mcjax.runtime.partition): ordered (regex on the parameter path, partition
   # as a tuple of mesh axes) pairs, the first match wins; then each logical axis the model
   # names on a parameter -> a mesh axis ("data", "model") or None (replicated).
   c.mesh.rules = ()               # e.g. ((r"towers/.*/kernel", (None, "model")),)
@@ -103,7 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.embedding_exchange = "gspmd"  # "gspmd": large tables row-sharded on "model", lookups
   #                                  and updates partitioned by XLA; "all_to_all": rows over
   #                                  every device, ids and rows exchanged with their owners
-  #                                  (mcjax.train.exchange; rows divisible by the devices)
+  #                                  (mcjax.runtime.exchange; rows divisible by the devices)
   c.mesh.exchange_capacity = 2.0  # all_to_all: ids one device sends one owner per step, in
   #                                  even shares (plus a margin); more are refused at that step
   return c

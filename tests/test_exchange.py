@@ -15,12 +15,12 @@ from mcjax import config as mcconfig
 from mcjax import losses
 from mcjax.contract import schema
 from mcjax.model import build_model
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
-from mcjax.train import sparse
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import partition
+from mcjax.runtime import sparse
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 from test_model import tiny
 
 V, D = 64, 4

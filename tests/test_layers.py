@@ -26,10 +26,10 @@ RANKS = {
     "mcjax.config": 6,       # run configs: name every layer's knobs
     "mcjax.configs": 6,
     "mcjax.distributed": 6,
-    "mcjax.train": 7,        # mesh, state, step, checkpoints, run folder, data
-    "mcjax.trainer": 8,
-    "mcjax.serve": 9,
-    "mcjax.report": 10,
+    "mcjax.runtime": 7,      # mesh, partition rules, state, checkpoints, the steps: build()
+    "mcjax.train": 8,        # the training loop, time plans, run folder, evaluation
+    "mcjax.serve": 8,        # scoring a trained run (restores through the runtime)
+    "mcjax.report": 9,
 }
 
 
@@ -77,3 +77,17 @@ def test_no_upward_import(module, path):
     assert RANKS[_part(target)] <= RANKS[own], (
         f"{module} (layer {own}, rank {RANKS[own]}) imports {target} (layer "
         f"{_part(target)}, rank {RANKS[_part(target)]}): data flows one way")
+
+
+def _python_files(top: str):
+  for root, _, files in os.walk(os.path.join(ROOT, top)):
+    yield from (os.path.join(root, f) for f in sorted(files) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("top", ["mcjax/serve", "benchmarks"])
+def test_serving_and_benchmarks_use_the_runtime_not_the_trainer(top):
+  """Scoring and the benchmarks build their steps through ``mcjax.runtime``; the training
+  loop's package (``mcjax.train``) is above them in spirit, never a dependency."""
+  for path in _python_files(top):
+    bad = [t for t in _imports(path) if t == "mcjax.train" or t.startswith("mcjax.train.")]
+    assert not bad, f"{os.path.relpath(path, ROOT)} imports {bad[0]}: use mcjax.runtime"

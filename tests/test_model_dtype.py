@@ -22,9 +22,9 @@ from mcjax import losses
 from mcjax.model import build_model
 from mcjax.model import config as model_config
 from mcjax.contract import schema
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 from test_model import tiny
 
 # A broken cast (a layer left in float32 on purpose is fine; a wrong kernel, a lost bias or a

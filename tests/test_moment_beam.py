@@ -24,7 +24,7 @@ from mcjax import convert
 from mcjax.eventlog import io as log_io
 from mcjax.eventlog.validate import LogValidationError
 from mcjax.moment import MomentConfig
-from mcjax.samples.beam import pipeline as beam_pipeline
+from mcjax.samples.beam import job as beam_job
 from mcjax.samples.beam import stages
 from mcjax.samples import build, pipeline, shards
 from mcjax.sim import world
@@ -131,7 +131,7 @@ def test_automatic_keys_keep_their_size_as_the_log_grows(small_world):
   assert (fixed.buckets, fixed.write_range_ms) == (5, 7)
   # the log's extent comes from the Parquet footers
   ts = log_io.read_events(small_world)["ts_ms"].to_numpy()
-  assert beam_pipeline.event_extent(small_world) == (len(ts), int(ts.max() - ts.min() + 1))
+  assert beam_job.event_extent(small_world) == (len(ts), int(ts.max() - ts.min() + 1))
   with pytest.raises(ValueError, match=r"Layout\.spill_rows=-1: expected >= 0"):
     stages.Layout(spill_rows=-1).validate()
 
@@ -223,7 +223,7 @@ def test_launcher_passes_beam_flags_and_fills_the_trainer_cache(tmp_path):
 def test_no_runner_named_runs_locally_without_downloading_prism():
   """Beam's DirectRunner first tries the Prism runner, which it downloads: with no --runner the
   pipeline runs on Beam's local FnApiRunner (the same --direct_* flags); a named runner stays."""
-  from mcjax.samples.beam.pipeline import pipeline_options
+  from mcjax.samples.beam.job import pipeline_options
   opts = pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
   assert opts.get_all_options()["runner"] == "FnApiRunner"
   assert opts.get_all_options()["direct_num_workers"] == 2

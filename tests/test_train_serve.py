@@ -19,9 +19,9 @@ from mcjax.model import build_model, embedding
 from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
 from mcjax.contract import schema
-from mcjax.samples import pipeline
+from mcjax.samples import loader
 from mcjax.sim import world
-from mcjax.train.step import host_batch
+from mcjax.runtime.step import host_batch
 from test_model import tiny
 
 SV, LV = 12, 6
@@ -55,7 +55,7 @@ def model_fn():
 
 def _device_batch(table: dict) -> dict:
   """A sample table -> the batch a device receives (padded, host_batch'ed)."""
-  batch = pipeline.pad_table(table, SV, LV)
+  batch = loader.pad_table(table, SV, LV)
   batch["weight"] = np.ones(len(batch["user_id"]), np.float32)
   return host_batch(batch)
 

@@ -13,7 +13,7 @@ import trainer_fixtures as fx
 
 from mcjax.eventlog import files
 from mcjax.train import RunError, evaluate
-from mcjax.train import mesh as mesh_lib
+from mcjax.runtime import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 

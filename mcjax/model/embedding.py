@@ -6,7 +6,7 @@ fixed-size table with a salt: ``row = fmix(fmix(fold(id) ^ salt)) mod vocab`` (m
 ``fold = lo32 ^ fmix(hi32')``, where ``hi32'`` is the high word minus the sign extension of
 the low word, so ``fold`` is the identity for every id in int32 range, and ids that differ
 only in their high 32 bits fold apart. The host folds int64 ids before they reach a device
-(``train.step.host_batch``; JAX runs without x64), and ``hash_ids`` folds int64 input itself,
+(``runtime.step.host_batch``; JAX runs without x64), and ``hash_ids`` folds int64 input itself,
 so numpy (``collisions.collision_report``) and the model hash every id identically. Ids never
 seen before simply hash to a row.
 

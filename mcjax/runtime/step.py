@@ -32,10 +32,10 @@ from jax.sharding import Mesh
 
 from mcjax.model import embedding
 from mcjax.contract import schema
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import sparse
-from mcjax.train.state import ModelDef, OptimConfig, TrainState
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import sparse
+from mcjax.runtime.state import ModelDef, OptimConfig, TrainState
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
 
@@ -218,7 +218,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
   (same rows touched, same result), which is cheaper than sorting their ids; larger tables
   get sparse row updates. With ``exchange_capacity`` (``mesh.embedding_exchange =
   "all_to_all"``), the sparse tables sharded over every device are looked up and updated
-  through ``mcjax.train.exchange`` (all-to-alls to the rows' owners) instead of GSPMD's
+  through ``mcjax.runtime.exchange`` (all-to-alls to the rows' owners) instead of GSPMD's
   gathers and scatters.
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),

@@ -26,9 +26,9 @@ from mcjax.eventlog.io import conform
 from mcjax.moment.config import MomentConfig
 from mcjax.moment.engine import Context
 from mcjax.moment.events import LogTables, load_log, read_tables
-from mcjax.samples import pipeline
+from mcjax.samples import loader
 from mcjax.contract import schema as SS
-from mcjax.train.step import host_batch
+from mcjax.runtime.step import host_batch
 
 _SIDE_KEYS = {"users": "user_id", "authors": "author_id", "lives": "live_id",
               "videos": "video_id"}
@@ -132,7 +132,7 @@ class RequestBuilder:
     """The requests' model inputs as the device receives them: histories padded to the
     run's lengths, ids folded and times wrapped to int32 (``host_batch``), exactly the
     fields ``schema.MODEL_INPUTS``."""
-    padded = pipeline.pad_table(self.features(user_id, ts_ms, live_ids),
+    padded = loader.pad_table(self.features(user_id, ts_ms, live_ids),
                                 self.cfg.sv_hist_len, self.cfg.lv_hist_len)
     device = host_batch(padded)
     return {name: device[name] for name in SS.MODEL_INPUTS}

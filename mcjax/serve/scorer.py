@@ -11,7 +11,7 @@ mesh wrote it: one device, or a ("data", "model") mesh (default: every device on
 big tables row-sharded over them; candidates are split on "data" when that axis is > 1).
 Only the model's variables are kept; the optimizer state is dropped after the restore.
 
-The forward pass is ``train.step.eval_forward`` (the one ``eval_step`` runs), then
+The forward pass is ``runtime.step.eval_forward`` (the one ``eval_step`` runs), then
 ``logits_to_probs`` and ``model.ranking.ranking_score`` (fusion and per-task weights from the
 run's ``model.ranking``; default: product fusion, prod_t p_t ** w_t with w = ctr 1.0, lvtr 0.5,
 ltr 0.1, cmtr 0.1, gtr 0.2, wtr 0.1), in one jitted function.
@@ -35,8 +35,8 @@ import numpy as np
 
 from mcjax.model import build_model, ranking
 from mcjax.contract.schema import MODEL_INPUTS, TASKS
-from mcjax.train import checkpoint, mesh as mesh_lib, partition, state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import checkpoint, mesh as mesh_lib, partition, state as state_lib
+from mcjax.runtime import step as step_lib
 
 # Candidates per compiled call: 1 (probes), 8 and 32 (small slates), 128 (a typical request
 # of ~100 candidates), 512 (batch scoring; larger requests go in chunks of it).
@@ -161,9 +161,9 @@ class Scorer:
 
   def zero_batch(self, rows: int = 1) -> dict:
     """All-zero model inputs of ``rows`` rows, with the dtypes and widths requests have."""
-    from mcjax.samples import pipeline  # pylint: disable=g-import-not-at-top
+    from mcjax.samples import loader  # pylint: disable=g-import-not-at-top
     m = self.cfg.moment
-    device = step_lib.host_batch(pipeline.zero_batch(rows, m.sv_hist_len, m.lv_hist_len))
+    device = step_lib.host_batch(loader.zero_batch(rows, m.sv_hist_len, m.lv_hist_len))
     return {name: device[name] for name in MODEL_INPUTS}
 
   def warmup(self) -> None:

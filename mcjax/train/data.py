@@ -24,9 +24,9 @@ import numpy as np
 
 from mcjax import config as mcconfig
 from mcjax import distributed
-from mcjax.samples import pipeline, shards
+from mcjax.samples import loader, shards
 from mcjax.contract.schema import TASKS
-from mcjax.train import step as step_lib
+from mcjax.runtime import step as step_lib
 from mcjax.train.plan import Plan
 
 # samples_info.json keys that say what a split holds (not where or when it was written).
@@ -84,14 +84,14 @@ class Data:
     if w is None or not w.n_train:
       return None
     t = self.cfg.train
-    return iter(pipeline.make_batches(
+    return iter(loader.make_batches(
         self.train_src, batch_size=t.batch_size, sv_len=self.sv_len, lv_len=self.lv_len,
         indices=range(w.train_lo, w.train_hi), shuffle=bool(t.shuffle_within_window),
         seed=self.cfg.seed + w.index, num_epochs=plan.epochs))
 
   def eval_batches(self, lo: int, hi: int):
     """This process's batches of the evaluation records [lo, hi) in order, the last padded."""
-    return pipeline.make_batches(self.eval_src, batch_size=self.cfg.train.eval_batch_size,
+    return loader.make_batches(self.eval_src, batch_size=self.cfg.train.eval_batch_size,
                                  sv_len=self.sv_len, lv_len=self.lv_len,
                                  indices=np.arange(lo, hi))
 

@@ -12,8 +12,8 @@ from mcjax.contract.schema import TASKS
 from mcjax.model import ranking_score
 from mcjax.train import RunError
 from mcjax.train import data as data_lib
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 from mcjax.train.steplog import StepLog

@@ -32,12 +32,12 @@ from mcjax import losses
 from mcjax.model import build_model
 from mcjax.train import data as data_lib
 from mcjax.train import evaluate
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import partition
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 from mcjax.train.steplog import StepLog
 
 
