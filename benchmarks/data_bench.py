@@ -14,7 +14,7 @@ import ml_collections
 
 from benchmarks import harness
 from benchmarks.step_bench import StepBench
-from mcjax.runtime.step import host_batch
+from mcjax.contract.batch import host_batch
 from mcjax import config as mcconfig
 from mcjax.samples import loader, shards
 from mcjax.samples import table as sample_table

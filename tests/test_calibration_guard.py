@@ -27,6 +27,7 @@ from mcjax.samples.table import TableSource
 from mcjax.sim import world
 from mcjax.runtime import mesh as mesh_lib
 from mcjax.runtime import state as state_lib
+from mcjax.contract import batch as batch_lib
 from mcjax.runtime import step as step_lib
 from test_model import tiny
 
@@ -63,7 +64,7 @@ def _predict(eval_step, state, source, idx):
   probs = []
   for batch in loader.make_batches(source, batch_size=512, sv_len=SV, lv_len=LV,
                                      indices=idx, process_index=0, process_count=1):
-    probs.append(np.asarray(eval_step(state, step_lib.host_batch(batch))[0]))
+    probs.append(np.asarray(eval_step(state, batch_lib.host_batch(batch))[0]))
   return np.concatenate(probs)[:len(idx), 0]
 
 
@@ -80,7 +81,7 @@ def test_evaluation_stays_calibrated(log, trainer, mode):
   for batch in loader.make_batches(train, batch_size=BATCH, sv_len=SV, lv_len=LV,
                                      indices=train_idx, shuffle=True, seed=0, num_epochs=2,
                                      process_index=0, process_count=1):
-    state, m = train_step(state, step_lib.host_batch(batch))
+    state, m = train_step(state, batch_lib.host_batch(batch))
   assert np.isfinite(float(m["learning/loss"]))
 
   rows = train.__getitems__(train_idx)

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from mcjax.contract import batch as batch_lib
+
 from mcjax.samples import loader
 from mcjax.contract import schema as S
 from mcjax.samples import shards
@@ -28,7 +30,7 @@ def test_padding_weights_and_fixed_shapes(table):
   for b in batches:
     assert b["sv_item"].shape == (16, 6) and b["lv_watch_s"].shape == (16, 3)
     assert b["crowd"].shape == (16, len(S.CROWD_FEATURES))
-    assert set(b) == {f.name for f in S.FIELDS} | set(loader.EXTRA_FIELDS)
+    assert set(b) == {f.name for f in S.FIELDS} | set(batch_lib.EXTRA_FIELDS)
   np.testing.assert_array_equal(batches[-1]["weight"], [1.0] * 2 + [0.0] * 14)
   assert not batches[-1]["user_id"][2:].any()
   users = np.concatenate([b["user_id"][b["weight"] > 0] for b in batches])

@@ -23,9 +23,9 @@ from mcjax.moment.engine import SampleBuilder
 from mcjax.moment.events import LogTables
 from mcjax.moment.synth import random_log
 from mcjax.contract import schema
-from mcjax.samples import loader
+from mcjax.contract import batch as batch_lib
 from mcjax.serve import EventBuffer, RequestBuilder, Scorer, export
-from mcjax.runtime.step import host_batch
+from mcjax.contract.batch import host_batch
 from xla_flags import FAST_COMPILE
 
 SV, LV = 12, 6
@@ -35,7 +35,7 @@ ONE_DEVICE = jax.devices()[:1]
 
 def _device_inputs(table: dict) -> dict:
   """A sample table -> its model inputs as a device receives them (the trainer's path)."""
-  device = host_batch(loader.pad_table(table, SV, LV))
+  device = host_batch(batch_lib.pad_table(table, SV, LV))
   return {k: device[k] for k in schema.MODEL_INPUTS}
 
 

@@ -8,8 +8,8 @@ Process 0 builds; the others wait for it.
 
 ``Data(cfg, samples_dir)`` opens the folder's two splits for the trainer: their time arrays
 (for the plan), a fingerprint (what ``rundir`` records), each window's training batches (a
-Grain iterator, checkpointable), evaluation batches and records, and the host -> device copy
-of a process-local batch.
+Grain iterator, checkpointable), evaluation batches and records. Batches reach the devices through
+``mcjax.contract.batch.to_device``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from mcjax import config as mcconfig
 from mcjax import distributed
 from mcjax.samples import loader, shards
 from mcjax.contract.schema import TASKS
-from mcjax.runtime import step as step_lib
 from mcjax.train.plan import Plan
 
 # samples_info.json keys that say what a split holds (not where or when it was written).
@@ -107,10 +106,3 @@ class Data:
             "mask": rec["label_mask"], "user_id": rec["user_id"],
             "in_highlight": rec["in_highlight"], "lv_len": np.diff(rec["lv_offsets"]),
             "exposure_id": rec["exposure_id"]}
-
-  @staticmethod
-  def to_device(sharding, local: dict, global_rows: int) -> dict:
-    """A process-local numpy batch -> global arrays sharded on "data"."""
-    return {name: jax.make_array_from_process_local_data(
-                sharding, value, (global_rows,) + value.shape[1:])
-            for name, value in step_lib.host_batch(local).items()}
