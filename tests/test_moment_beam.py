@@ -30,8 +30,7 @@ from mcjax.samples import build, pipeline, shards
 from mcjax.sim import world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_convert import _m3  # noqa: E402  (the KuaiLive-M3 source fixture)
+from test_convert import _m3  # the KuaiLive-M3 source fixture (tests/ is on pytest's path)
 
 # Several keys per stage, several crowd ranges per live (carries), several write parts; most
 # batches between stages travel as spilled files, the smaller ones inline.

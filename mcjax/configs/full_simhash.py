@@ -6,7 +6,7 @@ author), the best `model.gsu.candidates` (64) are kept, and the exact soft GSU p
 among them (`mcjax/model/gsu.py`). With histories no longer than the candidates nothing is cut,
 so compare it with `full` on long histories.
 
-Command:  python experiments/ablation.py --nopeer --configs=full,full_simhash \
+Command:  python -m experiments.ablation --nopeer --configs=full,full_simhash \
               --config.moment.sv_hist_len=256 --workdir=runs/gsu_default
 Hardware: any; its step cost hardly grows with the history (benchmarks/RESULTS.md, "The paper's
           history length at speed").
