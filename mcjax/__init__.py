@@ -16,7 +16,8 @@ itself when the config's samples are not cached). Every function imports its sta
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mcjax.version import __version__
+
 __all__ = ["generate_world", "build_samples", "load_config", "train_and_evaluate", "scorer"]
 
 

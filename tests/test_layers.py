@@ -13,6 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The rank of each top-level part of the package; a module may import its own rank or lower.
 RANKS = {
+    "mcjax.version": 0,      # the package version
     "mcjax.eventlog": 0,     # the event-log contract, atomic files
     "mcjax.contract": 1,     # the sample contract: schema, history store
     "mcjax.metrics": 1,      # pure array metrics (AUC, logloss) over TASKS
@@ -23,6 +24,7 @@ RANKS = {
     "mcjax.stream": 4,       # event sources and the stream engine (samples as they happen)
     "mcjax.model": 5,
     "mcjax.losses": 5,
+    "mcjax.loss_config": 5,  # the loss section of the config (no JAX)
     "mcjax.config": 6,       # run configs: name every layer's knobs
     "mcjax.configs": 6,
     "mcjax.distributed": 6,
@@ -51,7 +53,7 @@ def _imports(path: str):
   for node in ast.walk(ast.parse(open(path).read())):
     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       if node.module == "mcjax":
-        yield from (f"mcjax.{a.name}" for a in node.names if a.name != "__version__")
+        yield from (f"mcjax.{a.name}" for a in node.names)
       else:
         yield node.module
     elif isinstance(node, ast.Import):

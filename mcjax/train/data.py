@@ -44,7 +44,7 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, cache_dir: str | None 
       world.build(log_dir, cfg.data.preset, cfg.data.world_seed)
   distributed.sync("world")
   if not os.path.isdir(log_dir):
-    raise FileNotFoundError(f"--data / config.data.log_dir: {log_dir} is not a folder")
+    raise FileNotFoundError(f"config.data.log_dir: {log_dir} is not a folder")
   cache_root = cache_dir or os.path.join(workdir, "samples")
   if jax.process_index() == 0:
     ensure_samples(log_dir, cache_root, mcconfig.moment_config(cfg))
