@@ -297,4 +297,5 @@ def describe_keys() -> list[tuple[str, object, str]]:
       else:
         yield f"{prefix}{k}", v
 
-  return sorted((key, value, docs.get(key, "")) for key, value in leaves(default_config().to_dict()))
+  return sorted((key, value, docs.get(key, ""))
+                for key, value in leaves(default_config().to_dict()))
