@@ -29,7 +29,6 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from mcjax.contract import schema
 from mcjax.runtime import exchange
 from mcjax.runtime import mesh as mesh_lib
 from mcjax.runtime import sparse
