@@ -1,6 +1,7 @@
 """Throughput of the sample input pipeline alone (shards -> padded numpy batches).
 
-    python -m benchmarks.loader_bench --synthetic_n=200000 --batch_size=1024 --sv_len=256 --lv_len=64
+    python -m benchmarks.loader_bench --synthetic_n=200000 --batch_size=1024 \
+        --sv_len=256 --lv_len=64
     python -m benchmarks.loader_bench --samples_dir=SAMPLES_DIR --split=train
 
 With --synthetic_n a random sample table (histories up to 2 x the widths, so truncation is
