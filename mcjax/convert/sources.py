@@ -17,13 +17,13 @@ counted; ``row N`` of a Parquet file, from 0) and the value. Nothing is guessed 
   null marker: write an empty cell). After hashing, two different ids mapping to one value is
   an error, so ids are never merged.
 * **times** (``mcjax.convert.times.parse_times``): integers (or decimal strings) are epoch
-  times whose unit, s, ms, us or ns, is told by the magnitude of the column's median (< 1e11 s, < 1e14 ms, < 1e17 us,
-  else ns) and reported; a value of another magnitude than the rest of its column (mixed units,
-  a 0 placeholder) or negative is an error. ISO 8601 strings need a zone (``Z``, ``+08:00``);
-  local ones (``2025-05-01 10:00``) are an error unless the converter was given the zone of
-  its local times (``--tz=Asia/Shanghai``), as are Parquet timestamps without a zone. Anything
-  else (``\\N``, ``yesterday``) is an error. Nulls (empty cells) are returned as MISSING for
-  the converter to drop and count.
+  times whose unit, s, ms, us or ns, is told by the magnitude of the column's median (< 1e11
+  s, < 1e14 ms, < 1e17 us, else ns) and reported; a value of another magnitude than the rest
+  of its column (mixed units, a 0 placeholder) or negative is an error. ISO 8601 strings need
+  a zone (``Z``, ``+08:00``); local ones (``2025-05-01 10:00``) are an error unless the
+  converter was given the zone of its local times (``--tz=Asia/Shanghai``), as are Parquet
+  timestamps without a zone. Anything else (``\\N``, ``yesterday``) is an error. Nulls (empty
+  cells) are returned as MISSING for the converter to drop and count.
 
 Category names become crc32 hashes masked to int31 (0 = unknown).
 """
