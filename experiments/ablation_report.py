@@ -1,7 +1,7 @@
 """RESULTS.md of the ablation study: seeds-aggregated tables, slices, oracle headroom,
 freshness after highlight starts, the DeepCTR-Torch DIN peer, and PNG plots.
 
-Input: for each seed, the run folders written by ``mcjax.trainer`` (``metrics.json`` and
+Input: for each seed, the run folders written by ``mcjax.train.loop`` (``metrics.json`` and
 ``preds/window_*.npz``), the world (``_oracle/exposures.parquet``, ``highlights.parquet``) and
 the evaluation split of the sample cache (live id and time of each evaluation record).
 Spreads are sample standard deviations over seeds (ddof=1); a delta from `full` is computed per

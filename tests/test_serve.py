@@ -23,9 +23,9 @@ from mcjax.moment.engine import SampleBuilder
 from mcjax.moment.events import LogTables
 from mcjax.moment.synth import random_log
 from mcjax.contract import schema
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
 from mcjax.serve import EventBuffer, RequestBuilder, Scorer, export
-from mcjax.train.step import host_batch
+from mcjax.contract.batch import host_batch
 from xla_flags import FAST_COMPILE
 
 SV, LV = 12, 6
@@ -35,7 +35,7 @@ ONE_DEVICE = jax.devices()[:1]
 
 def _device_inputs(table: dict) -> dict:
   """A sample table -> its model inputs as a device receives them (the trainer's path)."""
-  device = host_batch(pipeline.pad_table(table, SV, LV))
+  device = host_batch(batch_lib.pad_table(table, SV, LV))
   return {k: device[k] for k in schema.MODEL_INPUTS}
 
 
@@ -229,7 +229,7 @@ def test_checkpoint_from_a_2x4_mesh_scores_on_one_device(tmp_path):
   mesh, and both score alike."""
   import functools
   from mcjax.model import build_model
-  from mcjax.train import checkpoint, mesh as mesh_lib, state as state_lib
+  from mcjax.runtime import checkpoint, mesh as mesh_lib, state as state_lib
   cfg = tf.tiny_config()
   mesh = mesh_lib.make_mesh((2, 4))
   _, state, _ = state_lib.create_train_state(

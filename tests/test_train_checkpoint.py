@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import toy_model
 
-from mcjax.train import checkpoint
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import state as state_lib
+from mcjax.runtime import checkpoint
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import state as state_lib
 
 BUILD = functools.partial(toy_model.build_model, toy_model.ToyConfig(user_vocab=64))
 OPTIM = state_lib.OptimConfig()

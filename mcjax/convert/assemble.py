@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mcjax.convert import sources as src_
+from mcjax.convert import times as times_lib
 from mcjax.eventlog import files
 from mcjax.eventlog import io
 from mcjax.eventlog import schema as S
@@ -63,7 +64,7 @@ def read_keyed(src: str, name: str, columns: list[str], stats: ConvertStats, *,
   stats.rows_read[name] = t.num_rows
   cols = {c: src_.ids(t.column(c), src_.where(t, c)) for c in ids}
   for c in (*times, *optional_times):
-    cols[c], how = src_.parse_times(t.column(c), src_.where(t, c), tz)
+    cols[c], how = times_lib.parse_times(t.column(c), src_.where(t, c), tz)
     stats.time_units[f"{name}:{c}"] = how
   keep = np.ones(t.num_rows, bool)
   for c in (*ids, *times):

@@ -4,9 +4,9 @@ A request is (user_id, ts_ms, candidate live_ids). ``RequestBuilder(source, cfg)
 engine ``Context`` over an event log (a log folder, in-memory tables, or an ``EventBuffer``
 that new events are appended to) and turns requests into the padded batch the model reads:
 ``Context.request_features`` (the function the engine uses for every training sample and
-evaluation record) at query time q = ts_ms, then the pipeline's padding (``pad_table``) and
-the trainer's host transform (``host_batch``). So a request for a logged exposure at its
-exposure time gives exactly that exposure's evaluation-record inputs.
+evaluation record) at query time q = ts_ms, then the one batch path (``mcjax.contract.batch``):
+padding (``pad_table``) and the host transform (``host_batch``). So a request for a logged
+exposure at its exposure time gives exactly that exposure's evaluation-record inputs.
 
 What a request sees: events with ts < q only; the live's author and category come from
 lives.parquet (for a live missing there: the author of its latest exposure in the log, category
@@ -26,9 +26,9 @@ from mcjax.eventlog.io import conform
 from mcjax.moment.config import MomentConfig
 from mcjax.moment.engine import Context
 from mcjax.moment.events import LogTables, load_log, read_tables
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
 from mcjax.contract import schema as SS
-from mcjax.train.step import host_batch
+from mcjax.contract.batch import host_batch
 
 _SIDE_KEYS = {"users": "user_id", "authors": "author_id", "lives": "live_id",
               "videos": "video_id"}
@@ -132,7 +132,7 @@ class RequestBuilder:
     """The requests' model inputs as the device receives them: histories padded to the
     run's lengths, ids folded and times wrapped to int32 (``host_batch``), exactly the
     fields ``schema.MODEL_INPUTS``."""
-    padded = pipeline.pad_table(self.features(user_id, ts_ms, live_ids),
+    padded = batch_lib.pad_table(self.features(user_id, ts_ms, live_ids),
                                 self.cfg.sv_hist_len, self.cfg.lv_hist_len)
     device = host_batch(padded)
     return {name: device[name] for name in SS.MODEL_INPUTS}

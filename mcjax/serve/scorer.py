@@ -11,7 +11,7 @@ mesh wrote it: one device, or a ("data", "model") mesh (default: every device on
 big tables row-sharded over them; candidates are split on "data" when that axis is > 1).
 Only the model's variables are kept; the optimizer state is dropped after the restore.
 
-The forward pass is ``train.step.eval_forward`` (the one ``eval_step`` runs), then
+The forward pass is ``runtime.step.eval_forward`` (the one ``eval_step`` runs), then
 ``logits_to_probs`` and ``model.ranking.ranking_score`` (fusion and per-task weights from the
 run's ``model.ranking``; default: product fusion, prod_t p_t ** w_t with w = ctr 1.0, lvtr 0.5,
 ltr 0.1, cmtr 0.1, gtr 0.2, wtr 0.1), in one jitted function.
@@ -25,7 +25,6 @@ requests are scored in chunks of the largest bucket, so the function compiles on
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 
@@ -33,10 +32,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from mcjax.model import build_model, ranking
+from mcjax import runtime
 from mcjax.contract.schema import MODEL_INPUTS, TASKS
-from mcjax.train import checkpoint, mesh as mesh_lib, partition, state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.model import ranking
+from mcjax.runtime import checkpoint, mesh as mesh_lib, state as state_lib
+from mcjax.contract import batch as batch_lib
+from mcjax.runtime import step as step_lib
 
 # Candidates per compiled call: 1 (probes), 8 and 32 (small slates), 128 (a typical request
 # of ~100 candidates), 512 (batch scoring; larger requests go in chunks of it).
@@ -133,11 +134,9 @@ class Scorer:
     if not os.path.isdir(ckpt_dir):
       raise FileNotFoundError(f"workdir {workdir}: no checkpoint (ckpt/ is missing)")
     cfg = load_config(workdir)
-    model_def, abstract, specs = state_lib.setup(
-        functools.partial(build_model, cfg.model), state_lib.optim_config(cfg),
-        **partition.from_config(cfg.mesh))
     mesh = mesh_lib.make_mesh(mesh_shape, devices or jax.local_devices())
-    target = state_lib.abstract_with_shardings(abstract, specs, mesh)
+    rt = runtime.build(cfg, mesh, init=False, check_replicated=False)  # the restore target
+    model_def, target = rt.model_def, rt.state
     with checkpoint.Checkpointer(ckpt_dir) as ckpt:
       step = ckpt.latest_step() if step is None else int(step)
       try:
@@ -161,9 +160,8 @@ class Scorer:
 
   def zero_batch(self, rows: int = 1) -> dict:
     """All-zero model inputs of ``rows`` rows, with the dtypes and widths requests have."""
-    from mcjax.samples import pipeline  # pylint: disable=g-import-not-at-top
     m = self.cfg.moment
-    device = step_lib.host_batch(pipeline.zero_batch(rows, m.sv_hist_len, m.lv_hist_len))
+    device = batch_lib.host_batch(batch_lib.zero_batch(rows, m.sv_hist_len, m.lv_hist_len))
     return {name: device[name] for name in MODEL_INPUTS}
 
   def warmup(self) -> None:

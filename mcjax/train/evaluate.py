@@ -1,4 +1,4 @@
-"""Evaluation inside a run: ``EvalScorer`` scores evaluation records with the train state,
+"""Evaluation inside a run: ``Evaluator`` scores evaluation records with the train state,
 ``validate_epoch`` keeps offline_tvt's best epoch, ``compute_metrics`` writes metrics.json
 (overall, per slice, per window, Ranking_Score's AUC, and the headroom to a simulated
 world's oracle)."""
@@ -9,33 +9,31 @@ import jax
 import numpy as np
 
 from mcjax import distributed, metrics
+from mcjax.contract import batch as batch_lib
 from mcjax.contract.schema import TASKS
 from mcjax.model import ranking_score
 from mcjax.train import RunError
 from mcjax.train import data as data_lib
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 from mcjax.train.steplog import StepLog
 
 
-class EvalScorer:
-  """``scorer(state, lo, hi)``: the evaluation records [lo, hi) scored by ``state``, as host
-  arrays (every process); ``put`` copies a process-local batch to the mesh."""
+class Evaluator:
+  """``evaluator(state, lo, hi)``: the evaluation records [lo, hi) scored by ``state``, as
+  host arrays (every process). (Serving a trained run is ``mcjax.serve.Scorer``.)"""
 
   def __init__(self, eval_step, data: data_lib.Data, mesh):
     self.eval_step, self.data = eval_step, data
     self.sharding = mesh_lib.batch_sharding(mesh)
 
-  def put(self, local: dict, global_rows: int) -> dict:
-    return self.data.to_device(self.sharding, local, global_rows)
-
   def __call__(self, state, lo: int, hi: int) -> dict:
     b = self.data.cfg.train.eval_batch_size
     probs, dropped = [], 0
     for local in (self.data.eval_batches(lo, hi) if hi > lo else ()):
-      batch_probs, m = self.eval_step(state, self.put(local, b))
+      batch_probs, m = self.eval_step(state, batch_lib.to_device(self.sharding, local, b))
       probs.append(distributed.gather(batch_probs))
       dropped += int(jax.device_get(m.get("eval/exchange_overflow", 0)))
     if dropped:
@@ -50,12 +48,13 @@ class EvalScorer:
     return self.data.eval_records(lo, hi, probs)
 
 
-def validate_epoch(run: rundir.RunDir, log: StepLog, scorer: EvalScorer, plan: plan_lib.Plan,
-                   progress: rundir.Progress, state, epoch: int, select_metric: str) -> None:
+def validate_epoch(run: rundir.RunDir, log: StepLog, evaluator: Evaluator,
+                   plan: plan_lib.Plan, progress: rundir.Progress, state, epoch: int,
+                   select_metric: str) -> None:
   """offline_tvt, at the end of an epoch: scores the validation records, records their
   metrics in ``progress`` and keeps the state when the epoch is the best so far."""
   with log.paused(state):
-    preds = scorer(state, plan.valid.eval_lo, plan.valid.eval_hi)
+    preds = evaluator(state, plan.valid.eval_lo, plan.valid.eval_hi)
     record = log.valid(epoch, progress.step, preds)
   if progress.offer(record, select_metric):
     run.save_best(progress.step, state)

@@ -46,7 +46,7 @@ from mcjax import config as mcconfig
 from mcjax import distributed
 from mcjax.eventlog.files import atomic_write
 from mcjax.train import RunError
-from mcjax.train import checkpoint
+from mcjax.runtime import checkpoint
 
 RUN_FILES = ("run.json", "config.json", "ckpt", "best", "progress", "preds", "tb",
              "metrics.json")
