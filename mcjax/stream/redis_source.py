@@ -7,8 +7,9 @@ reads the stream from its first message, side tables included.
 
 Offsets and positions. An event row's offset is ``"<message id>/<row inside the message>"``
 (``"1746057600000-0/0"``). ``position()`` is ``{"id": the last message delivered (wholly or
-in part), "row": event rows of it delivered}``; a batch message larger than ``max_rows`` is
-delivered across several reads, so a position may fall inside one.
+in part), "row": event rows of it delivered, "partial": rows of it remain}``; a batch message
+larger than ``max_rows`` is delivered across several reads, so a position may fall inside
+one (it is acknowledged only once a position past it is committed).
 
 Delivery, acknowledgement and resume. One consumer reads a stream's whole group (the engine
 is stateful: it needs every row, in order). Messages it reads stay pending in the group until
@@ -17,7 +18,7 @@ at ``seek(position)``:
 
 1. every message pending in the group is claimed by this consumer (XAUTOCLAIM), so a
    restarted engine that runs under another consumer name still finds them;
-2. the pending messages up to ``position`` are acknowledged: they are in the checkpoint the
+2. the pending messages up to ``position`` (the one it falls inside excepted) are acknowledged: they are in the checkpoint the
    position came from, and are never delivered again; the rest of a message the position
    falls inside is read again (XRANGE) and delivered from the next row;
 3. the pending messages after ``position`` (all of them without a position) are delivered
@@ -36,6 +37,8 @@ import urllib.parse
 
 import pyarrow as pa
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from mcjax.eventlog import schema as S
 from mcjax.stream import redis_wire as W
@@ -63,13 +66,13 @@ def parse_url(url: str) -> tuple[dict, str]:
 def connect(url: str) -> tuple[redis.Redis, str]:
   """A client for ``url``'s server (checked with PING) and the stream name."""
   kwargs, stream = parse_url(url)
-  client = redis.Redis(**kwargs, socket_connect_timeout=10)
-  try:
-    client.ping()
+  try:  # fail fast on a wrong address; the client itself retries (redis-py's default)
+    with redis.Redis(**kwargs, socket_connect_timeout=10, retry=Retry(NoBackoff(), 0)) as probe:
+      probe.ping()
   except redis.RedisError as e:
     raise ConnectionError(f"--stream={url}: no Redis server answers there "
                           f"({type(e).__name__}: {e})") from None
-  return client, stream
+  return redis.Redis(**kwargs, socket_connect_timeout=10), stream
 
 
 class RedisSource:
@@ -93,7 +96,7 @@ class RedisSource:
       if "BUSYGROUP" not in str(e):
         raise
     self._where = f"{url} "
-    self._pos = {"id": _START, "row": 0}
+    self._pos = {"id": _START, "row": 0, "partial": False}
     self._queue: collections.deque[W.Decoded] = collections.deque()
     self._head = 0           # rows of the queue's first (events) item already delivered
     self._cursor: str | None = None  # pending-list cursor (an id), None once on new messages
@@ -106,31 +109,38 @@ class RedisSource:
     return dict(self._pos)
 
   def seek(self, position: dict) -> None:
-    try:
-      mid, row = str(position["id"]), int(position["row"])
-      _id_key(mid)
-    except (KeyError, TypeError, ValueError):
-      raise ValueError(f"{self.name}: seek({position!r}) is not a Redis position "
-                       "(expected {'id': '<ms>-<seq>', 'row': int})") from None
-    self._start(mid, row)
+    mid, row, partial = self._parse(position, "seek")
+    self._start(mid, row, partial)
 
   def commit(self, position: dict) -> None:
-    """XACK of every pending message of the group up to ``position["id"]``."""
-    self._ack_upto(str(position["id"]))
+    """XACK of every pending message of the group up to ``position`` (the message it falls
+    inside excepted)."""
+    mid, _, partial = self._parse(position, "commit")
+    self._ack_upto(mid, partial)
+
+  def _parse(self, position: dict, what: str) -> tuple[str, int, bool]:
+    try:
+      mid, row, partial = str(position["id"]), int(position["row"]), bool(position["partial"])
+      _id_key(mid)
+    except (KeyError, TypeError, ValueError):
+      raise ValueError(f"{self.name}: {what}({position!r}) is not a Redis position (expected "
+                       "{'id': '<ms>-<seq>', 'row': int, 'partial': bool})") from None
+    return mid, row, partial
 
   def close(self) -> None:
     self.client.close()
 
   # -------------------------------------------------------------------------- start
 
-  def _start(self, mid: str, row: int) -> None:
+  def _start(self, mid: str, row: int, partial: bool) -> None:
     """Steps 1-3 of the module docstring, from position (``mid``, ``row``)."""
     self._claim_pending()
     self._queue.clear()
     self._head, self._ended = 0, False
-    self._pos = {"id": mid, "row": row}
+    self._pos = {"id": mid, "row": row, "partial": partial}
     if mid != _START:
-      self._ack_upto(mid)
+      self._ack_upto(mid, partial)
+    if partial:  # the rest of the message the position falls inside
       for item in W.decode(self.client.xrange(self.stream, mid, mid), self._where):
         if item.kind == "events" and row < item.table.num_rows:
           self._queue.append(item)
@@ -147,11 +157,12 @@ class RedisSource:
       if cursor == _START:
         return
 
-  def _ack_upto(self, mid: str) -> None:
+  def _ack_upto(self, mid: str, partial: bool) -> None:
     if mid == _START:
       return
+    last = f"({mid}" if partial else mid  # "(": an exclusive bound
     while True:
-      pending = self.client.xpending_range(self.stream, self.group, "-", mid, _CHUNK)
+      pending = self.client.xpending_range(self.stream, self.group, "-", last, _CHUNK)
       if not pending:
         return
       self.client.xack(self.stream, self.group, *[p["message_id"] for p in pending])
@@ -187,7 +198,7 @@ class RedisSource:
     if limit < 1:
       raise ValueError(f"{self.name}: read(max_rows={max_rows}) must ask for >= 1 row")
     if not self._started:
-      self._start(_START, 0)
+      self._start(_START, 0, False)
     if self._ended and not self._queue:
       return None
     tables, offsets, side, dead = [], [], {}, []
@@ -208,10 +219,13 @@ class RedisSource:
         part = slice(self._head, self._head + take)
         tables.append(item.table.slice(self._head, take))
         offsets += [f"{m}/{r}" for m, r in zip(item.ids[part], item.rows[part])]
-        self._pos = {"id": item.ids[part.stop - 1], "row": item.rows[part.stop - 1] + 1}
         n += take
         self._head += take
-        if self._head == item.table.num_rows:
+        done = self._head == item.table.num_rows
+        partial = not done and item.ids[self._head] == item.ids[self._head - 1]
+        self._pos = {"id": item.ids[self._head - 1], "row": item.rows[self._head - 1] + 1,
+                     "partial": partial}
+        if done:
           self._queue.popleft()
           self._head = 0
         continue
@@ -225,7 +239,7 @@ class RedisSource:
         dead.append((item.ids[0], item.reason))
       else:
         self._ended = True
-      self._pos = {"id": item.ids[0], "row": 0}
+      self._pos = {"id": item.ids[0], "row": 0, "partial": False}
     if self._ended and not (n or side or dead):
       return None
     events = pa.concat_tables(tables) if tables else S.EVENT_SCHEMA.empty_table()
