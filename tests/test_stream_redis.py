@@ -20,21 +20,21 @@ from mcjax.stream.redis_source import RedisSource, parse_url
 from mcjax.stream.replay import ReplaySource
 from mcjax.stream.source import offset_key
 
-from launch import publish as P
+from mcjax.stream import publish as P
 import test_stream_replay as tr  # tiny logs: the example, and a random one in parts with ties
 import test_validate as tv
 
 ROOT = tv.ROOT
 
 
-@pytest.fixture(scope="module")
-def server():
-  with redis_server.RedisServer() as srv:  # raises (fails the tests) if it cannot start
-    yield srv
+@pytest.fixture
+def server(redis_server):  # conftest: the session's real redis-server
+  return redis_server
 
 
 @pytest.fixture
 def url(server):
+  """A fresh stream for each test."""
   return server.url(f"events-{uuid.uuid4().hex[:8]}")
 
 
