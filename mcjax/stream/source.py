@@ -83,3 +83,16 @@ class Source(Protocol):
 
   def close(self) -> None:
     ...
+
+
+def open_source(spec: str, *, speed: float = 0.0, batch_rows: int = 4096,
+                group: str = "mcjax", consumer: str = "engine") -> Source:
+  """The source a ``--source`` flag names: ``replay:DIR`` (a log folder, paced at ``speed``)
+  or ``redis://host:port/STREAM`` (read through consumer ``group``/``consumer``)."""
+  if spec.startswith("replay:"):
+    from mcjax.stream.replay import ReplaySource  # noqa: PLC0415 (replay imports this module)
+    return ReplaySource(spec.removeprefix("replay:"), speed=speed, batch_rows=batch_rows)
+  if spec.startswith("redis://"):
+    from mcjax.stream.redis_source import RedisSource  # noqa: PLC0415 (needs the stream extra)
+    return RedisSource(spec, group=group, consumer=consumer, batch_rows=batch_rows)
+  raise ValueError(f"--source={spec}: expected replay:LOG_DIR or redis://host:port/STREAM")
