@@ -219,3 +219,19 @@ def test_open_source_names_either_source(tmp_path, url):
   with pytest.raises(ValueError, match=r"^--source=kafka://x/t: expected replay:LOG_DIR or "
                      r"redis://host:port/STREAM$"):
     open_source("kafka://x/t")
+
+
+def test_redis_server_command_serves_until_stopped():
+  port = redis_server.free_port()
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  proc = subprocess.Popen([sys.executable, "-m", "mcjax.stream.redis_server", f"--port={port}"],
+                          stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+  try:
+    line = proc.stdout.readline()
+    assert line.endswith(f"listening: redis://127.0.0.1:{port}/STREAM (Ctrl-C stops it)\n")
+    assert redis.Redis(port=port).ping()
+  finally:
+    proc.terminate()
+    assert proc.wait(20) == 0
+  with pytest.raises(redis.ConnectionError):  # the server went with it
+    redis.Redis(port=port, retry=None).ping()
