@@ -18,7 +18,7 @@ from mcjax.stream import redis_server
 from mcjax.stream import redis_wire as W
 from mcjax.stream.redis_source import RedisSource, parse_url
 from mcjax.stream.replay import ReplaySource
-from mcjax.stream.source import offset_key, open_source
+from mcjax.stream.source import offset_key
 
 from mcjax.stream import publish as P
 import test_stream_replay as tr  # tiny logs: the example, and a random one in parts with ties
@@ -206,19 +206,6 @@ def test_publish_launcher_prints_what_it_sent_or_one_error_line(tmp_path, url):
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines()[-1] == (
       f"launch.publish: {tmp_path}/none/events.parquet: missing file")
-
-
-def test_open_source_names_either_source(tmp_path, url):
-  log = io.write_log(str(tmp_path / "log"), *tv._example())
-  P.publish(log, url)
-  replay = open_source(f"replay:{log}", batch_rows=5)
-  assert isinstance(replay, ReplaySource) and len(replay.read()) == 5
-  broker = open_source(url, group="g", consumer="c", batch_rows=5)
-  assert isinstance(broker, RedisSource) and (broker.group, broker.consumer) == ("g", "c")
-  assert len(broker.read()) == 5
-  with pytest.raises(ValueError, match=r"^--source=kafka://x/t: expected replay:LOG_DIR or "
-                     r"redis://host:port/STREAM$"):
-    open_source("kafka://x/t")
 
 
 def test_redis_server_command_serves_until_stopped():

@@ -15,8 +15,7 @@ anything not committed.
 Anything a source cannot decode (a message with a missing field, a wrong type) is not
 raised: it comes back in ``Batch.dead`` as (offset, one-line reason), and the stream goes on.
 
-``open_source("replay:DIR" | "redis://host:port/STREAM")`` builds the one a flag names. A
-Kafka source is a short adapter: ``read`` polls a consumer, offsets are
+A Kafka source is a short adapter: ``read`` polls a consumer, offsets are
 ``{partition: offset}`` and ``commit`` commits them (docs/streaming_sources.md).
 """
 
@@ -86,16 +85,3 @@ class Source(Protocol):
 
   def close(self) -> None:
     ...
-
-
-def open_source(spec: str, *, speed: float = 0.0, batch_rows: int = 4096,
-                group: str = "mcjax", consumer: str = "engine") -> Source:
-  """The source a ``--source`` flag names: ``replay:DIR`` (a log folder, paced at ``speed``)
-  or ``redis://host:port/STREAM`` (read through consumer ``group``/``consumer``)."""
-  if spec.startswith("replay:"):
-    from mcjax.stream.replay import ReplaySource  # noqa: PLC0415 (replay imports this module)
-    return ReplaySource(spec.removeprefix("replay:"), speed=speed, batch_rows=batch_rows)
-  if spec.startswith("redis://"):
-    from mcjax.stream.redis_source import RedisSource  # noqa: PLC0415 (needs the stream extra)
-    return RedisSource(spec, group=group, consumer=consumer, batch_rows=batch_rows)
-  raise ValueError(f"--source={spec}: expected replay:LOG_DIR or redis://host:port/STREAM")
