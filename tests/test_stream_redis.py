@@ -109,6 +109,14 @@ def test_restarted_consumer_resumes_with_no_row_lost_or_doubled(tmp_path, url, m
   assert again.client.xpending(again.stream, "g")["pending"] == 0
 
 
+def test_paced_publish_sends_the_same_rows(tmp_path, url):
+  log = io.write_log(str(tmp_path / "log"), *tv._example())  # 85 logged s: 17 wall ms
+  P.publish(log, url, speed=5000, batch_rows=5, linger_s=0.002)
+  batches = _drain(RedisSource(url), 100)
+  assert _rows(batches).equals(tv._example()[0])
+  assert batches[0].side.keys() == set(S.SIDE_TABLES)
+
+
 def test_commit_keeps_a_partly_delivered_message_pending(tmp_path, url):
   log = io.write_log(str(tmp_path / "log"), *tv._example())
   P.publish(log, url, batch_rows=12)  # side messages, one 12-row message, the end
