@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from mcjax.eventlog import schema as S
 from mcjax.eventlog import validate as V
+from mcjax.stream.source import offset_key
 
 _WHERE = "event"
 
@@ -67,12 +68,11 @@ def _empty() -> pa.Table:
   return S.EVENT_SCHEMA.empty_table()
 
 
-def offset_keys(offsets: list[str]) -> list:
-  """Sortable keys of source offsets: the integers in each (a replay's row number "17";
-  Redis' "1700000000000-3:5" -> (1700000000000, 3, 5))."""
+def offset_keys(offsets: list[str]) -> list[tuple[int, ...]]:
+  """``source.offset_key`` of each offset (a replay's plain row numbers without the regex)."""
   if all(o.isdigit() for o in offsets):
     return [(int(o),) for o in offsets]
-  return [tuple(int(x) for x in re.findall(r"\d+", o)) for o in offsets]
+  return [offset_key(o) for o in offsets]
 
 
 def row_dicts(table: pa.Table, rows) -> list[dict]:
