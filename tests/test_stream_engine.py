@@ -113,3 +113,16 @@ def test_converted_kuailive_m3_log(tmp_path):
     for rows in (1, 3):
       got, _ = stream_replay(log_dir, cfg, rows)
       assert_same(want, got)
+
+
+def test_simulated_worlds_through_redis(world_log, redis_server):
+  from mcjax.stream.publish import publish
+  from mcjax.stream.redis_source import RedisSource
+  url = redis_server.url(f"stream-engine-{abs(hash(world_log))}")
+  publish(world_log, url, batch_rows=300)
+  cfg = MomentConfig(mode="realtime", sv_hist_len=16, lv_hist_len=4)
+  source = RedisSource(url, batch_rows=997)
+  engine = StreamEngine(cfg, oracle=read_oracle(world_log))
+  got, _ = _drain(engine, iter(lambda: source.read(timeout_s=5.0), None))
+  source.close()
+  assert_same(build_samples(world_log, cfg), got)
