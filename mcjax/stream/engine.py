@@ -50,7 +50,7 @@ class StreamConfig:
   """Settings of the stream engine (times in seconds of event time)."""
   allowed_lateness_s: float = 0.0
   exposure_ttl_s: float = 7500.0   # an exposure's events are taken this long after it
-  prune_every_s: float = 60.0      # evict closed state each time the watermark moves this far
+  prune_every_s: float = 300.0     # evict closed state each time the watermark moves this far
 
   def validate(self) -> "StreamConfig":
     for name in ("allowed_lateness_s", "exposure_ttl_s", "prune_every_s"):
@@ -128,17 +128,33 @@ class StreamEngine:
 
   def _fresh(self, table, offsets: list[str]) -> np.ndarray:
     """Rows whose offset is after every applied one; the others are dead-lettered."""
-    keys = rows_lib.offset_keys(offsets)
+    if self.last_key is None or len(self.last_key) == 1:
+      try:  # a replay's row numbers: compared as one int64 array
+        keys = np.asarray(offsets, dtype=np.int64) if offsets else np.zeros(0, np.int64)
+      except (ValueError, OverflowError):
+        keys = None
+      if keys is not None:
+        last = -1 if self.last_key is None else self.last_key[0]
+        prior = np.maximum.accumulate(np.r_[last, keys])[:-1]
+        fresh = keys > prior
+        for i in np.flatnonzero(~fresh):
+          self._duplicate(table, offsets, int(i))
+        if len(keys):
+          self.last_key = (int(max(last, keys.max())),)
+        return np.flatnonzero(fresh)
     keep, last = [], self.last_key
-    for i, key in enumerate(keys):
+    for i, key in enumerate(rows_lib.offset_keys(offsets)):
       if last is None or key > last:
         keep.append(i)
         last = key
       else:
-        self.dead.add("duplicate", offsets[i], f"offset {offsets[i]} was already applied",
-                      table.slice(i, 1).to_pylist()[0])
+        self._duplicate(table, offsets, i)
     self.last_key = last
     return np.asarray(keep, np.int64)
+
+  def _duplicate(self, table, offsets: list[str], i: int) -> None:
+    self.dead.add("duplicate", offsets[i], f"offset {offsets[i]} was already applied",
+                  table.slice(i, 1).to_pylist()[0])
 
   def _take(self, table, offsets: list[str]) -> None:
     c = event_columns(table)

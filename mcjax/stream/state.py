@@ -102,7 +102,7 @@ class StreamState:
     self.side_tables = {name: S.SIDE_TABLES[file].empty_table()
                         for name, (file, _) in SIDE.items()}
     self.add_side(side or {})
-    self._index = {}
+    self._index = None
 
   # ------------------------------------------------------------------ side tables
 
@@ -127,11 +127,19 @@ class StreamState:
   # ------------------------------------------------------------------ ingestion
 
   def rows_of(self, xid: np.ndarray) -> np.ndarray:
-    get = self._index.get
-    return np.fromiter((get(i, -1) for i in xid.tolist()), _I, len(xid))
+    """The x row of each exposure id (-1: none)."""
+    if self._index is None:
+      ids = self.x["exposure_id"]
+      order = np.argsort(ids, kind="stable")
+      self._index = (ids[order], order)
+    ids, order = self._index
+    if not len(ids):
+      return np.full(len(xid), -1, _I)
+    pos = np.minimum(np.searchsorted(ids, xid), len(ids) - 1)
+    return np.where(ids[pos] == xid, order[pos], -1)
 
   def _reindex(self) -> None:
-    self._index = dict(zip(self.x["exposure_id"].tolist(), range(len(self.x))))
+    self._index = None  # rebuilt by the next rows_of
 
   def ingest(self, c: dict) -> None:
     """Applies checked event rows (``events.event_columns`` arrays), in delivery order."""
@@ -155,7 +163,7 @@ class StreamState:
                             item=c["item"][new], author=c["author"][new],
                             domain=c["domain"][new])
       self.x["first"][added, EC[S.EXPOSURE]] = ts[new]
-      self._index.update(zip(xid[new].tolist(), added.tolist()))
+      self._reindex()
       live = c["domain"][new] == LIVE
       self._add_lives(c["item"][new][live], ts[new][live])
       rows = self.rows_of(xid)
