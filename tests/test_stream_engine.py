@@ -126,3 +126,25 @@ def test_simulated_worlds_through_redis(world_log, redis_server):
   got, _ = _drain(engine, iter(lambda: source.read(timeout_s=5.0), None))
   source.close()
   assert_same(build_samples(world_log, cfg), got)
+
+
+def test_requests_read_the_live_state(world_log):
+  from mcjax.serve.requests import RequestBuilder
+  cfg = MomentConfig(sv_hist_len=16, lv_hist_len=4)
+  engine = StreamEngine(cfg)
+  source = ReplaySource(world_log, batch_rows=4000)
+  for _ in range(6):  # part of the log: the engine's state is where the stream has got to
+    engine.push(source.read())
+  live = RequestBuilder(engine, cfg)
+  whole = RequestBuilder(world_log, cfg)
+  rng = np.random.default_rng(0)
+  users = rng.choice(engine.state.users, 40)
+  lives = rng.choice(engine.state.live_ids, 40)
+  q = np.full(40, engine.complete)
+  got, want = live.features(users, q, lives), whole.features(users, q, lives)
+  assert got.keys() == want.keys()
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  version = engine.version
+  engine.push(source.read())
+  assert engine.version != version and live.context is not whole.context

@@ -79,11 +79,13 @@ class StreamEngine:
     self.dead = dead or rows_lib.DeadLetters(None)
     self.complete = int(BEFORE)
     self.max_ts = int(BEFORE)
+    self.first_ts = None  # the first event's time
     self.last_key = None
     self.pruned_at = None  # the watermark of the last eviction
     self.feats = None      # features at exposure time; x.feat_row indexes it
     self.eval_buffer = []  # evaluation records waiting for older exposures to close
     self.counts = {"events_in": 0, "train": 0, "eval": 0}
+    self._side_version = 0
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -105,6 +107,7 @@ class StreamEngine:
       self.dead.add("undecodable", offset, reason, None)
     if batch.side:
       self.state.add_side(batch.side)
+      self._side_version += 1
     table, offsets = batch.events, list(batch.offsets)
     self.counts["events_in"] += table.num_rows
     if table.num_rows:
@@ -171,6 +174,8 @@ class StreamEngine:
     if len(c["ts"]):
       self.state.ingest(c)
       self.max_ts = max(self.max_ts, int(c["ts"].max()))
+      if self.first_ts is None:
+        self.first_ts = int(c["ts"].min())
       lateness = seconds_to_ms(self.scfg.allowed_lateness_s)
       self.complete = max(self.complete, self.max_ts - lateness)
 
@@ -289,8 +294,15 @@ class StreamEngine:
     self.pruned_at = complete
 
   @property
-  def watermark(self) -> int:
-    return self.complete
+  def version(self) -> int:
+    """Changes whenever events or side rows are applied (``live_context`` is rebuilt)."""
+    return self.state.seq + self._side_version
+
+  def live_context(self):
+    """A ``moment.engine.Context`` over the live state, for requests (``mcjax.serve``): it
+    sees every event taken so far. Exact for query times at or after the last eviction's
+    watermark (``pruned_at``), which requests at the present always are."""
+    return self.state.context()
 
 
 def _sorted(table: dict) -> dict:

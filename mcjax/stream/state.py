@@ -95,6 +95,8 @@ class StreamState:
     self.carry = crowd_lib.Carry(np.zeros(0, _I), np.zeros((0, len(crowd_lib.CARRY_COLUMNS)), _I))
     self.live_ids = np.zeros(0, _I)     # sorted ids of the lives exposed so far
     self.live_first = np.zeros(0, _I)   # their first exposure time
+    self.live_last = np.zeros((0, 3), _I)  # (ts, exposure id, author) of their latest exposure
+    self.users = np.zeros(0, _I)        # sorted ids of the users exposed so far
     self.sv_keep, self.lv_keep, self.ttl_ms = sv_keep, lv_keep, ttl_ms
     self.seq = 0
     self.stats = {"events_applied": 0, "orphan_events": 0, "events_before_exposure": 0,
@@ -165,7 +167,9 @@ class StreamState:
       self.x["first"][added, EC[S.EXPOSURE]] = ts[new]
       self._reindex()
       live = c["domain"][new] == LIVE
-      self._add_lives(c["item"][new][live], ts[new][live])
+      self._add_lives(c["item"][new][live], ts[new][live], xid[new][live],
+                      c["author"][new][live])
+      self.users = np.union1d(self.users, c["user"][new])
       rows = self.rows_of(xid)
     other = ~is_exp
     orphan = other & (rows < 0)
@@ -213,12 +217,19 @@ class StreamState:
         self.plays["like_ts"][hit] = first[xr, EC[S.LIKE]]
         self.plays["follow_ts"][hit] = first[xr, EC[S.FOLLOW]]
 
-  def _add_lives(self, live: np.ndarray, ts: np.ndarray) -> None:
+  def _add_lives(self, live, ts, xid, author) -> None:
+    if not len(live):
+      return
     ids = np.concatenate([self.live_ids, live])
     first = np.concatenate([self.live_first, ts])
+    last = np.concatenate([self.live_last, np.stack([ts, xid, author], -1)])
     self.live_ids, inverse = np.unique(ids, return_inverse=True)
+    inverse = inverse.reshape(-1)
     self.live_first = np.full(len(self.live_ids), NEVER, _I)
-    np.minimum.at(self.live_first, inverse.reshape(-1), first)
+    np.minimum.at(self.live_first, inverse, first)
+    order = np.lexsort((last[:, 1], last[:, 0], inverse))  # by live, then time: the last row
+    ends = np.flatnonzero(np.r_[inverse[order][1:] != inverse[order][:-1], True])
+    self.live_last = last[order[ends]]
 
   def drop_pending(self, complete: int) -> None:
     """Events without an exposure event that can no longer get one (ts < ``complete``)."""
@@ -313,6 +324,7 @@ class StateContext(Context):
     self.log = types.SimpleNamespace(users=lk["users"], authors=lk["authors"],
                                      lives=lk["lives"], videos=lk["videos"])
     self._exposed_lives, self._first_exposure = st.live_ids, st.live_first
+    self._last_author, self._exposed_users = st.live_last[:, 2], st.users
     x = st.x
     live = np.flatnonzero(x["domain"] == LIVE)
     live = live[np.argsort(x["exposure_id"][live], kind="stable")]  # the batch's row order
