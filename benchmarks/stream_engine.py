@@ -56,7 +56,25 @@ def stream(log: str, batch_rows: int, cfg: MomentConfig, sample_every: int) -> d
           "cpu_s": cpu, "events_per_s": engine.counts["events_in"] / cpu,
           "speed_factor": span_s / cpu,
           "state_mb_largest": max(largest, state_bytes(engine)) / 2**20,
-          "state_mb_end": state_bytes(engine) / 2**20, "open_x": len(engine.state.x)}
+          "state_mb_end": state_bytes(engine) / 2**20, "open_x": len(engine.state.x),
+          "engine": engine}
+
+
+def request_times(engine, cfg: MomentConfig, n: int, candidates: int = 100) -> np.ndarray:
+  """Milliseconds per request (one user, ``candidates`` lives, at the watermark) built from
+  the engine's live state by ``mcjax.serve.requests.RequestBuilder``."""
+  from mcjax.serve.requests import RequestBuilder
+  builder = RequestBuilder(engine, cfg)
+  builder.context  # noqa: B018 (the live context is built once per engine version)
+  rng = np.random.default_rng(0)
+  out = []
+  for _ in range(n):
+    user = rng.choice(engine.state.users)
+    lives = rng.choice(engine.state.live_ids, candidates)
+    start = time.perf_counter()
+    builder.features(user, engine.complete, lives)
+    out.append((time.perf_counter() - start) * 1000)
+  return np.asarray(out)
 
 
 def main() -> None:
@@ -67,6 +85,8 @@ def main() -> None:
                       "batches")
   parser.add_argument("--profile", action="store_true")
   parser.add_argument("--no_batch", action="store_true", help="skip the batch engine")
+  parser.add_argument("--requests", type=int, default=0, help="time this many requests (100 "
+                      "candidate lives each) from the live state at the end")
   args = parser.parse_args()
   cfg = MomentConfig()
   if args.profile:
@@ -81,6 +101,10 @@ def main() -> None:
         f"{got['events_per_s']:,.0f} events/s, {got['speed_factor']:,.0f}x real time; "
         f"{got['samples']:,} samples; state {got['state_mb_largest']:.1f} MB at most, "
         f"{got['state_mb_end']:.1f} MB at the end; peak RSS {rss_stream:,.0f} MB", flush=True)
+  if args.requests:
+    ms = request_times(got["engine"], cfg, args.requests)
+    print(f"requests from the live state ({args.requests}, 100 candidates each): p50 "
+          f"{np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms", flush=True)
   if not args.no_batch:
     start, cpu = time.perf_counter(), time.process_time()
     built = build_samples(args.log, cfg)

@@ -185,3 +185,21 @@ def test_kill_9_and_resume_emit_every_sample_once(world_log, tmp_path):
       np.testing.assert_array_equal(got[name], want[split][name], err_msg=f"{split}.{name}")
   info = json.load(open(os.path.join(out, "train", "samples_info.json")))
   assert len(info["parts"]) > 2 and info["num_samples"] == len(want["train"]["kind"])
+
+
+def test_the_output_guard_refuses_before_anything_is_written(tmp_path):
+  from mcjax.eventlog.files import OverlapError
+  from mcjax.stream.run import check_out, open_source
+  log_dir = tmp_path / "log"
+  log_dir.mkdir()
+  with pytest.raises(OverlapError, match="--out"):
+    check_out(str(log_dir / "samples"), {"--source": str(log_dir)}, False)
+  other = tmp_path / "notes"
+  other.mkdir()
+  (other / "mine.txt").write_text("keep")
+  with pytest.raises(FileExistsError, match=r"--out=.*notes is not a samples folder"):
+    check_out(str(other), {}, True)
+  assert (other / "mine.txt").read_text() == "keep"
+  with pytest.raises(ValueError, match=r"--source='kafka://x': expected replay:LOG_DIR or "
+                     r"redis://host:port/STREAM"):
+    open_source("kafka://x")
