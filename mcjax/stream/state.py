@@ -32,7 +32,6 @@ import pyarrow as pa
 
 from mcjax.eventlog import schema as S
 from mcjax.moment import crowd as crowd_lib
-from mcjax.moment.config import seconds_to_ms
 from mcjax.moment.engine import Context
 from mcjax.moment.events import NEVER, Lookup
 from mcjax.moment.history import (LiveHistory, ShortVideoHistory, live_action_ts,
@@ -340,7 +339,7 @@ class StateContext(Context):
                           lk["lives"].get("category", item, -1), watch,
                           x["watch_value"][live], live_action_ts(first))
     p = st.plays
-    order = np.lexsort((p["seq"], p["exposure_id"], p["ts"]))  # the batch's play order
+    order = _play_order(p["ts"], p["exposure_id"], p["seq"])
     plays, _ = short_video_plays(p["user"][order], p["ts"][order], p["item"][order],
                                  p["author"][order], p["value"][order], p["like_ts"][order],
                                  p["follow_ts"][order], lk["videos"])
@@ -355,5 +354,12 @@ class StateContext(Context):
     return np.where(inside, pos[np.where(inside, x_rows, 0)] if len(pos) else -1, -1)
 
 
-def ttl_ms(seconds: float) -> int:
-  return seconds_to_ms(seconds)
+def _play_order(ts: np.ndarray, xid: np.ndarray, seq: np.ndarray):
+  """The batch engine's play order, by (ts, exposure id, log row); an in-order stream appends
+  plays in it already (then no sort)."""
+  if len(ts) < 2:
+    return slice(None)
+  dt, dx = np.diff(ts), np.diff(xid)
+  if np.all((dt > 0) | ((dt == 0) & ((dx > 0) | ((dx == 0) & (np.diff(seq) > 0))))):
+    return slice(None)
+  return np.lexsort((seq, xid, ts))
