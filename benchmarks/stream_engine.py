@@ -29,6 +29,9 @@ from mcjax.stream.replay import ReplaySource
 from mcjax.stream.run import read_oracle
 
 
+DAY_MS = 86_400_000
+
+
 def state_bytes(engine) -> int:
   return len(pickle.dumps(engine, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -36,7 +39,7 @@ def state_bytes(engine) -> int:
 def stream(log: str, batch_rows: int, cfg: MomentConfig, sample_every: int) -> dict:
   source = ReplaySource(log, batch_rows=batch_rows)
   engine = StreamEngine(cfg, oracle=read_oracle(log))
-  samples, largest, steps, lag = 0, 0, 0, []
+  samples, largest, steps, daily = 0, 0, 0, []
   first_ts = None
   start, cpu = time.perf_counter(), time.process_time()
   while (batch := source.read()) is not None:
@@ -47,6 +50,11 @@ def stream(log: str, batch_rows: int, cfg: MomentConfig, sample_every: int) -> d
       first_ts = engine.max_ts
     if steps % sample_every == 0:
       largest = max(largest, state_bytes(engine))
+    if first_ts is not None and engine.complete - first_ts >= (len(daily) + 1) * DAY_MS:
+      feats = engine.feats
+      cache = sum(np.asarray(v).nbytes for v in feats.values()) if feats else 0
+      daily.append((state_bytes(engine) / 2**20, cache / 2**20, len(engine.state.x),
+                    len(engine.state.plays)))
   out = engine.finish()
   samples += sum(len(t["sample_ts_ms"]) for t in out.values() if t is not None)
   wall = time.perf_counter() - start
@@ -57,12 +65,12 @@ def stream(log: str, batch_rows: int, cfg: MomentConfig, sample_every: int) -> d
           "speed_factor": span_s / cpu,
           "state_mb_largest": max(largest, state_bytes(engine)) / 2**20,
           "state_mb_end": state_bytes(engine) / 2**20, "open_x": len(engine.state.x),
-          "engine": engine}
+          "engine": engine, "daily": daily}
 
 
 def request_times(engine, cfg: MomentConfig, n: int, candidates: int = 100) -> np.ndarray:
-  """Milliseconds per request (one user, ``candidates`` lives, at the watermark) built from
-  the engine's live state by ``mcjax.serve.requests.RequestBuilder``."""
+  """CPU milliseconds per request (one user, ``candidates`` lives, at the watermark) built
+  from the engine's live state by ``mcjax.serve.requests.RequestBuilder``."""
   from mcjax.serve.requests import RequestBuilder
   builder = RequestBuilder(engine, cfg)
   builder.context  # noqa: B018 (the live context is built once per engine version)
@@ -71,9 +79,9 @@ def request_times(engine, cfg: MomentConfig, n: int, candidates: int = 100) -> n
   for _ in range(n):
     user = rng.choice(engine.state.users)
     lives = rng.choice(engine.state.live_ids, candidates)
-    start = time.perf_counter()
+    start = time.process_time()
     builder.features(user, engine.complete, lives)
-    out.append((time.perf_counter() - start) * 1000)
+    out.append((time.process_time() - start) * 1000)
   return np.asarray(out)
 
 
@@ -101,9 +109,12 @@ def main() -> None:
         f"{got['events_per_s']:,.0f} events/s, {got['speed_factor']:,.0f}x real time; "
         f"{got['samples']:,} samples; state {got['state_mb_largest']:.1f} MB at most, "
         f"{got['state_mb_end']:.1f} MB at the end; peak RSS {rss_stream:,.0f} MB", flush=True)
+  for day, (mb, cache, x, plays) in enumerate(got["daily"], 1):
+    print(f"  after day {day}: state {mb:.1f} MB (features of open exposures {cache:.1f} MB), "
+          f"{x:,} exposures, {plays:,} plays held")
   if args.requests:
     ms = request_times(got["engine"], cfg, args.requests)
-    print(f"requests from the live state ({args.requests}, 100 candidates each): p50 "
+    print(f"requests from the live state ({args.requests}, 100 candidates each), CPU: p50 "
           f"{np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms", flush=True)
   if not args.no_batch:
     start, cpu = time.perf_counter(), time.process_time()
