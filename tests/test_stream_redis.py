@@ -109,6 +109,14 @@ def test_restarted_consumer_resumes_with_no_row_lost_or_doubled(tmp_path, url, m
   assert again.client.xpending(again.stream, "g")["pending"] == 0
 
 
+def test_paced_publish_sends_the_same_rows(tmp_path, url):
+  log = io.write_log(str(tmp_path / "log"), *tv._example())  # 85 logged s: 17 wall ms
+  P.publish(log, url, speed=5000, batch_rows=5, linger_s=0.002)
+  batches = _drain(RedisSource(url), 100)
+  assert _rows(batches).equals(tv._example()[0])
+  assert batches[0].side.keys() == set(S.SIDE_TABLES)
+
+
 def test_commit_keeps_a_partly_delivered_message_pending(tmp_path, url):
   log = io.write_log(str(tmp_path / "log"), *tv._example())
   P.publish(log, url, batch_rows=12)  # side messages, one 12-row message, the end
@@ -206,3 +214,19 @@ def test_publish_launcher_prints_what_it_sent_or_one_error_line(tmp_path, url):
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines()[-1] == (
       f"launch.publish: {tmp_path}/none/events.parquet: missing file")
+
+
+def test_redis_server_command_serves_until_stopped():
+  port = redis_server.free_port()
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  proc = subprocess.Popen([sys.executable, "-m", "mcjax.stream.redis_server", f"--port={port}"],
+                          stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+  try:
+    line = proc.stdout.readline()
+    assert line.endswith(f"listening: redis://127.0.0.1:{port}/STREAM (Ctrl-C stops it)\n")
+    assert redis.Redis(port=port).ping()
+  finally:
+    proc.terminate()
+    assert proc.wait(20) == 0
+  with pytest.raises(redis.ConnectionError):  # the server went with it
+    redis.Redis(port=port, retry=None).ping()

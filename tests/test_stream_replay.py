@@ -40,7 +40,8 @@ def _random_log_in_parts(tmp_path) -> tuple[str, pa.Table]:
   cut = [0, events.num_rows // 3, 2 * events.num_rows // 3, events.num_rows]
   for i in range(3):
     pq.write_table(events.slice(cut[i], cut[i + 1] - cut[i]),
-                   os.path.join(log, S.EVENTS_FILE, f"part-{i:05d}.parquet"))
+                   os.path.join(log, S.EVENTS_FILE, f"part-{i:05d}.parquet"),
+                   row_group_size=5)
   open(os.path.join(log, S.EVENTS_FILE, "_SUCCESS"), "w").close()
   return log, events
 
@@ -93,6 +94,36 @@ def test_resume_after_seek_gives_exactly_the_remaining_rows(tmp_path):
   fresh = ReplaySource(log)
   fresh.seek({"rows": 0, "side": False})
   assert set(fresh.read(1).side) == set(S.SIDE_TABLES)
+
+
+def test_chunked_reading_from_every_row_gives_the_rest_of_the_log(tmp_path):
+  # Parts of 5-row groups read 3 rows at a time: seeks land in every part, group and chunk.
+  log, events = _random_log_in_parts(tmp_path)
+  n, third = events.num_rows, events.num_rows // 3  # parts start at 0, third, 2 * third
+  rows = {0, 1, 4, 5, 6, 11, third - 1, third, third + 1, third + 5, 2 * third, n - 1, n}
+  for row in sorted(rows):
+    src = ReplaySource(log, chunk_rows=3)
+    src.seek({"rows": row, "side": True})
+    rest = _drain(src, 10)
+    assert all(len(b) == 10 for b in rest[:-1])
+    got = pa.concat_tables([b.events for b in rest]) if rest else events.slice(row, 0)
+    assert got.equals(events.slice(row)), row
+    assert [o for b in rest for o in b.offsets] == [str(i) for i in range(row, len(src))]
+
+
+def test_hive_partition_folders_supply_their_column(tmp_path):
+  # events.parquet/seq=K/domain=D/part.parquet: the files lack the domain column.
+  log = _example_log(tmp_path)
+  events, _ = tv._example()
+  os.remove(os.path.join(log, S.EVENTS_FILE))
+  for k, (start, stop) in enumerate([(0, 3), (3, 6), (6, 9), (9, 12)]):
+    rows = events.slice(start, stop - start)
+    folder = os.path.join(log, S.EVENTS_FILE, f"seq={k}", f"domain={rows['domain'][0]}")
+    os.makedirs(folder)
+    pq.write_table(rows.drop_columns(["domain"]), os.path.join(folder, "part.parquet"))
+  src = ReplaySource(log, chunk_rows=2)
+  src.seek({"rows": 4, "side": True})
+  assert pa.concat_tables(b.events for b in _drain(src, 5)).equals(events.slice(4))
 
 
 def test_bad_positions_and_arguments_are_refused_in_one_line(tmp_path):

@@ -3,8 +3,9 @@
 Side tables go first (one message per up to 65,536 rows of a table, in ``SIDE_TABLES``
 order), then the events in the log's order, paced by ``ReplaySource`` (``speed=60``: a logged
 hour per wall minute; 0: as fast as Redis takes them), then an end message. ``message="batch"``
-sends each read of up to ``batch_rows`` rows as one Arrow message; ``message="row"`` one
-message per event with a field per column (what an external producer would write). The
+sends up to ``batch_rows`` rows as one Arrow message (paced: the rows due within
+``linger_s`` wall seconds); ``message="row"`` one message per event with a field per column
+(what an external producer would write). The
 message formats are ``mcjax.stream.redis_wire``'s.
 """
 
@@ -13,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pyarrow as pa
+
 from mcjax.eventlog import schema as S
 from mcjax.stream import redis_source
 from mcjax.stream import redis_wire as W
 from mcjax.stream.replay import ReplaySource
+from mcjax.stream.source import Batch
 
 SIDE_CHUNK_ROWS = 65_536
 
@@ -34,9 +38,28 @@ class Published:
             f"{self.messages} messages in {self.seconds:.2f} s ({rate:,.0f} event rows/s)")
 
 
-def publish(log_dir: str, url: str, speed: float = 0.0, batch_rows: int = 256,
-            message: str = "batch", end: bool = True) -> Published:
-  """Publishes ``log_dir`` into the stream at ``url`` (see the module docstring)."""
+def _gather(src: ReplaySource, batch_rows: int, linger_s: float):
+  """The next ``batch_rows`` rows of a paced replay, or fewer once ``linger_s`` of wall time
+  has passed since the first of them came due (a paced read returns the rows due now, often
+  one: sending each alone would publish at the speed of one-event messages)."""
+  first = src.read(batch_rows, timeout_s=1.0)
+  if first is None or src.speed == 0 or not len(first):
+    return first
+  parts, n, deadline = [first], len(first), time.monotonic() + linger_s
+  while n < batch_rows and (left := deadline - time.monotonic()) > 0:
+    more = src.read(batch_rows - n, timeout_s=left)
+    if more is None:
+      break
+    parts.append(more)
+    n += len(more)
+  return Batch(events=pa.concat_tables([b.events for b in parts]),
+               offsets=[o for b in parts for o in b.offsets], side=first.side)
+
+
+def publish(log_dir: str, url: str, speed: float = 0.0, batch_rows: int = 1024,
+            message: str = "batch", end: bool = True, linger_s: float = 0.1) -> Published:
+  """Publishes ``log_dir`` into the stream at ``url`` (see the module docstring); a paced
+  batch message waits at most ``linger_s`` wall seconds for its rows."""
   if message not in ("batch", "row"):
     raise ValueError(f"--message={message}: expected batch or row")
   client, stream = redis_source.connect(url)
@@ -44,7 +67,7 @@ def publish(log_dir: str, url: str, speed: float = 0.0, batch_rows: int = 256,
   out = Published()
   t0 = time.perf_counter()
   try:
-    while (batch := src.read(batch_rows, timeout_s=1.0)) is not None:
+    while (batch := _gather(src, batch_rows, linger_s)) is not None:
       pipe = client.pipeline(transaction=False)
       for name in S.SIDE_TABLES:  # the schema's order, whole tables before any event
         table = batch.side.get(name)

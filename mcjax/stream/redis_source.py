@@ -102,6 +102,7 @@ class RedisSource:
     self._cursor: str | None = None  # pending-list cursor (an id), None once on new messages
     self._started = False
     self._ended = False
+    self._rows_per_message = 1  # of the last fetch: how many messages a read asks for
 
   # -------------------------------------------------------------------------- position
 
@@ -171,8 +172,10 @@ class RedisSource:
 
   # -------------------------------------------------------------------------- reading
 
-  def _fetch(self, count: int, block_ms: int | None) -> bool:
-    """Appends the next messages to the queue; False when none came."""
+  def _fetch(self, rows: int, block_ms: int | None) -> bool:
+    """Appends the next messages, about ``rows`` event rows' worth (by the rows per message
+    seen last), to the queue; False when none came."""
+    count = max(1, min(_CHUNK, -(-rows // self._rows_per_message)))
     if self._cursor is not None:  # this consumer's pending list first
       reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: self._cursor},
                                      count=count)
@@ -186,7 +189,11 @@ class RedisSource:
       reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                      count=count, block=block_ms)
       messages = reply[0][1] if reply else []
-    self._queue.extend(W.decode(messages, self._where))
+    items = W.decode(messages, self._where)
+    self._queue.extend(items)
+    if messages:
+      rows = sum(it.table.num_rows for it in items if it.kind == "events")
+      self._rows_per_message = max(1, rows // len(messages))
     return bool(messages)
 
   def read(self, max_rows: int | None = None, timeout_s: float = 0.0) -> Batch | None:

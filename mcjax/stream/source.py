@@ -16,7 +16,7 @@ Anything a source cannot decode (a message with a missing field, a wrong type) i
 raised: it comes back in ``Batch.dead`` as (offset, one-line reason), and the stream goes on.
 
 A Kafka source is a short adapter: ``read`` polls a consumer, offsets are
-``{partition: offset}`` and ``commit`` commits them.
+``{partition: offset}`` and ``commit`` commits them (docs/streaming_sources.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class Batch:
   offsets: one source offset (str) per event row, increasing in delivery order as
     ``offset_key`` compares them (a replay: "17"; Redis: "1700000000000-0/3").
   side: side-table rows that arrived with this batch, by table file name
-    (``users.parquet``, ...; ``mcjax.eventlog.schema.SIDE_TABLES``); may be empty.
+    (``users.parquet``, ...; ``mcjax.eventlog.schema.SIDE_TABLES``); may be empty. They
+    apply before the batch's events (a source ends a batch before side rows that follow
+    events).
   dead: (offset, reason) of messages the source could not decode.
   """
   events: pa.Table
