@@ -10,12 +10,14 @@ publishes ``out_dir/train`` and ``out_dir/eval``.
 
 A progress line every ``progress_s``: events/s, samples/s, the watermark and its lag (for a
 paced source: how far the watermark is behind the event time the pace has reached), and the
-dead letters per kind (``.stream/dead_letters.jsonl``).
+dead letters per kind (``.stream/dead_letters.jsonl``). The lag is in wall seconds: how long
+ago the pace reached the watermark's event time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import signal
 import time
@@ -88,7 +90,7 @@ def run(source, out_dir: str, cfg: MomentConfig, scfg: StreamConfig | None = Non
       log(f"{out_dir}: the stream had ended; nothing to do")
       return {"counts": sink.publish(), "engine": engine.counts, "dead": dict(dead.counts)}
     source.seek(saved["position"])
-    log(f"resumed from the checkpoint at watermark {engine.complete} "
+    log(f"resumed from the checkpoint at watermark {_utc(engine.complete)} "
         f"({engine.counts['events_in']:,} events in)")
   else:
     engine = StreamEngine(cfg, scfg, oracle=oracle)
@@ -118,11 +120,11 @@ def run(source, out_dir: str, cfg: MomentConfig, scfg: StreamConfig | None = Non
         checkpoint(True)
         break
       now = time.monotonic()
-      if first is None and batch.events.num_rows and engine.max_ts > -2**62:
-        first = (now, engine.max_ts)
+      if first is None and engine.first_ts is not None:
+        first = (now, engine.first_ts)
       if now - last_ckpt >= checkpoint_s:
         checkpoint(False)
-        log(f"checkpoint at watermark {engine.complete}")
+        log(f"checkpoint at watermark {_utc(engine.complete)}")
         last_ckpt = now
       if now - last_progress >= progress_s:
         log(_progress(engine, now - start, events0, samples0, first, now, speed))
@@ -135,11 +137,17 @@ def run(source, out_dir: str, cfg: MomentConfig, scfg: StreamConfig | None = Non
       signal.signal(s, handler)
     dead.close()
     source.close()
-  log(_progress(engine, time.monotonic() - start, events0, samples0, first, time.monotonic(),
-                speed))
+  log(_progress(engine, time.monotonic() - start, events0, samples0, None, 0.0, speed))
   return {"counts": {s: sum(p["num_samples"] for p in sink.parts[s]) for s in SPLITS},
           "engine": dict(engine.counts), "dead": dict(dead.counts),
           "state": engine.state.stats}
+
+
+def _utc(ms: int) -> str:
+  if ms < 0:
+    return "none yet"
+  return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime(
+      "%Y-%m-%d %H:%M:%S")
 
 
 def _progress(engine, elapsed: float, events0: int, samples0: int, first, now, speed) -> str:
@@ -147,10 +155,10 @@ def _progress(engine, elapsed: float, events0: int, samples0: int, first, now, s
   samples = engine.counts["train"] + engine.counts["eval"] - samples0
   lag = "n/a"
   if speed > 0 and first is not None and engine.complete > -2**62:
-    due = first[1] + (now - first[0]) * speed * 1000.0
-    lag = f"{max(0.0, due - engine.complete) / 1000.0:.1f} s"
+    due = first[1] + (now - first[0]) * speed * 1000.0  # where the pace has got to
+    lag = f"{max(0.0, due - engine.complete) / 1000.0 / speed:.2f} s"
   dead = ", ".join(f"{k} {v}" for k, v in sorted(engine.dead.counts.items())) or "0"
   return (f"events {engine.counts['events_in']:,} ({events / max(elapsed, 1e-9):,.0f}/s), "
           f"samples train {engine.counts['train']:,} eval {engine.counts['eval']:,} "
-          f"({samples / max(elapsed, 1e-9):,.0f}/s), watermark {engine.complete}, "
+          f"({samples / max(elapsed, 1e-9):,.0f}/s), watermark {_utc(engine.complete)}, "
           f"lag {lag}, dead letters: {dead}")
