@@ -203,3 +203,22 @@ def test_the_output_guard_refuses_before_anything_is_written(tmp_path):
   with pytest.raises(ValueError, match=r"--source='kafka://x': expected replay:LOG_DIR or "
                      r"redis://host:port/STREAM"):
     open_source("kafka://x")
+
+
+def test_a_folder_is_resumed_only_with_its_own_config(tmp_path):
+  from mcjax.stream.replay import ReplaySource
+  from mcjax.stream.run import run
+  from test_convert import _m3, _sub
+  from mcjax import convert
+  log_dir = str(tmp_path / "log")
+  convert.convert_to_log("kuailive_m3", _m3(_sub(tmp_path, "src")), log_dir)
+  out = str(tmp_path / "samples")
+  got = run(ReplaySource(log_dir), out, MomentConfig(), log=lambda line: None)
+  want = build_samples(log_dir, MomentConfig())
+  assert got["counts"] == {s: len(want[s]["kind"]) for s in ("train", "eval")}
+  run(ReplaySource(log_dir), out, MomentConfig(), log=lambda line: None)  # ended: no-op
+  for split in ("train", "eval"):
+    np.testing.assert_array_equal(_records(out, split)["exposure_id"],
+                                  want[split]["exposure_id"])
+  with pytest.raises(ValueError, match=r"--out=.*samples holds a stream of another config"):
+    run(ReplaySource(log_dir), out, MomentConfig(mode="on_close"), log=lambda line: None)
