@@ -32,7 +32,6 @@ import math
 
 import numpy as np
 
-from mcjax.contract import schema as SS
 from mcjax.eventlog import schema as S
 from mcjax.moment import crowd as crowd_lib
 from mcjax.moment import windows
