@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+import launch
+
 from mcjax import convert
 
 _FORMAT = flags.DEFINE_enum("format", None, sorted(convert.FORMATS), "Source dataset format.",
@@ -45,4 +47,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

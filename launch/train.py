@@ -20,11 +20,11 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+import launch
 from mcjax import configs
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = launch.define_config_file(
     "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and caches go.",
                                required=True)
@@ -86,15 +86,14 @@ def _refuse_bad_config(check, cfg) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing; an override of a key the config lacks exits naming the flag."""
   try:
-    return app.parse_flags_with_usage(argv)
+    rest = flags.FLAGS(argv)
+    launch.check_config_files(argv)
+    return rest
   except (AttributeError, KeyError) as e:  # what config_flags raises for an unknown key
-    missing = str(e).strip("'\"")
-    given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    named = [a for a in given if missing in a.split(".")] or given
-    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")] or [_CONFIG.default]
-    sys.exit(f"FATAL unknown config key: {', '.join(named)} ({missing!r} is not in the config "
-             f"of {files[-1]})")
+    launch.unknown_key(e, argv)
+  except launch.FLAG_ERRORS as e:  # a bad value, a missing or broken config file
+    launch.flag_error(e)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(launch.guarded(main), flags_parser=_parse_flags)

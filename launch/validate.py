@@ -9,6 +9,7 @@ import sys
 
 from absl import app, flags
 
+import launch
 from mcjax.eventlog import validate
 
 _LOG = flags.DEFINE_string("log", None, "Event-log folder to validate.", required=True)
@@ -26,4 +27,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

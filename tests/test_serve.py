@@ -155,7 +155,7 @@ def test_scores_equal_evaluation_predictions(trained, scorer):
   assert np.abs(probs - preds["probs"]).max() <= 1e-6
   # score(): one request, its logged live among other candidates, ranked
   i = int(np.argmax(preds["probs"][:, 0]))
-  others = raw["item_id"][:20]
+  others = np.setdiff1d(raw["item_id"][:20], raw["item_id"][i])
   ranked = scorer.score(raw["user_id"][i], raw["ts_ms"][i], np.r_[others, raw["item_id"][i]])
   assert np.all(np.diff(ranked.ranking_score) <= 0)
   at = np.flatnonzero(ranked.live_ids == raw["item_id"][i])[0]
@@ -224,6 +224,21 @@ def test_export_round_trip_in_a_jax_only_process(trained, scorer, tmp_path):
     assert json.load(f)["buckets"] == list(BUCKETS)
 
 
+def test_export_replaces_an_older_export_whole(scorer, tmp_path):
+  """An existing export is replaced only with overwrite, and whole: no stale bucket file of
+  the older export stays beside the new one."""
+  out = str(tmp_path / "export")
+  export.export(scorer, out, buckets=(8,))
+  with open(os.path.join(out, "score_999.bin"), "wb") as f:
+    f.write(b"stale")
+  with pytest.raises(FileExistsError, match=r"already exists \(pass --overwrite"):
+    export.export(scorer, out, buckets=(8,))
+  export.export(scorer, out, buckets=(8,), overwrite=True)
+  assert sorted(os.listdir(out)) == sorted([export.LOADER, export.META, export.WEIGHTS,
+                                            "score_8.bin"])
+  assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")] == []
+
+
 def test_checkpoint_from_a_2x4_mesh_scores_on_one_device(tmp_path):
   """A state written on a (2, 4) mesh restores bit-exactly onto one device and onto the same
   mesh, and both score alike."""
@@ -267,9 +282,9 @@ def test_launch_score(trained, scorer, tmp_path):
   lo, hi = scorer.requests.time_range
   live = scorer.requests.context.live_id[:4]
   user = scorer.requests.context.user[:1]
-  req = {"request_id": [1, 1, 1, 1, 2, 2, 2], "user_id": [user[0]] * 4 + [-5] * 3,
+  req = {"request_id": [1, 1, 1, 1, 2, 2, 2], "user_id": [user[0]] * 4 + [10**12 + 5] * 3,
          "ts_ms": [hi - 1000] * 4 + [hi + 5000] * 3,
-         "live_id": list(live) + [live[0], -6, -7]}
+         "live_id": list(live) + [live[0], 10**12 + 6, 10**12 + 7]}
   pq.write_table(pa.table({k: np.asarray(v, np.int64) for k, v in req.items()}),
                  tmp_path / "req.parquet")
   done = _score_cli(s, work, str(tmp_path / "req.parquet"), str(tmp_path / "out.parquet"))

@@ -35,6 +35,7 @@ import numpy as np
 
 from mcjax.model import build_model, ranking
 from mcjax.contract.schema import MODEL_INPUTS, TASKS
+from mcjax.serve import ids
 from mcjax.train import checkpoint, mesh as mesh_lib, partition, state as state_lib
 from mcjax.train import step as step_lib
 
@@ -63,6 +64,12 @@ def make_score_fn(model_def: state_lib.ModelDef, cfg: ml_collections.ConfigDict)
     return probs, ranking.ranking_score(probs, cfg.model.ranking)
 
   return score
+
+
+def _one(values: np.ndarray, name: str) -> int:
+  if len(values) != 1:
+    raise ids.IdError(f"{name}: {len(values)} values, expected one integer")
+  return int(values[0])
 
 
 def pad_rows(batch: dict, rows: int) -> dict:
@@ -191,12 +198,19 @@ class Scorer:
   def score(self, user_id: int, ts_ms: int, live_ids) -> Ranking:
     """Ranks one request's candidate lives with features built from the event source.
 
+    ``user_id`` and ``ts_ms`` are one integer each, ``live_ids`` distinct integers (Python or
+    numpy ints, or decimal text; see ``mcjax.serve.ids``).
+
     Raises:
       ValueError: when ts_ms is before the event log's first event.
+      ids.IdError: an id or time that is not an exact non-negative integer, or a live twice.
     """
     if self.requests is None:
       raise ValueError("Scorer.score needs an event source (from_workdir(log=...) or attach)")
-    live_ids = np.atleast_1d(np.asarray(live_ids, np.int64))
+    user_id, ts_ms = (_one(ids.argument_ids(v, k), k)
+                      for k, v in (("user_id", user_id), ("ts_ms", ts_ms)))
+    live_ids = ids.argument_ids(live_ids, "live_ids")
+    ids.check_distinct(live_ids, "live_ids")
     before, _ = self.requests.outside([ts_ms])
     if before:
       raise ValueError(f"ts_ms={ts_ms} is before the event log's first event "

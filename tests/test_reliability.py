@@ -1,0 +1,238 @@
+"""Nothing lost, nothing silently wrong: every writer refuses to clobber an input or a file of
+another kind; request ids are integers or refused; each user-caused failure of a launcher is
+one ``ERROR:`` line with exit status 1 (no traceback, no usage dump)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mcjax.eventlog import files, io
+from mcjax.serve import ids
+
+import test_validate as tv
+
+ROOT = tv.ROOT
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
+                        text=True, env=ENV, timeout=300)
+
+
+def _one_error_line(r: subprocess.CompletedProcess) -> str:
+  """The single stderr line of a refused command (exit 1, no traceback)."""
+  assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  return lines[0]
+
+
+def _requests(path, **columns) -> str:
+  cols = {"request_id": [1, 1], "user_id": [3, 3], "ts_ms": [10, 10], "live_id": [5, 6]}
+  cols.update(columns)
+  pq.write_table(pa.table(cols), path)
+  return str(path)
+
+
+@pytest.fixture()
+def fake_run(tmp_path):
+  """A workdir with a config.json (the guards run before anything is restored) and a log."""
+  work = tmp_path / "run"
+  work.mkdir()
+  (work / "config.json").write_text("{}")
+  log = io.write_log(str(tmp_path / "log"), *tv._example())
+  return str(work), log
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_score_refuses_an_output_inside_the_log_or_equal_to_the_requests(tmp_path, fake_run):
+  work, log = fake_run
+  req = _requests(tmp_path / "req.parquet", extra=["a", "b"])
+  events = os.path.join(log, "events.parquet")
+  before = open(events, "rb").read(), open(req, "rb").read()
+  line = _one_error_line(_run("launch.score", f"--workdir={work}", f"--log={log}",
+                              f"--requests={req}", f"--out={events}", "--overwrite"))
+  assert line == (f"ERROR: --out={events} lies inside --log={log}: an output may not overlap "
+                  "an input (choose another output folder)")
+  line = _one_error_line(_run("launch.score", f"--workdir={work}", f"--log={log}",
+                              f"--requests={req}", f"--out={req}", "--overwrite"))
+  assert line == (f"ERROR: --out={req} is the same file as --requests={req}: an output may not "
+                  "overlap an input (choose another output folder)")
+  assert (open(events, "rb").read(), open(req, "rb").read()) == before
+
+
+def test_score_output_needs_overwrite_and_replaces_only_a_parquet_file(tmp_path, fake_run):
+  work, log = fake_run
+  req = _requests(tmp_path / "req.parquet")
+  common = ("launch.score", f"--workdir={work}", f"--log={log}", f"--requests={req}")
+  (tmp_path / "notes.txt").write_text("keep me")
+  line = _one_error_line(_run(*common, f"--out={tmp_path / 'notes.txt'}"))
+  assert line == (f"ERROR: --out={tmp_path / 'notes.txt'} already exists (pass --overwrite to "
+                  "replace it)")
+  line = _one_error_line(_run(*common, f"--out={tmp_path / 'notes.txt'}", "--overwrite"))
+  assert line == (f"ERROR: --out={tmp_path / 'notes.txt'} is not a Parquet file; --overwrite "
+                  "only replaces a Parquet file (choose another --out)")
+  (tmp_path / "folder").mkdir()
+  line = _one_error_line(_run(*common, f"--out={tmp_path / 'folder'}", "--overwrite"))
+  assert line == (f"ERROR: --out={tmp_path / 'folder'} is a folder, not a Parquet file; --overwrite only "
+                  "replaces a Parquet file (choose another --out)")
+  assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_export_refuses_a_world_folder_and_an_overlap(tmp_path, fake_run):
+  work, log = fake_run
+  meta = os.path.join(log, "meta.json")
+  with open(meta, "w") as f:
+    f.write('{"world": 1}')
+  line = _one_error_line(_run("launch.export", f"--workdir={work}", f"--out={log}"))
+  assert line == f"ERROR: --out={log} already exists (pass --overwrite to replace it)"
+  line = _one_error_line(_run("launch.export", f"--workdir={work}", f"--out={log}",
+                              "--overwrite"))
+  assert line.startswith(f"ERROR: --out={log} is not an export folder (it holds none of "
+                         "['load_exported.py']); --overwrite only replaces an export folder")
+  line = _one_error_line(_run("launch.export", f"--workdir={work}",
+                              f"--out={os.path.join(work, 'export')}"))
+  assert line.startswith(f"ERROR: --out={os.path.join(work, 'export')} lies inside "
+                         f"--workdir={work}")
+  assert open(meta).read() == '{"world": 1}'
+
+
+def test_generate_onto_an_existing_path_is_one_line(tmp_path):
+  (tmp_path / "w").mkdir()
+  (tmp_path / "w" / "mine.txt").write_text("x")
+  line = _one_error_line(_run("launch.generate", "--preset=small", f"--out={tmp_path / 'w'}"))
+  assert line == (f"ERROR: --out={tmp_path / 'w'} already exists (pass --overwrite to replace "
+                  "it)")
+  line = _one_error_line(_run("launch.generate", "--preset=small", f"--out={tmp_path / 'w'}",
+                              "--overwrite"))
+  assert line.startswith(f"ERROR: --out={tmp_path / 'w'} is not an event-log folder")
+  assert os.listdir(tmp_path / "w") == ["mine.txt"]
+
+
+def test_staged_file_leaves_the_old_file_when_the_writer_fails(tmp_path):
+  target = str(tmp_path / "out.parquet")
+  with open(target, "w") as f:
+    f.write("old")
+  with pytest.raises(RuntimeError):
+    with files.staged_file(target) as tmp:
+      with open(tmp, "w") as f:
+        f.write("half")
+      raise RuntimeError("killed")
+  assert open(target).read() == "old" and os.listdir(tmp_path) == ["out.parquet"]
+  with files.staged_file(target) as tmp:
+    with open(tmp, "w") as f:
+      f.write("new")
+  assert open(target).read() == "new" and os.listdir(tmp_path) == ["out.parquet"]
+
+
+# --------------------------------------------------------------------------------- ids
+
+@pytest.mark.parametrize("values,line", [
+    (pa.array([1.0, float("nan")]), "r.parquet: column 'user_id', row 1: nan: double is not an "
+     "integer type (store ids and times as int64)"),
+    (pa.array([1.7, 2.0]), "r.parquet: column 'user_id', row 0: 1.7: double is not an integer "
+     "type (store ids and times as int64)"),
+    (pa.array([1.0, 2.0]), "r.parquet: column 'user_id', row 0: 1.0: double is not an integer "
+     "type (store ids and times as int64)"),
+    (pa.array(["12", "x7"]), "r.parquet: column 'user_id', row 1: 'x7': not an integer (decimal "
+     "digits expected)"),
+    (pa.array(["1", "99999999999999999999"]), "r.parquet: column 'user_id', row 1: "
+     "'99999999999999999999': outside 0..2^63-1"),
+    (pa.array([1, None]), "r.parquet: column 'user_id', row 1: None: a missing value, not an "
+     "integer"),
+    (pa.array([5, -2]), "r.parquet: column 'user_id', row 1: -2: a negative id or time (an "
+     "event log holds none)"),
+    (pa.array([2**64 - 1, 1], pa.uint64()), "r.parquet: column 'user_id', row 0: "
+     "18446744073709551615: outside 0..2^63-1"),
+])
+def test_request_ids_that_are_not_integers_are_refused(values, line):
+  with pytest.raises(ids.IdError) as e:
+    ids.column_ids(pa.table({"user_id": values}), "user_id", "r.parquet")
+  assert str(e.value) == line
+
+
+def test_request_ids_as_integers_or_exact_text_are_read_exactly():
+  table = pa.table({"a": pa.array([2**63 - 1, 0], pa.int64()), "b": ["9223372036854775807", "7"],
+                    "c": pa.array([3, 4], pa.uint32())})
+  assert ids.column_ids(table, "a", "f").tolist() == [2**63 - 1, 0]
+  assert ids.column_ids(table, "b", "f").tolist() == [2**63 - 1, 7]
+  assert ids.column_ids(table, "c", "f").tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("value,name,line", [
+    (1.7, "user_id", "user_id: 1.7: not an integer"),
+    (float("nan"), "user_id", "user_id: nan: not an integer"),
+    (np.float64(3.0), "ts_ms", "ts_ms: 3.0: not an integer"),
+    ("abc", "user_id", "user_id, row 0: 'abc': not an integer (decimal digits expected)"),
+    (2**64, "user_id", "user_id: 18446744073709551616: outside 0..2^63-1"),
+    ([1, 2.5], "live_ids", "live_ids, row 1: 2.5: not an integer"),
+    ([4, -1], "live_ids", "live_ids, row 1: -1: a negative id or time (an event log holds none)"),
+])
+def test_api_ids_that_are_not_integers_are_refused(value, name, line):
+  with pytest.raises(ids.IdError) as e:
+    ids.argument_ids(value, name)
+  assert str(e.value) == line
+
+
+def test_api_ids_accept_ints_numpy_ints_and_text():
+  assert ids.argument_ids(7, "u").tolist() == [7]
+  assert ids.argument_ids(np.int32(7), "u").tolist() == [7]
+  assert ids.argument_ids([1, np.int64(2), "3"], "l").tolist() == [1, 2, 3]
+  assert ids.argument_ids(np.arange(3, dtype=np.uint16), "l").tolist() == [0, 1, 2]
+  with pytest.raises(ids.IdError, match=r"^live_ids: 2 is listed twice \(rows 1 and 3\)"):
+    ids.check_distinct(np.asarray([1, 2, 3, 2]), "live_ids")
+
+
+@pytest.mark.parametrize("columns,line", [
+    ({"user_id": [3, 4]}, "R: request_id 1 has several user_id values (rows 0 and 1): one "
+     "request is one user at one time; give each its own request_id"),
+    ({"ts_ms": [10, 11]}, "R: request_id 1 has several ts_ms values (rows 0 and 1): one request "
+     "is one user at one time; give each its own request_id"),
+    ({"live_id": [6, 6]}, "R: request_id 1 lists live_id 6 twice (rows 0 and 1): a candidate is "
+     "ranked once; drop the duplicate"),
+    ({k: [] for k in ("request_id", "user_id", "ts_ms", "live_id")}, "R: no rows (nothing to "
+     "score)"),
+])
+def test_request_files_with_mixed_users_or_duplicate_candidates_are_refused(columns, line):
+  req = {"request_id": [1, 1], "user_id": [3, 3], "ts_ms": [10, 10], "live_id": [5, 6]}
+  req.update(columns)
+  with pytest.raises(ids.IdError) as e:
+    ids.check_requests({k: np.asarray(v, np.int64) for k, v in req.items()}, "R")
+  assert str(e.value) == line
+
+
+def test_score_refuses_a_nan_user_id_before_scoring(tmp_path, fake_run):
+  work, log = fake_run
+  req = _requests(tmp_path / "req.parquet", user_id=[3.0, float("nan")])
+  line = _one_error_line(_run("launch.score", f"--workdir={work}", f"--log={log}",
+                              f"--requests={req}", f"--out={tmp_path / 'o.parquet'}"))
+  assert line == (f"ERROR: --requests={req}: column 'user_id', row 1: nan: double is not an "
+                  "integer type (store ids and times as int64)")
+  assert not os.path.exists(tmp_path / "o.parquet")
+
+
+# ------------------------------------------------------------------------ one line each
+
+def test_bad_flags_and_missing_files_are_one_line(tmp_path, fake_run):
+  work, log = fake_run
+  line = _one_error_line(_run("launch.build_samples", f"--events={log}",
+                              f"--out={tmp_path / 's'}", "--num_shards=-3"))
+  assert line == "ERROR: flag --num_shards=-3: -3 is not a positive integer"
+  line = _one_error_line(_run("launch.build_samples", f"--events={log}",
+                              f"--out={tmp_path / 's'}", "--config.moment.window_s=0"))
+  assert line == "ERROR: --config.moment.window_s=0.0: expected a number >= 0.001 (seconds)"
+  line = _one_error_line(_run("launch.model_info", f"--config={tmp_path / 'none.py'}"))
+  assert line.startswith("ERROR: ") and "none.py" in line
+  missing = tmp_path / "nope.parquet"
+  line = _one_error_line(_run("launch.score", f"--workdir={work}", f"--log={log}",
+                              f"--requests={missing}", f"--out={tmp_path / 'o.parquet'}"))
+  assert line == f"FATAL --requests={missing}: no such file"
+  json.dumps(line)  # one printable line
