@@ -280,7 +280,7 @@ def test_launch_score(trained, scorer, tmp_path):
   requests after the log warn, before it refuse; a missing checkpoint is one line."""
   s, work = trained
   lo, hi = scorer.requests.time_range
-  live = scorer.requests.context.live_id[:4]
+  live = np.unique(scorer.requests.context.live_id)[:4]
   user = scorer.requests.context.user[:1]
   req = {"request_id": [1, 1, 1, 1, 2, 2, 2], "user_id": [user[0]] * 4 + [10**12 + 5] * 3,
          "ts_ms": [hi - 1000] * 4 + [hi + 5000] * 3,

@@ -304,11 +304,11 @@ def write_manifest(folder: str, skip: tuple[str, ...] = ()) -> dict:
   return manifest
 
 
-def verify_manifest(folder: str, what: str) -> None:
+def verify_manifest(folder: str, what: str, fix: str = "rebuild it") -> None:
   """Checks every file listed in ``folder/checksums.json`` (size, then crc32).
 
   Raises CorruptFileError naming the first missing, resized or changed file; ``what`` names
-  the folder's kind for the message (e.g. "history store").
+  the folder's kind for the message (e.g. "history store"), ``fix`` what to do about it.
   """
   path = os.path.join(folder, MANIFEST)
   try:
@@ -316,21 +316,21 @@ def verify_manifest(folder: str, what: str) -> None:
       files = json.load(f)["files"]
   except FileNotFoundError:
     raise CorruptFileError(f"{path}: missing checksum manifest of the {what} (written by an "
-                           "older mcjax, or the folder is incomplete): rebuild it") from None
+                           f"older mcjax, or the folder is incomplete): {fix}") from None
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CorruptFileError(f"{path}: unreadable checksum manifest of the {what} ({e}): "
-                           "rebuild it") from e
+                           f"{fix}") from e
   for rel, (size, crc) in sorted(files.items()):
     file = os.path.join(folder, rel)
     try:
       got_size = os.path.getsize(file)
     except OSError:
       raise CorruptFileError(f"{file}: missing file of the {what} (listed in {MANIFEST}): "
-                             "rebuild it") from None
+                             f"{fix}") from None
     if got_size != size:
       raise CorruptFileError(f"{file}: {got_size} bytes, {MANIFEST} says {size}: the {what} "
-                             "is truncated or corrupt: rebuild it")
+                             f"is truncated or corrupt: {fix}")
     got = file_crc32(file)
     if got != crc:
       raise CorruptFileError(f"{file}: crc32 {got:08x}, {MANIFEST} says {crc:08x}: the {what} "
-                             "is corrupt: rebuild it")
+                             f"is corrupt: {fix}")

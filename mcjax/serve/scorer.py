@@ -146,9 +146,9 @@ class Scorer:
     mesh = mesh_lib.make_mesh(mesh_shape, devices or jax.local_devices())
     target = state_lib.abstract_with_shardings(abstract, specs, mesh)
     with checkpoint.Checkpointer(ckpt_dir) as ckpt:
-      step = ckpt.latest_step() if step is None else int(step)
-      try:
+      try:  # without a step: the newest intact checkpoint (corrupt newer ones warned about)
         state = ckpt.restore(target, step=step)
+        step = ckpt.restored_step
       except FileNotFoundError:
         which = "no checkpoint" if step is None else f"no checkpoint at step {step}"
         raise FileNotFoundError(f"workdir {workdir}: {which} in ckpt/ (steps: "
