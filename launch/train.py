@@ -35,6 +35,8 @@ _SAMPLES = flags.DEFINE_string("samples", None, "A samples folder (launch.build_
                                "train on as it is, instead of building one from the log.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the workdir's run files first "
                                "(checkpoints, predictions, metrics; never its data).")
+_MEMORY_LIMIT = flags.DEFINE_float("memory_limit_gb", None, "Memory the run may use, in GB "
+                                   "(default: this machine's available memory; 0: no check).")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -57,6 +59,7 @@ def main(argv) -> None:
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   _refuse_bad_config(mesh_lib.check_layout, cfg)  # needs the device count only
+  _refuse_too_big(cfg)  # before any data or device work
   try:
     samples = _SAMPLES.value or data.prepare(cfg, _WORKDIR.value)
     result = trainer.train_and_evaluate(cfg, _WORKDIR.value, samples,
@@ -66,6 +69,18 @@ def main(argv) -> None:
   ctr = result["overall"].get("ctr", {})
   print(f"{cfg.name}: CTR AUC {ctr.get('auc')}, GAUC {ctr.get('gauc')} -> "
         f"{_WORKDIR.value}/metrics.json")
+
+
+def _refuse_too_big(cfg) -> None:
+  """One FATAL line when the config's estimated memory exceeds the machine's (or the limit)."""
+  from mcjax.train import memory
+  limit = _MEMORY_LIMIT.value
+  if limit is not None and limit <= 0:
+    return
+  try:
+    memory.check(cfg, None if limit is None else int(limit * 2**30))
+  except memory.MemoryFitError as e:
+    sys.exit(f"FATAL {e}")
 
 
 def _refuse_bad_log(log_dir: str) -> None:  # the --data door: the first broken rule exits

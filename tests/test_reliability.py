@@ -236,3 +236,44 @@ def test_bad_flags_and_missing_files_are_one_line(tmp_path, fake_run):
                               f"--requests={missing}", f"--out={tmp_path / 'o.parquet'}"))
   assert line == f"FATAL --requests={missing}: no such file"
   json.dumps(line)  # one printable line
+
+
+# ------------------------------------------------------------------------------ memory
+
+def _tiny():
+  import importlib.util
+  from mcjax import configs
+  spec = importlib.util.spec_from_file_location("tiny", configs.path("tiny"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_memory_estimate_refuses_a_batch_that_cannot_fit():
+  from mcjax.train import memory
+  cfg = _tiny()
+  est = memory.estimate(cfg)
+  assert est.row_bytes == 712 and est.state > 0 and est.activation_row_bytes > est.row_bytes
+  limit = 4 * 2**30
+  fits = est.largest_batch(limit)
+  assert est.total(fits) <= limit < est.total(fits + 1)
+  memory.check(cfg, limit)  # the config's own batch fits
+  cfg.train.batch_size = fits + 1
+  with pytest.raises(memory.MemoryFitError) as e:
+    memory.check(cfg, limit)
+  assert str(e.value) == (
+      f"config.train.batch_size={fits + 1}: needs about {est.total(fits + 1) / 2**30:.1f} GB, "
+      f"more than the 4.0 GB of --memory_limit_gb (mostly activations: "
+      f"{est.parts(fits + 1)['activations'] / 2**30:.1f} GB); the largest batch size that fits "
+      f"is {fits} (--memory_limit_gb overrides the limit)")
+
+
+def test_train_refuses_a_huge_batch_before_any_work(tmp_path):
+  work = tmp_path / "run"
+  r = _run("launch.train", "--config=mcjax/configs/tiny.py", f"--workdir={work}",
+           "--config.train.batch_size=100000000")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  (line,) = [x for x in r.stderr.splitlines() if x.startswith("FATAL")]
+  assert line.startswith("FATAL config.train.batch_size=100000000: needs about ")
+  assert "(mostly activations: " in line and "the largest batch size that fits is " in line
+  assert not work.exists()  # nothing generated, built or allocated
