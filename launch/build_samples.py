@@ -90,9 +90,9 @@ def main(argv) -> None:
                              num_shards=_NUM_SHARDS.value, validate=_VALIDATE.value,
                              engine=_ENGINE.value, beam_args=rest, beam_layout=layout)
   except LogValidationError as e:
-    sys.exit(f"INVALID: {e}")
+    sys.exit(f"INVALID: {launch.one_line(str(e))}")
   except (ValueError, OSError, RuntimeError) as e:  # overlap, exists, unreadable log, disk, ...
-    sys.exit(f"ERROR: {' '.join(str(e).split())[:2000]}")
+    sys.exit(f"ERROR: {launch.one_line(str(e))}")
   print(f"wrote {os.path.abspath(out)}")
   print(format_report(info))
 

@@ -54,7 +54,7 @@ def main(argv) -> None:
   try:
     stats = validate.validate_log(_LOG.value)
   except validate.LogValidationError as e:
-    print(f"INVALID: {e}", file=sys.stderr)
+    print(f"INVALID: {launch.one_line(str(e))}", file=sys.stderr)
     sys.exit(1)
   print(f"OK: {_LOG.value}")
   print(stats.summary())

@@ -277,3 +277,44 @@ def test_train_refuses_a_huge_batch_before_any_work(tmp_path):
   assert line.startswith("FATAL config.train.batch_size=100000000: needs about ")
   assert "(mostly activations: " in line and "the largest batch size that fits is " in line
   assert not work.exists()  # nothing generated, built or allocated
+
+
+def test_api_overrides_that_are_not_a_dict_are_one_value_error():
+  import mcjax
+  with pytest.raises(ValueError) as e:
+    mcjax.load_config("tiny", ["train.batch_size=8"])
+  assert str(e.value) == ("overrides must be a dict of dotted keys to values, e.g. "
+                          "{'train.batch_size': 128}; got a list: ['train.batch_size=8']")
+
+
+@pytest.mark.parametrize("err,line", [
+    (OSError(30, "Read-only file system", "/ro/run/config.json"),
+     "ERROR: cannot write /ro/run/config.json: read-only file system"),
+    (OSError(28, "No space left on device", "/full/s/part.npy"),
+     "ERROR: cannot write /full/s/part.npy: no space left on device"),
+    (PermissionError(13, "Permission denied", "/root/x"),
+     "ERROR: cannot write /root/x: permission denied"),
+    (FileNotFoundError(2, "No such file or directory", "cfg.py"),
+     "ERROR: cfg.py: no such file or directory"),
+    (ids.IdError("x" * 5_000_000), "ERROR: " + "x" * 597 + "..."),
+])
+def test_launcher_handler_turns_user_errors_into_one_line(err, line, capsys):
+  import launch
+
+  def main(argv):
+    raise err
+
+  with pytest.raises(SystemExit) as e:
+    launch.guarded(main)(["prog"])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == line + "\n"
+
+
+def test_launcher_handler_keeps_tracebacks_for_bugs():
+  import launch
+
+  def main(argv):
+    return {}["missing"]
+
+  with pytest.raises(KeyError):
+    launch.guarded(main)(["prog"])
