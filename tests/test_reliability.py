@@ -318,3 +318,28 @@ def test_launcher_handler_keeps_tracebacks_for_bugs():
 
   with pytest.raises(KeyError):
     launch.guarded(main)(["prog"])
+
+
+# ----------------------------------------------------------------------- converters
+
+def test_converter_counts_duplicate_and_conflicting_rows(tmp_path):
+  """A click.csv row written twice is one exposure (the copy dropped and counted); two
+  different user.csv rows of one user keep the first, counted; a room ending before it
+  starts is rewritten and counted."""
+  import test_convert as tc
+  from mcjax import convert
+  src = tc._kuailive(tmp_path)
+  click = (tmp_path / "click.csv").read_text().splitlines()
+  (tmp_path / "click.csv").write_text("\n".join(click + [click[1]]) + "\n")
+  user = (tmp_path / "user.csv").read_text().splitlines()
+  (tmp_path / "user.csv").write_text("\n".join(user + ["1,50+,F,CN,z,0,3,0"]) + "\n")
+  room = (tmp_path / "room.csv").read_text().splitlines()
+  (tmp_path / "room.csv").write_text("\n".join(
+      room + [f"20250501,102,11,1,{tc.T + 500},{tc.T},Music,6"]) + "\n")
+  events, side, stats = convert.convert_tables("kuailive", src)
+  assert stats.rows_read["click.csv"] == 4
+  assert stats.dropped["click.csv: duplicate row"] == 1
+  assert stats.dropped["user.csv: conflicting rows of one user_id (first kept)"] == 1
+  assert stats.notes["lives ending before they start (end set to start)"] == 1
+  assert events.num_rows == 14  # as without the copy
+  assert "click.csv: duplicate row=1" in stats.summary()

@@ -301,13 +301,13 @@ def test_launch_score(trained, scorer, tmp_path):
     i = [j for j in range(7) if req["request_id"][j] == r and req["live_id"][j] == l][0]
     assert abs(got - probs[i, 0]) <= 1e-6
 
-  req["ts_ms"][0] = lo - 1
+  req["ts_ms"][:4] = [lo - 1] * 4  # request 1 (one time per request)
   pq.write_table(pa.table({k: np.asarray(v, np.int64) for k, v in req.items()}),
                  tmp_path / "early.parquet")
   done = _score_cli(s, work, str(tmp_path / "early.parquet"), str(tmp_path / "x.parquet"))
   assert done.returncode != 0
   assert done.stderr.strip().splitlines()[-1].startswith(
-      "FATAL --requests: 1 row(s) have ts_ms before the first event of --log")
+      "FATAL --requests: 4 row(s) have ts_ms before the first event of --log")
   (tmp_path / "untrained").mkdir()
   with open(os.path.join(work, "config.json")) as f:
     (tmp_path / "untrained" / "config.json").write_text(f.read())
