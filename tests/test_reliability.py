@@ -343,3 +343,40 @@ def test_converter_counts_duplicate_and_conflicting_rows(tmp_path):
   assert stats.notes["lives ending before they start (end set to start)"] == 1
   assert events.num_rows == 14  # as without the copy
   assert "click.csv: duplicate row=1" in stats.summary()
+
+
+# -------------------------------------------------------------------------- validator
+
+def test_validator_refuses_a_log_without_live_exposures():
+  import pyarrow.compute as pc
+  from mcjax.eventlog import validate as V
+  events, side = tv._example()
+  with pytest.raises(V.LogValidationError) as e:
+    V.validate_tables(events.filter(pc.equal(events["domain"], "short_video")), side)
+  assert str(e.value) == ("events.parquet: column 'event': no live exposure: nothing to build "
+                          "samples from, train or score")
+
+
+def test_validator_refuses_a_live_exposure_far_outside_its_live():
+  from mcjax.eventlog import validate as V
+  events, side = tv._example()
+  lives = side["lives.parquet"]
+  years = 40 * 365 * 86_400_000  # the exposures are 40 years after their live ended
+  side["lives.parquet"] = lives.set_column(3, "start_ms", pa.array([lives["start_ms"][0].as_py()
+                                                                    - years]))
+  side["lives.parquet"] = side["lives.parquet"].set_column(4, "end_ms", pa.array(
+      [lives["end_ms"][0].as_py() - years]))
+  with pytest.raises(V.LogValidationError) as e:
+    V.validate_tables(events, side)
+  assert str(e.value).startswith(
+      "events.parquet: column 'ts_ms': live exposure outside its live's span in lives.parquet "
+      "(start_ms - 24 h .. end_ms + 24 h) (2 row(s)); e.g. row 0: ts_ms=1746057600000, ")
+
+
+def test_validator_counts_duplicate_event_rows():
+  from mcjax.eventlog import validate as V
+  events, side = tv._example()
+  stats = V.validate_tables(events.take([0, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11]), side)
+  assert stats.warnings == ["events.parquet: 1 event row(s) repeat an earlier row in every "
+                            "column (e.g. row 7): each counts as one more event"]
+  assert V.validate_tables(events, side).warnings == []
