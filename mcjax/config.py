@@ -226,10 +226,16 @@ def apply_overrides(cfg: ml_collections.ConfigDict, values: dict) -> ml_collecti
     *path, leaf = key.split(".")
     node = cfg
     for part in path:
-      if part not in node:
+      if not hasattr(node, "keys") or part not in node:
         raise ValueError(f"no config section {part!r} in {key!r}")
       node = node[part]
-    if leaf not in node:
+    if not hasattr(node, "keys") or leaf not in node:
       raise ValueError(f"no config key {key!r}")
-    node[leaf] = value
+    if value is None and node[leaf] is not None:
+      raise ValueError(f"config.{key}=None: expected a {type(node[leaf]).__name__} like its "
+                       f"default {node[leaf]!r}")
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ml_collections refuses a value of another type
+      raise ValueError(f"config.{key}={value!r}: {str(e).split('. ', 1)[-1]}") from None
   return cfg
