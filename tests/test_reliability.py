@@ -82,8 +82,8 @@ def test_score_output_needs_overwrite_and_replaces_only_a_parquet_file(tmp_path,
                   "only replaces a Parquet file (choose another --out)")
   (tmp_path / "folder").mkdir()
   line = _one_error_line(_run(*common, f"--out={tmp_path / 'folder'}", "--overwrite"))
-  assert line == (f"ERROR: --out={tmp_path / 'folder'} is a folder, not a Parquet file; --overwrite only "
-                  "replaces a Parquet file (choose another --out)")
+  assert line == (f"ERROR: --out={tmp_path / 'folder'} is a folder, not a Parquet file; "
+                  "--overwrite only replaces a Parquet file (choose another --out)")
   assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
@@ -380,3 +380,15 @@ def test_validator_counts_duplicate_event_rows():
   assert stats.warnings == ["events.parquet: 1 event row(s) repeat an earlier row in every "
                             "column (e.g. row 7): each counts as one more event"]
   assert V.validate_tables(events, side).warnings == []
+
+
+@pytest.mark.parametrize("overrides,line", [
+    ({"data.log_dir": 0}, "config.data.log_dir=0: 0 is of original type <class 'int'> and cannot "
+     "be casted to type <class 'str'>"),
+    ({"mesh.shape": None}, "config.mesh.shape=None: expected a tuple like its default (-1, 1)"),
+])
+def test_api_overrides_of_another_type_are_one_value_error(overrides, line):
+  import mcjax
+  with pytest.raises(ValueError) as e:
+    mcjax.load_config("tiny", overrides)
+  assert str(e.value) == line

@@ -41,7 +41,7 @@ from absl import logging
 from mcjax.eventlog import files
 
 STATE, DATA_ITER = "state", "data_iter"
-_FIX = "the checkpoint is corrupt (a damaged disk or copy); delete it to resume from an older one"
+_FIX = "restore an older step (the trainer and scorer fall back to one), or retrain"
 
 
 def step_dir(directory: str, step: int) -> str:

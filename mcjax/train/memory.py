@@ -89,7 +89,9 @@ def estimate(cfg) -> Estimate:
   """The memory ``cfg`` needs (see the module docstring); traces, never allocates."""
   from mcjax.contract import schema  # pylint: disable=g-import-not-at-top
   from mcjax.model import build_model  # pylint: disable=g-import-not-at-top
-  from mcjax.train import partition, state as state_lib, step as step_lib  # noqa: E501 pylint: disable=g-import-not-at-top
+  from mcjax.train import partition  # pylint: disable=g-import-not-at-top
+  from mcjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from mcjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   model_def, abstract, _ = state_lib.setup(
       functools.partial(build_model, cfg.model), state_lib.optim_config(cfg),
       **partition.from_config(cfg.mesh))
