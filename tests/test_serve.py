@@ -353,3 +353,60 @@ def test_scored_example_ranks_the_lives_on_air_inside_a_highlight(trained):
   text = "\n".join(report.example_section(ex))
   assert f"live {ex['highlight_live']}" in text and "Ranking_Score" in text
   assert highlight_request(s.world, after_ms=2**62) is None
+
+
+def test_kill_9_of_score_and_export_leaves_no_part(trained, scorer, tmp_path):
+  """score and export killed at random points leave no --out (or the whole one); a rerun
+  writes what an uninterrupted run writes."""
+  import random
+  import signal
+  import time
+  s, work = trained
+  lo, hi = scorer.requests.time_range
+  live = np.unique(scorer.requests.context.live_id)[:3]
+  req = {"request_id": [1, 1, 1], "user_id": [1, 1, 1], "ts_ms": [hi - 1000] * 3,
+         "live_id": list(live)}
+  pq.write_table(pa.table({k: np.asarray(v, np.int64) for k, v in req.items()}),
+                 tmp_path / "req.parquet")
+  runs = {
+      "score": lambda out: ["launch.score", f"--workdir={work}", f"--log={s.world}",
+                            f"--requests={tmp_path / 'req.parquet'}", f"--out={out}"],
+      "export": lambda out: ["launch.export", f"--workdir={work}", f"--out={out}",
+                             "--buckets=8"]}
+  rng = random.Random(3)
+  for name, argv in runs.items():
+    ref = str(tmp_path / f"{name}_ref")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *argv(ref)], cwd=tf.REPO, env=tf.env(s, 1),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    full_s = time.perf_counter() - start
+    out = str(tmp_path / name)
+    proc = subprocess.Popen([sys.executable, "-m", *argv(out)], cwd=tf.REPO,
+                            env=tf.env(s, 1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.3, 0.95) * full_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if os.path.exists(out):  # killed after the rename: whole
+      if name == "score":
+        assert pq.read_table(out).equals(pq.read_table(ref))
+      else:
+        assert sorted(os.listdir(out)) == sorted(os.listdir(ref))
+    done = subprocess.run([sys.executable, "-m", *argv(out),
+                           *(["--overwrite"] if os.path.exists(out) else [])],
+                          cwd=tf.REPO, env=tf.env(s, 1), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if name == "score":
+      assert pq.read_table(out).equals(pq.read_table(ref))
+    else:
+      assert sorted(os.listdir(out)) == sorted(os.listdir(ref))
+      meta = export.META
+      assert open(os.path.join(out, meta)).read() == open(os.path.join(ref, meta)).read()
+      with np.load(os.path.join(out, export.WEIGHTS)) as a, \
+           np.load(os.path.join(ref, export.WEIGHTS)) as b:
+        assert a.files == b.files
+        for k in a.files:
+          np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(f".tmp-{name}-")]
