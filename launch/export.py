@@ -4,13 +4,15 @@
 
 Writes score_<B>.bin (one serialized function per bucket of B candidates), weights.npz (the
 parameters, passed as explicit arguments), meta.json and load_exported.py (the standalone
-loader); see ``mcjax.serve.export``. --out may not be, contain or lie inside --workdir; an
+loader); see ``mcjax.serve.export``. --out may not be, contain or lie inside the run's
+config.json or ckpt/ (``--out=WORKDIR/export`` is fine); an
 existing --out needs --overwrite and must be an export folder (it is replaced whole, so no
 stale bucket file stays); the folder is written beside and renamed into place.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -36,7 +38,8 @@ def main(argv) -> None:
   import jax
 
   from mcjax.serve import Scorer, export
-  reads = {"--workdir": _WORKDIR.value}
+  reads = {"--workdir's config.json": os.path.join(_WORKDIR.value, "config.json"),
+           "--workdir's ckpt": os.path.join(_WORKDIR.value, "ckpt")}
   export.check_out(_OUT.value, _OVERWRITE.value, reads)
   try:
     buckets = [int(b) for b in _BUCKETS.value] if _BUCKETS.value else None

@@ -12,7 +12,8 @@ first event are refused, after its last one warned about (their features stop at
 Ids and times must be integers (an integer column, or decimal text that parses exactly); a
 float, NaN, fraction, negative or out-of-range value, an empty file, a request_id with several
 users or times, and a live listed twice in one request are refused with one line naming the
-column and row (``mcjax.serve.ids``). --out may not be, contain or lie inside any input; an
+column and row (``mcjax.serve.ids``). --out may not be, contain or lie inside any input (the
+requests, the log, the run's config.json and ckpt/); an
 existing --out needs --overwrite and must be a Parquet file; it is written beside and renamed
 into place, so a failed or killed run leaves the old file (or none), never a part.
 """
@@ -42,6 +43,13 @@ _CHUNK = flags.DEFINE_integer("chunk_rows", 4096, "Candidates whose features are
 COLUMNS = ("request_id", "user_id", "ts_ms", "live_id")
 
 
+def run_inputs(workdir: str) -> dict[str, str]:
+  """What scoring and exporting read of a training run (an output may sit beside them in the
+  run's folder, e.g. WORKDIR/export, but never on or around them)."""
+  return {"--workdir's config.json": os.path.join(workdir, "config.json"),
+          "--workdir's ckpt": os.path.join(workdir, "ckpt")}
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -55,7 +63,7 @@ def main(argv) -> None:
   from mcjax.eventlog import files
   from mcjax.serve import Scorer, ids
   files.check_output(_OUT.value, "--out", reads={
-      "--requests": _REQUESTS.value, "--log": _LOG.value, "--workdir": _WORKDIR.value},
+      "--requests": _REQUESTS.value, "--log": _LOG.value, **run_inputs(_WORKDIR.value)},
       overwrite=_OVERWRITE.value, kind="a Parquet file", magic=b"PAR1")
   where = f"--requests={_REQUESTS.value}"
   if not os.path.isfile(_REQUESTS.value):

@@ -98,10 +98,17 @@ def test_export_refuses_a_world_folder_and_an_overlap(tmp_path, fake_run):
                               "--overwrite"))
   assert line.startswith(f"ERROR: --out={log} is not an export folder (it holds none of "
                          "['load_exported.py']); --overwrite only replaces an export folder")
-  line = _one_error_line(_run("launch.export", f"--workdir={work}",
-                              f"--out={os.path.join(work, 'export')}"))
-  assert line.startswith(f"ERROR: --out={os.path.join(work, 'export')} lies inside "
-                         f"--workdir={work}")
+  line = _one_error_line(_run("launch.export", f"--workdir={work}", f"--out={work}",
+                              "--overwrite"))
+  assert line.startswith(f"ERROR: --out={work} contains --workdir's config.json="
+                         f"{os.path.join(work, 'config.json')}: an output may not overlap")
+  inside = os.path.join(work, "ckpt", "export")
+  line = _one_error_line(_run("launch.export", f"--workdir={work}", f"--out={inside}"))
+  assert line.startswith(f"ERROR: --out={inside} lies inside --workdir's ckpt="
+                         f"{os.path.join(work, 'ckpt')}")
+  beside = os.path.join(work, "export")  # the run's folder itself is fine (passes the guard)
+  line = _one_error_line(_run("launch.export", f"--workdir={work}", f"--out={beside}"))
+  assert line == f"FATAL workdir {work}: no checkpoint (ckpt/ is missing)"
   assert open(meta).read() == '{"world": 1}'
 
 
