@@ -23,9 +23,10 @@ def no_live_exposure(domain_events: dict[str, int]) -> bool:
 
 
 def outside_live_span(cols: dict[str, np.ndarray], dom: np.ndarray, ev: np.ndarray,
-                      lives: pa.Table) -> np.ndarray:
-  """Mask of the live exposure rows outside their live's span by more than the tolerance
-  (rows whose live is missing from ``lives`` are left to the missing-live check)."""
+                      lives: pa.Table) -> tuple[str, np.ndarray]:
+  """(the problem, the mask of the live exposure rows outside their live's span by more than
+  the tolerance); rows whose live is missing from ``lives`` are left to the missing-live
+  check."""
   rows = (dom == S.DOMAIN_CODE[S.LIVE]) & (ev == S.EVENT_CODE[S.EXPOSURE])
   ids = lives.column("live_id").to_numpy()
   order = np.argsort(ids, kind="stable")
@@ -40,7 +41,19 @@ def outside_live_span(cols: dict[str, np.ndarray], dom: np.ndarray, ev: np.ndarr
     bad = found & ((ts < start - LIVE_SPAN_TOLERANCE_MS) | (ts > end + LIVE_SPAN_TOLERANCE_MS))
   mask = np.zeros(dom.size, bool)
   mask[np.flatnonzero(rows)[bad]] = True
-  return mask
+  h = LIVE_SPAN_TOLERANCE_MS // 3_600_000
+  return (f"live exposure outside its live's span in lives.parquet (start_ms - {h} h .. "
+          f"end_ms + {h} h)", mask)
+
+
+def duplicate_warnings(where: str, cols: dict[str, np.ndarray], dom: np.ndarray,
+                       ev: np.ndarray, value: np.ndarray) -> list[str]:
+  """The warning line about repeated event rows (none when there is none)."""
+  dup = duplicate_rows(cols, dom, ev, value)
+  if not dup.any():
+    return []
+  return [f"{where}: {int(dup.sum())} event row(s) repeat an earlier row in every column "
+          f"(e.g. row {int(np.flatnonzero(dup)[0])}): each counts as one more event"]
 
 
 def duplicate_rows(cols: dict[str, np.ndarray], dom: np.ndarray, ev: np.ndarray,

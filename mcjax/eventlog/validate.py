@@ -368,20 +368,9 @@ def _validate_events(table: pa.Table, where: str) -> tuple[LogStats, _Refs, pa.T
       min_ts_ms=int(ts.min()) if ts.size else None, max_ts_ms=int(ts.max()) if ts.size else None)
   if consistency.no_live_exposure(stats.domain_events):
     _fail(where, "event", "no live exposure: nothing to build samples from, train or score")
-  dup = consistency.duplicate_rows(cols, dom, ev, value)
-  if dup.any():
-    stats.warnings.append(f"{where}: {int(dup.sum())} event row(s) repeat an earlier row in "
-                          f"every column (e.g. row {int(np.flatnonzero(dup)[0])}): each counts "
-                          "as one more event")
+  stats.warnings += consistency.duplicate_warnings(where, cols, dom, ev, value)
   refs.codes = (cols, dom, ev)
   return stats, refs, table
-
-
-def _check_live_spans(table: pa.Table, where: str, refs: _Refs, lives: pa.Table) -> None:
-  _check_if(where, "ts_ms", "live exposure outside its live's span in lives.parquet (start_ms "
-            f"- {consistency.LIVE_SPAN_TOLERANCE_MS // 3_600_000} h .. end_ms + "
-            f"{consistency.LIVE_SPAN_TOLERANCE_MS // 3_600_000} h)", table,
-            consistency.outside_live_span(*refs.codes, lives))
 
 
 def _check_lives(table: pa.Table, where: str, refs: _Refs, live_ids: np.ndarray) -> None:
@@ -435,7 +424,8 @@ def validate_tables(events: pa.Table, side: dict[str, pa.Table],
     validate_side(name, table, join(os.path.join(S.ORACLE_DIR, name)))
   stats, refs, table = _validate_events(events, join(S.EVENTS_FILE))
   _check_lives(table, join(S.EVENTS_FILE), refs, _np(checked["lives.parquet"], "live_id"))
-  _check_live_spans(table, join(S.EVENTS_FILE), refs, checked["lives.parquet"])
+  problem, mask = consistency.outside_live_span(*refs.codes, checked["lives.parquet"])
+  _check_if(join(S.EVENTS_FILE), "ts_ms", problem, table, mask)
   stats.side_rows = side_rows
   stats.warnings += _warnings(refs, checked, join(S.EVENTS_FILE))
   return stats
