@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 BATCHES_IN_FLIGHT = 4
-TRAIN_ACTIVATION_FACTOR = 3.0
+TRAIN_ACTIVATION_FACTOR = 2.0
 _HEADROOM = 0.9  # of the available memory that a run may plan to use
 _BASE_BYTES = 1 << 30  # the Python process, jax, XLA and the loaded libraries
 
