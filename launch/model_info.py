@@ -12,12 +12,12 @@ overrides with ``--config.a.b=v``.
 from __future__ import annotations
 
 from absl import app, flags
-from ml_collections import config_flags
 from tabulate import tabulate
 
+import launch
 from mcjax import configs
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = launch.define_config_file(
     "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch used to compile the FLOP count.")
 _KEYS = flags.DEFINE_bool("keys", False, "Print every config key with its default and meaning.")
@@ -62,4 +62,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

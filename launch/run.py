@@ -27,6 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+import launch
 from mcjax import config as mcconfig
 from mcjax.sim import config, summary, world
 
@@ -103,4 +104,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+import launch
 from mcjax import configs
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = launch.define_config_file(
     "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and caches go.",
                                required=True)
@@ -35,6 +35,8 @@ _SAMPLES = flags.DEFINE_string("samples", None, "A samples folder (launch.build_
                                "train on as it is, instead of building one from the log.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the workdir's run files first "
                                "(checkpoints, predictions, metrics; never its data).")
+_MEMORY_LIMIT = flags.DEFINE_float("memory_limit_gb", None, "Memory the run may use, in GB "
+                                   "(default: this machine's available memory; 0: no check).")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -55,6 +57,7 @@ def main(argv) -> None:
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   _refuse_bad_config(mesh_lib.check_layout, cfg)  # needs the device count only
+  _refuse_too_big(cfg)  # before any data or device work
   try:
     samples = _SAMPLES.value or data.prepare(cfg, _WORKDIR.value)
     result = loop.train_and_evaluate(cfg, _WORKDIR.value, samples,
@@ -64,6 +67,18 @@ def main(argv) -> None:
   ctr = result["overall"].get("ctr", {})
   print(f"{cfg.name}: CTR AUC {ctr.get('auc')}, GAUC {ctr.get('gauc')} -> "
         f"{_WORKDIR.value}/metrics.json")
+
+
+def _refuse_too_big(cfg) -> None:
+  """One FATAL line when the config's estimated memory exceeds the machine's (or the limit)."""
+  from mcjax.runtime import memory
+  limit = _MEMORY_LIMIT.value
+  if limit is not None and limit <= 0:
+    return
+  try:
+    memory.check(cfg, None if limit is None else int(limit * 2**30))
+  except memory.MemoryFitError as e:
+    sys.exit(f"FATAL {e}")
 
 
 def _refuse_bad_log(log_dir: str) -> None:  # the log's door: the first broken rule exits
@@ -84,15 +99,14 @@ def _refuse_bad_config(check, cfg) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing; an override of a key the config lacks exits naming the flag."""
   try:
-    return app.parse_flags_with_usage(argv)
+    rest = flags.FLAGS(argv)
+    launch.check_config_files(argv)
+    return rest
   except (AttributeError, KeyError) as e:  # what config_flags raises for an unknown key
-    missing = str(e).strip("'\"")
-    given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    named = [a for a in given if missing in a.split(".")] or given
-    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")] or [_CONFIG.default]
-    sys.exit(f"FATAL unknown config key: {', '.join(named)} ({missing!r} is not in the config "
-             f"of {files[-1]})")
+    launch.unknown_key(e, argv)
+  except launch.FLAG_ERRORS as e:  # a bad value, a missing or broken config file
+    launch.flag_error(e)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(launch.guarded(main), flags_parser=_parse_flags)

@@ -215,17 +215,30 @@ def apply_overrides(cfg: ml_collections.ConfigDict, values: dict) -> ml_collecti
   returns ``cfg``. Launchers that train several named configs with one set of overrides
   (``launch.run``, ``experiments.ablation``) take ``--config.a.b=v`` flags on a
   ``default_config()`` dict and pass ``config_flags.get_override_values`` here, so the syntax
-  is the one ``launch.train`` has; ValueError names a key that is not in ``cfg``."""
+  is the one ``launch.train`` has; ValueError names a key that is not in ``cfg``, or
+  ``values`` that is not a dict."""
+  if not isinstance(values, dict):
+    raise ValueError(f"overrides must be a dict of dotted keys to values, e.g. "
+                     f"{{'train.batch_size': 128}}; got a {type(values).__name__}: "
+                     f"{str(values)[:80]}")
   for key, value in values.items():
+    if not isinstance(key, str):
+      raise ValueError(f"override key {key!r} must be a dotted string, e.g. 'train.batch_size'")
     *path, leaf = key.split(".")
     node = cfg
     for part in path:
-      if part not in node:
+      if not hasattr(node, "keys") or part not in node:
         raise ValueError(f"no config section {part!r} in {key!r}")
       node = node[part]
-    if leaf not in node:
+    if not hasattr(node, "keys") or leaf not in node:
       raise ValueError(f"no config key {key!r}")
-    node[leaf] = value
+    if value is None and node[leaf] is not None:
+      raise ValueError(f"config.{key}=None: expected a {type(node[leaf]).__name__} like its "
+                       f"default {node[leaf]!r}")
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ml_collections refuses a value of another type
+      raise ValueError(f"config.{key}={value!r}: {str(e).split('. ', 1)[-1]}") from None
   return cfg
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from mcjax import runtime
 from mcjax.contract.schema import MODEL_INPUTS, TASKS
 from mcjax.model import ranking
+from mcjax.serve import ids
 from mcjax.runtime import checkpoint, mesh as mesh_lib, state as state_lib
 from mcjax.contract import batch as batch_lib
 from mcjax.runtime import step as step_lib
@@ -64,6 +65,12 @@ def make_score_fn(model_def: state_lib.ModelDef, cfg: ml_collections.ConfigDict)
     return probs, ranking.ranking_score(probs, cfg.model.ranking)
 
   return score
+
+
+def _one(values: np.ndarray, name: str) -> int:
+  if len(values) != 1:
+    raise ids.IdError(f"{name}: {len(values)} values, expected one integer")
+  return int(values[0])
 
 
 def pad_rows(batch: dict, rows: int) -> dict:
@@ -138,9 +145,9 @@ class Scorer:
     rt = runtime.build(cfg, mesh, init=False, check_replicated=False)  # the restore target
     model_def, target = rt.model_def, rt.state
     with checkpoint.Checkpointer(ckpt_dir) as ckpt:
-      step = ckpt.latest_step() if step is None else int(step)
-      try:
+      try:  # without a step: the newest intact checkpoint (corrupt newer ones warned about)
         state = ckpt.restore(target, step=step)
+        step = ckpt.restored_step
       except FileNotFoundError:
         which = "no checkpoint" if step is None else f"no checkpoint at step {step}"
         raise FileNotFoundError(f"workdir {workdir}: {which} in ckpt/ (steps: "
@@ -189,12 +196,19 @@ class Scorer:
   def score(self, user_id: int, ts_ms: int, live_ids) -> Ranking:
     """Ranks one request's candidate lives with features built from the event source.
 
+    ``user_id`` and ``ts_ms`` are one integer each, ``live_ids`` distinct integers (Python or
+    numpy ints, or decimal text; see ``mcjax.serve.ids``).
+
     Raises:
       ValueError: when ts_ms is before the event log's first event.
+      ids.IdError: an id or time that is not an exact non-negative integer, or a live twice.
     """
     if self.requests is None:
       raise ValueError("Scorer.score needs an event source (from_workdir(log=...) or attach)")
-    live_ids = np.atleast_1d(np.asarray(live_ids, np.int64))
+    user_id, ts_ms = (_one(ids.argument_ids(v, k), k)
+                      for k, v in (("user_id", user_id), ("ts_ms", ts_ms)))
+    live_ids = ids.argument_ids(live_ids, "live_ids")
+    ids.check_distinct(live_ids, "live_ids")
     before, _ = self.requests.outside([ts_ms])
     if before:
       raise ValueError(f"ts_ms={ts_ms} is before the event log's first event "

@@ -157,6 +157,7 @@ class RunDir:
         if overwrite:
           self.clear()
         self._check_identity(ident)
+        checkpoint.quarantine_corrupt(self._file("ckpt"))  # resume from the newest intact
       except BaseException:
         self.close()
         raise
