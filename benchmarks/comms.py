@@ -52,6 +52,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mcjax import configs
+# (re-exported: the tests and benchmarks.projection read them here)
+from mcjax.aot.hlo import KINDS, group_size, parse_collectives, summarize  # noqa: F401
+from mcjax.aot.hlo import op_kinds as _op_kinds
 
 
 def _define_flags() -> None:
@@ -74,89 +77,7 @@ def _define_flags() -> None:
   _RENDER = flags.DEFINE_string("render", None, "Print the table of a --json_out file "
                                 "instead of compiling.")
 
-KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-                "c128": 16}
-_OP = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(KINDS) + r")(-start)?\((.*)$")
-_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 _GROWTH_TOLERANCE = (0.01, 4096)  # relative, absolute bytes
-
-
-def _arrays(type_str: str) -> list[tuple[str, int]]:
-  """(type, bytes) of the arrays in an HLO type string (an array or a tuple)."""
-  out = []
-  for dtype, dims in _ARRAY.findall(type_str):
-    n = 1
-    for d in filter(None, dims.split(",")):
-      n *= int(d)
-    out.append((f"{dtype}[{dims}]", n * _DTYPE_BYTES[dtype]))
-  return out
-
-
-def group_size(attrs: str, num_devices: int) -> int:
-  """Devices per replica group of a collective's attribute text (every HLO spelling: explicit
-  groups, iota ``[G,N]<=[...]``, or ``mesh[...] {axes}``); all devices when unspecified."""
-  m = re.search(r"replica_groups=\{\{([^}]*)\}", attrs)
-  if m:
-    return len(m.group(1).split(","))
-  m = re.search(r"replica_groups=\[([\d,]+)\]<=", attrs)
-  if m:
-    return int(m.group(1).split(",")[-1])
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", attrs)
-  if m:
-    sizes = dict((k.strip("'"), int(v)) for k, v in
-                 (kv.split("=") for kv in m.group(1).split(",")))
-    n = 1
-    for axis in m.group(2).split(","):
-      n *= sizes[axis.strip().strip("'")]
-    return n
-  return num_devices
-
-
-def parse_collectives(hlo: str, num_devices: int) -> list[dict]:
-  """Every collective of a compiled (per-device) HLO text: kind, payload and wire bytes per
-  device, group size, result type and the jax op (metadata op_name) it came from."""
-  out = []
-  for line in hlo.splitlines():
-    m = _OP.match(line)
-    if not m:
-      continue
-    type_str, kind, start, rest = m.groups()
-    arrays = _arrays(type_str)
-    if start and kind in ("all-gather", "collective-permute"):  # (operand, result, ...)
-      arrays = [max(arrays, key=lambda a: a[1])] if kind == "all-gather" else arrays[:1]
-    payload = sum(b for _, b in arrays)
-    op = re.search(r'op_name="([^"]*)"', rest)
-    rec = {"kind": kind, "type": type_str[:160], "payload_bytes": payload,
-           "op": op.group(1) if op else "", "arrays": len(arrays),
-           "biggest_arrays": [t for t, _ in sorted(arrays, key=lambda a: -a[1])[:3]]}
-    if kind == "collective-permute":
-      pairs = re.findall(r"\{(\d+),(\d+)\}", rest.split("source_target_pairs=")[-1]
-                         .split("}}")[0] + "}")
-      moves = any(a != b for a, b in pairs)
-      rec.update(group=2, wire_bytes=payload if moves else 0)
-    else:
-      n = group_size(rest, num_devices)
-      factor = 2 * (n - 1) / n if kind == "all-reduce" else (n - 1) / n
-      rec.update(group=n, wire_bytes=int(factor * payload))
-    out.append(rec)
-  return out
-
-
-def summarize(collectives: list[dict]) -> dict:
-  """Per-kind payload / wire bytes and counts, totals, and the largest collective."""
-  by_kind = {k: {"count": 0, "payload_bytes": 0, "wire_bytes": 0} for k in KINDS}
-  for c in collectives:
-    s = by_kind[c["kind"]]
-    s["count"] += 1
-    s["payload_bytes"] += c["payload_bytes"]
-    s["wire_bytes"] += c["wire_bytes"]
-  largest = max(collectives, key=lambda c: c["payload_bytes"], default=None)
-  return {"by_kind": by_kind,
-          "payload_bytes": sum(s["payload_bytes"] for s in by_kind.values()),
-          "wire_bytes": sum(s["wire_bytes"] for s in by_kind.values()),
-          "largest": largest}
 
 
 def growth_failures(records: list[dict]) -> list[str]:
@@ -202,41 +123,24 @@ def _configure(cfg, rows: int):
   return cfg
 
 
-def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool = False):
-  """(compiled train step, seconds) of cfg on the first data x model devices, abstract."""
-  import functools
-
+def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool = False,
+                 devices=None):
+  """(compiled train step, seconds) of cfg on the first data x model devices (host devices,
+  or ``devices``, e.g. a TPU topology's), from abstract shapes (``mcjax.aot.steps``)."""
   import jax
 
-  from benchmarks import step_bench
-  from mcjax import losses
-  from mcjax.model import build_model
+  from mcjax.aot import steps as aot_steps
   from mcjax.train import mesh as mesh_lib
   from mcjax.train import state as state_lib
-  from mcjax.train import step as step_lib
 
   start = time.perf_counter()
   n = layout[0] * layout[1]
-  mesh = mesh_lib.make_mesh(layout, jax.devices()[:n])
-  optim = state_lib.optim_config(cfg)
-  from mcjax.train import partition  # pylint: disable=g-import-not-at-top
-  model_def, abstract, specs = state_lib.setup(functools.partial(build_model, cfg.model),
-                                               optim, **partition.from_config(cfg.mesh))
-  state = state_lib.abstract_with_shardings(abstract, specs, mesh)
-  train_step = step_lib.make_train_step(
-      model_def, optim, functools.partial(losses.compute_loss, cfg=cfg.loss),
-      partition.to_shardings(specs, mesh), mesh,
-      dense_below_rows=int(cfg.model.embedding.large_table_rows),
-      exchange_capacity=partition.exchange_capacity(cfg.mesh))
-  # field shapes and dtypes of one example as the step takes them, batch axis widened
-  one = step_bench.synthetic_batch(1, int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len))
-  sharding = mesh_lib.batch_sharding(mesh)
-  batch = {k: jax.ShapeDtypeStruct((batch_per_chip * n,) + v.shape[1:], v.dtype,
-                                   sharding=sharding) for k, v in one.items()}
+  mesh = mesh_lib.make_mesh(layout, list(devices or jax.devices())[:n])
+  steps = aot_steps.abstract_steps(cfg, mesh, batch_per_chip)
   # fast: cheaper CPU code generation; the partitioned HLO and its collectives are the same
   options = ({**state_lib.INIT_COMPILER_OPTIONS.get("cpu", {}),
               "xla_cpu_use_fusion_emitters": False} if fast else None)
-  compiled = train_step.lower(state, batch).compile(compiler_options=options)
+  compiled = steps.train_step.lower(steps.state, steps.batch).compile(compiler_options=options)
   return compiled, time.perf_counter() - start
 
 
@@ -295,18 +199,6 @@ def _layouts(values) -> list[tuple[int, int]]:
 
 def _mb(x: float) -> str:
   return f"{x / 1e6:,.2f}"
-
-
-def _op_kinds(op_name: str) -> str:
-  """The distinct jax primitives named in a collective's op_name metadata (a combined
-  collective joins its parts' names with ':'), e.g. 'scatter-add, dot_general'."""
-  kinds = []
-  for part in re.split(r"[:()]", op_name):
-    leaf = part.rsplit("/", 1)[-1].strip()
-    if (re.fullmatch(r"[a-z][a-z_-]*", leaf) and leaf not in kinds and leaf != "train_step"
-        and not leaf.startswith(("jit", "jvp", "transpose", "cond", "branch"))):
-      kinds.append(leaf)
-  return ", ".join(kinds[:4]) + (", ..." if len(kinds) > 4 else "")
 
 
 def _short_type(c: dict) -> str:

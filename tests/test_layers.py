@@ -28,6 +28,7 @@ RANKS = {
     "mcjax.distributed": 6,
     "mcjax.train": 7,        # mesh, state, step, checkpoints, run folder, data
     "mcjax.trainer": 8,
+    "mcjax.aot": 8,          # ahead-of-time compilation for TPU slices (over mcjax.train)
     "mcjax.serve": 9,
     "mcjax.report": 10,
 }
