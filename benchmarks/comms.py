@@ -5,9 +5,13 @@
     python -m benchmarks.comms --render=runs/comms_grid.json       # the table of a saved run
     python -m benchmarks.comms --devices=8 --layouts=2x4 --rows=1e5,1e7 \
         --config.moment.sv_hist_len=10000 --config.model.gsu.approx=simhash
+    python -m benchmarks.comms --tpu=v5p --devices=256 --layouts=256x1 --rows=131072 \
+        --config.mesh.embedding_exchange=all_to_all     # compiled by the TPU compiler
 
 For every device count one subprocess fakes that many host devices
-(``--xla_force_host_platform_device_count``, set before jax is imported). In it, for each
+(``--xla_force_host_platform_device_count``, set before jax is imported), or with ``--tpu``
+takes the devices of a TPU slice of that many chips (``mcjax.aot.topology``) and compiles
+with the TPU compiler (libtpu; no TPU needed). In it, for each
 (data x model) layout of that size and each table size, the train step of the config (the
 sparse step of ``launch.bench``: ``state.setup`` + ``step.make_train_step``) is lowered and
 compiled from abstract shapes only: the state and the batch are ``jax.ShapeDtypeStruct``s
@@ -60,7 +64,7 @@ from mcjax.aot.hlo import op_kinds as _op_kinds
 def _define_flags() -> None:
   """Defines the command-line flags: only when run as a script, so that importing this module
   (the tests import several benchmarks into one process) defines none."""
-  global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER, _RENDER
+  global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER, _RENDER, _TPU
   _CONFIG = config_flags.DEFINE_config_file(
       "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
   _DEVICES = flags.DEFINE_list("devices", ["8", "32", "64", "256"], "Device counts.")
@@ -76,6 +80,9 @@ def _define_flags() -> None:
                                  "and print JSON records.")
   _RENDER = flags.DEFINE_string("render", None, "Print the table of a --json_out file "
                                 "instead of compiling.")
+  _TPU = flags.DEFINE_string("tpu", None, "Compile with the TPU compiler for slices of this "
+                             "chip (v5p, v5e, v4, v6e; libtpu, no TPU needed) instead of "
+                             "XLA:CPU on host devices; --devices then counts chips.")
 
 _GROWTH_TOLERANCE = (0.01, 4096)  # relative, absolute bytes
 
@@ -163,18 +170,29 @@ def _cost(compiled) -> dict:
   return out
 
 
-def worker(num_devices: int, cfg, layouts, rows_list, batch_per_chip: int, fast: bool):
-  """Prints one JSON line per (layout, rows) compiled on ``num_devices`` host devices."""
+def worker(num_devices: int, cfg, layouts, rows_list, batch_per_chip: int, fast: bool,
+           tpu: str | None = None):
+  """Prints one JSON line per (layout, rows) compiled on ``num_devices`` host devices, or
+  with ``tpu`` (a chip: v5p, v5e, ...) on the devices of that chip's slice of as many chips,
+  by the TPU compiler."""
   import jax
-  if len(jax.devices()) != num_devices:
+  devices = None
+  if tpu:
+    from mcjax.aot import topology
+    devices = topology.devices(topology.for_chips(tpu, num_devices))
+    if len(devices) != num_devices:
+      raise SystemExit(f"comms: --tpu={tpu}: {num_devices} chips are {len(devices)} devices")
+  elif len(jax.devices()) != num_devices:
     raise SystemExit(f"comms: expected {num_devices} host devices, got {len(jax.devices())}"
                      " (XLA_FLAGS must be set before jax is imported)")
   for layout in layouts:
     for rows in rows_list:
       c = _configure(cfg, rows)
-      compiled, seconds = compile_step(c, layout, batch_per_chip, fast=fast)
+      compiled, seconds = compile_step(c, layout, batch_per_chip, fast=fast and not tpu,
+                                       devices=devices)
       collectives = parse_collectives(compiled.as_text(), num_devices)
       record = {"devices": num_devices, "layout": f"{layout[0]}x{layout[1]}",
+                "platform": tpu or "cpu",
                 "data": layout[0], "model": layout[1], "rows": rows,
                 "batch_per_chip": batch_per_chip, "global_batch": batch_per_chip * num_devices,
                 "sv_hist_len": int(c.moment.sv_hist_len),
@@ -256,7 +274,7 @@ def main(argv) -> None:
     return
   if _WORKER.value:
     worker(_WORKER.value, cfg, [l for l in layouts if l[0] * l[1] == _WORKER.value], rows,
-           batch, fast=_QUICK.value)
+           batch, fast=_QUICK.value, tpu=_TPU.value)
     return
   passthrough = [a for a in sys.argv[1:] if not a.startswith("--json_out")]
   records = []

@@ -52,6 +52,13 @@ class Topology:
     return f"{self.chip}:{'x'.join(map(str, self.grid))}"
 
   @property
+  def accelerator_type(self) -> str:
+    """The docs' name of one slice, e.g. 'v5p-256', 'v5litepod-16'."""
+    per_chip = CHIPS[self.chip][1]
+    prefix = "v5litepod" if self.chip == "v5e" else self.chip
+    return f"{prefix}-{math.prod(self.grid) * per_chip}"
+
+  @property
   def hbm_bytes(self) -> float:
     """HBM of one chip (bytes, decimal GB as published)."""
     return CHIPS[self.chip][0]
@@ -94,9 +101,30 @@ def parse(name: str, num_slices: int = 1) -> Topology:
   return Topology(chip, grid, num_slices)
 
 
+def for_chips(chip: str, chips: int, num_slices: int = 1) -> Topology:
+  """The documented slice of ``chips`` chips of a generation (e.g. 'v5p', 256)."""
+  chip = _ALIASES.get(chip, chip)
+  if chip not in CHIPS:
+    raise ValueError(f"unknown TPU chip {chip!r} (known: {', '.join(CHIPS)})")
+  return parse(f"{chip}-{chips * CHIPS[chip][1]}", num_slices)
+
+
 def devices(topology: Topology) -> list:
-  """The slice's devices as the TPU compiler sees them (no TPU needed; libtpu installed)."""
+  """The slice's devices as the TPU compiler sees them (no TPU needed; libtpu installed).
+
+  In a process that runs jax on the CPU only (``JAX_PLATFORMS=cpu``, as ``launch.compile``
+  sets), libtpu is told the slice it compiles for instead of asking the TPU VM's metadata
+  server (which a CPU machine does not have: libtpu would log errors, then carry on), and
+  may load libtpu beside other such processes (libtpu's lock file guards a real TPU, which
+  a compile-only process never opens)."""
+  import os
+
   from jax.experimental import topologies
+  if os.environ.get("JAX_PLATFORMS") == "cpu":
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   kwargs = {"num_slices": topology.num_slices} if topology.num_slices > 1 else {}
   return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.name,
                                            **kwargs).devices)
