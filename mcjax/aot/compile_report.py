@@ -24,17 +24,13 @@ def _out_of_memory(e: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
 
 
-def run(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
-        batch_per_chip: int, *, num_slices: int = 1, steps=("train", "eval"),
-        save: str | None = None, out=print) -> dict:
-  """Compiles ``steps`` of cfg for ``topology`` (see module doc); returns the numbers."""
-  unknown = [s for s in steps if s not in ("train", "eval")]
-  if unknown or not steps:
-    raise ValueError(f"--steps={','.join(steps)}: give train and/or eval")
+def build(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
+          batch_per_chip: int, num_slices: int = 1):
+  """(Topology, devices per chip, HBM bytes per device, mesh shape, ``AbstractSteps``) of
+  cfg on a slice: the one place this package builds the steps (``aot_steps``)."""
   t = topo.parse(topology, num_slices)
   devs = topo.devices(t)
   per_chip = topo.devices_per_chip(t, devs)
-  hbm = t.hbm_bytes / per_chip  # per device
   if batch_per_chip % per_chip:
     raise ValueError(f"--batch_per_chip={batch_per_chip}: must split over the {per_chip} "
                      "devices of a chip")
@@ -44,6 +40,25 @@ def run(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
     raise ValueError(f"--layout={layout[0]}x{layout[1]}: {e}") from None
   mesh = mesh_lib.make_mesh(mesh_shape, devs)
   built = aot_steps.abstract_steps(cfg, mesh, batch_per_chip // per_chip)
+  return t, per_chip, t.hbm_bytes / per_chip, mesh_shape, built
+
+
+def argument_bytes(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
+                   batch_per_chip: int) -> int:
+  """Per-device bytes of the train step's arguments (state and batch), without compiling."""
+  built = build(cfg, topology, layout, batch_per_chip)[-1]
+  return report.argument_bytes(built.state, built.batch)
+
+
+def run(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
+        batch_per_chip: int, *, num_slices: int = 1, steps=("train", "eval"),
+        save: str | None = None, out=print) -> dict:
+  """Compiles ``steps`` of cfg for ``topology`` (see module doc); returns the numbers."""
+  unknown = [s for s in steps if s not in ("train", "eval")]
+  if unknown or not steps:
+    raise ValueError(f"--steps={','.join(steps)}: give train and/or eval")
+  t, per_chip, hbm, mesh_shape, built = build(cfg, topology, layout, batch_per_chip,
+                                              num_slices)
   out(f"{cfg.get('name', 'config')} on {t.describe()}, mesh {mesh_shape[0]} data x "
       f"{mesh_shape[1]} model, {batch_per_chip} examples per chip "
       f"(global batch {batch_per_chip * t.chips})")
@@ -52,7 +67,8 @@ def run(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
   if args > hbm:
     raise DoesNotFit(report.too_big_line("train", args, hbm, largest) + " (arguments alone)")
   result = {"topology": t.name, "num_slices": num_slices, "chips": t.chips,
-            "devices": len(devs), "hbm_per_device": hbm, "layout": list(mesh_shape),
+            "devices": mesh_shape[0] * mesh_shape[1], "hbm_per_device": hbm,
+            "layout": list(mesh_shape),
             "batch_per_chip": batch_per_chip, "steps": {}}
   compiled = {}
   for name in steps:
@@ -62,7 +78,7 @@ def run(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
       if not _out_of_memory(e):
         raise
       raise DoesNotFit(report.too_big_line(name, None, hbm, largest)) from None
-    collectives = hlo.parse_collectives(c.as_text(), len(devs))
+    collectives = hlo.parse_collectives(c.as_text(), result["devices"])
     compiled[name] = c
     result["steps"][name] = {"memory": report.memory(c), "flops": report.flops(c),
                              "compile_s": seconds, "collectives": collectives,
