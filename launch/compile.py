@@ -17,7 +17,8 @@ chip's HBM (checked on the arguments before compiling, then on the compiled prog
 job on that slice to load instead of compiling (``mcjax.aot.executable.load``).
 
 Topology names: ``v5p-N`` and ``v4-N`` count TensorCores (2 per chip), ``v5e-N`` /
-``v6e-N`` count chips, as the Cloud TPU docs name slices; ``v5p:8x8x4`` gives the chip grid.
+``v6e-N`` count chips, as the Cloud TPU docs name slices; ``v5p:8x8x4`` gives the chip grid;
+``local`` compiles for this machine's own accelerators (a GPU: ``benchmarks/gpu.sh``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import json
 import os
 import sys
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # trace on the host; TPU code from libtpu
+if "--topology=local" not in sys.argv:
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # trace on the host; TPU code from libtpu
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

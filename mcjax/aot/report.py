@@ -109,6 +109,6 @@ def too_big_line(step: str, total: float | None, hbm: float,
   bufs = ", ".join(f"{path} {gb(b)}" for path, b in largest)
   temps = f", temporaries {gb(temp)}" if temp is not None else ""
   needs = (f"needs {gb(total)} per chip, over" if total is not None
-           else "ran the TPU compiler out of")
+           else "ran the compiler out of")
   return (f"compile: the {step} step {needs} the chip's {gb(hbm)} HBM; largest buffers "
           f"per chip: {bufs}{temps}")

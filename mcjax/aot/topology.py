@@ -69,7 +69,39 @@ class Topology:
             "per chip)")
 
 
-def parse(name: str, num_slices: int = 1) -> Topology:
+@dataclasses.dataclass(frozen=True)
+class Local:
+  """This machine's own accelerators (``--topology=local``: e.g. the GPU ``benchmarks/gpu.sh``
+  runs on), with the HBM the runtime reports."""
+  num_slices: int = 1
+
+  @property
+  def chips(self) -> int:
+    import jax
+    return len(jax.devices())
+
+  @property
+  def name(self) -> str:
+    import jax
+    return f"local {jax.devices()[0].device_kind}"
+
+  accelerator_type = name
+
+  @property
+  def hbm_bytes(self) -> float:
+    """The first device's memory limit (``memory_stats``); ValueError where it has none."""
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+      raise ValueError(f"--topology=local: {jax.devices()[0].platform} devices report no "
+                       "memory limit")
+    return float(stats["bytes_limit"])
+
+  def describe(self) -> str:
+    return f"{self.name} ({self.chips} devices, {self.hbm_bytes / 1e9:.0f} GB each)"
+
+
+def parse(name: str, num_slices: int = 1):
   """'v5p-256' / 'v5p:8x8x4' (see the module doc) -> Topology; ValueError naming --topology
   for anything else."""
   def fail(why: str):
@@ -78,6 +110,10 @@ def parse(name: str, num_slices: int = 1) -> Topology:
   if num_slices < 1:
     raise ValueError(f"--num_slices={num_slices}: must be >= 1")
   text = name.strip().lower()
+  if text == "local":
+    if num_slices != 1:
+      raise ValueError("--num_slices: only 1 with --topology=local")
+    return Local()
   m = re.fullmatch(r"([a-z0-9]+?)(?::([\dx]+)|-(\d+))", text)
   if not m:
     fail("not a TPU slice name")
@@ -109,7 +145,7 @@ def for_chips(chip: str, chips: int, num_slices: int = 1) -> Topology:
   return parse(f"{chip}-{chips * CHIPS[chip][1]}", num_slices)
 
 
-def devices(topology: Topology) -> list:
+def devices(topology) -> list:
   """The slice's devices as the TPU compiler sees them (no TPU needed; libtpu installed).
 
   In a process that runs jax on the CPU only (``JAX_PLATFORMS=cpu``, as ``launch.compile``
@@ -119,7 +155,10 @@ def devices(topology: Topology) -> list:
   a compile-only process never opens)."""
   import os
 
+  import jax
   from jax.experimental import topologies
+  if isinstance(topology, Local):
+    return list(jax.devices())
   if os.environ.get("JAX_PLATFORMS") == "cpu":
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
@@ -130,6 +169,6 @@ def devices(topology: Topology) -> list:
                                            **kwargs).devices)
 
 
-def devices_per_chip(topology: Topology, devs: list) -> int:
+def devices_per_chip(topology, devs: list) -> int:
   """Devices libtpu gives per chip (1 on v5p / v5e / v6e; 2 for v4's two cores)."""
   return max(1, len(devs) // topology.chips)
