@@ -57,7 +57,7 @@ from ml_collections import config_flags
 
 from mcjax import configs
 # (re-exported: the tests and benchmarks.projection read them here)
-from mcjax.aot.hlo import KINDS, group_size, parse_collectives, summarize  # noqa: F401
+from mcjax.aot.hlo import KINDS, parse_collectives, summarize  # noqa: F401
 from mcjax.aot.hlo import op_kinds as _op_kinds
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from mcjax.aot import executable, hlo, report, steps as aot_steps, topology as topo
+from mcjax.aot import executable, hlo, report
+from mcjax.aot import steps as aot_steps
+from mcjax.aot import topology as topo
 from mcjax.train import mesh as mesh_lib
 
 

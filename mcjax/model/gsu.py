@@ -257,11 +257,11 @@ def owner_scores(kind: str, triples):
     kind: "f32", "bf16" or "simhash" (see the section comment).
     triples: (table [rows, dim], ids [B, L] int32 row indices, u [B, dim]) per table.
 
-  Returns [B, L] float32 / bfloat16 / int8 (the dtype that crosses chips). Under a mesh (``batch_mesh``) each
-  table is read on the shards that own its rows: a shard scores the positions whose row it
-  holds (0 elsewhere), and one all-reduce of [B/data, L] sums them over the tables' row axes;
-  no row leaves its shard. On one device it is the plain computation. Not differentiable:
-  call it on ``jax.lax.stop_gradient`` inputs.
+  Returns [B, L] float32 / bfloat16 / int8 (the dtype that crosses chips). Under a mesh
+  (``batch_mesh``) each table is read on the "model" shards that own its rows (``_row_axis``):
+  a shard scores the positions whose row it holds (0 elsewhere), and one all-reduce of
+  [B/data, L] sums them over "model"; no row leaves its shard. Without a mesh it is the plain
+  computation. Not differentiable: call it on ``jax.lax.stop_gradient`` inputs.
   """
   if kind not in APPROX[1:]:
     raise ValueError(f"owner_scores: kind must be one of {APPROX[1:]}, got {kind!r}")
