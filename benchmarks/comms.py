@@ -5,9 +5,13 @@
     python -m benchmarks.comms --render=runs/comms_grid.json       # the table of a saved run
     python -m benchmarks.comms --devices=8 --layouts=2x4 --rows=1e5,1e7 \
         --config.moment.sv_hist_len=10000 --config.model.gsu.approx=simhash
+    python -m benchmarks.comms --tpu=v5p --devices=256 --layouts=256x1 --rows=131072 \
+        --config.mesh.embedding_exchange=all_to_all     # compiled by the TPU compiler
 
 For every device count one subprocess fakes that many host devices
-(``--xla_force_host_platform_device_count``, set before jax is imported). In it, for each
+(``--xla_force_host_platform_device_count``, set before jax is imported), or with ``--tpu``
+takes the devices of a TPU slice of that many chips (``mcjax.aot.topology``) and compiles
+with the TPU compiler (libtpu; no TPU needed). In it, for each
 (data x model) layout of that size and each table size, the train step of the config (the
 sparse step of ``launch.bench``: ``mcjax.runtime.build(cfg, mesh, init=False)``) is lowered and
 compiled from abstract shapes only: the state and the batch are ``jax.ShapeDtypeStruct``s
@@ -52,12 +56,15 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mcjax import configs
+# (re-exported: the tests and benchmarks.projection read them here)
+from mcjax.aot.hlo import KINDS, parse_collectives, summarize  # noqa: F401
+from mcjax.aot.hlo import op_kinds as _op_kinds
 
 
 def _define_flags() -> None:
   """Defines the command-line flags: only when run as a script, so that importing this module
   (the tests import several benchmarks into one process) defines none."""
-  global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER, _RENDER
+  global _CONFIG, _DEVICES, _LAYOUTS, _ROWS, _BATCH, _QUICK, _JSON_OUT, _WORKER, _RENDER, _TPU
   _CONFIG = config_flags.DEFINE_config_file(
       "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
   _DEVICES = flags.DEFINE_list("devices", ["8", "32", "64", "256"], "Device counts.")
@@ -73,90 +80,11 @@ def _define_flags() -> None:
                                  "and print JSON records.")
   _RENDER = flags.DEFINE_string("render", None, "Print the table of a --json_out file "
                                 "instead of compiling.")
+  _TPU = flags.DEFINE_string("tpu", None, "Compile with the TPU compiler for slices of this "
+                             "chip (v5p, v5e, v4, v6e; libtpu, no TPU needed) instead of "
+                             "XLA:CPU on host devices; --devices then counts chips.")
 
-KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-                "c128": 16}
-_OP = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(KINDS) + r")(-start)?\((.*)$")
-_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 _GROWTH_TOLERANCE = (0.01, 4096)  # relative, absolute bytes
-
-
-def _arrays(type_str: str) -> list[tuple[str, int]]:
-  """(type, bytes) of the arrays in an HLO type string (an array or a tuple)."""
-  out = []
-  for dtype, dims in _ARRAY.findall(type_str):
-    n = 1
-    for d in filter(None, dims.split(",")):
-      n *= int(d)
-    out.append((f"{dtype}[{dims}]", n * _DTYPE_BYTES[dtype]))
-  return out
-
-
-def group_size(attrs: str, num_devices: int) -> int:
-  """Devices per replica group of a collective's attribute text (every HLO spelling: explicit
-  groups, iota ``[G,N]<=[...]``, or ``mesh[...] {axes}``); all devices when unspecified."""
-  m = re.search(r"replica_groups=\{\{([^}]*)\}", attrs)
-  if m:
-    return len(m.group(1).split(","))
-  m = re.search(r"replica_groups=\[([\d,]+)\]<=", attrs)
-  if m:
-    return int(m.group(1).split(",")[-1])
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", attrs)
-  if m:
-    sizes = dict((k.strip("'"), int(v)) for k, v in
-                 (kv.split("=") for kv in m.group(1).split(",")))
-    n = 1
-    for axis in m.group(2).split(","):
-      n *= sizes[axis.strip().strip("'")]
-    return n
-  return num_devices
-
-
-def parse_collectives(hlo: str, num_devices: int) -> list[dict]:
-  """Every collective of a compiled (per-device) HLO text: kind, payload and wire bytes per
-  device, group size, result type and the jax op (metadata op_name) it came from."""
-  out = []
-  for line in hlo.splitlines():
-    m = _OP.match(line)
-    if not m:
-      continue
-    type_str, kind, start, rest = m.groups()
-    arrays = _arrays(type_str)
-    if start and kind in ("all-gather", "collective-permute"):  # (operand, result, ...)
-      arrays = [max(arrays, key=lambda a: a[1])] if kind == "all-gather" else arrays[:1]
-    payload = sum(b for _, b in arrays)
-    op = re.search(r'op_name="([^"]*)"', rest)
-    rec = {"kind": kind, "type": type_str[:160], "payload_bytes": payload,
-           "op": op.group(1) if op else "", "arrays": len(arrays),
-           "biggest_arrays": [t for t, _ in sorted(arrays, key=lambda a: -a[1])[:3]]}
-    if kind == "collective-permute":
-      pairs = re.findall(r"\{(\d+),(\d+)\}", rest.split("source_target_pairs=")[-1]
-                         .split("}}")[0] + "}")
-      moves = any(a != b for a, b in pairs)
-      rec.update(group=2, wire_bytes=payload if moves else 0)
-    else:
-      n = group_size(rest, num_devices)
-      factor = 2 * (n - 1) / n if kind == "all-reduce" else (n - 1) / n
-      rec.update(group=n, wire_bytes=int(factor * payload))
-    out.append(rec)
-  return out
-
-
-def summarize(collectives: list[dict]) -> dict:
-  """Per-kind payload / wire bytes and counts, totals, and the largest collective."""
-  by_kind = {k: {"count": 0, "payload_bytes": 0, "wire_bytes": 0} for k in KINDS}
-  for c in collectives:
-    s = by_kind[c["kind"]]
-    s["count"] += 1
-    s["payload_bytes"] += c["payload_bytes"]
-    s["wire_bytes"] += c["wire_bytes"]
-  largest = max(collectives, key=lambda c: c["payload_bytes"], default=None)
-  return {"by_kind": by_kind,
-          "payload_bytes": sum(s["payload_bytes"] for s in by_kind.values()),
-          "wire_bytes": sum(s["wire_bytes"] for s in by_kind.values()),
-          "largest": largest}
 
 
 def growth_failures(records: list[dict]) -> list[str]:
@@ -202,29 +130,24 @@ def _configure(cfg, rows: int):
   return cfg
 
 
-def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool = False):
-  """(compiled train step, seconds) of cfg on the first data x model devices, abstract."""
+def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool = False,
+                 devices=None):
+  """(compiled train step, seconds) of cfg on the first data x model devices (host devices,
+  or ``devices``, e.g. a TPU topology's), from abstract shapes (``mcjax.aot.steps``)."""
   import jax
 
-  from benchmarks import step_bench
-  from mcjax import runtime
+  from mcjax.aot import steps as aot_steps
   from mcjax.runtime import mesh as mesh_lib
   from mcjax.runtime import state as state_lib
 
   start = time.perf_counter()
   n = layout[0] * layout[1]
-  mesh = mesh_lib.make_mesh(layout, jax.devices()[:n])
-  rt = runtime.build(cfg, mesh, init=False, check_replicated=False)  # abstract: nothing held
-  state, train_step = rt.state, rt.train_step
-  # field shapes and dtypes of one example as the step takes them, batch axis widened
-  one = step_bench.synthetic_batch(1, int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len))
-  sharding = mesh_lib.batch_sharding(mesh)
-  batch = {k: jax.ShapeDtypeStruct((batch_per_chip * n,) + v.shape[1:], v.dtype,
-                                   sharding=sharding) for k, v in one.items()}
+  mesh = mesh_lib.make_mesh(layout, list(devices or jax.devices())[:n])
+  steps = aot_steps.abstract_steps(cfg, mesh, batch_per_chip)
   # fast: cheaper CPU code generation; the partitioned HLO and its collectives are the same
   options = ({**state_lib.INIT_COMPILER_OPTIONS.get("cpu", {}),
               "xla_cpu_use_fusion_emitters": False} if fast else None)
-  compiled = train_step.lower(state, batch).compile(compiler_options=options)
+  compiled = steps.train_step.lower(steps.state, steps.batch).compile(compiler_options=options)
   return compiled, time.perf_counter() - start
 
 
@@ -247,18 +170,29 @@ def _cost(compiled) -> dict:
   return out
 
 
-def worker(num_devices: int, cfg, layouts, rows_list, batch_per_chip: int, fast: bool):
-  """Prints one JSON line per (layout, rows) compiled on ``num_devices`` host devices."""
+def worker(num_devices: int, cfg, layouts, rows_list, batch_per_chip: int, fast: bool,
+           tpu: str | None = None):
+  """Prints one JSON line per (layout, rows) compiled on ``num_devices`` host devices, or
+  with ``tpu`` (a chip: v5p, v5e, ...) on the devices of that chip's slice of as many chips,
+  by the TPU compiler."""
   import jax
-  if len(jax.devices()) != num_devices:
+  devices = None
+  if tpu:
+    from mcjax.aot import topology
+    devices = topology.devices(topology.for_chips(tpu, num_devices))
+    if len(devices) != num_devices:
+      raise SystemExit(f"comms: --tpu={tpu}: {num_devices} chips are {len(devices)} devices")
+  elif len(jax.devices()) != num_devices:
     raise SystemExit(f"comms: expected {num_devices} host devices, got {len(jax.devices())}"
                      " (XLA_FLAGS must be set before jax is imported)")
   for layout in layouts:
     for rows in rows_list:
       c = _configure(cfg, rows)
-      compiled, seconds = compile_step(c, layout, batch_per_chip, fast=fast)
+      compiled, seconds = compile_step(c, layout, batch_per_chip, fast=fast and not tpu,
+                                       devices=devices)
       collectives = parse_collectives(compiled.as_text(), num_devices)
       record = {"devices": num_devices, "layout": f"{layout[0]}x{layout[1]}",
+                "platform": tpu or "cpu",
                 "data": layout[0], "model": layout[1], "rows": rows,
                 "batch_per_chip": batch_per_chip, "global_batch": batch_per_chip * num_devices,
                 "sv_hist_len": int(c.moment.sv_hist_len),
@@ -283,18 +217,6 @@ def _layouts(values) -> list[tuple[int, int]]:
 
 def _mb(x: float) -> str:
   return f"{x / 1e6:,.2f}"
-
-
-def _op_kinds(op_name: str) -> str:
-  """The distinct jax primitives named in a collective's op_name metadata (a combined
-  collective joins its parts' names with ':'), e.g. 'scatter-add, dot_general'."""
-  kinds = []
-  for part in re.split(r"[:()]", op_name):
-    leaf = part.rsplit("/", 1)[-1].strip()
-    if (re.fullmatch(r"[a-z][a-z_-]*", leaf) and leaf not in kinds and leaf != "train_step"
-        and not leaf.startswith(("jit", "jvp", "transpose", "cond", "branch"))):
-      kinds.append(leaf)
-  return ", ".join(kinds[:4]) + (", ..." if len(kinds) > 4 else "")
 
 
 def _short_type(c: dict) -> str:
@@ -352,7 +274,7 @@ def main(argv) -> None:
     return
   if _WORKER.value:
     worker(_WORKER.value, cfg, [l for l in layouts if l[0] * l[1] == _WORKER.value], rows,
-           batch, fast=_QUICK.value)
+           batch, fast=_QUICK.value, tpu=_TPU.value)
     return
   passthrough = [a for a in sys.argv[1:] if not a.startswith("--json_out")]
   records = []

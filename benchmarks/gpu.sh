@@ -10,7 +10,10 @@
 # The step mode runs on synthetic batches of the real sample schema: no grain, tfds or
 # array_record. Writes OUT_DIR/<config>_b<batch>.json (examples/s/chip, ms/step, MFU vs the
 # published dense peak of the precision the float32 step runs in: TF32 on NVIDIA, see
-# step_bench.STEP_PRECISION; embedding traffic) and prints one table per run.
+# step_bench.STEP_PRECISION; embedding traffic) and prints one table per run. Then the per-chip
+# memory of the compiled train and evaluation steps on this GPU (XLA's memory analysis:
+# arguments, outputs, donated, temporaries, total against the GPU's memory limit; launch.compile
+# --topology=local) for the same configs, into OUT_DIR/memory_<config>_b<batch>.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -46,4 +49,15 @@ run full mcjax/configs/full.py 8192
 run full_hist1000 mcjax/configs/full.py 1024 --config.moment.sv_hist_len=1000
 run dlrm mcjax/configs/dlrm.py 8192
 run dlrm mcjax/configs/dlrm.py 65536
+memory() {  # memory NAME CONFIG BATCH [flags...]: per-chip HBM of the compiled steps
+  local name=$1 config=$2 batch=$3; shift 3
+  echo "== memory $name: $config batch $batch $*"
+  "$PY" -m launch.compile --topology=local --layout=-1x1 --config="$config" \
+    --batch_per_chip="$batch" "$@" 2>&1 | tee "$OUT_DIR/memory_${name}_b${batch}.txt" | sed -n 1,7p \
+    || echo "gpu.sh: $name does not fit this GPU (the line above names its largest buffers)"
+}
+memory full mcjax/configs/full.py 1024
+memory full mcjax/configs/full.py 8192
+memory full_hist1000 mcjax/configs/full.py 1024 --config.moment.sv_hist_len=1000
+memory dlrm mcjax/configs/dlrm.py 65536
 echo "gpu.sh: results in $OUT_DIR"

@@ -29,7 +29,11 @@ accelerator was used. Peaks (per chip): NVIDIA H200 SXM (nvidia.com/en-us/data-c
 NVLink 900 GB/s bidirectional (450 GB/s each way) inside an 8-GPU NVLink domain; Google TPU
 v5p (cloud.google.com/tpu/docs/v5p): 459 TFLOP/s bf16, 2,765 GB/s HBM, 95 GB, inter-chip
 interconnect 4,800 Gbps per chip (600 GB/s; taken here as both directions together, 300
-GB/s each way, like NVLink's figure).
+GB/s each way, like NVLink's figure); TPU v5e (cloud.google.com/tpu/docs/v5e): 197 TFLOP/s
+bf16, 819 GB/s HBM, 16 GB, 1,600 Gbps ICI per chip (100 GB/s each way).
+
+Programs compiled by the TPU compiler (``benchmarks.comms --tpu=v5p``) are projected onto
+their own chip only; XLA:CPU-compiled ones onto H200 and TPU v5p (``CPU_PROJECTED``).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ def _define_flags() -> None:
   """Defines the command-line flags: only when run as a script, so that importing this module
   (the tests import several benchmarks into one process) defines none."""
   global _COMMS_JSON, _JSON_OUT
-  _COMMS_JSON = flags.DEFINE_string("comms_json", "runs/comms_grid.json",
-                                    "The JSON written by benchmarks.comms --json_out.")
+  _COMMS_JSON = flags.DEFINE_list("comms_json", ["runs/comms_grid.json"],
+                                  "The JSON(s) written by benchmarks.comms --json_out (one "
+                                  "variant: their records are projected together).")
   _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the projection here (JSON).")
 
 CHIPS = {
@@ -54,7 +59,25 @@ CHIPS = {
     "TPU v5p": {"flops": 459e12, "flops_note": "bf16 459 TFLOP/s (one pass)",
                 "bf16_flops": 459e12, "hbm_bytes_per_s": 2765e9, "hbm_bytes": 95e9,
                 "link_bytes_per_s": 300e9, "link_note": "ICI 4,800 Gbps per chip"},
+    "TPU v5e": {"flops": 197e12, "flops_note": "bf16 197 TFLOP/s (one pass)",
+                "bf16_flops": 197e12, "hbm_bytes_per_s": 819e9, "hbm_bytes": 16e9,
+                "link_bytes_per_s": 100e9, "link_note": "ICI 1,600 Gbps per chip"},
 }
+# The chips a record is projected onto: a TPU-compiled record (benchmarks.comms --tpu) onto
+# its own chip only; an XLA:CPU-compiled one onto these.
+CPU_PROJECTED = ("H200", "TPU v5p")
+_TPU_CHIP = {"v5p": "TPU v5p", "v5e": "TPU v5e"}
+
+
+def chips_of(record: dict) -> tuple[str, ...]:
+  """The CHIPS a record is projected onto (see CPU_PROJECTED)."""
+  platform = record.get("platform", "cpu")
+  if platform == "cpu":
+    return CPU_PROJECTED
+  if platform not in _TPU_CHIP:
+    raise ValueError(f"projection: no peaks for TPU chip {platform!r} (known: "
+                     f"{', '.join(_TPU_CHIP)})")
+  return (_TPU_CHIP[platform],)
 
 
 def bounds(record: dict, chip: dict, hbm_bytes_accessed: float) -> dict:
@@ -74,11 +97,12 @@ def project(records: list[dict]) -> list[dict]:
   """One row per (chip, record) with the bounds and the weak-scaling efficiency."""
   smallest_bytes = {}
   for r in sorted(records, key=lambda r: r["rows"]):
-    smallest_bytes.setdefault(r["layout"], (r["rows"], r["cost"]["bytes_accessed"]))
+    smallest_bytes.setdefault((r.get("platform"), r["layout"]),
+                              (r["rows"], r["cost"]["bytes_accessed"]))
   rows = []
   for name, chip in CHIPS.items():
-    for r in records:
-      base_rows, hbm = smallest_bytes[r["layout"]]
+    for r in (r for r in records if name in chips_of(r)):
+      base_rows, hbm = smallest_bytes[(r.get("platform"), r["layout"])]
       rows.append({"chip": name, "layout": r["layout"], "devices": r["devices"],
                    "data": r["data"], "model": r["model"], "rows": r["rows"],
                    "batch_per_chip": r["batch_per_chip"], "hbm_bytes_from_rows": base_rows,
@@ -139,10 +163,14 @@ def capacity_markdown(records: list[dict]) -> str:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  with open(_COMMS_JSON.value) as f:
-    data = json.load(f)
+  data = {"records": [], "commands": []}
+  for path in _COMMS_JSON.value:
+    with open(path) as f:
+      got = json.load(f)
+    data["records"] += got["records"]
+    data["commands"].append(got.get("command", path))
   rows = project(data["records"])
-  print(f"from: {data.get('command', _COMMS_JSON.value)}\n")
+  print("from: " + "\n      ".join(data["commands"]) + "\n")
   smallest = min(r["rows"] for r in rows)
   print(f"table rows {smallest:.0e} (the terms do not depend on the table size: see the "
         "module doc):\n")
@@ -150,7 +178,7 @@ def main(argv) -> None:
   print("\ndevice memory (args + temp) by table size:\n")
   print(capacity_markdown(data["records"]))
   print()
-  for chip in CHIPS:
+  for chip in dict.fromkeys(r["chip"] for r in rows):
     eff = [r["weak_scaling_efficiency"] for r in rows if r["chip"] == chip]
     print(f"{chip}: weak-scaling efficiency median {statistics.median(eff):.0%}, "
           f"min {min(eff):.0%}")

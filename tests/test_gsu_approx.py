@@ -82,8 +82,9 @@ def test_preselect_keeps_recent_and_valid_prefix():
 
 
 def test_owner_scores_on_a_mesh_send_scores_not_rows():
-  """2 x 4 mesh, tables row-sharded on "model": the same scores as one device, and the
-  only collective over "model" is one all-reduce of [B/data, L] (no [.., L, dim] rows)."""
+  from mcjax.runtime import step as step_lib
+  """2 x 4 mesh, tables row-sharded on "model" (traced under the mesh, as the train step
+  is): the same scores as one device, and the only collective over "model" is one all-reduce of [B/data, L] (no [.., L, dim] rows)."""
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
   triples = gsu_recall.planted(batch=8, length=300, rows=4000)
   table_specs = (P("model", None), P())  # item rows sharded, author table whole
@@ -92,8 +93,8 @@ def test_owner_scores_on_a_mesh_send_scores_not_rows():
               jax.device_put(u, NamedSharding(mesh, P("data", None))))
              for (t, i, u), spec in zip(triples, table_specs)]
   for kind in ("f32", "simhash"):
-    fn = jax.jit(lambda t, kind=kind: gsu.owner_scores(kind, t))
-    one = fn(triples)
+    one = jax.jit(lambda t, kind=kind: gsu.owner_scores(kind, t))(triples)
+    fn = jax.jit(step_lib.under_mesh(lambda t, kind=kind: gsu.owner_scores(kind, t), mesh))
     sharded = fn(on_mesh)
     np.testing.assert_allclose(np.asarray(sharded, np.float32), np.asarray(one, np.float32),
                                rtol=1e-5, atol=1e-5)
@@ -142,3 +143,16 @@ def test_config_validation_of_the_two_stage_keys():
   with pytest.raises(ValueError, match="model.gsu.candidates"):
     model_config.validate(tiny(**{"gsu.approx": "simhash", "gsu.candidates": 2}))
   model_config.validate(tiny(**{"gsu.candidates": 2}))  # ignored while approx is off
+
+
+def test_top_k_under_a_mesh_stays_on_each_batch_shard():
+  """Traced under a 2 x 4 mesh, ``top_k_indices`` of a batch-sharded array equals the plain
+  top-k and its compiled program gathers nothing (each shard sorts its own rows)."""
+  from mcjax.runtime import step as step_lib
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  x = jax.random.normal(jax.random.key(0), (8, 300))
+  fn = jax.jit(step_lib.under_mesh(lambda v: gsu.top_k_indices(v, 7), mesh))
+  sharded = jax.device_put(x, NamedSharding(mesh, P("data", None)))
+  np.testing.assert_array_equal(fn(sharded), jax.lax.top_k(x, 7)[1])
+  hlo = fn.lower(sharded).compile().as_text()
+  assert not re.findall(r"all-gather|all-reduce|all-to-all", hlo)

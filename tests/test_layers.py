@@ -31,6 +31,7 @@ RANKS = {
     "mcjax.runtime": 7,      # mesh, partition rules, state, checkpoints, the steps: build()
     "mcjax.train": 8,        # the training loop, time plans, run folder, evaluation
     "mcjax.serve": 8,        # scoring a trained run (restores through the runtime)
+    "mcjax.aot": 8,          # ahead-of-time compilation for TPU slices (over the runtime)
     "mcjax.report": 9,
 }
 

@@ -25,8 +25,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcjax.model import config as model_config
@@ -61,30 +59,33 @@ def select(scores, length, k: int):
   return idx, jnp.isfinite(top), top
 
 
-@functools.lru_cache(maxsize=None)
-def _top_k_fn(k: int):
-  """``jax.lax.top_k`` indices, partitioned along the batch axis (see ``top_k_indices``)."""
-  fn = custom_partitioning(lambda x: jax.lax.top_k(x, k)[1].astype(jnp.int32))
+def batch_mesh(batch: int):
+  """The mesh to split a batch of ``batch`` rows over its "data" axis: the abstract mesh the
+  caller traces under (``jax.sharding.use_abstract_mesh``, as ``mcjax.runtime.step`` does),
+  or None when there is none, it has no "data" axis, or "data" does not divide the batch."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "data" not in mesh.axis_names or batch % mesh.shape["data"]:
+    return None
+  return mesh
 
-  def sharding(mesh, arg_shapes):
-    return NamedSharding(mesh, P(_axis_entry(arg_shapes[0].sharding.spec, 0), None))
 
-  def partition(mesh, arg_shapes, result_shape):
-    del result_shape
-    s = sharding(mesh, arg_shapes)
-    return mesh, lambda x: jax.lax.top_k(x, k)[1].astype(jnp.int32), s, (s,)
-
-  fn.def_partition(partition, infer_sharding_from_operands=lambda mesh, args, _: sharding(
-      mesh, args), sharding_rule="b l -> b k", need_replication_factors=("l", "k"))
-  return fn
+def _top_k(x, k: int):
+  return jax.lax.top_k(x, k)[1].astype(jnp.int32)
 
 
 def top_k_indices(x, k: int):
   """int32 [B, k] positions of the k largest values of each row of x [B, L] (ties: the lower
   position first), no gradient. ``jax.lax.top_k`` on a batch-sharded array is all-gathered
   by the partitioner (every device sorts the global batch: 2 x 328 MB per device per step at
-  2 x 4 devices, batch 8192, 10,000 positions); this one keeps each shard's rows local."""
-  return _top_k_fn(int(k))(jax.lax.stop_gradient(x))
+  2 x 4 devices, batch 8192, 10,000 positions); under a mesh (``batch_mesh``) a
+  ``shard_map`` over "data" keeps each shard's rows local (both the CPU and the TPU compiler
+  accept it)."""
+  x = jax.lax.stop_gradient(x)
+  mesh = batch_mesh(x.shape[0])
+  if mesh is None:
+    return _top_k(x, int(k))
+  return jax.shard_map(functools.partial(_top_k, k=int(k)), mesh=mesh,
+                       in_specs=P("data", None), out_specs=P("data", None))(x)
 
 
 def take(x, idx):
@@ -160,8 +161,7 @@ def simhash_planes(dim: int) -> np.ndarray:
 
 
 def _pack_weights():
-  """[SIMHASH_BITS, 2] float32: bit j weighs 2^(j mod 16) in 16-bit half j // 16 (built
-  from iotas, not a constant: custom_partitioning bodies take no captured constants)."""
+  """[SIMHASH_BITS, 2] float32: bit j weighs 2^(j mod 16) in 16-bit half j // 16."""
   j = jnp.arange(SIMHASH_BITS, dtype=jnp.uint32)[:, None]
   half = jnp.arange(2, dtype=jnp.uint32)[None, :]
   weight = jnp.left_shift(jnp.uint32(1), j % 16).astype(jnp.float32)
@@ -210,80 +210,44 @@ def _sum_scores(kind: str, parts):
   return total.astype(_wire_dtype(kind))
 
 
-def _axis_entry(spec, dim: int):
-  """The mesh axis (a name, a tuple of names, or None) of dimension ``dim`` of a spec."""
-  spec = tuple(spec) + (None,) * (dim + 1 - len(tuple(spec)))
-  return spec[dim]
+def _row_axis(mesh, rows: int):
+  """The mesh axis a table of ``rows`` rows is read on in ``owner_scores``: "model" when the
+  mesh splits it and it divides the rows (where the table is held whole, each shard takes
+  its slice locally: no communication), else None (the whole table on every shard)."""
+  if "model" in mesh.axis_names and mesh.shape["model"] > 1 and rows % mesh.shape["model"] == 0:
+    return "model"
+  return None
 
 
-def _axis_names(entry) -> set:
-  if entry is None:
-    return set()
-  return set(entry) if isinstance(entry, tuple) else {entry}
+def _sharded_scores(kind: str, triples, planes, mesh):
+  """``owner_scores`` under a mesh: a ``shard_map`` over the batch ("data") and the tables'
+  row axes; each shard scores the positions whose row it holds, one psum over "model"."""
+  row_axes = [_row_axis(mesh, t[0].shape[0]) for t in triples]
 
+  def local(*args):
+    whole, split = [], []
+    for i, rows in enumerate(row_axes):
+      table, ids, u = args[3 * i:3 * i + 3]
+      if rows is None:
+        whole.append(_partial_scores(kind, table, ids, u, args[-1]))
+        continue
+      offset = ids - jax.lax.axis_index(rows) * table.shape[0]
+      inside = (offset >= 0) & (offset < table.shape[0])
+      part = _partial_scores(kind, table, offset, u, args[-1])
+      split.append(jnp.where(inside, part, jnp.zeros((), part.dtype)))
+    # a row lives on one "model" shard: the sum over "model" restores its part (the parts
+    # of tables held whole are added once, outside the reduction)
+    totals = [_sum_scores(kind, whole)] if whole else []
+    if split:
+      totals = [*totals, jax.lax.psum(_sum_scores(kind, split), "model")]
+    return _sum_scores(kind, totals)
 
-@functools.lru_cache(maxsize=None)
-def _owner_scores_fn(n_tables: int, kind: str):
-  """The custom-partitioned pre-score of ``n_tables`` (table, ids, u) triples (see
-  ``owner_scores``), built once per arity and kind."""
-
-  def reference(*args):  # (table, ids, u) per table, then the simhash planes
-    triples = [args[3 * i:3 * i + 3] for i in range(n_tables)]
-    return _sum_scores(kind, [_partial_scores(kind, *t, args[-1]) for t in triples])
-
-  fn = custom_partitioning(reference)
-
-  def shardings(mesh, arg_shapes):
-    """(batch axis, per-table row axes, argument shardings, result sharding)."""
-    batch_axis = _axis_entry(arg_shapes[1].sharding.spec, 0)
-    row_axes = []
-    for i in range(n_tables):
-      rows = _axis_entry(arg_shapes[3 * i].sharding.spec, 0)
-      if _axis_names(rows) & _axis_names(batch_axis):  # cannot split both ways: gather rows
-        rows = None
-      row_axes.append(rows)
-    named = lambda *spec: NamedSharding(mesh, P(*spec))  # noqa: E731
-    args = []
-    for rows in row_axes:
-      args += [named(rows, None), named(batch_axis, None), named(batch_axis, None)]
-    args.append(named())  # planes: replicated
-    return batch_axis, row_axes, tuple(args), named(batch_axis, None)
-
-  def infer(mesh, arg_shapes, result_shape):
-    del result_shape
-    return shardings(mesh, arg_shapes)[3]
-
-  def partition(mesh, arg_shapes, result_shape):
-    del result_shape
-    _, row_axes, arg_shardings, out_sharding = shardings(mesh, arg_shapes)
-
-    def lower(*args):
-      groups, planes = {}, args[-1]  # row axes -> parts of the tables sharded on them
-      for i, rows in enumerate(row_axes):
-        table, ids, u = args[3 * i:3 * i + 3]
-        axes = tuple(sorted(_axis_names(rows)))
-        if not axes:  # a whole table on every shard
-          groups.setdefault(axes, []).append(_partial_scores(kind, table, ids, u, planes))
-          continue
-        local = ids - jax.lax.axis_index(rows) * table.shape[0]
-        inside = (local >= 0) & (local < table.shape[0])
-        part = _partial_scores(kind, table, local, u, planes)
-        groups.setdefault(axes, []).append(jnp.where(inside, part, jnp.zeros((), part.dtype)))
-      # a row lives on one shard of its axes: the sum over them restores its part (parts of
-      # tables held whole are added once, outside the reduction)
-      totals = [jax.lax.psum(_sum_scores(kind, parts), axes) if axes
-                else _sum_scores(kind, parts) for axes, parts in groups.items()]
-      return _sum_scores(kind, totals)
-
-    return mesh, lower, out_sharding, arg_shardings
-
-  operands = ", ".join(f"r{i} d{i}, b l, b d{i}" for i in range(n_tables))
-  fn.def_partition(partition, infer_sharding_from_operands=infer,
-                   sharding_rule=f"{operands}, pd pb -> b l",
-                   reduction_factors=tuple(f"{f}{i}" for i in range(n_tables)
-                                           for f in ("r", "d")),
-                   need_replication_factors=("pd", "pb"))
-  return fn
+  specs = []
+  for rows in row_axes:
+    specs += [P(rows, None), P("data", None), P("data", None)]
+  args = [a for t in triples for a in t] + [planes]
+  return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs) + (P(),),
+                       out_specs=P("data", None))(*args)
 
 
 def owner_scores(kind: str, triples):
@@ -293,20 +257,22 @@ def owner_scores(kind: str, triples):
     kind: "f32", "bf16" or "simhash" (see the section comment).
     triples: (table [rows, dim], ids [B, L] int32 row indices, u [B, dim]) per table.
 
-  Returns [B, L] float32 / bfloat16 / int8 (the dtype that crosses chips). Under a mesh each
-  table is read on the shards that own its rows: a shard scores the positions whose row it
-  holds (0 elsewhere), and one all-reduce of [B/data, L] sums them over the tables' row axes;
-  no row leaves its shard. On one device it is the plain computation. Not differentiable:
-  call it on ``jax.lax.stop_gradient`` inputs.
+  Returns [B, L] float32 / bfloat16 / int8 (the dtype that crosses chips). Under a mesh
+  (``batch_mesh``) each table is read on the "model" shards that own its rows (``_row_axis``):
+  a shard scores the positions whose row it holds (0 elsewhere), and one all-reduce of
+  [B/data, L] sums them over "model"; no row leaves its shard. Without a mesh it is the plain
+  computation. Not differentiable: call it on ``jax.lax.stop_gradient`` inputs.
   """
   if kind not in APPROX[1:]:
     raise ValueError(f"owner_scores: kind must be one of {APPROX[1:]}, got {kind!r}")
   dims = {t[0].shape[-1] for t in triples}
   if len(dims) != 1:
     raise ValueError(f"owner_scores: tables must share one width, got {sorted(dims)}")
-  planes = jnp.asarray(simhash_planes(dims.pop()))  # an argument: no constants inside
-  args = [a for t in triples for a in t] + [planes]
-  return _owner_scores_fn(len(triples), kind)(*args)
+  planes = jnp.asarray(simhash_planes(dims.pop()))
+  mesh = batch_mesh(triples[0][1].shape[0])
+  if mesh is None:
+    return _sum_scores(kind, [_partial_scores(kind, *t, planes) for t in triples])
+  return _sharded_scores(kind, triples, planes, mesh)
 
 
 def side_scores(table, ids, kernel, query):

@@ -20,6 +20,7 @@ the state. The model implements ``TrainableModel`` (below).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -273,10 +274,20 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
       metrics["learning/exchange_overflow"] = overflow.astype(jnp.float32)
     return new_state, metrics
 
-  return jax.jit(train_step,
+  return jax.jit(under_mesh(train_step, mesh),
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)),
                  donate_argnums=(0,))
+
+
+def under_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """``fn`` traced under ``mesh``'s abstract mesh, so that model code can split work over it
+  (``gsu.batch_mesh``: the GSU's top-k and pre-scores stay on each batch shard)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def eval_forward(model_def: ModelDef, tables: dict, params: dict, rest: dict,
@@ -313,6 +324,6 @@ def make_eval_step(model_def: ModelDef, loss_fn: LossFn, shardings: TrainState, 
       metrics["eval/exchange_overflow"] = overflow.astype(jnp.float32)
     return predict_fn(out), metrics
 
-  return jax.jit(eval_step,
+  return jax.jit(under_mesh(eval_step, mesh),
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)))

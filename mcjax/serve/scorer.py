@@ -111,7 +111,8 @@ class Scorer:
     self.score_fn = make_score_fn(model_def, cfg)
     self._batch_sharding = mesh_lib.batch_sharding(mesh)
     weight_shardings = jax.tree.map(lambda a: a.sharding, weights)
-    self._jit = jax.jit(self.score_fn, in_shardings=(weight_shardings, self._batch_sharding),
+    self._jit = jax.jit(step_lib.under_mesh(self.score_fn, mesh),
+                        in_shardings=(weight_shardings, self._batch_sharding),
                         out_shardings=self._batch_sharding)
     self.requests = None
     if log is not None:
