@@ -204,13 +204,14 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
                f"lag {trainer.lags[-1] if trainer.lags else 0:.2f} s  recent CTR AUC {auc:.4f}"
                f"  loss {m['learning/loss']:.4f}")
 
+  trainer.warmup()  # compile before the stream starts: its clock starts after
+  scorer.warmup()
   load = None
   if float(rt.request_rate) > 0 and log_dir:
     load = RequestLoad(scorer, versions, log_dir, samples["eval"], float(rt.request_rate),
                        int(rt.request_candidates), lambda: now["event_ms"])
-    scorer.warmup()
     load.start()
-  start = time.time()
+  start = now["t"] = time.time()
   try:
     summary = trainer.run(source, score_eval=score_eval, publish=publish,
                           extra=lambda: {"pred_parts": preds.flush(),

@@ -31,6 +31,7 @@ One process (the multi-process batch trainer's input slicing is not wired here).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import functools
 import os
 import signal
@@ -179,6 +180,7 @@ class ContinuousTrainer:
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self.batch_size, self.sv, self.lv = int(t.batch_size), int(cfg.moment.sv_hist_len), \
         int(cfg.moment.lv_hist_len)
+    self._step_fn = self.train_step
     self.pos, self.freshness = Position(), Freshness()
     self.ledger = []  # (step, exposure ids trained in it): the prequential bookkeeping
     self.lags = []    # wall seconds each emitted table waited past its due time
@@ -209,12 +211,21 @@ class ContinuousTrainer:
     if self.ckpt is None:
       return
     progress = {"position": dataclasses.asdict(self.pos), "extra": extra}
+    if self.pos.step in self.ckpt.all_steps():  # the end, right after a periodic save: the
+      self.ckpt.delete(self.pos.step)           # position moved on, the state did not
     self.ckpt.save(self.pos.step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(self.state), progress=ocp.args.JsonSave(progress)),
         force=True)
     self.ckpt.wait_until_finished()
 
   # ------------------------------------------------------------------------ steps
+  def warmup(self) -> None:
+    """Compiles the train step ahead of the stream (so the first samples do not wait for
+    the compiler): the compiled executable is what every step then calls."""
+    zero = pipeline.zero_batch(self.batch_size, self.sv, self.lv)
+    batch = data_lib.Data.to_device(self.batch_sharding, zero, self.batch_size)
+    self._step_fn = self.train_step.lower(self.state, batch).compile()
+
   def _step(self, parts: list, keys: np.ndarray, arrival: np.ndarray, exposure: np.ndarray):
     n = len(keys)
     local = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -222,7 +233,7 @@ class ContinuousTrainer:
       zero = pipeline.zero_batch(self.batch_size - n, self.sv, self.lv)
       local = {name: np.concatenate([v, zero[name]]) for name, v in local.items()}
     batch = data_lib.Data.to_device(self.batch_sharding, local, self.batch_size)
-    self.state, m = self.train_step(self.state, batch)
+    self.state, m = self._step_fn(self.state, batch)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     step = self.pos.step + 1
     bad = {k: v for k, v in m.items() if not np.isfinite(v)}
@@ -304,8 +315,16 @@ class ContinuousTrainer:
     self.save(extra())
     return self.summary()
 
+  def digest(self) -> str:
+    """sha256 of every array of the train state (parameters, tables, optimizer states), in
+    tree order: equal digests, bit-identical states."""
+    h = hashlib.sha256()
+    for x in jax.tree.leaves(jax.device_get(self.state)):
+      h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()[:32]
+
   def summary(self) -> dict:
-    return {"steps": self.pos.step, "steps_this_run": self.steps_this_run,
+    return {"steps": self.pos.step, "state_sha256": self.digest(), "steps_this_run": self.steps_this_run,
             "trained_rows": self.pos.trained_rows, "checksum": self.pos.checksum,
             "freshness": self.freshness.summary(), "lag_s": percentiles(self.lags)}
 
