@@ -2,8 +2,9 @@
 keeps the last good version served, kill -9 resume is bit-identical and exactly once.
 
 One small world (the `tiny` config's), cut to its first few hundred training samples; the
-loop runs once in this process (8 host devices) and the launcher four times in subprocesses
-(1 device, a shared compilation cache)."""
+launcher runs four times in subprocesses (2 host devices, a ("data", "model") = (1, 2) mesh:
+the tables row-sharded; a shared compilation cache): once uninterrupted (the prequential and
+exactly-once checks and the reference of the resume), killed and resumed, and diverging."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from mcjax import config as mcconfig
 from mcjax.moment.engine import build_samples
 from mcjax.samples.table import table_slice
 from mcjax.serve import versions as V
-from mcjax.serve.realtime import PredStore, run_loop
+from mcjax.serve.realtime import PredStore
 from mcjax.train import continuous
 from mcjax.train.emitted import ReplayEmitted
 from xla_flags import FAST_COMPILE
@@ -58,9 +59,11 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loop_run(world, tmp_path_factory):
-  work = str(tmp_path_factory.mktemp("loop"))
-  out = run_loop(_tiny(), world[1], work, progress=None)
-  return out, work
+  """(metrics.json, workdir) of an uninterrupted launcher run."""
+  work = str(tmp_path_factory.mktemp("loop") / "whole")
+  done = _launch(world, work)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return _metrics(work), work
 
 
 def test_replay_orders_by_emission_with_records_first(world):
@@ -148,7 +151,7 @@ def test_reader_sees_whole_versions_during_publishes(tmp_path, between_processes
 def _env(cache: str) -> dict:
   e = dict(os.environ)
   e.update({"JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-            "XLA_FLAGS": " ".join(("--xla_force_host_platform_device_count=1",) + FAST_COMPILE),
+            "XLA_FLAGS": " ".join(("--xla_force_host_platform_device_count=2",) + FAST_COMPILE),
             "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "PYTHONPATH": REPO})
   return e
@@ -159,8 +162,8 @@ def _launch(world, work: str, *flags: str) -> subprocess.CompletedProcess:
   argv = [sys.executable, "-m", "launch.realtime", "--config=mcjax/configs/tiny.py",
           f"--workdir={work}", f"--data={log}", f"--until_min={minutes}",
           "--config.realtime.publish_every_steps=2", "--config.realtime.publish_every_s=0",
-          "--config.train.checkpoint_every_steps=3", *flags]
-  return subprocess.run(argv, cwd=REPO, env=_env(os.path.join(os.path.dirname(work), "cache")),
+          "--config.train.checkpoint_every_steps=3", "--config.mesh.shape=(1,2)", *flags]
+  return subprocess.run(argv, cwd=REPO, env=_env(os.path.join(os.path.dirname(log), "cache")),
                         capture_output=True, text=True, timeout=600)
 
 
@@ -170,10 +173,8 @@ def _metrics(work: str) -> dict:
     return json.load(f)
 
 
-def test_kill9_resume_is_bit_identical_and_exactly_once(world, tmp_path):
-  whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-  done = _launch(world, whole)
-  assert done.returncode == 0, done.stderr[-3000:]
+def test_kill9_resume_is_bit_identical_and_exactly_once(world, loop_run, tmp_path):
+  whole, killed = loop_run[1], str(tmp_path / "killed")
   died = _launch(world, killed, "--kill_at_step=5")
   assert died.returncode == -9, died.stderr[-3000:]
   assert not os.path.exists(os.path.join(killed, "metrics.json"))
@@ -211,7 +212,7 @@ def _served_like(world) -> dict:
   cfg = _tiny()
   _, abstract, specs = state_lib.setup(functools.partial(build_model, cfg.model),
                                        state_lib.optim_config(cfg))
-  mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
+  mesh = mesh_lib.make_mesh((1, 2), jax.devices()[:2])
   target = state_lib.abstract_with_shardings(abstract, specs, mesh)
   return {k: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype, device=a.sharding),
                           getattr(target, k)) for k in ("tables", "params", "rest")}
