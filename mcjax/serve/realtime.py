@@ -3,10 +3,11 @@
 ``run_loop(cfg, samples, workdir)`` wires ``mcjax.train.continuous.ContinuousTrainer`` to a
 ``Scorer`` that serves the newest published version (``mcjax.serve.versions``):
 
-* every evaluation record is scored when it is emitted (its exposure time) by the version
-  being served at that moment, through the serving ``Scorer``, before any sample emitted at or
-  after it is trained on; each scored record keeps the version number and the train step that
-  version holds (``preds/part_*.npz``, saved with the trainer's checkpoints);
+* every evaluation record is scored by the version being served when it is emitted (its
+  exposure time), through the serving ``Scorer``, before any sample emitted at or after it is
+  trained on (the records that arrive under one version are scored together before it is
+  replaced: ``EvalQueue``); each scored record keeps the version number and the train step
+  that version holds (``preds/part_*.npz``, saved with the trainer's checkpoints);
 * at the end, metrics.json has the batch modes' blocks (overall, slices, windows of
   ``train.window_min``, ranking: ``mcjax.train.evaluate.compute_metrics``) plus ``realtime``:
   freshness per version and in aggregate, lag behind the replay schedule, bytes per version
@@ -57,11 +58,9 @@ class PredStore:
         with np.load(path) as z:
           self.parts.append({k: z[k] for k in z.files})
 
-  def add(self, table: dict, probs: np.ndarray, version, scored_s: float) -> dict:
-    rec = {"probs": probs, "labels": table["labels"], "mask": table["label_mask"],
-           "user_id": table["user_id"], "in_highlight": table["in_highlight"],
-           "lv_len": np.diff(table["lv_offsets"]), "exposure_id": table["exposure_id"],
-           "sample_ts_ms": table["sample_ts_ms"], "live_id": table["live_id"],
+  def add(self, fields: dict, probs: np.ndarray, version, scored_s: float) -> dict:
+    """Scored records: ``fields`` are ``record_fields`` of their tables."""
+    rec = {**fields, "probs": probs,
            "version": np.full(len(probs), version.number, np.int64),
            "version_step": np.full(len(probs), version.step, np.int64),
            "scored_s": np.full(len(probs), scored_s)}
@@ -101,6 +100,46 @@ def realtime_metrics(cfg, recs: dict, eval_ts: np.ndarray, train_ts: np.ndarray)
   out = evaluate.compute_metrics(cfg, plan_lib.Plan("online", tuple(windows)), preds, None)
   out["mode"] = "realtime"
   return out
+
+
+def record_fields(table: dict) -> dict:
+  """What metrics.json and the audits keep of an evaluation table's records."""
+  return {"labels": table["labels"], "mask": table["label_mask"], "user_id": table["user_id"],
+          "in_highlight": table["in_highlight"], "lv_len": np.diff(table["lv_offsets"]),
+          "exposure_id": table["exposure_id"], "sample_ts_ms": table["sample_ts_ms"],
+          "live_id": table["live_id"]}
+
+
+class EvalQueue:
+  """Evaluation records waiting to be scored by the version served when they arrived. The
+  served version changes only at a publish, so the records that arrive between two publishes
+  are scored together, by that version, right before the next swap (``score``; also at every
+  checkpoint and when ``max_rows`` wait): the same scores as one call per record, in a few
+  large calls."""
+
+  def __init__(self, scorer: Scorer, versions: Versions, preds: PredStore, sv: int, lv: int,
+               max_rows: int = 4096):
+    self.scorer, self.versions, self.preds = scorer, versions, preds
+    self.sv, self.lv, self.max_rows = sv, lv, max_rows
+    self.padded, self.fields, self.rows = [], [], 0
+
+  def add(self, table: dict) -> None:
+    self.padded.append(step_lib.host_batch(pipeline.pad_table(table, self.sv, self.lv)))
+    self.fields.append(record_fields(table))
+    self.rows += len(table["kind"])
+    if self.rows >= self.max_rows:
+      self.score()
+
+  def score(self) -> None:
+    if not self.rows:
+      return
+    cat = lambda parts, k: np.concatenate([p[k] for p in parts])  # noqa: E731
+    batch = {k: cat(self.padded, k) for k in MODEL_INPUTS}
+    fields = {k: cat(self.fields, k) for k in self.fields[0]}
+    v = self.versions.current  # the version served since these records arrived
+    probs, _ = self.scorer.score_batch(batch, weights=v.weights)
+    self.preds.add(fields, probs, v, time.time())
+    self.padded, self.fields, self.rows = [], [], 0
 
 
 class RequestLoad:
@@ -172,21 +211,26 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
   writer = DirPublisher(publish_dir) if publish_dir else None
 
   def publish(state, step):
+    if queue is not None:
+      queue.score()  # the records that arrived under the version being replaced
     v = versions.publish(state, step)
     if writer is not None:
       writer.write(v)
     return v.number, v.published_s
 
+  queue = None
   publish(trainer.state, trainer.pos.step)  # what is served before the first step
   scorer = Scorer(cfg, trainer.model_def, versions.current.weights, trainer.mesh)
+  queue = EvalQueue(scorer, versions, preds, trainer.sv, trainer.lv)
   now = {"event_ms": source.first_ms, "rows": 0, "t": time.time(), "steps": 0, "mark": 0.0}
 
   def score_eval(e):
-    batch = step_lib.host_batch(pipeline.pad_table(e.table, trainer.sv, trainer.lv))
-    v = versions.current  # the served version, taken once
-    probs, _ = scorer.score_batch({k: batch[k] for k in MODEL_INPUTS}, weights=v.weights)
-    preds.add(e.table, probs, v, time.time())
+    queue.add(e.table)
     now["event_ms"] = e.event_ms
+
+  def checkpoint_extra():
+    queue.score()
+    return {"pred_parts": preds.flush(), "versions": versions.next_number}
 
   def on_step(step, m, rows):
     now["rows"] += rows
@@ -194,7 +238,7 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
     t = time.time()
     if progress and t - now["mark"] >= progress_every_s:
       now["mark"] = t
-      recent = preds.pending[-50:] + preds.parts[-2:]
+      recent = preds.pending[-5:] + preds.parts[-2:]
       y = np.concatenate([r["labels"][:, 0] for r in recent]) if recent else np.zeros(0)
       p = np.concatenate([r["probs"][:, 0] for r in recent]) if recent else np.zeros(0)
       auc = metrics.auc(y, p) if len(y) and 0 < y.sum() < len(y) else float("nan")
@@ -214,8 +258,7 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
   start = now["t"] = time.time()
   try:
     summary = trainer.run(source, score_eval=score_eval, publish=publish,
-                          extra=lambda: {"pred_parts": preds.flush(),
-                                         "versions": versions.next_number},
+                          extra=checkpoint_extra,
                           on_step=on_step, kill_at_step=kill_at_step)
   finally:
     load_result = load.stop() if load is not None else None
