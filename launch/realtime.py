@@ -40,26 +40,30 @@ _PUBLISH_DIR = flags.DEFINE_string("publish_dir", None, "Also write every versio
                                    "a scorer in another process.")
 _UNTIL_MIN = flags.DEFINE_float("until_min", 0.0, "Replay only the first this many logged "
                                 "minutes of samples (0: all).")
+_FROM_MIN = flags.DEFINE_float("from_min", 0.0, "Start the replay this many logged minutes into "
+                               "the samples (the model starts fresh there).")
 _KILL_AT_STEP = flags.DEFINE_integer("kill_at_step", None, "Fault injection (tests): SIGKILL "
                                      "this process right after that train step.")
 _NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (tests): "
                                    "training samples from this row on get NaN crowd features.")
 
 
-def load_samples(cfg, log_dir: str, until_min: float) -> dict:
-  """The engine's samples of ``log_dir`` (both splits), cut to the first ``until_min``
-  logged minutes when > 0."""
+def load_samples(cfg, log_dir: str, until_min: float, from_min: float = 0.0) -> dict:
+  """The engine's samples of ``log_dir`` (both splits) emitted in [``from_min``,
+  ``until_min``) logged minutes from the first (``until_min`` 0: to the end)."""
   import numpy as np
   from mcjax import config as mcconfig
   from mcjax.moment.engine import build_samples
   from mcjax.samples.table import table_slice
   s = build_samples(log_dir, mcconfig.moment_config(cfg))
-  if until_min > 0:
-    first = min(int(s[k]["sample_ts_ms"][0]) for k in ("train", "eval"))
-    cut = first + int(until_min * 60_000)
-    s = {k: table_slice(s[k], 0, int(np.searchsorted(s[k]["sample_ts_ms"], cut)))
-         for k in ("train", "eval")}
-  return s
+  first = min(int(s[k]["sample_ts_ms"][0]) for k in ("train", "eval"))
+  lo, hi = (first + int(m * 60_000) for m in (from_min, until_min))
+  out = {}
+  for k in ("train", "eval"):
+    ts = s[k]["sample_ts_ms"]
+    end = int(np.searchsorted(ts, hi)) if until_min > 0 else len(ts)
+    out[k] = table_slice(s[k], int(np.searchsorted(ts, lo)), end)
+  return out
 
 
 def main(argv) -> None:
@@ -83,7 +87,7 @@ def main(argv) -> None:
       world.build(log_dir, cfg.data.preset, cfg.data.world_seed)
   if not os.path.isdir(log_dir):
     sys.exit(f"FATAL --data: {log_dir} is not a folder")
-  samples = load_samples(cfg, log_dir, _UNTIL_MIN.value)
+  samples = load_samples(cfg, log_dir, _UNTIL_MIN.value, _FROM_MIN.value)
   if _NAN_AT_ROW.value is not None:
     samples["train"]["crowd"] = samples["train"]["crowd"].copy()
     samples["train"]["crowd"][_NAN_AT_ROW.value:] = float("nan")
