@@ -4,7 +4,8 @@
   swap that served a version holding it (end to end), and of emission -> trained;
 * ``highlight.png``: the served p(click) of every exposure of the live with the most
   exposures inside an oracle highlight, around that highlight's onset (event time), beside
-  the oracle's p(click) when the log has one, coloured by the version that answered.
+  the oracle's p(click) when the log has one (means per event minute) and the share of its
+  exposures inside a highlight.
 """
 
 from __future__ import annotations
@@ -58,19 +59,29 @@ def plot_highlight(work: str, eval_table: dict) -> tuple[str | None, str]:
   onset = int(recs["sample_ts_ms"][mine & hl].min())
   near = mine & (np.abs(recs["sample_ts_ms"] - onset) <= 30 * 60_000)
   x = (recs["sample_ts_ms"][near] - onset) / 60_000
-  fig, ax = plt.subplots(figsize=(8, 3.8))
-  sc = ax.scatter(x, recs["probs"][near, 0], c=recs["version"][near], s=12, cmap="viridis",
-                  label="served p(click)")
   order = np.argsort(eval_table["exposure_id"])
   pos = np.searchsorted(eval_table["exposure_id"], recs["exposure_id"][near], sorter=order)
   oracle = eval_table["oracle_p_click"][order[np.minimum(pos, len(order) - 1)]]
+  minute = np.floor(x).astype(np.int64)
+  bins = np.unique(minute)
+  mean = lambda v: np.array([np.nanmean(v[minute == m]) if np.isfinite(v[minute == m]).any()
+                             else np.nan for m in bins])  # noqa: E731
+  fig, ax = plt.subplots(figsize=(8, 3.8))
+  share = ax.twinx()
+  share.bar(bins + 0.5, mean(hl[near].astype(float)), width=1.0, color="orange", alpha=0.25)
+  share.set_ylabel("share of its exposures in a highlight")
+  share.set_ylim(0, 1)
+  ax.set_zorder(share.get_zorder() + 1)
+  ax.patch.set_visible(False)
+  ax.plot(bins + 0.5, mean(recs["probs"][near, 0]), "-o", ms=3, label="served p(click)")
   if np.isfinite(oracle).any():
-    ax.plot(x, oracle, ".", color="tab:red", ms=4, label="oracle p(click)")
+    ax.plot(bins + 0.5, mean(oracle), "-", color="tab:red", label="oracle p(click)")
   ax.axvline(0, color="orange", lw=1)
-  fig.colorbar(sc, ax=ax, label="version that answered")
   ax.set_xlabel("event minutes since the highlight's onset")
-  ax.set_ylabel("p(click)")
-  ax.set_title(f"live {live}: {int(hl[mine].sum())} exposures inside the highlight", fontsize=9)
+  ax.set_ylabel("p(click), mean per event minute")
+  versions = recs["version"][near]
+  ax.set_title(f"live {live}: {int(hl[mine].sum())} exposures inside highlights; versions "
+               f"{versions.min()}..{versions.max()} answered", fontsize=9)
   ax.legend(loc="upper left", fontsize=8)
   fig.tight_layout()
   out = os.path.join(work, "highlight.png")
