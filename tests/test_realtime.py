@@ -20,7 +20,6 @@ import pytest
 
 from mcjax import config as mcconfig
 from mcjax.moment.engine import build_samples
-from mcjax.samples.table import table_slice
 from mcjax.serve import versions as V
 from mcjax.serve.realtime import PredStore
 from mcjax.train import continuous

@@ -31,7 +31,7 @@ from mcjax.contract.schema import MODEL_INPUTS
 from mcjax.eventlog.files import atomic_write
 from mcjax.samples import pipeline
 from mcjax.serve.scorer import Scorer
-from mcjax.serve.versions import DirPublisher, Versions, weights_of
+from mcjax.serve.versions import DirPublisher, Versions
 from mcjax.train import evaluate, plan as plan_lib
 from mcjax.train import step as step_lib
 from mcjax.train.continuous import ContinuousTrainer, percentiles
