@@ -9,7 +9,7 @@
 For every device count one subprocess fakes that many host devices
 (``--xla_force_host_platform_device_count``, set before jax is imported). In it, for each
 (data x model) layout of that size and each table size, the train step of the config (the
-sparse step of ``launch.bench``: ``state.setup`` + ``step.make_train_step``) is lowered and
+sparse step of ``launch.bench``: ``mcjax.runtime.build(cfg, mesh, init=False)``) is lowered and
 compiled from abstract shapes only: the state and the batch are ``jax.ShapeDtypeStruct``s
 carrying their shardings (``nnx.eval_shape`` inside ``state.setup``), so nothing is
 allocated and a 10^8-row table costs nothing. The per-device HLO text of the compiled step is
@@ -204,30 +204,18 @@ def _configure(cfg, rows: int):
 
 def compile_step(cfg, layout: tuple[int, int], batch_per_chip: int, fast: bool = False):
   """(compiled train step, seconds) of cfg on the first data x model devices, abstract."""
-  import functools
-
   import jax
 
   from benchmarks import step_bench
-  from mcjax import losses
-  from mcjax.model import build_model
-  from mcjax.train import mesh as mesh_lib
-  from mcjax.train import state as state_lib
-  from mcjax.train import step as step_lib
+  from mcjax import runtime
+  from mcjax.runtime import mesh as mesh_lib
+  from mcjax.runtime import state as state_lib
 
   start = time.perf_counter()
   n = layout[0] * layout[1]
   mesh = mesh_lib.make_mesh(layout, jax.devices()[:n])
-  optim = state_lib.optim_config(cfg)
-  from mcjax.train import partition  # pylint: disable=g-import-not-at-top
-  model_def, abstract, specs = state_lib.setup(functools.partial(build_model, cfg.model),
-                                               optim, **partition.from_config(cfg.mesh))
-  state = state_lib.abstract_with_shardings(abstract, specs, mesh)
-  train_step = step_lib.make_train_step(
-      model_def, optim, functools.partial(losses.compute_loss, cfg=cfg.loss),
-      partition.to_shardings(specs, mesh), mesh,
-      dense_below_rows=int(cfg.model.embedding.large_table_rows),
-      exchange_capacity=partition.exchange_capacity(cfg.mesh))
+  rt = runtime.build(cfg, mesh, init=False, check_replicated=False)  # abstract: nothing held
+  state, train_step = rt.state, rt.train_step
   # field shapes and dtypes of one example as the step takes them, batch axis widened
   one = step_bench.synthetic_batch(1, int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len))
   sharding = mesh_lib.batch_sharding(mesh)

@@ -1,7 +1,7 @@
 """The input-pipeline and end-to-end benchmarks behind ``launch/bench.py --mode=pipeline|e2e``.
 
 ``pipeline_rate`` times the Grain pipeline alone (padded numpy batches out of
-``mcjax.samples.pipeline.make_batches``); ``e2e_rate`` times pipeline -> device -> train step,
+``mcjax.samples.loader.make_batches``); ``e2e_rate`` times pipeline -> device -> train step,
 the trainer's inner loop. Both use ``benchmarks/harness.py`` like the step benchmark.
 """
 
@@ -14,9 +14,9 @@ import ml_collections
 
 from benchmarks import harness
 from benchmarks.step_bench import StepBench
-from mcjax.train.step import host_batch
+from mcjax.contract.batch import host_batch
 from mcjax import config as mcconfig
-from mcjax.samples import pipeline, shards
+from mcjax.samples import loader, shards
 from mcjax.samples import table as sample_table
 
 
@@ -42,8 +42,8 @@ def open_source(cfg: ml_collections.ConfigDict, *, samples_dir: str | None, cach
 
 
 def _batches(cfg, source, batch_size: int, workers: int, needed: int):
-  per_epoch = pipeline.num_batches(len(source), batch_size)
-  return pipeline.make_batches(
+  per_epoch = loader.num_batches(len(source), batch_size)
+  return loader.make_batches(
       source, batch_size=batch_size, sv_len=int(cfg.moment.sv_hist_len),
       lv_len=int(cfg.moment.lv_hist_len), shuffle=bool(cfg.train.shuffle_within_window),
       num_epochs=-(-needed // per_epoch) + 1, prefetch_workers=workers, process_index=0,

@@ -63,7 +63,7 @@ def run(workdir: str, log: str, *, candidates: int = 100, requests: int = 300,
   lives = tables.lives
   off_air = np.maximum(lives["start_ms"].to_numpy() - at, at - lives["end_ms"].to_numpy())
   pool = lives["live_id"].to_numpy()[np.argsort(off_air, kind="stable")]
-  slate = pool[np.arange(candidates) % len(pool)]
+  slate = pool[:candidates]  # distinct lives (a request ranks each candidate once)
   times = at + rng.integers(0, 1000, requests)
   built = [scorer.requests.batch(u, q, slate) for u, q in zip(users, times)]
   for i in range(3):
@@ -104,7 +104,7 @@ def run(workdir: str, log: str, *, candidates: int = 100, requests: int = 300,
   return {
       "workdir": workdir, "config": scorer.cfg.get("name"), "step": scorer.step,
       "device": jax.devices()[0].device_kind, "buckets": list(scorer.buckets),
-      "candidates": candidates, "requests": requests, "at_ms": at,
+      "candidates": len(slate), "requests": requests, "at_ms": at,
       "buffer_events": buffer.num_events,
       "setup_s": setup_s, "compile_all_buckets_s": compile_s,
       "request_from_buffer": _percentiles(buffer_s),

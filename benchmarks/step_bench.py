@@ -9,7 +9,6 @@ Imports nothing from grain, tfds or array_record, so it runs on a bare accelerat
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
@@ -20,14 +19,13 @@ from flax import nnx
 
 from benchmarks import harness, roofline
 from mcjax import config as mcconfig
-from mcjax import losses
+from mcjax import runtime
+from mcjax.contract import batch as batch_lib
+from mcjax.contract import schema
 from mcjax.model import build_model, costs, embedding, encoders
 from mcjax.model import model as model_lib
-from mcjax.contract import schema
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import state as state_lib
 
 # Published dense peaks per chip (FLOP/s) by precision, matched against jax's device_kind
 # (NVIDIA data sheets quote tensor-core TF32 and bf16 with 2:4 sparsity: halved here; "fp32"
@@ -77,7 +75,7 @@ def synthetic_batch(batch_size: int, sv_len: int, lv_len: int, seed: int = 0) ->
     batch[name] = rng.integers(0, 2**31 - 1, batch[name].shape, dtype=np.int64)
   batch["kind"] = np.full_like(batch["kind"], schema.REALTIME)
   batch["weight"] = np.ones(batch_size, np.float32)  # the pipeline's padding weight
-  return step_lib.host_batch(batch)
+  return batch_lib.host_batch(batch)
 
 
 def chip_peak_flops(device, precision: str | None = None) -> tuple[float | None, str]:
@@ -181,17 +179,8 @@ class StepBench:
                        f"({self.mesh.shape['data']} of mesh {tuple(self.mesh.shape.values())})")
     self.sv_len, self.lv_len = int(cfg.moment.sv_hist_len), int(cfg.moment.lv_hist_len)
     self.dense_below_rows = int(cfg.model.embedding.large_table_rows)
-    build_fn = functools.partial(build_model, cfg.model)
-    optim = state_lib.optim_config(cfg)
-    self.model_def, self.state, shardings = state_lib.create_train_state(
-        build_fn, self.mesh, optim, seed=cfg.seed,
-        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20),
-        **partition.from_config(cfg.mesh))
-    loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
-    train_step = step_lib.make_train_step(
-        self.model_def, optim, loss_fn, shardings, self.mesh, sparse_update=sparse_update,
-        dense_below_rows=self.dense_below_rows,
-        exchange_capacity=partition.exchange_capacity(cfg.mesh))
+    rt = runtime.build(cfg, self.mesh, sparse_update=sparse_update)
+    self.model_def, self.state, train_step = rt.model_def, rt.state, rt.train_step
     self.host_batch = synthetic_batch(batch_size, self.sv_len, self.lv_len)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self.batches = [self.to_device(synthetic_batch(batch_size, self.sv_len, self.lv_len, s))

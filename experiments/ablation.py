@@ -1,6 +1,6 @@
 """The ablation study: named configs x seeds on simulated worlds, then RESULTS.md.
 
-    python experiments/ablation.py [--configs=full,no_moment,...] [--seeds=3] \
+    python -m experiments.ablation [--configs=full,no_moment,...] [--seeds=3] \
         [--preset=default] [--users=.. --hours=.. ...] [--workdir=runs/ablation] \
         [--out=experiments/RESULTS.md] [--peer] [--quick] [--config.train.window_min=30 ...]
 
@@ -9,7 +9,7 @@ trained online (prequential) on it with model seed s into ``WORKDIR/seed_s/<conf
 sharing one sample cache ``WORKDIR/seed_s/samples``; with ``--peer`` the `full` config's
 samples and windows are exported and DeepCTR-Torch's DIN is trained on them in the peer venv
 (``experiments/peers/``). Finished runs are reused, so a rerun only does what is missing.
-Then ``experiments/ablation_report.py`` writes RESULTS.md (command at the top) and its plots.
+Then ``experiments.ablation_report`` writes RESULTS.md (command at the top) and its plots.
 
 ``--quick``: the `small` world, one seed, four configs and 60-minute windows (~5 minutes).
 ``--config.a.b=v`` (any key of ``mcjax.config.default_config()``, the syntax of
@@ -28,14 +28,12 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from experiments import ablation_report
+from experiments.peers import export_samples
+from mcjax import config as mcconfig
+from mcjax.sim import config as sim_config
 
-from experiments import ablation_report  # noqa: E402
-from experiments.peers import export_samples  # noqa: E402
-from mcjax import config as mcconfig  # noqa: E402
-from mcjax.sim import config as sim_config  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ALL_CONFIGS = ("full", "no_moment", "fast_slow", "no_first_only", "no_crowd", "no_cross",
                "no_contrastive", "baseline")
@@ -110,7 +108,7 @@ def ensure_world(root: str, preset: str, seed: int, sizes: dict) -> str:
 def run_seed(p: dict, seed: int, timings: dict) -> dict:
   """Trains every config on world ``seed`` (with ``--report_only``: collects the finished
   runs only); returns config -> the run's folder, plus "world", "samples" and "din"."""
-  from mcjax import trainer
+  from mcjax.train import loop
   from mcjax.train import data
   root = os.path.join(p["workdir"], f"seed_{seed}")
   t = time.time()
@@ -129,7 +127,7 @@ def run_seed(p: dict, seed: int, timings: dict) -> dict:
     t = time.time()
     if not done:
       samples = data.prepare(cfg, root, os.path.join(root, "samples"))
-      m = trainer.train_and_evaluate(cfg, run_dir, samples)
+      m = loop.train_and_evaluate(cfg, run_dir, samples)
       ctr = m["overall"]["ctr"]
       print(f"seed {seed} {name}: CTR AUC {ctr['auc']:.4f} GAUC {ctr['gauc']:.4f} "
             f"({time.time() - t:.0f} s)", flush=True)
@@ -156,7 +154,7 @@ def run_peer(p: dict, seed: int, root: str, cfg, samples_dir: str) -> str:
                                window_min=float(cfg.train.window_min),
                                sv_len=int(cfg.moment.sv_hist_len),
                                lv_len=int(cfg.moment.lv_hist_len))
-  cmd = [PEER_PYTHON, os.path.join(PEER_DIR, "din_ablation.py"), f"--data={data}",
+  cmd = [PEER_PYTHON, "-m", "experiments.peers.din_ablation", f"--data={data}",
          f"--out_dir={out_dir}", f"--seed={seed}"] + list(_PEER_ARGS.value)
   print("peer:", " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c)
                           for c in cmd), flush=True)
@@ -181,7 +179,7 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   for name in p["configs"]:  # fail early on a bad name or override
     load_config(name, p["overrides"])
-  command = "python experiments/ablation.py " + " ".join(
+  command = "python -m experiments.ablation " + " ".join(
       shlex.quote(a) for a in sys.argv[1:])
   os.makedirs(p["workdir"], exist_ok=True)
   timing_path = os.path.join(p["workdir"], "timings.json")

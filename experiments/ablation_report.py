@@ -1,7 +1,7 @@
 """RESULTS.md of the ablation study: seeds-aggregated tables, slices, oracle headroom,
 freshness after highlight starts, the DeepCTR-Torch DIN peer, and PNG plots.
 
-Input: for each seed, the run folders written by ``mcjax.trainer`` (``metrics.json`` and
+Input: for each seed, the run folders written by ``mcjax.train.loop`` (``metrics.json`` and
 ``preds/window_*.npz``), the world (``_oracle/exposures.parquet``, ``highlights.parquet``) and
 the evaluation split of the sample cache (live id and time of each evaluation record).
 Spreads are sample standard deviations over seeds (ddof=1); a delta from `full` is computed per
@@ -293,6 +293,29 @@ def headroom_table(c: dict, names) -> str:
                          "headroom share"], **TABLE)
 
 
+def decomposition_table(c: dict, names) -> str | None:
+  """Per config and slice, mean ± std over seeds of metrics.json's ``headroom`` block: the
+  model's CTR AUC, the oracle's, the oracle without its affinity / highlight term, and the
+  share of each true logit term the model carries (``metrics.headroom``)."""
+  rows = []
+  for n in names:
+    per_seed = [m.get("headroom", {}) for m in c["metrics"].get(n, {}).values()]
+    for sl in dict.fromkeys(k for h in per_seed for k in h):
+      hs = [h[sl] for h in per_seed if sl in h]
+      col = lambda key: fmt(mean_std(h[key] for h in hs))
+      rows.append([n, sl, col("auc"), col("oracle_auc"), col("oracle_no_affinity_auc"),
+                   col("oracle_no_highlight_auc"),
+                   fmt(mean_std(h["oracle_auc"] - h["auc"] for h in hs
+                                if h["auc"] is not None and h["oracle_auc"] is not None))]
+                  + [fmt(mean_std(h["learned"][k] for h in hs), 2)
+                     for k in ("rest", "affinity", "highlight")])
+  if not rows:
+    return None
+  return tabulate(rows, ["config", "slice", "model", "oracle", "oracle, no affinity",
+                         "oracle, no highlight", "gap", "learned base", "learned affinity",
+                         "learned highlight"], **TABLE)
+
+
 def peer_table(c: dict) -> str:
   rows = []
   def row(name, per_seed):
@@ -376,6 +399,10 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
               "= (model AUC - baseline AUC) / (oracle AUC - baseline AUC) per seed, baseline = "
               "`baseline` (on_close samples, no crowd features, no Cross).", "",
               headroom_table(c, names), ""]
+  decomposition = decomposition_table(c, names)
+  if decomposition:
+    lines += ["### Where the gap is (CTR AUC per slice)", "", report.HEADROOM_TEXT, "",
+              decomposition, ""]
   if c["curves"]:
     fresh.plot(c["delays"], c["curves"], os.path.join(plots, "freshness.png"))
     lines += ["## Freshness after a highlight starts", "",

@@ -28,11 +28,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import launch
 from benchmarks import step_bench
 from mcjax import configs
 from mcjax.eventlog.files import atomic_write
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = launch.define_config_file(
     "config", configs.path("full"), "A config file (e.g. mcjax/configs/dlrm.py).")
 _MODE = flags.DEFINE_enum("mode", "step", ["step", "pipeline", "e2e", "serve"], "What to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
@@ -97,4 +98,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

@@ -33,6 +33,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+import launch
 from mcjax.moment.config import MomentConfig
 from mcjax.eventlog.validate import LogValidationError
 from mcjax.samples.beam import stages
@@ -44,7 +45,8 @@ _CACHE = flags.DEFINE_string("cache_dir", None, "Instead of --out: a sample cach
                              "ROOT/<mode>-<hash>, the folder launch.train reads from it.")
 _ENGINE = flags.DEFINE_enum("engine", "local", list(ENGINES), "local: the in-process engine; "
                             "beam: the Apache Beam pipeline (Beam's own flags pass through).")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per part.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "ArrayRecord files per part.",
+                                  lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out samples folder.")
 _VALIDATE = flags.DEFINE_bool("validate", True, "Validate the log first (as launch.validate).")
 
@@ -88,12 +90,12 @@ def main(argv) -> None:
                              num_shards=_NUM_SHARDS.value, validate=_VALIDATE.value,
                              engine=_ENGINE.value, beam_args=rest, beam_layout=layout)
   except LogValidationError as e:
-    sys.exit(f"INVALID: {e}")
+    sys.exit(f"INVALID: {launch.one_line(str(e))}")
   except (ValueError, OSError, RuntimeError) as e:  # overlap, exists, unreadable log, disk, ...
-    sys.exit(f"ERROR: {' '.join(str(e).split())[:2000]}")
+    sys.exit(f"ERROR: {launch.one_line(str(e))}")
   print(f"wrote {os.path.abspath(out)}")
   print(format_report(info))
 
 
 if __name__ == "__main__":  # flags this program does not define are left for Beam (see main)
-  app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
+  launch.run(main, known_only=True)

@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+import launch
+
 from mcjax import convert
 
 _FORMAT = flags.DEFINE_enum("format", None, sorted(convert.FORMATS), "Source dataset format.",
@@ -33,7 +35,7 @@ def main(argv) -> None:
     stats, log_stats = convert.convert_to_log(_FORMAT.value, _SRC.value, _OUT.value,
                                               overwrite=_OVERWRITE.value, tz=_TZ.value)
   except (ValueError, FileExistsError) as e:  # SourceError, LogValidationError, ...
-    print(f"ERROR: {e}", file=sys.stderr)
+    print(f"ERROR: {launch.one_line(str(e))}", file=sys.stderr)
     sys.exit(1)
   except OSError as e:  # a full disk, a read-only folder, ...
     print(f"ERROR: cannot write --out={_OUT.value}: {e.strerror or e} "
@@ -45,4 +47,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

@@ -3,24 +3,39 @@ FLOPs per example (XLA cost analysis of the compiled forward and forward + backw
 
     python -m launch.model_info --config=mcjax/configs/full.py
     python -m launch.model_info --config=mcjax/configs/full.py --config.moment.sv_hist_len=1000
+    python -m launch.model_info --keys     # every config key, its default and its meaning
+
+``--keys`` imports no JAX: it lists ``mcjax.config.describe_keys()``, the keys any launcher
+overrides with ``--config.a.b=v``.
 """
 
 from __future__ import annotations
 
 from absl import app, flags
-from ml_collections import config_flags
 from tabulate import tabulate
 
+import launch
 from mcjax import configs
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = launch.define_config_file(
     "config", configs.path("full"), "A config file (e.g. mcjax/configs/smoke.py).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch used to compile the FLOP count.")
+_KEYS = flags.DEFINE_bool("keys", False, "Print every config key with its default and meaning.")
+
+
+def print_keys() -> None:
+  """One line per key of ``mcjax.config.default_config()``: ``key = default  # meaning``."""
+  from mcjax import config as mcconfig  # pylint: disable=g-import-not-at-top
+  for key, value, doc in mcconfig.describe_keys():
+    print(f"{key} = {value!r}  # {doc}")
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _KEYS.value:
+    print_keys()
+    return
   from flax import nnx
 
   from mcjax import config as mcconfig
@@ -47,4 +62,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

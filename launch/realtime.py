@@ -73,7 +73,7 @@ def main(argv) -> None:
   cfg, work = _CONFIG.value, _WORKDIR.value
   from mcjax import config as mcconfig
   from mcjax.train import RunError
-  from mcjax.train import mesh as mesh_lib
+  from mcjax.runtime import mesh as mesh_lib
   try:
     mcconfig.validate(cfg)
     mesh_lib.check_layout(cfg)
@@ -92,7 +92,7 @@ def main(argv) -> None:
     samples["train"]["crowd"] = samples["train"]["crowd"].copy()
     samples["train"]["crowd"][_NAN_AT_ROW.value:] = float("nan")
   from launch import realtime_report
-  from mcjax.serve import realtime
+  from mcjax.train import realtime
   try:
     out = realtime.run_loop(cfg, samples, work, log_dir=log_dir, publish_dir=_PUBLISH_DIR.value,
                             kill_at_step=_KILL_AT_STEP.value,

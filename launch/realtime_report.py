@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcjax.serve.realtime import PredStore  # noqa: E402
+from mcjax.train.realtime import PredStore  # noqa: E402
 
 
 def _fmt(p: dict) -> str:

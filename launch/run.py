@@ -1,14 +1,17 @@
 """The main job: runs with no flags at all on the embedded default world.
 
-    python -m launch.run [--workdir=runs/default] [--preset=default] [--world_seed=0] \
-        [--seed=0] [--configs=full,no_moment,no_cross] [--config.train.window_min=30 ...]
+    python -m launch.run [--workdir=runs/default] [--configs=full,no_moment,no_cross] \
+        [--config.data.preset=default] [--config.data.world_seed=0] [--config.seed=0] \
+        [--config.train.window_min=30 ...]
 
-1. generates the simulated world of ``--world_seed`` into WORKDIR/world (once) and prints its
-   summary;
+``--config.a.b=v`` overrides that key of every named config (only the keys given), the syntax
+of ``launch.train``; ``python -m launch.model_info --keys`` lists them.
+
+1. generates the simulated world of ``config.data.preset`` and ``config.data.world_seed`` into
+   WORKDIR/world (once) and prints its summary;
 2. trains and evaluates each named config online (prequential) on it with model seed
-   ``--seed`` (``config.seed``), into WORKDIR/<config>; ``--config.a.b=v`` overrides that key
-   of every named config (only the keys given), the syntax of ``launch.train``
-   (sample caches shared in WORKDIR/samples; a rerun resumes or reuses finished runs);
+   ``config.seed``, into WORKDIR/<config> (sample caches shared in WORKDIR/samples; a rerun
+   resumes or reuses finished runs);
 3. writes WORKDIR/report.md: every task's metrics, Ranking_Score's AUC, PNG plots and the
    first config's top 5 lives for one request inside a highlight late in the log.
 """
@@ -24,13 +27,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+import launch
 from mcjax import config as mcconfig
 from mcjax.sim import config, summary, world
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Folder for the world and results.")
-_PRESET = flags.DEFINE_enum("preset", "default", sorted(config.PRESETS), "World preset.")
-_WORLD_SEED = flags.DEFINE_integer("world_seed", 0, "Seed of the simulated world.")
-_SEED = flags.DEFINE_integer("seed", 0, "Model seed (config.seed: init and shuffling).")
 _CONFIGS = flags.DEFINE_list("configs", ["full", "no_moment", "no_cross"],
                              "Named configs (mcjax/configs) to train and compare.")
 _CONFIG = config_flags.DEFINE_config_dict(
@@ -62,9 +63,18 @@ def main(argv) -> None:
   workdir = _WORKDIR.value
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   cfgs = {name: load_config(name, overrides) for name in _CONFIGS.value}  # fail early
+  worlds = {(c.data.preset, c.data.world_seed) for c in cfgs.values()}
+  if len(worlds) != 1:
+    raise app.UsageError(f"--configs: the configs ask for different worlds (config.data.preset, "
+                         f"config.data.world_seed): {sorted(worlds)}; pass --config.data.preset "
+                         "and --config.data.world_seed")
+  (preset, world_seed), = worlds
+  if preset not in config.PRESETS:
+    raise app.UsageError(f"--config.data.preset={preset!r}: expected one of "
+                         f"{sorted(config.PRESETS)}")
   timings = {}
   t = time.time()
-  log_dir = ensure_world(workdir, _PRESET.value, _WORLD_SEED.value)
+  log_dir = ensure_world(workdir, preset, world_seed)
   timings["world"] = time.time() - t
   t = time.time()
   stats = summary.summarize(log_dir)
@@ -73,16 +83,15 @@ def main(argv) -> None:
     json.dump(stats, f, indent=2, sort_keys=True)
   timings["world summary"] = time.time() - t
 
-  from mcjax import report, trainer
-  from mcjax.train import RunError, data
+  from mcjax import report
+  from mcjax.train import RunError, data, loop
   runs = {}
   for name, cfg in cfgs.items():
     cfg.data.log_dir = log_dir
-    cfg.seed = _SEED.value
     t = time.time()
     samples = data.prepare(cfg, workdir, cache_dir=os.path.join(workdir, "samples"))
     try:
-      runs[name] = trainer.train_and_evaluate(cfg, os.path.join(workdir, name), samples)
+      runs[name] = loop.train_and_evaluate(cfg, os.path.join(workdir, name), samples)
     except RunError as e:
       sys.exit(f"FATAL {name}: {e}")
     timings[f"train + eval {name}"] = time.time() - t
@@ -95,4 +104,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

@@ -16,7 +16,8 @@ itself when the config's samples are not cached). Every function imports its sta
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mcjax.version import __version__
+
 __all__ = ["generate_world", "build_samples", "load_config", "train_and_evaluate", "scorer"]
 
 
@@ -51,11 +52,11 @@ def train_and_evaluate(cfg, workdir: str, samples_dir: str | None = None, *,
   metrics (also ``workdir/metrics.json``). (Not ``mcjax.train``: that name is the trainer's
   subpackage, which importing it binds on this package.) Without ``samples_dir`` the samples of
   ``cfg.data`` (its log, or its simulated world) are built into the workdir when missing."""
-  from mcjax import config, trainer
-  from mcjax.train import data
+  from mcjax import config
+  from mcjax.train import data, loop
   config.validate(cfg)
   samples_dir = samples_dir or data.prepare(cfg, workdir)
-  return trainer.train_and_evaluate(cfg, workdir, samples_dir, overwrite=overwrite)
+  return loop.train_and_evaluate(cfg, workdir, samples_dir, overwrite=overwrite)
 
 
 def scorer(workdir: str, log=None):

@@ -17,7 +17,8 @@ import re
 
 import ml_collections
 
-from mcjax import configs, losses
+from mcjax import configs
+from mcjax import loss_config
 from mcjax.model import config as model_config
 from mcjax.moment.config import MomentConfig
 from mcjax.contract.schema import TASKS
@@ -25,7 +26,7 @@ from mcjax.sim import config as sim_config
 
 # train.mode: the time plans of ``mcjax.train.plan``.
 TRAIN_MODES = ("online", "offline", "offline_tvt")
-# mesh.embedding_exchange: how large tables are looked up and updated (mcjax.train.exchange).
+# mesh.embedding_exchange: how large tables are looked up and updated (mcjax.runtime.exchange).
 EXCHANGE_MODES = ("gspmd", "all_to_all")
 
 
@@ -51,7 +52,7 @@ def moment_section() -> ml_collections.ConfigDict:
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.name = "full"
+  c.name = "full"                 # the config's name (metrics.json, reports)
   c.seed = 0                      # model init and shuffling seed
 
   c.data = ml_collections.ConfigDict()
@@ -63,7 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.moment.sv_hist_len = 64       # sized for a 2-core CPU run (the engine allows 10,000)
   c.moment.lv_hist_len = 32
   c.model = model_config.default()
-  c.loss = losses.loss_config()
+  c.loss = loss_config.loss_config()
 
   c.train = ml_collections.ConfigDict()
   c.train.mode = "online"         # "online": prequential windows; "offline": train, then test
@@ -78,20 +79,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.select_metric = "ctr/auc"  # offline_tvt: "<task>/<auc|gauc|uauc|logloss>" on valid
   #                                  picks the checkpoint that scores the test (logloss: lowest)
   c.train.epochs = 1              # passes over the training samples (offline modes only)
-  c.train.batch_size = 256
-  c.train.eval_batch_size = 1024
-  c.train.shuffle_within_window = True
+  c.train.batch_size = 256        # global training batch (split over the mesh's "data" axis)
+  c.train.eval_batch_size = 1024  # global batch when scoring evaluation records
+  c.train.shuffle_within_window = True  # shuffle each window's training samples (storage-aware)
   c.train.learning_rate = 1e-3    # AdamW for dense parameters
-  c.train.weight_decay = 0.0
+  c.train.weight_decay = 0.0      # AdamW weight decay of the dense parameters
   c.train.grad_clip = 1.0         # global-norm clip of the dense gradients; 0 = no clipping
   c.train.embedding_learning_rate = 0.05   # row-wise Adagrad for embedding tables
-  c.train.checkpoint_every_steps = 500
-  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 500  # training steps between checkpoints
+  c.train.log_every_steps = 50   # steps between step-metric log lines
   c.train.max_steps = -1          # -1 = until the data ends; later windows are still scored,
   #                                  and a rerun with a larger value continues
-  c.train.live_sparse_threshold = 5
+  c.train.live_sparse_threshold = 5  # metrics slice: users with fewer live-history items
 
-  # The real-time loop (launch.realtime, mcjax.train.continuous, mcjax.serve.realtime).
+  # The real-time loop (launch.realtime, mcjax.train.continuous, mcjax.train.realtime).
   c.realtime = ml_collections.ConfigDict()
   c.realtime.max_wait_ms = 1000.0    # a part-filled batch is trained after this long
   c.realtime.publish_every_s = 10.0  # a parameter version is published this often (wall s)
@@ -105,15 +106,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
   c.mesh.max_replicated_mb = 64.0  # a parameter larger than this may not be replicated
   #                                  on a multi-device mesh (put devices on "model")
-  # Sharding policy (mcjax.train.partition): ordered (regex on the parameter path, partition
+  # Sharding policy (mcjax.runtime.partition): ordered (regex on the parameter path, partition
   # as a tuple of mesh axes) pairs, the first match wins; then each logical axis the model
   # names on a parameter -> a mesh axis ("data", "model") or None (replicated).
   c.mesh.rules = ()               # e.g. ((r"towers/.*/kernel", (None, "model")),)
-  c.mesh.logical_rules = model_config.LOGICAL_RULES
+  c.mesh.logical_rules = model_config.LOGICAL_RULES  # logical axis -> mesh axis or None
   c.mesh.embedding_exchange = "gspmd"  # "gspmd": large tables row-sharded on "model", lookups
   #                                  and updates partitioned by XLA; "all_to_all": rows over
   #                                  every device, ids and rows exchanged with their owners
-  #                                  (mcjax.train.exchange; rows divisible by the devices)
+  #                                  (mcjax.runtime.exchange; rows divisible by the devices)
   c.mesh.exchange_capacity = 2.0  # all_to_all: ids one device sends one owner per step, in
   #                                  even shares (plus a margin); more are refused at that step
   return c
@@ -172,7 +173,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         "request-time view); other query times break train = serve (build such samples with "
         "launch.build_samples for leakage studies only)")
   model_config.validate(cfg.model)
-  losses.validate(cfg.loss)
+  loss_config.validate(cfg.loss)
   block = cfg.loss.get("contrastive_block", 0)
   for key in ("batch_size", "eval_batch_size"):
     if block and cfg.train[key] % block:
@@ -222,17 +223,102 @@ def moment_config(cfg: ml_collections.ConfigDict) -> MomentConfig:
 def apply_overrides(cfg: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
   """Sets each dotted key of ``values`` (``{"train.window_min": 30.0}``) in ``cfg``, in place;
   returns ``cfg``. Launchers that train several named configs with one set of overrides
-  (``launch.run``, ``experiments/ablation.py``) take ``--config.a.b=v`` flags on a
+  (``launch.run``, ``experiments.ablation``) take ``--config.a.b=v`` flags on a
   ``default_config()`` dict and pass ``config_flags.get_override_values`` here, so the syntax
-  is the one ``launch.train`` has; ValueError names a key that is not in ``cfg``."""
+  is the one ``launch.train`` has; ValueError names a key that is not in ``cfg``, or
+  ``values`` that is not a dict."""
+  if not isinstance(values, dict):
+    raise ValueError(f"overrides must be a dict of dotted keys to values, e.g. "
+                     f"{{'train.batch_size': 128}}; got a {type(values).__name__}: "
+                     f"{str(values)[:80]}")
   for key, value in values.items():
+    if not isinstance(key, str):
+      raise ValueError(f"override key {key!r} must be a dotted string, e.g. 'train.batch_size'")
     *path, leaf = key.split(".")
     node = cfg
     for part in path:
-      if part not in node:
+      if not hasattr(node, "keys") or part not in node:
         raise ValueError(f"no config section {part!r} in {key!r}")
       node = node[part]
-    if leaf not in node:
+    if not hasattr(node, "keys") or leaf not in node:
       raise ValueError(f"no config key {key!r}")
-    node[leaf] = value
+    if value is None and node[leaf] is not None:
+      raise ValueError(f"config.{key}=None: expected a {type(node[leaf]).__name__} like its "
+                       f"default {node[leaf]!r}")
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ml_collections refuses a value of another type
+      raise ValueError(f"config.{key}={value!r}: {str(e).split('. ', 1)[-1]}") from None
   return cfg
+
+
+_ASSIGN = re.compile(r"^\s*c\.([\w.]+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
+_ENTRY = re.compile(r'^\s*\{?"(\w+)":\s*[^#]*#\s*(.*)$')
+_MORE = re.compile(r"^\s*#\s{3,}(.*)$")  # a comment continued under the first line
+
+
+def _commented_keys(func, prefix: str) -> dict[str, str]:
+  """{dotted key: its comment, continuation lines joined} from the ``c.a.b = v  # ...``
+  lines of a config function's source (a ``ConfigDict({...})`` value's entries get their own
+  comment, else the assignment's)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  out, section, last = {}, None, None
+  for line in inspect.getsource(func).splitlines():
+    m, more = _ASSIGN.match(line), _MORE.match(line)
+    if more and last:
+      out[last] = f"{out[last]} {more.group(1).strip()}".strip()
+      continue
+    last = None
+    if m:
+      key, value, doc = m.groups()
+      last = prefix + key
+      out[last] = (doc or "").strip()
+      section = last if "ConfigDict(" in value and not value.endswith(")") else None
+      continue
+    entry = _ENTRY.match(line)
+    if section and entry:
+      out[f"{section}.{entry.group(1)}"] = entry.group(2).strip()
+    elif section:
+      for name in re.findall(r'"(\w+)":', line):
+        out[f"{section}.{name}"] = out[section]
+  return out
+
+
+def _loss_keys() -> dict[str, str]:
+  """{loss.<key>: meaning} from the "Keys:" list of ``loss_config``'s docstring."""
+  out, key = {}, None
+  for line in (loss_config.loss_config.__doc__ or "").splitlines():
+    m = re.match(r"^    (\w+): (.*)$", line)
+    if m:
+      key = f"loss.{m.group(1)}"
+      out[key] = m.group(2).strip()
+    elif key and line.startswith("      "):
+      out[key] += " " + line.strip()
+    else:
+      key = None
+  return out
+
+
+def describe_keys() -> list[tuple[str, object, str]]:
+  """Every key of ``default_config()`` as (dotted key, default, one-line meaning), sorted; the
+  meaning is the comment beside the key's default (``mcjax.config``, ``mcjax.model.config``),
+  the field's doc (``MomentConfig``) or the loss config's docstring; "" where none is written
+  (tests/test_configs.py requires one for every key)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  docs = _commented_keys(default_config, "")
+  docs.update(_commented_keys(model_config.default, "model."))
+  docs.update({f"moment.{f.name}": f.metadata.get("doc", "")
+               for f in dataclasses.fields(MomentConfig)})
+  docs.update(_loss_keys())
+  for t in TASKS:
+    docs.setdefault(f"loss.task_weights.{t}", docs.get("loss.task_weights", ""))
+
+  def leaves(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from leaves(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}", v
+
+  return sorted((key, value, docs.get(key, ""))
+                for key, value in leaves(default_config().to_dict()))

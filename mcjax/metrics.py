@@ -274,3 +274,69 @@ class WindowedMetrics:
     if not self._parts:
       raise ValueError("WindowedMetrics.overall: no records were added")
     return self._evaluate(self._parts)
+
+
+# Oracle fields of evaluation records (simulated worlds): the true click probability, and the
+# same with one term of the simulator's click logit (base + affinity + highlight) removed.
+ORACLE_FIELDS = ("oracle_p_click", "oracle_p_no_highlight", "oracle_p_no_affinity")
+
+
+def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+  p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+  return np.log(p) - np.log1p(-p)
+
+
+def headroom(p_model, y, oracle: dict, min_records: int = 50) -> dict | None:
+  """Where a click model stands against the oracle of a simulated world, on one set of records.
+
+  Args:
+    p_model: the model's p(click) per record.
+    y: the click labels.
+    oracle: ``ORACLE_FIELDS`` -> per-record arrays (NaN where unknown).
+    min_records: fewer records with an oracle than this: None.
+
+  Returns None when fewer than ``min_records`` records have an oracle, else:
+    n, pos: records with an oracle, and their clicks;
+    auc: the model's click AUC; oracle_auc: the true p_click's AUC (the ceiling: 1 -
+      oracle_auc is label noise no model removes); oracle_no_highlight_auc /
+      oracle_no_affinity_auc: the oracle with that term of its logit removed. oracle_auc minus
+      one of them is what knowing that term is worth on these records;
+    learned: the model's logit regressed on the oracle logit's three terms (``rest`` = base,
+      ``affinity``, ``highlight``; least squares with an intercept): 1 = the model carries
+      that term at its true scale, 0 = not at all; None for a term that does not vary here
+      (the highlight term outside highlights).
+  """
+  p_model, y = np.asarray(p_model, np.float64), np.asarray(y)
+  cols = {k: np.asarray(oracle[k], np.float64) for k in ORACLE_FIELDS}
+  keep = np.isfinite(p_model) & np.all([np.isfinite(c) for c in cols.values()], axis=0)
+  if keep.sum() < min_records:
+    return None
+  y, p_model = y[keep], p_model[keep]
+  cols = {k: c[keep] for k, c in cols.items()}
+  full = _logit(cols["oracle_p_click"])
+  terms = {"affinity": full - _logit(cols["oracle_p_no_affinity"]),
+           "highlight": full - _logit(cols["oracle_p_no_highlight"])}
+  terms = {"rest": full - terms["affinity"] - terms["highlight"], **terms}
+  varies = {k: bool(np.std(v) > 1e-6) for k, v in terms.items()}
+  names = [k for k in terms if varies[k]]
+  x = np.stack([np.ones(len(y))] + [terms[k] for k in names], axis=1)
+  coef = np.linalg.lstsq(x, _logit(p_model), rcond=None)[0][1:]
+  learned = {k: None for k in terms} | {k: float(c) for k, c in zip(names, coef)}
+  return {"n": int(len(y)), "pos": int(y.sum()), "auc": _none_if_nan(auc(y, p_model)),
+          "oracle_auc": _none_if_nan(auc(y, cols["oracle_p_click"])),
+          "oracle_no_highlight_auc": _none_if_nan(auc(y, cols["oracle_p_no_highlight"])),
+          "oracle_no_affinity_auc": _none_if_nan(auc(y, cols["oracle_p_no_affinity"])),
+          "learned": learned}
+
+
+def headroom_by_slice(p_model, y, oracle: dict, slices: dict) -> dict:
+  """``headroom`` over all records ("overall") and per slice; slices without enough oracle
+  records are left out; {} when the records have no oracle at all."""
+  out = {"overall": headroom(p_model, y, oracle)}
+  if out["overall"] is None:
+    return {}
+  for name, sel in slices.items():
+    sel = np.asarray(sel, bool)
+    out[name] = headroom(np.asarray(p_model)[sel], np.asarray(y)[sel],
+                         {k: np.asarray(v)[sel] for k, v in oracle.items()})
+  return {k: v for k, v in out.items() if v is not None}

@@ -76,6 +76,36 @@ def slice_table(runs: dict[str, dict], task="ctr") -> str:
   return tabulate(rows, ["config"] + [f"{s} {task} AUC" for s in names], tablefmt="github")
 
 
+HEADROOM_TEXT = (
+    "The world's oracle scores the same evaluation records with the true p(click) (its logit "
+    "is base + user-author affinity + highlight strength) and with one of those terms removed. "
+    "`oracle` is the ceiling (1 - its AUC is label noise no model removes); `oracle` minus "
+    "`no affinity` / `no highlight` is what knowing that term is worth; `gap` = oracle - "
+    "model. `learned`: the model's logit regressed on the three terms of the true logit "
+    "(1 = carried at its true scale, 0 = not learned; - where the term does not vary): a gap "
+    "with a low affinity coefficient is affinity not learned, with a low highlight coefficient "
+    "(in highlights) a highlight not caught.")
+
+
+def headroom_table(runs: dict[str, dict]) -> str | None:
+  """A Markdown table of metrics.json's ``headroom`` (CTR against the oracle, per slice) of
+  the runs that have one; None when no run has one."""
+  rows = []
+  for name, m in runs.items():
+    for sl, h in m.get("headroom", {}).items():
+      learned = h["learned"]
+      rows.append([name, sl, f"{h['n']:,}", _fmt(h["auc"]), _fmt(h["oracle_auc"]),
+                   _fmt(h["oracle_no_affinity_auc"]), _fmt(h["oracle_no_highlight_auc"]),
+                   _fmt(None if h["auc"] is None or h["oracle_auc"] is None
+                        else h["oracle_auc"] - h["auc"]),
+                   " / ".join(_fmt(learned[k], 2) for k in ("rest", "affinity", "highlight"))])
+  if not rows:
+    return None
+  return tabulate(rows, ["config", "slice", "records", "model", "oracle", "no affinity",
+                         "no highlight", "gap", "learned: base / affinity / highlight"],
+                  tablefmt="github", disable_numparse=True)
+
+
 def auc_standard_error(auc: float, pos: int, neg: int) -> float:
   """The standard error of an AUC from its positives and negatives (Hanley & McNeil, 1982)."""
   q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
@@ -219,6 +249,9 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
             f"({_fusion(runs)}), scored against the click and the long-view labels of the same "
             "evaluation records, beside the AUC of that task's own probability.", "",
             ranking_table(runs), "", "## CTR AUC per slice", "", slice_table(runs), ""]
+  room = headroom_table(runs)
+  if room:
+    lines += ["## Headroom to the oracle (CTR AUC)", "", HEADROOM_TEXT, "", room, ""]
   p1 = plot_auc_over_time(runs, ("full", "no_moment"), os.path.join(plots, "auc_over_time.png"))
   if p1:
     lines += ["## Freshness: full vs no_moment over time", "",

@@ -64,3 +64,13 @@ def pytest_xdist_make_scheduler(config, log):
 
   config.option.loadscopereorder = False  # keep the collection order (longest first)
   return ModuleUnits(config, log)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+  """A real redis-server (the test extra bundles it) on a free port of 127.0.0.1, without
+  persistence, for the whole session of this worker; ``.url(stream)`` addresses a stream on
+  it. A server that cannot start fails the tests that use it (never a skip)."""
+  from mcjax.stream.redis_server import RedisServer
+  with RedisServer() as server:
+    yield server

@@ -21,13 +21,14 @@ from mcjax import losses, metrics
 from mcjax.model import build_model
 from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
-from mcjax.samples import pipeline
+from mcjax.samples import loader
 from mcjax.contract.schema import SLOW
 from mcjax.samples.table import TableSource
 from mcjax.sim import world
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import state as state_lib
+from mcjax.contract import batch as batch_lib
+from mcjax.runtime import step as step_lib
 from test_model import tiny
 
 SV, LV, BATCH = 8, 4, 128
@@ -61,9 +62,9 @@ def trainer():
 
 def _predict(eval_step, state, source, idx):
   probs = []
-  for batch in pipeline.make_batches(source, batch_size=512, sv_len=SV, lv_len=LV,
+  for batch in loader.make_batches(source, batch_size=512, sv_len=SV, lv_len=LV,
                                      indices=idx, process_index=0, process_count=1):
-    probs.append(np.asarray(eval_step(state, step_lib.host_batch(batch))[0]))
+    probs.append(np.asarray(eval_step(state, batch_lib.host_batch(batch))[0]))
   return np.concatenate(probs)[:len(idx), 0]
 
 
@@ -77,10 +78,10 @@ def test_evaluation_stays_calibrated(log, trainer, mode):
   split = np.quantile(evals.sample_ts_ms, 0.7)
   train_idx = np.flatnonzero(train.sample_ts_ms < split)
   eval_idx = np.flatnonzero(evals.sample_ts_ms >= split)
-  for batch in pipeline.make_batches(train, batch_size=BATCH, sv_len=SV, lv_len=LV,
+  for batch in loader.make_batches(train, batch_size=BATCH, sv_len=SV, lv_len=LV,
                                      indices=train_idx, shuffle=True, seed=0, num_epochs=2,
                                      process_index=0, process_count=1):
-    state, m = train_step(state, step_lib.host_batch(batch))
+    state, m = train_step(state, batch_lib.host_batch(batch))
   assert np.isfinite(float(m["learning/loss"]))
 
   rows = train.__getitems__(train_idx)

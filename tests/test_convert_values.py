@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mcjax import convert
-from mcjax.convert import sources
+from mcjax.convert import sources, times
 
 import test_convert as tc  # the tiny KuaiLive / KuaiLive-M3 folders
 
@@ -21,7 +21,7 @@ ROOT = tc.ROOT
 
 def _times(values, tz=None):
   at = sources.Where("click.csv", "timestamp", csv=True)
-  return sources.parse_times(pa.array(values), at, tz)
+  return times.parse_times(pa.array(values), at, tz)
 
 
 # ---------------------------------------------------------------------------- times
@@ -66,15 +66,15 @@ def test_parquet_times_rows_count_from_zero_and_naive_timestamps_need_tz():
   at = sources.Where("photo_play.parquet", "enter_timestamp")
   with pytest.raises(sources.SourceError, match=r"photo_play.parquet: column 'enter_timestamp', "
                      r"row 1: -1"):
-    sources.parse_times(pa.array([T, -1]), at)
+    times.parse_times(pa.array([T, -1]), at)
   naive = pa.array([T], pa.timestamp("ms"))
   with pytest.raises(sources.SourceError, match="has no time zone.*--tz"):
-    sources.parse_times(naive, at)
-  assert sources.parse_times(naive, at, "UTC")[0].tolist() == [T]
+    times.parse_times(naive, at)
+  assert times.parse_times(naive, at, "UTC")[0].tolist() == [T]
   zoned = pa.array([T], pa.timestamp("ms", "Asia/Shanghai"))
-  assert sources.parse_times(zoned, at)[0].tolist() == [T]
+  assert times.parse_times(zoned, at)[0].tolist() == [T]
   with pytest.raises(sources.SourceError, match="unknown time zone"):
-    sources.check_tz("Mars/Olympus")
+    times.check_tz("Mars/Olympus")
 
 
 # ---------------------------------------------------------------------------- ids

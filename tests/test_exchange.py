@@ -15,12 +15,12 @@ from mcjax import config as mcconfig
 from mcjax import losses
 from mcjax.contract import schema
 from mcjax.model import build_model
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
-from mcjax.train import sparse
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import partition
+from mcjax.runtime import sparse
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 from test_model import tiny
 
 V, D = 64, 4
@@ -210,15 +210,14 @@ def test_scoring_stops_when_evaluation_overflowed():
   from types import SimpleNamespace
 
   from mcjax.train import RunError
-  from mcjax.train.evaluate import EvalScorer
+  from mcjax.train.evaluate import Evaluator
   cfg = mcconfig.default_config()
   cfg.mesh.embedding_exchange = "all_to_all"
-  data = SimpleNamespace(cfg=cfg, eval_batches=lambda lo, hi: [{}],
-                         to_device=lambda sharding, local, rows: local)
+  data = SimpleNamespace(cfg=cfg, eval_batches=lambda lo, hi: [{}])
   probs = np.full((cfg.train.eval_batch_size, len(schema.TASKS)), 0.5, np.float32)
-  scorer = EvalScorer(lambda state, batch: (probs, {"eval/exchange_overflow": 5.0}), data,
-                      mesh_lib.make_mesh((1, 1), devices=jax.devices()[:1]))
+  evaluator = Evaluator(lambda state, batch: (probs, {"eval/exchange_overflow": 5.0}), data,
+                        mesh_lib.make_mesh((1, 1), devices=jax.devices()[:1]))
   state = SimpleNamespace(step=np.int32(12))
   with pytest.raises(RunError, match=r"^step 12: the embedding exchange dropped 5 ids of "
                                      r"evaluation records \[0, 10\) .* \(now 2.0\)$"):
-    scorer(state, 0, 10)
+    evaluator(state, 0, 10)

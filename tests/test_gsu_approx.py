@@ -110,9 +110,9 @@ def test_train_step_f32_two_stage_on_a_mesh_equals_reference_step():
   import functools
 
   from mcjax import losses
-  from mcjax.train import mesh as mesh_lib
-  from mcjax.train import state as state_lib
-  from mcjax.train import step as step_lib
+  from mcjax.runtime import mesh as mesh_lib
+  from mcjax.runtime import state as state_lib
+  from mcjax.runtime import step as step_lib
 
   optim = state_lib.OptimConfig()
   loss_fn = functools.partial(losses.compute_loss, cfg=losses.loss_config())

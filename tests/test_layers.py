@@ -13,6 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The rank of each top-level part of the package; a module may import its own rank or lower.
 RANKS = {
+    "mcjax.version": 0,      # the package version
     "mcjax.eventlog": 0,     # the event-log contract, atomic files
     "mcjax.contract": 1,     # the sample contract: schema, history store
     "mcjax.metrics": 1,      # pure array metrics (AUC, logloss) over TASKS
@@ -23,13 +24,14 @@ RANKS = {
     "mcjax.stream": 4,       # event sources and the stream engine (samples as they happen)
     "mcjax.model": 5,
     "mcjax.losses": 5,
+    "mcjax.loss_config": 5,  # the loss section of the config (no JAX)
     "mcjax.config": 6,       # run configs: name every layer's knobs
     "mcjax.configs": 6,
     "mcjax.distributed": 6,
-    "mcjax.train": 7,        # mesh, state, step, checkpoints, run folder, data
-    "mcjax.trainer": 8,
-    "mcjax.serve": 9,
-    "mcjax.report": 10,
+    "mcjax.runtime": 7,      # mesh, partition rules, state, checkpoints, the steps: build()
+    "mcjax.train": 8,        # the training loop, time plans, run folder, evaluation
+    "mcjax.serve": 8,        # scoring a trained run (restores through the runtime)
+    "mcjax.report": 9,
 }
 
 
@@ -51,7 +53,7 @@ def _imports(path: str):
   for node in ast.walk(ast.parse(open(path).read())):
     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       if node.module == "mcjax":
-        yield from (f"mcjax.{a.name}" for a in node.names if a.name != "__version__")
+        yield from (f"mcjax.{a.name}" for a in node.names)
       else:
         yield node.module
     elif isinstance(node, ast.Import):
@@ -77,3 +79,17 @@ def test_no_upward_import(module, path):
     assert RANKS[_part(target)] <= RANKS[own], (
         f"{module} (layer {own}, rank {RANKS[own]}) imports {target} (layer "
         f"{_part(target)}, rank {RANKS[_part(target)]}): data flows one way")
+
+
+def _python_files(top: str):
+  for root, _, files in os.walk(os.path.join(ROOT, top)):
+    yield from (os.path.join(root, f) for f in sorted(files) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("top", ["mcjax/serve", "benchmarks"])
+def test_serving_and_benchmarks_use_the_runtime_not_the_trainer(top):
+  """Scoring and the benchmarks build their steps through ``mcjax.runtime``; the training
+  loop's package (``mcjax.train``) is above them in spirit, never a dependency."""
+  for path in _python_files(top):
+    bad = [t for t in _imports(path) if t == "mcjax.train" or t.startswith("mcjax.train.")]
+    assert not bad, f"{os.path.relpath(path, ROOT)} imports {bad[0]}: use mcjax.runtime"

@@ -160,10 +160,11 @@ def test_build_samples_launcher_refuses_in_one_line_and_novalidate_skips(tmp_pat
 def test_train_data_door_refuses_a_bad_log_and_novalidate_skips_it(tmp_path):
   log = _write(tmp_path, *_bad_log("negative gift"))
   base = ["--config=mcjax/configs/smoke.py", f"--workdir={tmp_path / 'run'}",
-          f"--data={log}"]
+          f"--config.data.log_dir={log}"]
   r = _run("launch.train", *base)
   assert r.returncode != 0
-  assert _last_line(r).startswith("FATAL invalid --data log: log/events.parquet: column "
+  assert _last_line(r).startswith("FATAL invalid --config.data.log_dir log: log/events.parquet: "
+                                  "column "
                                   "'value': gift value must be > 0")
   assert not (tmp_path / "run").exists()
   # --novalidate passes the door: the next check (the config) is what stops this run

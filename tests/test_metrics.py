@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from mcjax import metrics
+from mcjax import metrics, report
 from mcjax.contract.schema import TASKS
 
 
@@ -136,3 +136,39 @@ def test_windowed_metrics_overall_is_exact():
   assert overall["overall"]["ltr"]["auc"] == pytest.approx(
       roc_auc_score(all_labels[:, 1], all_probs[:, 1]))
   assert overall["slices"]["live_sparse"]["ctr"]["n"] == sparse
+
+
+def test_headroom_reads_which_term_the_model_carries():
+  """A model whose logit is base + 0.5 affinity + highlight: the regression on the oracle's
+  terms says so exactly; AUCs are the oracle's own; a slice without highlights has no
+  highlight coefficient; records without an oracle are left out."""
+  rng = np.random.default_rng(0)
+  n = 2000
+  base, aff = rng.normal(-1, 0.5, n), rng.normal(0, 1, n)
+  hl = np.where(rng.random(n) < 0.3, rng.uniform(1, 2, n), 0.0)
+  sig = lambda x: 1 / (1 + np.exp(-x))
+  y = (rng.random(n) < sig(base + aff + hl)).astype(np.float32)
+  oracle = {"oracle_p_click": sig(base + aff + hl), "oracle_p_no_highlight": sig(base + aff),
+            "oracle_p_no_affinity": sig(base + hl)}
+  p_model = sig(base + 0.5 * aff + hl)
+  p_model[:10] = np.nan  # unscored records are left out, as are records without an oracle
+  oracle["oracle_p_click"][10:20] = np.nan
+  got = metrics.headroom_by_slice(p_model, y, oracle, {"highlight": hl > 0,
+                                                       "non_highlight": hl == 0})
+  h = got["overall"]
+  assert h["n"] == n - 20 and h["pos"] == y[20:].sum()
+  keep = slice(20, None)
+  assert abs(h["oracle_auc"] - roc_auc_score(y[keep], oracle["oracle_p_click"][keep])) < 1e-12
+  assert abs(h["oracle_no_affinity_auc"]
+             - roc_auc_score(y[keep], oracle["oracle_p_no_affinity"][keep])) < 1e-12
+  assert abs(h["auc"] - roc_auc_score(y[keep], p_model[keep])) < 1e-12
+  assert h["oracle_auc"] > h["oracle_no_affinity_auc"] and h["oracle_auc"] > h["auc"]
+  for k, want in (("rest", 1.0), ("affinity", 0.5), ("highlight", 1.0)):
+    assert abs(h["learned"][k] - want) < 1e-4, (k, h["learned"])
+  assert got["non_highlight"]["learned"]["highlight"] is None
+  assert abs(got["non_highlight"]["learned"]["affinity"] - 0.5) < 1e-4
+  assert metrics.headroom_by_slice(p_model, y, {k: np.full(n, np.nan) for k in oracle},
+                                   {}) == {}
+  table = report.headroom_table({"full": {"headroom": got}})
+  assert "| full" in table and f"{h['oracle_auc']:.4f}" in table and "0.50" in table
+  assert report.headroom_table({"full": {}}) is None

@@ -22,9 +22,10 @@ from mcjax import losses
 from mcjax.model import build_model
 from mcjax.model import config as model_config
 from mcjax.contract import schema
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import state as state_lib
+from mcjax.contract import batch as batch_lib
+from mcjax.runtime import step as step_lib
 from test_model import tiny
 
 # A broken cast (a layer left in float32 on purpose is fine; a wrong kernel, a lost bias or a
@@ -45,7 +46,7 @@ CASES = {
 
 
 def _batch(seed=3):
-  return step_lib.host_batch(schema.dummy_batch(16, 12, 10, seed=seed))
+  return batch_lib.host_batch(schema.dummy_batch(16, 12, 10, seed=seed))
 
 
 def _forward(cfg):

@@ -13,9 +13,9 @@ from mcjax import losses
 from mcjax.model import build_model, esu, gsu
 from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
 from mcjax.sim import world
-from mcjax.train.step import host_batch
+from mcjax.contract.batch import host_batch
 from test_model import tiny
 
 # every ablation switch is flipped in at least one of these (few compiles: CPU time is dear)
@@ -35,7 +35,7 @@ def small_world_batch(tmp_path_factory):
                .tables("train", chunk_rows=4096))
   rows = np.random.default_rng(0).choice(len(table["user_id"]), 64, replace=False)
   from mcjax.samples.table import take_rows
-  batch = pipeline.pad_table(take_rows(table, np.sort(rows)), 16, 8)
+  batch = batch_lib.pad_table(take_rows(table, np.sort(rows)), 16, 8)
   batch["weight"] = np.ones(64, np.float32)
   assert batch["sv_len"].max() > 0 and batch["lv_len"].max() > 0
   return host_batch(batch)

@@ -24,14 +24,14 @@ from mcjax import convert
 from mcjax.eventlog import io as log_io
 from mcjax.eventlog.validate import LogValidationError
 from mcjax.moment import MomentConfig
-from mcjax.samples.beam import pipeline as beam_pipeline
+from mcjax.samples.beam import files as beam_files
+from mcjax.samples.beam import layout as beam_layout
 from mcjax.samples.beam import stages
-from mcjax.samples import build, pipeline, shards
+from mcjax.samples import build, loader, shards
 from mcjax.sim import world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_convert import _m3  # noqa: E402  (the KuaiLive-M3 source fixture)
+from test_convert import _m3  # the KuaiLive-M3 source fixture (tests/ is on pytest's path)
 
 # Several keys per stage, several crowd ranges per live (carries), several write parts; most
 # batches between stages travel as spilled files, the smaller ones inline.
@@ -102,7 +102,7 @@ def test_beam_matches_in_process_on_a_small_world(small_world, tmp_path, mode):
   assert beam["engine"] == "beam" and local["stats"]["live_exposures"] > 500
   # The trainer's input pipeline reads the Beam-built folder like any other.
   src = shards.open_samples(str(tmp_path / "beam"), "train")
-  batch = next(iter(pipeline.make_batches(src, batch_size=64, sv_len=8, lv_len=4)))
+  batch = next(iter(loader.make_batches(src, batch_size=64, sv_len=8, lv_len=4)))
   assert batch["sv_item"].shape == (64, 8)
 
 
@@ -121,17 +121,17 @@ def test_automatic_keys_keep_their_size_as_the_log_grows(small_world):
   assert auto.buckets == auto.write_range_ms == 0
   day = 86_400_000
   small = auto.resolve(1000, day)
-  assert (small.buckets, small.write_range_ms) == (stages.MIN_AUTO_BUCKETS, day)
-  big = auto.resolve(100 * stages.AUTO_BUCKET_EVENTS + 1, day)
+  assert (small.buckets, small.write_range_ms) == (beam_layout.MIN_AUTO_BUCKETS, day)
+  big = auto.resolve(100 * beam_layout.AUTO_BUCKET_EVENTS + 1, day)
   assert big.buckets == 101
-  ranges = -(-(100 * stages.AUTO_BUCKET_EVENTS + 1) // stages.AUTO_WRITE_EVENTS)
+  ranges = -(-(100 * beam_layout.AUTO_BUCKET_EVENTS + 1) // beam_layout.AUTO_WRITE_EVENTS)
   assert big.write_range_ms == -(-day // (ranges * 60_000)) * 60_000
-  assert auto.resolve(10 ** 12, 5).write_range_ms == stages.MIN_WRITE_RANGE_MS
+  assert auto.resolve(10 ** 12, 5).write_range_ms == beam_layout.MIN_WRITE_RANGE_MS
   fixed = stages.Layout(buckets=5, write_range_ms=7).resolve(10 ** 9, day)
   assert (fixed.buckets, fixed.write_range_ms) == (5, 7)
   # the log's extent comes from the Parquet footers
   ts = log_io.read_events(small_world)["ts_ms"].to_numpy()
-  assert beam_pipeline.event_extent(small_world) == (len(ts), int(ts.max() - ts.min() + 1))
+  assert beam_files.event_extent(small_world) == (len(ts), int(ts.max() - ts.min() + 1))
   with pytest.raises(ValueError, match=r"Layout\.spill_rows=-1: expected >= 0"):
     stages.Layout(spill_rows=-1).validate()
 
@@ -223,7 +223,7 @@ def test_launcher_passes_beam_flags_and_fills_the_trainer_cache(tmp_path):
 def test_no_runner_named_runs_locally_without_downloading_prism():
   """Beam's DirectRunner first tries the Prism runner, which it downloads: with no --runner the
   pipeline runs on Beam's local FnApiRunner (the same --direct_* flags); a named runner stays."""
-  from mcjax.samples.beam.pipeline import pipeline_options
+  from mcjax.samples.beam.job import pipeline_options
   opts = pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
   assert opts.get_all_options()["runner"] == "FnApiRunner"
   assert opts.get_all_options()["direct_num_workers"] == 2

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
+
+from mcjax.samples import loader
 from mcjax.contract import schema as S
 from mcjax.samples import shards
 from mcjax.samples import table as sample_table
@@ -22,18 +24,18 @@ def _all(it):
 
 def test_padding_weights_and_fixed_shapes(table):
   src = sample_table.TableSource(table)
-  batches = _all(pipeline.make_batches(src, batch_size=16, sv_len=6, lv_len=3,
+  batches = _all(loader.make_batches(src, batch_size=16, sv_len=6, lv_len=3,
                                        process_index=0, process_count=1))
-  assert len(batches) == 4 == pipeline.num_batches(N, 16)
+  assert len(batches) == 4 == loader.num_batches(N, 16)
   for b in batches:
     assert b["sv_item"].shape == (16, 6) and b["lv_watch_s"].shape == (16, 3)
     assert b["crowd"].shape == (16, len(S.CROWD_FEATURES))
-    assert set(b) == {f.name for f in S.FIELDS} | set(pipeline.EXTRA_FIELDS)
+    assert set(b) == {f.name for f in S.FIELDS} | set(batch_lib.EXTRA_FIELDS)
   np.testing.assert_array_equal(batches[-1]["weight"], [1.0] * 2 + [0.0] * 14)
   assert not batches[-1]["user_id"][2:].any()
   users = np.concatenate([b["user_id"][b["weight"] > 0] for b in batches])
   np.testing.assert_array_equal(users, table["user_id"])  # time order kept
-  dropped = _all(pipeline.make_batches(src, batch_size=16, sv_len=6, lv_len=3,
+  dropped = _all(loader.make_batches(src, batch_size=16, sv_len=6, lv_len=3,
                                        drop_remainder=True, process_index=0, process_count=1))
   assert len(dropped) == 3 and all(b["weight"].all() for b in dropped)
 
@@ -41,7 +43,7 @@ def test_padding_weights_and_fixed_shapes(table):
 def test_truncation_keeps_most_recent_items(table):
   src = sample_table.TableSource(table)
   rows = np.arange(10, 20)
-  b = next(iter(pipeline.make_batches(src, batch_size=10, sv_len=4, lv_len=2, indices=rows,
+  b = next(iter(loader.make_batches(src, batch_size=10, sv_len=4, lv_len=2, indices=rows,
                                       process_index=0, process_count=1)))
   off = table["sv_offsets"]
   for j, r in enumerate(rows):
@@ -59,8 +61,8 @@ def test_truncation_keeps_most_recent_items(table):
 def test_two_processes_union_equals_single_process(table):
   src = sample_table.TableSource(table)
   kw = dict(batch_size=12, sv_len=5, lv_len=3, shuffle=True, seed=7, num_epochs=2)
-  single = _all(pipeline.make_batches(src, process_index=0, process_count=1, **kw))
-  parts = [_all(pipeline.make_batches(src, process_index=p, process_count=2, **kw))
+  single = _all(loader.make_batches(src, process_index=0, process_count=1, **kw))
+  parts = [_all(loader.make_batches(src, process_index=p, process_count=2, **kw))
            for p in range(2)]
   assert len(single) == len(parts[0]) == len(parts[1]) == 10
   for g, a, b in zip(single, *parts):
@@ -76,12 +78,12 @@ def test_iterator_state_round_trip(table):
   src = sample_table.TableSource(table)
   kw = dict(batch_size=8, sv_len=4, lv_len=2, shuffle=True, seed=1, num_epochs=2,
             process_index=0, process_count=1)
-  it = iter(pipeline.make_batches(src, **kw))
+  it = iter(loader.make_batches(src, **kw))
   for _ in range(5):
     next(it)
   state = it.get_state()
   rest = list(it)
-  fresh = iter(pipeline.make_batches(src, **kw))
+  fresh = iter(loader.make_batches(src, **kw))
   fresh.set_state(state)
   again = list(fresh)
   assert len(again) == len(rest) == 9
@@ -91,7 +93,7 @@ def test_iterator_state_round_trip(table):
 
 
 def test_shuffle_is_block_aware_permutation():
-  pos = pipeline.shuffled_positions(1000, seed=0, epoch=0, chunk=64, window=128)
+  pos = loader.shuffled_positions(1000, seed=0, epoch=0, chunk=64, window=128)
   np.testing.assert_array_equal(np.sort(pos), np.arange(1000))
   assert len(np.unique(pos[:128] // 64)) <= 4  # a window touches few blocks
 
@@ -101,9 +103,9 @@ def test_reads_from_shards(table, tmp_path):
   src = shards.open_samples(str(tmp_path), "train")
   ts = shards.sample_ts_ms(src)
   window = np.flatnonzero((ts >= ts[10]) & (ts < ts[30]))
-  from_disk = _all(pipeline.make_batches(src, batch_size=8, sv_len=6, lv_len=3,
+  from_disk = _all(loader.make_batches(src, batch_size=8, sv_len=6, lv_len=3,
                                          indices=window, process_index=0, process_count=1))
-  in_memory = _all(pipeline.make_batches(sample_table.TableSource(table), batch_size=8, sv_len=6,
+  in_memory = _all(loader.make_batches(sample_table.TableSource(table), batch_size=8, sv_len=6,
                                          lv_len=3, indices=window, process_index=0,
                                          process_count=1))
   for a, b in zip(from_disk, in_memory):
@@ -114,9 +116,9 @@ def test_reads_from_shards(table, tmp_path):
 def test_bad_arguments(table):
   src = sample_table.TableSource(table)
   with pytest.raises(ValueError, match="batch_size"):
-    pipeline.make_batches(src, batch_size=0, sv_len=1, lv_len=1)
+    loader.make_batches(src, batch_size=0, sv_len=1, lv_len=1)
   with pytest.raises(ValueError, match="process_count"):
-    pipeline.make_batches(src, batch_size=5, sv_len=1, lv_len=1, process_index=0,
+    loader.make_batches(src, batch_size=5, sv_len=1, lv_len=1, process_index=0,
                           process_count=2)
   with pytest.raises(ValueError, match="indices"):
-    pipeline.make_batches(src, batch_size=5, sv_len=1, lv_len=1, indices=[N])
+    loader.make_batches(src, batch_size=5, sv_len=1, lv_len=1, indices=[N])

@@ -21,7 +21,7 @@ import pytest
 from mcjax import config as mcconfig
 from mcjax.moment.engine import build_samples
 from mcjax.serve import versions as V
-from mcjax.serve.realtime import PredStore
+from mcjax.train.realtime import PredStore
 from mcjax.train import continuous
 from mcjax.train.emitted import ReplayEmitted
 from xla_flags import FAST_COMPILE
@@ -207,7 +207,7 @@ def _served_like(world) -> dict:
   """A weights tree of the tiny model (shapes and shardings) to load served versions onto."""
   import functools
   from mcjax.model import build_model
-  from mcjax.train import mesh as mesh_lib, state as state_lib
+  from mcjax.runtime import mesh as mesh_lib, state as state_lib
   cfg = _tiny()
   _, abstract, specs = state_lib.setup(functools.partial(build_model, cfg.model),
                                        state_lib.optim_config(cfg))

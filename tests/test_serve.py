@@ -23,9 +23,9 @@ from mcjax.moment.engine import SampleBuilder
 from mcjax.moment.events import LogTables
 from mcjax.moment.synth import random_log
 from mcjax.contract import schema
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
 from mcjax.serve import EventBuffer, RequestBuilder, Scorer, export
-from mcjax.train.step import host_batch
+from mcjax.contract.batch import host_batch
 from xla_flags import FAST_COMPILE
 
 SV, LV = 12, 6
@@ -35,7 +35,7 @@ ONE_DEVICE = jax.devices()[:1]
 
 def _device_inputs(table: dict) -> dict:
   """A sample table -> its model inputs as a device receives them (the trainer's path)."""
-  device = host_batch(pipeline.pad_table(table, SV, LV))
+  device = host_batch(batch_lib.pad_table(table, SV, LV))
   return {k: device[k] for k in schema.MODEL_INPUTS}
 
 
@@ -155,7 +155,7 @@ def test_scores_equal_evaluation_predictions(trained, scorer):
   assert np.abs(probs - preds["probs"]).max() <= 1e-6
   # score(): one request, its logged live among other candidates, ranked
   i = int(np.argmax(preds["probs"][:, 0]))
-  others = raw["item_id"][:20]
+  others = np.setdiff1d(raw["item_id"][:20], raw["item_id"][i])
   ranked = scorer.score(raw["user_id"][i], raw["ts_ms"][i], np.r_[others, raw["item_id"][i]])
   assert np.all(np.diff(ranked.ranking_score) <= 0)
   at = np.flatnonzero(ranked.live_ids == raw["item_id"][i])[0]
@@ -224,12 +224,27 @@ def test_export_round_trip_in_a_jax_only_process(trained, scorer, tmp_path):
     assert json.load(f)["buckets"] == list(BUCKETS)
 
 
+def test_export_replaces_an_older_export_whole(scorer, tmp_path):
+  """An existing export is replaced only with overwrite, and whole: no stale bucket file of
+  the older export stays beside the new one."""
+  out = str(tmp_path / "export")
+  export.export(scorer, out, buckets=(8,))
+  with open(os.path.join(out, "score_999.bin"), "wb") as f:
+    f.write(b"stale")
+  with pytest.raises(FileExistsError, match=r"already exists \(pass --overwrite"):
+    export.export(scorer, out, buckets=(8,))
+  export.export(scorer, out, buckets=(8,), overwrite=True)
+  assert sorted(os.listdir(out)) == sorted([export.LOADER, export.META, export.WEIGHTS,
+                                            "score_8.bin"])
+  assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")] == []
+
+
 def test_checkpoint_from_a_2x4_mesh_scores_on_one_device(tmp_path):
   """A state written on a (2, 4) mesh restores bit-exactly onto one device and onto the same
   mesh, and both score alike."""
   import functools
   from mcjax.model import build_model
-  from mcjax.train import checkpoint, mesh as mesh_lib, state as state_lib
+  from mcjax.runtime import checkpoint, mesh as mesh_lib, state as state_lib
   cfg = tf.tiny_config()
   mesh = mesh_lib.make_mesh((2, 4))
   _, state, _ = state_lib.create_train_state(
@@ -265,11 +280,11 @@ def test_launch_score(trained, scorer, tmp_path):
   requests after the log warn, before it refuse; a missing checkpoint is one line."""
   s, work = trained
   lo, hi = scorer.requests.time_range
-  live = scorer.requests.context.live_id[:4]
+  live = np.unique(scorer.requests.context.live_id)[:4]
   user = scorer.requests.context.user[:1]
-  req = {"request_id": [1, 1, 1, 1, 2, 2, 2], "user_id": [user[0]] * 4 + [-5] * 3,
+  req = {"request_id": [1, 1, 1, 1, 2, 2, 2], "user_id": [user[0]] * 4 + [10**12 + 5] * 3,
          "ts_ms": [hi - 1000] * 4 + [hi + 5000] * 3,
-         "live_id": list(live) + [live[0], -6, -7]}
+         "live_id": list(live) + [live[0], 10**12 + 6, 10**12 + 7]}
   pq.write_table(pa.table({k: np.asarray(v, np.int64) for k, v in req.items()}),
                  tmp_path / "req.parquet")
   done = _score_cli(s, work, str(tmp_path / "req.parquet"), str(tmp_path / "out.parquet"))
@@ -286,13 +301,13 @@ def test_launch_score(trained, scorer, tmp_path):
     i = [j for j in range(7) if req["request_id"][j] == r and req["live_id"][j] == l][0]
     assert abs(got - probs[i, 0]) <= 1e-6
 
-  req["ts_ms"][0] = lo - 1
+  req["ts_ms"][:4] = [lo - 1] * 4  # request 1 (one time per request)
   pq.write_table(pa.table({k: np.asarray(v, np.int64) for k, v in req.items()}),
                  tmp_path / "early.parquet")
   done = _score_cli(s, work, str(tmp_path / "early.parquet"), str(tmp_path / "x.parquet"))
   assert done.returncode != 0
   assert done.stderr.strip().splitlines()[-1].startswith(
-      "FATAL --requests: 1 row(s) have ts_ms before the first event of --log")
+      "FATAL --requests: 4 row(s) have ts_ms before the first event of --log")
   (tmp_path / "untrained").mkdir()
   with open(os.path.join(work, "config.json")) as f:
     (tmp_path / "untrained" / "config.json").write_text(f.read())
@@ -338,3 +353,61 @@ def test_scored_example_ranks_the_lives_on_air_inside_a_highlight(trained):
   text = "\n".join(report.example_section(ex))
   assert f"live {ex['highlight_live']}" in text and "Ranking_Score" in text
   assert highlight_request(s.world, after_ms=2**62) is None
+
+
+def test_kill_9_of_score_and_export_leaves_no_part(trained, scorer, tmp_path):
+  """score and export killed at random points (importing, restoring, scoring, writing) leave
+  no --out (or the whole one); a rerun writes what the Scorer computes in this process."""
+  import random
+  import signal
+  import time
+  from flax import traverse_util
+  s, work = trained
+  _, hi = scorer.requests.time_range
+  live = np.unique(scorer.requests.context.live_id)[:3]
+  req = {"request_id": [1, 1, 1], "user_id": [1, 1, 1], "ts_ms": [hi - 1000] * 3,
+         "live_id": list(live)}
+  pq.write_table(pa.table({k: np.asarray(v, np.int64) for k, v in req.items()}),
+                 tmp_path / "req.parquet")
+  probs, _ = scorer.score_batch(scorer.requests.batch(req["user_id"], req["ts_ms"],
+                                                      req["live_id"]))
+  want_ctr = dict(zip(req["live_id"], probs[:, 0]))
+  flat = traverse_util.flatten_dict(jax.device_get(scorer.weights))
+  want_weights = {"/".join(map(str, k)): np.asarray(v) for k, v in flat.items()}
+
+  def score_ok(out):
+    got = pq.read_table(out).to_pydict()
+    assert sorted(got["live_id"]) == sorted(req["live_id"])
+    for l, p in zip(got["live_id"], got["p_ctr"]):
+      assert abs(p - want_ctr[l]) <= 1e-6
+
+  def export_ok(out):
+    assert sorted(os.listdir(out)) == sorted([export.LOADER, export.META, export.WEIGHTS,
+                                              "score_8.bin"])
+    with np.load(os.path.join(out, export.WEIGHTS)) as z:
+      assert sorted(z.files) == sorted(want_weights)
+      for k in z.files:
+        np.testing.assert_array_equal(z[k], want_weights[k], err_msg=k)
+
+  runs = {
+      "score": (["launch.score", f"--workdir={work}", f"--log={s.world}",
+                 f"--requests={tmp_path / 'req.parquet'}"], score_ok),
+      "export": (["launch.export", f"--workdir={work}", "--buckets=8"], export_ok)}
+  rng = random.Random(3)
+  for name, (argv, check) in runs.items():
+    out = str(tmp_path / name)
+    proc = subprocess.Popen([sys.executable, "-m", *argv, f"--out={out}"], cwd=tf.REPO,
+                            env=tf.env(s, 1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(1.0, 8.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if os.path.exists(out):  # killed after the rename: whole
+      check(out)
+    done = subprocess.run([sys.executable, "-m", *argv, f"--out={out}",
+                           *(["--overwrite"] if os.path.exists(out) else [])],
+                          cwd=tf.REPO, env=tf.env(s, 1), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check(out)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(f".tmp-{name}-")]

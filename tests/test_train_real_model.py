@@ -9,9 +9,9 @@ from jax.sharding import PartitionSpec as P
 from mcjax import losses
 from mcjax.model import build_model
 from mcjax.contract import schema
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 from test_model import tiny
 
 

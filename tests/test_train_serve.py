@@ -19,9 +19,9 @@ from mcjax.model import build_model, embedding
 from mcjax.moment import MomentConfig
 from mcjax.moment.engine import SampleBuilder
 from mcjax.contract import schema
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
 from mcjax.sim import world
-from mcjax.train.step import host_batch
+from mcjax.contract.batch import host_batch
 from test_model import tiny
 
 SV, LV = 12, 6
@@ -55,7 +55,7 @@ def model_fn():
 
 def _device_batch(table: dict) -> dict:
   """A sample table -> the batch a device receives (padded, host_batch'ed)."""
-  batch = pipeline.pad_table(table, SV, LV)
+  batch = batch_lib.pad_table(table, SV, LV)
   batch["weight"] = np.ones(len(batch["user_id"]), np.float32)
   return host_batch(batch)
 
@@ -131,7 +131,7 @@ def test_ids_differing_only_in_high_bits_keep_their_rows():
   numpy hash (collision reports) equals the device path."""
   lo = np.array([7, 123456, 2**31 - 1], np.int64)
   ids = np.concatenate([lo, lo + (np.int64(1) << 32), lo + (np.int64(5) << 40)])
-  folded = embedding.fold_ids(ids)
+  folded = batch_lib.fold_ids(ids)
   assert folded.dtype == np.int32
   assert len(np.unique(folded)) == len(ids)
   np.testing.assert_array_equal(folded[:3], lo.astype(np.int32))  # identity in int32 range
@@ -144,7 +144,7 @@ def test_ids_differing_only_in_high_bits_keep_their_rows():
   assert len(np.unique(device)) == len(ids)
   # negative and uint64 ids fold too
   u = np.array([2**64 - 1, 2**63, 5], np.uint64)
-  assert len(np.unique(embedding.fold_ids(u))) == 3
+  assert len(np.unique(batch_lib.fold_ids(u))) == 3
 
 
 def test_collision_report_counts_what_training_hashes(tmp_path):

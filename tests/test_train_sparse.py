@@ -10,10 +10,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcjax.contract import schema
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import sparse
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import sparse
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 import toy_model
 
 VOCAB, DIM = 16, 4

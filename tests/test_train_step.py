@@ -10,11 +10,11 @@ import toy_model
 from jax.sharding import PartitionSpec as P
 
 from mcjax.contract import schema
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
-from mcjax.train import sparse
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import partition
+from mcjax.runtime import sparse
+from mcjax.runtime import state as state_lib
+from mcjax.runtime import step as step_lib
 
 BUILD = functools.partial(toy_model.build_model, toy_model.ToyConfig(user_vocab=64, hidden=16))
 OPTIM = state_lib.OptimConfig(learning_rate=1e-2,

@@ -10,9 +10,9 @@ import pytest
 import trainer_fixtures as fx
 
 from mcjax import config as mcconfig
-from mcjax import trainer
+from mcjax.train import loop
 from mcjax.sim import config as sim_config
-from mcjax.train import mesh as mesh_lib
+from mcjax.runtime import mesh as mesh_lib
 
 
 def _launch(tmp_path, *flags):
@@ -130,7 +130,7 @@ def test_train_and_evaluate_validates_before_building_data(tmp_path):
   cfg = fx.tiny_config()
   cfg.train.mode = "bogus"
   with pytest.raises(ValueError, match=r"config\.train\.mode"):
-    trainer.train_and_evaluate(cfg, str(tmp_path / "work"), str(tmp_path / "samples"))
+    loop.train_and_evaluate(cfg, str(tmp_path / "work"), str(tmp_path / "samples"))
   assert not (tmp_path / "work").exists()
 
 

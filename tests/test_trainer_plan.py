@@ -13,7 +13,7 @@ import trainer_fixtures as fx
 
 from mcjax.eventlog import files
 from mcjax.train import RunError, evaluate
-from mcjax.train import mesh as mesh_lib
+from mcjax.runtime import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 
@@ -134,15 +134,12 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 
 class _FakeData:
-  """Two batches of four evaluation records, as ``evaluate.EvalScorer`` reads them."""
+  """Two batches of four evaluation records, as ``evaluate.Evaluator`` reads them."""
   cfg = fx.tiny_config()
   cfg.train.eval_batch_size = 4
 
   def eval_batches(self, lo, hi):
     return [{"row": np.arange(4)}, {"row": np.arange(4, 8)}]
-
-  def to_device(self, sharding, local, rows):
-    return local
 
   def eval_records(self, lo, hi, probs):
     return {"probs": probs}
@@ -154,11 +151,11 @@ def test_nonfinite_predictions_are_refused():
 
   def eval_step(state, batch):
     probs = np.full((4, 6), 0.5, np.float32)
-    probs[batch["row"] == 5] = np.nan
+    probs[np.asarray(batch["row"]) == 5] = np.nan
     return probs, {}
 
-  scorer = evaluate.EvalScorer(eval_step, _FakeData(), mesh)
-  assert scorer(state, 0, 4)["probs"].shape == (4, 6)
+  evaluator = evaluate.Evaluator(eval_step, _FakeData(), mesh)
+  assert evaluator(state, 0, 4)["probs"].shape == (4, 6)
   with pytest.raises(RunError, match=r"step 7: 1 of 7 predictions of evaluation records "
                                      r"\[0, 7\) are not finite"):
-    scorer(state, 0, 7)
+    evaluator(state, 0, 7)

@@ -72,6 +72,11 @@ def test_metrics_json_layout_and_tensorboard(s):
   # Every evaluation record is scored exactly once, in one window.
   assert sum(w["ctr"]["n"] for w in m["windows"]) == m["overall"]["ctr"]["n"] > 0
   assert 0.0 <= m["overall"]["ctr"]["auc"] <= 1.0
+  # The tiny world has an oracle: the headroom block covers the same click records.
+  room = m["headroom"]["overall"]
+  assert room["n"] == m["overall"]["ctr"]["n"] and room["auc"] == m["overall"]["ctr"]["auc"]
+  assert 0.5 < room["oracle_auc"] <= 1.0 and set(room["learned"]) == {"rest", "affinity",
+                                                                      "highlight"}
   assert m["train"]["steps"] > 0
   assert glob.glob(os.path.join(ref, "tb", "events.out.tfevents.*"))
 
@@ -99,3 +104,34 @@ def test_throughput_leaves_out_compile_and_scoring(s):
   logged = fx.read_scalars(ref, "perf/step_time_s")
   assert sorted(logged) == list(range(10, t["steps"] + 1, 10))  # tiny: log_every_steps=10
   assert max(logged.values()) < t["first_step_s"] / 5
+
+
+def test_corrupt_checkpoint_resumes_from_the_previous_one(s):
+  """256 bytes overwritten inside a state file of the last checkpoint (size unchanged): the
+  rerun names the file in one warning line, moves that step aside, resumes from the previous
+  checkpoint and ends exactly like the uninterrupted run (not a different model, not a
+  "diverged" run)."""
+  import shutil
+  ref = fx.reference(s)
+  work = os.path.join(s.root, "corrupt")
+  shutil.copytree(ref, work, symlinks=True)
+  steps = fx.ckpt_steps(work)
+  assert len(steps) >= 2
+  last = os.path.join(work, "ckpt", str(steps[-1]))
+  state = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(last, "state")) for n in ns]
+  target = max(state, key=os.path.getsize)
+  size = os.path.getsize(target)
+  with open(target, "r+b") as f:
+    f.seek(size // 2)
+    f.write(bytes(range(256)))
+  assert os.path.getsize(target) == size
+  fx.run(s, work)
+  log = open(work + ".log").read()
+  warned = [line for line in log.splitlines() if "corrupt checkpoint, falling back" in line]
+  assert len(warned) == 1 and f"falling back to step {steps[-2]}: {target}: crc32 " in warned[0]
+  assert "diverged" not in log
+  assert fx.comparable(fx.load_metrics(work)) == fx.comparable(fx.load_metrics(ref))
+  got, want = fx.load_state(work), fx.load_state(ref)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  assert os.listdir(os.path.join(work, "ckpt.corrupt")) == [str(steps[-1])]

@@ -98,7 +98,7 @@ def start(s: Session, work: str, *flags: str, devices: int = 1, log: str | None 
   """Starts ``python -m launch.train`` on ``work`` (output to ``log``, default work + .log);
   ``shared``: on the session's world (else the run generates its own into the workdir)."""
   argv = [sys.executable, "-m", "launch.train", f"--config={TINY}", f"--workdir={work}",
-          *([f"--data={s.world}"] if shared else []), *flags]
+          *([f"--config.data.log_dir={s.world}"] if shared else []), *flags]
   out = open(log or work + ".log", "ab")
   try:
     return subprocess.Popen(argv, cwd=REPO, env=env(s, devices), stdout=out,

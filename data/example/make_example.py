@@ -1,6 +1,6 @@
 """Writes the tiny example event log next to this script (run from the repository root).
 
-    python data/example/make_example.py
+    python -m data.example.make_example
 
 Two users, one live room and two short videos by two authors, four exposures; the tables
 are what ``data/README.md`` shows. ``example_tables()`` is also used by the tests.
@@ -9,7 +9,6 @@ are what ``data/README.md`` shows. ``example_tables()`` is also used by the test
 from __future__ import annotations
 
 import os
-import sys
 
 import pyarrow as pa
 
@@ -68,5 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.getcwd())
   main()

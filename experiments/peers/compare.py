@@ -42,7 +42,7 @@ def _run(cmd, path) -> dict:
 
 def din(i: int) -> dict:
   path = os.path.join(_OUT.value, f"din_{i}.json")
-  return _run([_PEER_PY.value, "experiments/peers/din_bench.py", f"--batch_size={_BATCH.value}",
+  return _run([_PEER_PY.value, "-m", "experiments.peers.din_bench", f"--batch_size={_BATCH.value}",
                f"--hist_len={_HIST.value}", f"--dim={_DIM.value}", f"--json_out={path}"]
               + TIMING, path)
 

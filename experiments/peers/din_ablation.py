@@ -3,7 +3,7 @@
 Runs in the peer venv only (``bash experiments/peers/setup.sh``), from the repository root,
 on a file written by ``experiments/peers/export_samples.py``:
 
-    experiments/peers/.venv/bin/python experiments/peers/din_ablation.py \
+    experiments/peers/.venv/bin/python -m experiments.peers.din_ablation \
         --data=runs/ablation/seed_0/din_data.npz --out_dir=runs/ablation/seed_0/din
 
 Model: DIN with target attention of the candidate (live, author) over the live history
@@ -102,7 +102,7 @@ def main() -> None:
   info = {
       "versions": f"torch {torch.__version__}, deepctr-torch {deepctr_torch.__version__}, "
                   f"python {sys.version.split()[0]}",
-      "command": "experiments/peers/.venv/bin/python experiments/peers/din_ablation.py "
+      "command": "experiments/peers/.venv/bin/python -m experiments.peers.din_ablation "
                  "--data=WORKDIR/seed_S/din_data.npz --out_dir=WORKDIR/seed_S/din "
                  f"--seed=S --dim={args.dim} --batch_size={args.batch_size} "
                  f"--optimizer={args.optimizer} --lr={args.lr} --init_std={args.init_std}",

@@ -2,7 +2,7 @@
 
 Runs in the peer venv only (``bash experiments/peers/setup.sh``), from the repository root:
 
-    experiments/peers/.venv/bin/python experiments/peers/din_bench.py \
+    experiments/peers/.venv/bin/python -m experiments.peers.din_bench \
         --batch_size=1024 --hist_len=50 --dim=32 --json_out=din.json
 
 The step is DeepCTR-Torch's own ``fit`` inner loop (forward, BCE + regularisation loss,
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 import torch
@@ -25,8 +23,7 @@ import torch.nn.functional as F
 from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
 from deepctr_torch.models import DIN
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from benchmarks import harness  # noqa: E402  (framework-free timing, shared with mcjax)
+from benchmarks import harness  # framework-free timing, shared with mcjax
 
 
 def build(args):

@@ -1,11 +1,13 @@
 """dlrm: a DLRM-shaped mcjax config: ids and side features -> embeddings -> MLP towers; no
 histories (no GSU/ESU), no contrastive loss, crowd features as the dense input.
 
-Command:  python -m launch.bench --config=mcjax/configs/dlrm.py --batch_size=4096
-          (throughput, beside MLPerf DLRM per-chip rates); it trains like any config:
-          python -m launch.train --config=mcjax/configs/dlrm.py --workdir=runs/dlrm
+Command:  python -m launch.bench --config=mcjax/configs/dlrm.py --mode=step \
+              --config.train.batch_size=1024
+          (throughput; it trains like any config:
+          python -m launch.train --config=mcjax/configs/dlrm.py --workdir=runs/dlrm)
 Hardware: any; sized for a 2-core CPU.
-Expected: the fastest step of the family; the lowest AUC (no user history at all).
+Expected: 38,854 examples/s at batch 1024 on the 2-core CPU, 10.66x DeepCTR-Torch DIN
+          (benchmarks/RESULTS.md, "mcjax vs DeepCTR-Torch DIN").
 """
 
 from mcjax.config import default_config

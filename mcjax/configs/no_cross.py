@@ -2,7 +2,8 @@
 
 Command:  python -m launch.train --config=mcjax/configs/no_cross.py --workdir=runs/no_cross
 Hardware: any; sized for a 2-core CPU.
-Expected: below `full`, most of all for live-sparse users.
+Expected: CTR AUC 0.6276 ± 0.0103 on the `small` world, 3 seeds (-0.0866 ± 0.0083 vs `full`)
+          (experiments/RESULTS.md, "CTR").
 """
 
 from mcjax.config import default_config

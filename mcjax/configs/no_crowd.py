@@ -4,7 +4,8 @@ Isolates Moment's crowd features: the only difference from `full` is `model.use_
 
 Command:  python -m launch.train --config=mcjax/configs/no_crowd.py --workdir=runs/no_crowd
 Hardware: any; sized for a 2-core CPU.
-Expected: below `full` inside highlight moments.
+Expected: CTR AUC 0.7120 ± 0.0207 on the `small` world, 3 seeds (-0.0023 ± 0.0074 vs `full`)
+          (experiments/RESULTS.md, "CTR").
 """
 
 from mcjax.config import default_config

@@ -139,7 +139,7 @@ FIELDS = (
 )
 
 FIELD = {f.name: f for f in FIELDS}
-# Fields that never leave the host (``train.step.host_batch`` drops them).
+# Fields that never leave the host (``contract.batch.host_batch`` drops them).
 HOST_ONLY = tuple(f.name for f in FIELDS if f.host_only)
 # Padded-batch fields the pipeline adds: valid history lengths (model inputs) and the row
 # weight (0 for padding rows; read by the loss).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from mcjax.convert import assemble, kuailive, kuailive_m3, sources
+from mcjax.convert import assemble, kuailive, kuailive_m3, sources, times
 from mcjax.convert.assemble import ConvertStats
 from mcjax.convert.sources import SourceError
 from mcjax.eventlog.validate import LogStats
@@ -28,7 +28,7 @@ def convert_tables(fmt: str, src: str, tz: str | None = None
   if fmt not in FORMATS:
     raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
   if tz is not None:
-    sources.check_tz(tz)
+    times.check_tz(tz)
   return FORMATS[fmt](src, tz=tz)
 
 

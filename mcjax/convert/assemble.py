@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mcjax.convert import sources as src_
+from mcjax.convert import times as times_lib
 from mcjax.eventlog import files
 from mcjax.eventlog import io
 from mcjax.eventlog import schema as S
@@ -63,12 +64,26 @@ def read_keyed(src: str, name: str, columns: list[str], stats: ConvertStats, *,
   stats.rows_read[name] = t.num_rows
   cols = {c: src_.ids(t.column(c), src_.where(t, c)) for c in ids}
   for c in (*times, *optional_times):
-    cols[c], how = src_.parse_times(t.column(c), src_.where(t, c), tz)
+    cols[c], how = times_lib.parse_times(t.column(c), src_.where(t, c), tz)
     stats.time_units[f"{name}:{c}"] = how
   keep = np.ones(t.num_rows, bool)
   for c in (*ids, *times):
     keep &= stats.drop(f"{name}: null {c}", (cols[c] < 0) & keep)
+  keep &= stats.drop(f"{name}: duplicate row", _repeated_rows(t) & keep)
   return t.filter(pa.array(keep)), {c: v[keep] for c, v in cols.items()}
+
+
+def _repeated_rows(t: pa.Table) -> np.ndarray:
+  """Rows equal in every column to an earlier row of ``t`` (a record written twice: kept
+  once, counted)."""
+  if not t.num_rows:
+    return np.zeros(0, bool)
+  index = "__row__"
+  firsts = t.append_column(index, pa.array(np.arange(t.num_rows))).group_by(
+      t.column_names, use_threads=False).aggregate([(index, "min")])
+  repeated = np.ones(t.num_rows, bool)
+  repeated[firsts.column(f"{index}_min").to_numpy()] = False
+  return repeated
 
 
 class LogBuilder:
@@ -167,9 +182,14 @@ def mode_by_key(author: np.ndarray, category: np.ndarray):
   return pairs[first, 0], pairs[first, 1]
 
 
-def first_by_key(table: pa.Table, key: str) -> pa.Table:
-  """Keeps the first row of each key."""
+def first_by_key(table: pa.Table, key: str, stats: ConvertStats | None = None,
+                 name: str = "") -> pa.Table:
+  """Keeps the first row of each key; the others (rows of a source file that differ but share
+  a key: exact duplicates went at reading) are counted in ``stats.dropped``."""
   _, first = np.unique(table.column(key).to_numpy(), return_index=True)
+  if stats is not None:
+    stats.dropped[f"{name}: conflicting rows of one {key} (first kept)"] = (
+        table.num_rows - first.size)
   return table.take(np.sort(first))
 
 
@@ -209,6 +229,8 @@ def complete_lives(lives: pa.Table, events: pa.Table, stats: ConvertStats) -> pa
   last = lookup(seen_id, seen.column("ts_ms_max").to_numpy(), lid, start)
   end = np.where(null_end, last, end)
   stats.notes["lives with null end (set to last event)"] = int(null_end.sum())
+  stats.notes["lives ending before they start (end set to start)"] = int(
+      np.count_nonzero(end < start))
   out = pa.table({"live_id": lid, "author_id": grouped.column("author_id_first"),
                   "category": grouped.column("category_first"), "start_ms": start,
                   "end_ms": np.maximum(end, start)}, schema=S.LIVE_SCHEMA)

@@ -88,7 +88,7 @@ def _side(src: str, events: pa.Table, stats: A.ConvertStats, tz) -> dict[str, pa
       "user_id": c["user_id"], "age_bucket": src_.age_codes(user.column("age")),
       "gender": src_.gender_codes(user.column("gender")),
       "activity_bucket": src_.log2_bucket(src_.numbers(user.column("accu_watch_live_cnt"))),
-  }, schema=S.USER_SCHEMA), "user_id")
+  }, schema=S.USER_SCHEMA), "user_id", stats, "user.csv")
   users = A.add_missing(users, "user_id", events.column("user_id").to_numpy(),
                         {"age_bucket": 0, "gender": 0, "activity_bucket": 0})
 
@@ -101,7 +101,8 @@ def _side(src: str, events: pa.Table, stats: A.ConvertStats, tz) -> dict[str, pa
   authors = A.first_by_key(pa.table({
       "author_id": aid, "category": A.lookup(la, lc, aid, 0).astype(np.int32),
       "fans_bucket": fans, "is_live_author": np.ones(fans.size, bool),
-      "is_video_author": np.zeros(fans.size, bool)}, schema=S.AUTHOR_SCHEMA), "author_id")
+      "is_video_author": np.zeros(fans.size, bool)}, schema=S.AUTHOR_SCHEMA), "author_id",
+      stats, "streamer.csv")
   more = np.r_[la, events.column("author_id").to_numpy()]
   authors = A.add_missing(authors, "author_id", more, {
       "category": A.lookup(la, lc, more, 0), "fans_bucket": 0, "is_live_author": True,

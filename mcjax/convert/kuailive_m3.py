@@ -126,7 +126,7 @@ def _videos(src, stats) -> pa.Table:
       "video_id": pid, "author_id": c["author_id"],
       "category": A.lookup(tc["photo_id"], cat1, pid, 0).astype(np.int32),
       "tag": A.lookup(tc["photo_id"], cat2, pid, 0).astype(np.int32), "duration_s": dur},
-      schema=S.VIDEO_SCHEMA), "video_id")
+      schema=S.VIDEO_SCHEMA), "video_id", stats, "photo_meta.parquet")
 
 
 def _plays(src, b, stats, tz) -> None:
@@ -192,7 +192,7 @@ def _side(src, events, videos, stats, tz) -> dict[str, pa.Table]:
       "fans_bucket": src_.log2_bucket(src_.numbers(p.column("fans_user_num"))),
       "is_live_author": src_.flags(p.column("is_live_author")) | np.isin(aid, live_auth),
       "is_video_author": src_.flags(p.column("is_photo_author")) | np.isin(aid, va)},
-      schema=S.AUTHOR_SCHEMA), "author_id")
+      schema=S.AUTHOR_SCHEMA), "author_id", stats, "author_profile.csv")
   more = np.r_[live_auth, va]
   authors = A.add_missing(authors, "author_id", more, {
       "category": A.lookup(ka, kc, more, 0), "fans_bucket": 0,

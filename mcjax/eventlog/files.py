@@ -4,6 +4,13 @@
   resolving symlinks), so ``--overwrite`` can never delete what a command reads.
 * ``check_replaceable``: ``--overwrite`` replaces only a folder of the expected kind (an
   event log, a samples folder), never a file or an unrelated folder.
+* ``check_output``: the one guard every writer calls before any work (``convert``,
+  ``build_samples``, ``generate``, ``score``, ``export``, the trainer's sample cache, and any
+  future writer): ``check_apart`` against every input, an existing output refused without
+  ``--overwrite``, and with it replaced only when it is a folder (or file) of the same kind.
+* ``staged_file(target)``: a path inside a staging folder to write one file to, renamed onto
+  ``target`` when the block ends without an error (a killed writer leaves nothing at
+  ``target``; its staging folder is removed by the next writer).
 * ``staging(target)``: a hidden sibling ``.tmp-<name>-XXXXXXXX`` to write into, created with
   the normal permissions (the umask's, not mkdtemp's 0700), held under an ``flock`` on the
   sibling file ``.tmp-<name>-XXXXXXXX.lock`` while in use. Entering it first removes the
@@ -74,7 +81,7 @@ def check_apart(reads: dict[str, str], writes: dict[str, str]) -> None:
     for in_label, src in reads.items():
       o, i = _real(out), _real(src)
       if o == i:
-        how = "is the same folder as"
+        how = "is the same folder as" if os.path.isdir(o) else "is the same file as"
       elif _inside(o, i):
         how = "lies inside"
       elif _inside(i, o):
@@ -83,6 +90,44 @@ def check_apart(reads: dict[str, str], writes: dict[str, str]) -> None:
         continue
       raise OverlapError(f"{out_label}={out} {how} {in_label}={src}: an output may not "
                          "overlap an input (choose another output folder)")
+
+
+def check_output(out: str, label: str, *, reads: dict[str, str | None], overwrite: bool,
+                 kind: str, marks: tuple[str, ...] | None = None,
+                 magic: bytes | None = None) -> None:
+  """Refuses, before any work, an output that would lose or corrupt something.
+
+  Args:
+    out: the output path.
+    label: its flag, for the messages (e.g. "--out").
+    reads: label -> every path the command reads (None values are skipped).
+    overwrite: whether an existing ``out`` may be replaced.
+    kind: what the output is, for the messages (e.g. "an export folder").
+    marks: for a folder output: names one of which a folder of this kind holds.
+    magic: for a file output: the bytes a file of this kind starts with (e.g. b"PAR1").
+  Raises:
+    OverlapError, FileExistsError.
+  """
+  check_apart({k: v for k, v in reads.items() if v is not None}, {label: out})
+  if not os.path.lexists(out):
+    parent = os.path.dirname(_abs(out))
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+      raise NotADirectoryError(f"{label}={out}: {parent} is a file, not a folder")
+    return
+  if not overwrite:
+    raise FileExistsError(f"{label}={out} already exists (pass --overwrite to replace it)")
+  if marks is not None:
+    check_replaceable(out, label, marks, kind)
+    return
+  if os.path.isdir(out) or not os.path.isfile(out):
+    raise FileExistsError(f"{label}={out} is a folder, not {kind}; --overwrite only replaces "
+                          f"{kind} (choose another {label})")
+  if magic is not None:
+    with open(out, "rb") as f:
+      head = f.read(len(magic))
+    if head != magic:
+      raise FileExistsError(f"{label}={out} is not {kind}; --overwrite only replaces {kind} "
+                            f"(choose another {label})")
 
 
 def check_replaceable(path: str, label: str, marks: tuple[str, ...], kind: str) -> None:
@@ -202,6 +247,16 @@ def staging(target: str) -> Iterator[str]:
     lock.close()
 
 
+@contextlib.contextmanager
+def staged_file(target: str) -> Iterator[str]:
+  """A path to write one file to; renamed onto ``target`` (atomically replacing a file there)
+  when the block ends without an error, removed otherwise."""
+  with staging(target) as tmp:
+    path = os.path.join(tmp, os.path.basename(_abs(target)))
+    yield path
+    os.replace(path, target)
+
+
 def replace_dir(built: str, target: str, overwrite: bool) -> None:
   """Renames the complete folder ``built`` to ``target``; an existing target is replaced
   only with ``overwrite`` and is deleted only once the new folder is in place."""
@@ -249,11 +304,11 @@ def write_manifest(folder: str, skip: tuple[str, ...] = ()) -> dict:
   return manifest
 
 
-def verify_manifest(folder: str, what: str) -> None:
+def verify_manifest(folder: str, what: str, fix: str = "rebuild it") -> None:
   """Checks every file listed in ``folder/checksums.json`` (size, then crc32).
 
   Raises CorruptFileError naming the first missing, resized or changed file; ``what`` names
-  the folder's kind for the message (e.g. "history store").
+  the folder's kind for the message (e.g. "history store"), ``fix`` what to do about it.
   """
   path = os.path.join(folder, MANIFEST)
   try:
@@ -261,21 +316,21 @@ def verify_manifest(folder: str, what: str) -> None:
       files = json.load(f)["files"]
   except FileNotFoundError:
     raise CorruptFileError(f"{path}: missing checksum manifest of the {what} (written by an "
-                           "older mcjax, or the folder is incomplete): rebuild it") from None
+                           f"older mcjax, or the folder is incomplete): {fix}") from None
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CorruptFileError(f"{path}: unreadable checksum manifest of the {what} ({e}): "
-                           "rebuild it") from e
+                           f"{fix}") from e
   for rel, (size, crc) in sorted(files.items()):
     file = os.path.join(folder, rel)
     try:
       got_size = os.path.getsize(file)
     except OSError:
       raise CorruptFileError(f"{file}: missing file of the {what} (listed in {MANIFEST}): "
-                             "rebuild it") from None
+                             f"{fix}") from None
     if got_size != size:
       raise CorruptFileError(f"{file}: {got_size} bytes, {MANIFEST} says {size}: the {what} "
-                             "is truncated or corrupt: rebuild it")
+                             f"is truncated or corrupt: {fix}")
     got = file_crc32(file)
     if got != crc:
       raise CorruptFileError(f"{file}: crc32 {got:08x}, {MANIFEST} says {crc:08x}: the {what} "
-                             "is corrupt: rebuild it")
+                             f"is corrupt: {fix}")

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mcjax.eventlog import io
+from mcjax.eventlog import consistency, io
 from mcjax.eventlog import schema as S
 
 
@@ -332,6 +332,7 @@ class _Refs:
   authors: np.ndarray
   lives: np.ndarray
   videos: np.ndarray
+  codes: tuple = ()  # (int columns, domain codes, event codes) for the cross-table checks
 
 
 def _validate_events(table: pa.Table, where: str) -> tuple[LogStats, _Refs, pa.Table]:
@@ -342,7 +343,8 @@ def _validate_events(table: pa.Table, where: str) -> tuple[LogStats, _Refs, pa.T
     _check_if(where, name, "negative value", table, cols[name] < 0)
   dom = _codes(table, "domain", S.DOMAINS, where)
   ev = _codes(table, "event", S.EVENTS, where)
-  _check_values(table, where, ev, _np(table, "value"), dom)
+  value = _np(table, "value")
+  _check_values(table, where, ev, value, dom)
   exp_rows = _check_exposures(table, where, cols, ev, dom)
   ts, exp = cols["ts_ms"], cols["exposure_id"]
   unsorted = np.zeros(ts.size, bool)
@@ -364,6 +366,10 @@ def _validate_events(table: pa.Table, where: str) -> tuple[LogStats, _Refs, pa.T
       domain_events=count(pair, pairs), exposures=int(exp_rows.size), users=int(refs.users.size),
       items=int(np.union1d(refs.lives, refs.videos).size), authors=int(refs.authors.size),
       min_ts_ms=int(ts.min()) if ts.size else None, max_ts_ms=int(ts.max()) if ts.size else None)
+  if consistency.no_live_exposure(stats.domain_events):
+    _fail(where, "event", "no live exposure: nothing to build samples from, train or score")
+  stats.warnings += consistency.duplicate_warnings(where, cols, dom, ev, value)
+  refs.codes = (cols, dom, ev)
   return stats, refs, table
 
 
@@ -418,8 +424,10 @@ def validate_tables(events: pa.Table, side: dict[str, pa.Table],
     validate_side(name, table, join(os.path.join(S.ORACLE_DIR, name)))
   stats, refs, table = _validate_events(events, join(S.EVENTS_FILE))
   _check_lives(table, join(S.EVENTS_FILE), refs, _np(checked["lives.parquet"], "live_id"))
+  problem, mask = consistency.outside_live_span(*refs.codes, checked["lives.parquet"])
+  _check_if(join(S.EVENTS_FILE), "ts_ms", problem, table, mask)
   stats.side_rows = side_rows
-  stats.warnings = _warnings(refs, checked, join(S.EVENTS_FILE))
+  stats.warnings += _warnings(refs, checked, join(S.EVENTS_FILE))
   return stats
 
 

@@ -2,13 +2,13 @@
 
 Every id-like feature (raw int64 ids, categories, buckets, action bits) is hashed into a
 fixed-size table with a salt: ``row = fmix(fmix(fold(id) ^ salt)) mod vocab`` (murmur3's
-32-bit finalizer ``fmix``). ``fold_ids`` maps a 64-bit id to 32 bits with all 64 bits mixed in:
-``fold = lo32 ^ fmix(hi32')``, where ``hi32'`` is the high word minus the sign extension of
-the low word, so ``fold`` is the identity for every id in int32 range, and ids that differ
-only in their high 32 bits fold apart. The host folds int64 ids before they reach a device
-(``train.step.host_batch``; JAX runs without x64), and ``hash_ids`` folds int64 input itself,
-so numpy (``collisions.collision_report``) and the model hash every id identically. Ids never
-seen before simply hash to a row.
+32-bit finalizer ``fmix``). ``fold_ids`` (``mcjax.contract.batch``) maps a 64-bit id to 32
+bits with all 64 bits mixed in: ``fold = lo32 ^ fmix(hi32')``, where ``hi32'`` is the high
+word minus the sign extension of the low word, so ``fold`` is the identity for every id in
+int32 range, and ids that differ only in their high 32 bits fold apart. The host folds int64
+ids before they reach a device (``contract.batch.host_batch``; JAX runs without x64), and
+``hash_ids`` folds int64 input itself, so numpy (``collisions.collision_report``) and the
+model hash every id identically. Ids never seen before simply hash to a row.
 
 Features of one entity share a salt (``live_id`` and ``lv_item`` both use "live"), so the
 candidate and its appearances in the history hit the same row; different features sharing a
@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from mcjax.contract.batch import fmix32, fold_ids
 from mcjax.model import features as F
 from mcjax.model import layers
 
@@ -114,22 +115,6 @@ def salt_of(salt: str | int) -> int:
   return int(salt) & 0xFFFFFFFF
 
 
-def fold_ids(ids) -> np.ndarray:
-  """int64 (or uint64) ids -> int32, mixing in all 64 bits: ``lo32 ^ fmix(hi32')`` (see the
-  module docstring); the identity for ids in int32 range. Host-side (numpy)."""
-  ids = np.asarray(ids)
-  if ids.dtype.kind not in "iu":
-    raise TypeError(f"fold_ids needs integer ids, got dtype {ids.dtype}")
-  if ids.dtype.itemsize < 8:
-    return ids.astype(np.int32)
-  u = ids.astype(np.uint64)
-  lo = (u & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-  sign = np.where(lo >> np.uint32(31) == 1, np.uint32(0xFFFFFFFF), np.uint32(0))
-  hi = (u >> np.uint64(32)).astype(np.uint32) ^ sign
-  with np.errstate(over="ignore"):
-    return (lo ^ layers.fmix32(hi, np)).view(np.int32)
-
-
 def hash_ids(ids, salt: str | int, vocab: int, xp=jnp):
   """Row indices (int32, in [0, vocab)) of integer ids of any shape; xp is jnp or numpy.
 
@@ -146,7 +131,7 @@ def hash_ids(ids, salt: str | int, vocab: int, xp=jnp):
   s = xp.uint32(salt_of(salt))
   lo = ids.astype(xp.int32).astype(xp.uint32)
   with np.errstate(over="ignore"):
-    h = layers.fmix32(layers.fmix32(lo ^ s, xp), xp)
+    h = fmix32(fmix32(lo ^ s, xp), xp)
     return (h % xp.uint32(vocab)).astype(xp.int32)
 
 

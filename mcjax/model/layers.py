@@ -29,17 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mcjax.contract.batch import fmix32
+
 _KERNEL_AXES = ("embed", "mlp")
-
-
-def fmix32(h, xp=jnp):
-  """MurmurHash3's 32-bit finaliser on uint32 arrays of ``xp`` (jax.numpy, or numpy on the
-  host): the hash of the initialisers here and of the id hashing in ``embedding``."""
-  h = h ^ (h >> 16)
-  h = h * xp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * xp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
 
 
 def hash_uniform(key, shape, stddev: float, dtype=jnp.float32):
@@ -52,9 +44,9 @@ def hash_uniform(key, shape, stddev: float, dtype=jnp.float32):
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _hash_uniform(data, shape, stddev, dtype):
   data = data.reshape(-1).astype(jnp.uint32)
-  seed = fmix32(data[0] ^ fmix32(data[-1] + jnp.uint32(0x9E3779B9)))
+  seed = fmix32(data[0] ^ fmix32(data[-1] + jnp.uint32(0x9E3779B9), jnp), jnp)
   counter = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64)))
-  bits = fmix32(fmix32(counter ^ seed) + seed * jnp.uint32(0x9E3779B1))
+  bits = fmix32(fmix32(counter ^ seed, jnp) + seed * jnp.uint32(0x9E3779B1), jnp)
   unit = (bits >> 8).astype(jnp.float32) * (2.0 ** -24)  # [0, 1)
   return ((2.0 * unit - 1.0) * (stddev * 3.0 ** 0.5)).reshape(shape).astype(dtype)
 

@@ -62,6 +62,25 @@ def time_fields(q: np.ndarray) -> dict:
   return {"hour_of_day": (q // HOUR_MS) % 24, "query_ts_ms": q}
 
 
+def live_exposures(exposures, xi: np.ndarray):
+  """The live exposures of organized events (``events.organize``): ``(live, local, on_live)``
+  = their rows in ``exposures``, each exposure's row among them (-1: not a live exposure),
+  and which events (by their exposure index ``xi``) belong to a live exposure."""
+  live = np.flatnonzero(exposures.domain == S.DOMAIN_CODE[S.LIVE])
+  local = np.full(len(exposures), -1, np.int64)
+  local[live] = np.arange(len(live))
+  return live, local, local[xi] >= 0
+
+
+def query_times(rows: dict, exposure_ts: np.ndarray, cfg: MomentConfig,
+                is_eval: bool) -> np.ndarray:
+  """The query time q of each sample row (``rows["x"]``: its live exposure): the sample's own
+  time for training rows when ``cfg.features_at == "sample"``, else its exposure's time
+  (evaluation records always)."""
+  at_sample = not is_eval and cfg.features_at == "sample"
+  return rows["sample_ts_ms"] if at_sample else exposure_ts[rows["x"]]
+
+
 class Context:
   """A log's live exposures and the indexes every model input is computed from.
 
@@ -74,10 +93,8 @@ class Context:
   def __init__(self, log: Log):
     self.log = log
     ex = log.exposures
-    live = np.flatnonzero(ex.domain == S.DOMAIN_CODE[S.LIVE])
+    live, local, on_live = live_exposures(ex, log.xi)
     self.n = len(live)
-    local = np.full(len(ex), -1, np.int64)
-    local[live] = np.arange(self.n)
     self.exposure_id, self.exposure_ts = ex.exposure_id[live], ex.ts[live]
     self.user, self.live_id, self.author_id = ex.user[live], ex.item[live], ex.author[live]
     self._index_lives()
@@ -87,7 +104,6 @@ class Context:
         "unknown_authors": int((log.authors.rows(self.author_id) < 0).sum()),
     }
     # Events of live exposures, with the exposure's local row.
-    on_live = local[log.xi] >= 0
     self.group = local[log.xi[on_live]]
     self.ts, self.code = log.ts[on_live], log.code[on_live]
     self.value = log.value[on_live]
@@ -281,8 +297,7 @@ class SampleBuilder:
 
   def _table(self, rows: dict, is_eval: bool, stored: bool) -> dict:
     ctx, x = self.ctx, rows["x"]
-    at_sample = not is_eval and self.cfg.features_at == "sample"
-    q = rows["sample_ts_ms"] if at_sample else ctx.exposure_ts[x]
+    q = query_times(rows, ctx.exposure_ts, self.cfg, is_eval)
     parts = {**ctx.features(x, q, self.cfg, stored),
              **{k: v for k, v in rows.items() if k != "x"},
              "exposure_id": ctx.exposure_id[x], "exposure_ts_ms": ctx.exposure_ts[x],

@@ -110,9 +110,9 @@ def _build_beam(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool, num_
   log is validated here first (this process reads it once, as ``launch.validate`` does);
   without, the pipeline checks each table's columns, types and nulls as it reads them. The
   pipeline writes into the staging folder; a failed run leaves ``out_dir`` as it was."""
-  from mcjax.samples.beam import pipeline  # Beam, imported only when asked for
+  from mcjax.samples.beam import job  # Beam, imported only when asked for
   out_dir = _check_out(log_dir, out_dir, moment_cfg, overwrite)
-  pipeline.pipeline_options(beam_args)  # refuse unknown flags before any work
+  job.pipeline_options(beam_args)  # refuse unknown flags before any work
   start = time.perf_counter()
   warnings = []
   if validate:
@@ -121,8 +121,8 @@ def _build_beam(log_dir: str, out_dir: str, moment_cfg, *, overwrite: bool, num_
   validate_s = time.perf_counter() - start
   meta = {"moment": dataclasses.asdict(moment_cfg), "log": os.path.abspath(log_dir)}
   with _writing(out_dir), files.staging(out_dir) as tmp:
-    got = pipeline.run(log_dir, tmp, moment_cfg, pipeline_args=beam_args, layout=layout,
-                       num_shards=num_shards, check_types=not validate, metadata=meta)
+    got = job.run(log_dir, tmp, moment_cfg, pipeline_args=beam_args, layout=layout,
+                  num_shards=num_shards, check_types=not validate, metadata=meta)
     total_s = time.perf_counter() - start
     info = {"schema_version": S.SCHEMA_VERSION, "log": meta["log"], "moment": meta["moment"],
             "counts": got["counts"], "stats": got["stats"], "engine": "beam",

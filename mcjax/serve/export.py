@@ -29,6 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from mcjax.contract.schema import TASKS
+from mcjax.eventlog import files
 
 LOADER = "load_exported.py"
 WEIGHTS = "weights.npz"
@@ -39,17 +40,43 @@ def _function_file(bucket: int) -> str:
   return f"score_{bucket}.bin"
 
 
-def export(scorer, out_dir: str, *, buckets=None, platforms=None) -> str:
+MARKS = (LOADER,)  # what an export folder holds (the only kind --overwrite replaces)
+
+
+def check_out(out_dir: str, overwrite: bool, reads: dict[str, str | None]) -> None:
+  """Refuses, before any work, an ``out_dir`` that overlaps an input, exists without
+  ``overwrite``, or is not an export folder (``files.check_output``)."""
+  files.check_output(out_dir, "--out", reads=reads, overwrite=overwrite,
+                     kind="an export folder", marks=MARKS)
+
+
+def export(scorer, out_dir: str, *, buckets=None, platforms=None, overwrite: bool = False,
+           reads: dict[str, str | None] | None = None) -> str:
   """Writes ``scorer``'s scoring function per bucket, its weights and the loader.
+
+  The folder is written in a staging sibling and renamed into place: an existing one is
+  replaced whole (no stale bucket file stays), and only when ``overwrite`` and it is an
+  export folder; a failed or killed export leaves the old folder (or none).
 
   Args:
     scorer: a ``Scorer``.
-    out_dir: the folder to write (created; files in it are replaced).
+    out_dir: the folder to write.
     buckets: candidate counts to export (default: the scorer's).
     platforms: lowering platforms, e.g. ("cpu", "cuda") (default: this backend's).
+    overwrite: replace an existing export folder.
+    reads: label -> input paths ``out_dir`` may not overlap (e.g. the run's workdir).
   Returns:
     ``out_dir``.
   """
+  check_out(out_dir, overwrite, reads or {})
+  with files.staging(out_dir) as tmp:
+    _write(scorer, tmp, buckets, platforms)
+    files.replace_dir(tmp, out_dir, overwrite)
+  return out_dir
+
+
+def _write(scorer, out_dir: str, buckets, platforms) -> None:
+  """The export's files, written into the (empty) folder ``out_dir``."""
   buckets = tuple(sorted({int(b) for b in (buckets or scorer.buckets)}))
   flat = traverse_util.flatten_dict(jax.device_get(scorer.weights))
   paths = {"/".join(map(str, path)): path for path in flat}
@@ -60,7 +87,6 @@ def export(scorer, out_dir: str, *, buckets=None, platforms=None) -> str:
     tree = {part: tree.get(part, {}) for part in ("tables", "params", "rest")}
     return scorer.score_fn(tree, batch)
 
-  os.makedirs(out_dir, exist_ok=True)
   weight_specs = {n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in arrays.items()}
   zero = scorer.zero_batch(1)
   for b in buckets:
@@ -81,7 +107,6 @@ def export(scorer, out_dir: str, *, buckets=None, platforms=None) -> str:
   with open(os.path.join(out_dir, LOADER), "w") as f:
     f.write('"""Loads a scorer exported by mcjax.serve.export (needs jax and numpy only)."""\n\n'
             + inspect.getsource(load_exported))
-  return out_dir
 
 
 def load_exported(directory: str):

@@ -1,12 +1,14 @@
 """Scoring requests -> model inputs, computed by the Moment engine's own feature code.
 
 A request is (user_id, ts_ms, candidate live_ids). ``RequestBuilder(source, cfg)`` holds an
-engine ``Context`` over an event log (a log folder, in-memory tables, or an ``EventBuffer``
-that new events are appended to) and turns requests into the padded batch the model reads:
+engine ``Context`` over an event log (a log folder, in-memory tables, an ``EventBuffer``
+that new events are appended to, or a running ``mcjax.stream.engine.StreamEngine``, whose
+live state it reads without rebuilding anything: per-request time does not grow with the
+number of events before) and turns requests into the padded batch the model reads:
 ``Context.request_features`` (the function the engine uses for every training sample and
-evaluation record) at query time q = ts_ms, then the pipeline's padding (``pad_table``) and
-the trainer's host transform (``host_batch``). So a request for a logged exposure at its
-exposure time gives exactly that exposure's evaluation-record inputs.
+evaluation record) at query time q = ts_ms, then the one batch path (``mcjax.contract.batch``):
+padding (``pad_table``) and the host transform (``host_batch``). So a request for a logged
+exposure at its exposure time gives exactly that exposure's evaluation-record inputs.
 
 What a request sees: events with ts < q only; the live's author and category come from
 lives.parquet (for a live missing there: the author of its latest exposure in the log, category
@@ -26,9 +28,9 @@ from mcjax.eventlog.io import conform
 from mcjax.moment.config import MomentConfig
 from mcjax.moment.engine import Context
 from mcjax.moment.events import LogTables, load_log, read_tables
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
 from mcjax.contract import schema as SS
-from mcjax.train.step import host_batch
+from mcjax.contract.batch import host_batch
 
 _SIDE_KEYS = {"users": "user_id", "authors": "author_id", "lives": "live_id",
               "videos": "video_id"}
@@ -99,23 +101,31 @@ class RequestBuilder:
   def __init__(self, source, cfg: MomentConfig):
     self.cfg = cfg
     self.buffer = source if isinstance(source, EventBuffer) else None
-    if self.buffer is None:
+    # a ``mcjax.stream.engine.StreamEngine``: requests read its live state (no rebuild of a log)
+    self.engine = source if hasattr(source, "live_context") else None
+    if self.engine is not None:
+      self._ctx, self._version = None, None
+    elif self.buffer is None:
       if isinstance(source, (str, os.PathLike)) and not os.path.isdir(source):
         raise FileNotFoundError(f"event log folder {os.fspath(source)!r} does not exist")
       self._set(Context(load_log(source)), None)
     else:
       self._ctx, self._version = None, None
 
-  def _set(self, ctx: Context, version) -> None:
+  def _set(self, ctx: Context, version, time_range=None) -> None:
     self._ctx, self._version = ctx, version
-    ts = ctx.log.ts
-    self.time_range = (int(ts.min()), int(ts.max())) if len(ts) else (0, -1)
+    ts = ctx.log.ts if time_range is None else ()
+    self.time_range = time_range or (
+        (int(ts.min()), int(ts.max())) if len(ts) else (0, -1))
 
   @property
   def context(self) -> Context:
     """The engine context over the source's events (rebuilt after a buffer append)."""
     if self.buffer is not None and self._version != self.buffer.version:
       self._set(Context(load_log(self.buffer.tables())), self.buffer.version)
+    if self.engine is not None and self._version != self.engine.version:
+      self._set(self.engine.live_context(), self.engine.version,
+                (self.engine.first_ts, self.engine.max_ts))
     return self._ctx
 
   def features(self, user_id, ts_ms, live_ids) -> dict:
@@ -132,7 +142,7 @@ class RequestBuilder:
     """The requests' model inputs as the device receives them: histories padded to the
     run's lengths, ids folded and times wrapped to int32 (``host_batch``), exactly the
     fields ``schema.MODEL_INPUTS``."""
-    padded = pipeline.pad_table(self.features(user_id, ts_ms, live_ids),
+    padded = batch_lib.pad_table(self.features(user_id, ts_ms, live_ids),
                                 self.cfg.sv_hist_len, self.cfg.lv_hist_len)
     device = host_batch(padded)
     return {name: device[name] for name in SS.MODEL_INPUTS}

@@ -11,7 +11,7 @@ mesh wrote it: one device, or a ("data", "model") mesh (default: every device on
 big tables row-sharded over them; candidates are split on "data" when that axis is > 1).
 Only the model's variables are kept; the optimizer state is dropped after the restore.
 
-The forward pass is ``train.step.eval_forward`` (the one ``eval_step`` runs), then
+The forward pass is ``runtime.step.eval_forward`` (the one ``eval_step`` runs), then
 ``logits_to_probs`` and ``model.ranking.ranking_score`` (fusion and per-task weights from the
 run's ``model.ranking``; default: product fusion, prod_t p_t ** w_t with w = ctr 1.0, lvtr 0.5,
 ltr 0.1, cmtr 0.1, gtr 0.2, wtr 0.1), in one jitted function.
@@ -25,7 +25,6 @@ requests are scored in chunks of the largest bucket, so the function compiles on
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 
@@ -33,10 +32,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from mcjax.model import build_model, ranking
+from mcjax import runtime
 from mcjax.contract.schema import MODEL_INPUTS, TASKS
-from mcjax.train import checkpoint, mesh as mesh_lib, partition, state as state_lib
-from mcjax.train import step as step_lib
+from mcjax.model import ranking
+from mcjax.serve import ids
+from mcjax.runtime import checkpoint, mesh as mesh_lib, state as state_lib
+from mcjax.contract import batch as batch_lib
+from mcjax.runtime import step as step_lib
 
 # Candidates per compiled call: 1 (probes), 8 and 32 (small slates), 128 (a typical request
 # of ~100 candidates), 512 (batch scoring; larger requests go in chunks of it).
@@ -63,6 +65,12 @@ def make_score_fn(model_def: state_lib.ModelDef, cfg: ml_collections.ConfigDict)
     return probs, ranking.ranking_score(probs, cfg.model.ranking)
 
   return score
+
+
+def _one(values: np.ndarray, name: str) -> int:
+  if len(values) != 1:
+    raise ids.IdError(f"{name}: {len(values)} values, expected one integer")
+  return int(values[0])
 
 
 def pad_rows(batch: dict, rows: int) -> dict:
@@ -133,15 +141,13 @@ class Scorer:
     if not os.path.isdir(ckpt_dir):
       raise FileNotFoundError(f"workdir {workdir}: no checkpoint (ckpt/ is missing)")
     cfg = load_config(workdir)
-    model_def, abstract, specs = state_lib.setup(
-        functools.partial(build_model, cfg.model), state_lib.optim_config(cfg),
-        **partition.from_config(cfg.mesh))
     mesh = mesh_lib.make_mesh(mesh_shape, devices or jax.local_devices())
-    target = state_lib.abstract_with_shardings(abstract, specs, mesh)
+    rt = runtime.build(cfg, mesh, init=False, check_replicated=False)  # the restore target
+    model_def, target = rt.model_def, rt.state
     with checkpoint.Checkpointer(ckpt_dir) as ckpt:
-      step = ckpt.latest_step() if step is None else int(step)
-      try:
+      try:  # without a step: the newest intact checkpoint (corrupt newer ones warned about)
         state = ckpt.restore(target, step=step)
+        step = ckpt.restored_step
       except FileNotFoundError:
         which = "no checkpoint" if step is None else f"no checkpoint at step {step}"
         raise FileNotFoundError(f"workdir {workdir}: {which} in ckpt/ (steps: "
@@ -161,9 +167,8 @@ class Scorer:
 
   def zero_batch(self, rows: int = 1) -> dict:
     """All-zero model inputs of ``rows`` rows, with the dtypes and widths requests have."""
-    from mcjax.samples import pipeline  # pylint: disable=g-import-not-at-top
     m = self.cfg.moment
-    device = step_lib.host_batch(pipeline.zero_batch(rows, m.sv_hist_len, m.lv_hist_len))
+    device = batch_lib.host_batch(batch_lib.zero_batch(rows, m.sv_hist_len, m.lv_hist_len))
     return {name: device[name] for name in MODEL_INPUTS}
 
   def warmup(self) -> None:
@@ -195,12 +200,19 @@ class Scorer:
   def score(self, user_id: int, ts_ms: int, live_ids) -> Ranking:
     """Ranks one request's candidate lives with features built from the event source.
 
+    ``user_id`` and ``ts_ms`` are one integer each, ``live_ids`` distinct integers (Python or
+    numpy ints, or decimal text; see ``mcjax.serve.ids``).
+
     Raises:
       ValueError: when ts_ms is before the event log's first event.
+      ids.IdError: an id or time that is not an exact non-negative integer, or a live twice.
     """
     if self.requests is None:
       raise ValueError("Scorer.score needs an event source (from_workdir(log=...) or attach)")
-    live_ids = np.atleast_1d(np.asarray(live_ids, np.int64))
+    user_id, ts_ms = (_one(ids.argument_ids(v, k), k)
+                      for k, v in (("user_id", user_id), ("ts_ms", ts_ms)))
+    live_ids = ids.argument_ids(live_ids, "live_ids")
+    ids.check_distinct(live_ids, "live_ids")
     before, _ = self.requests.outside([ts_ms])
     if before:
       raise ValueError(f"ts_ms={ts_ms} is before the event log's first event "

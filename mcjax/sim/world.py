@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from mcjax import __version__
+from mcjax.version import __version__
 from mcjax.eventlog import io as eio
 from mcjax.eventlog import schema as S
 from mcjax.sim import config as C

@@ -1,11 +1,11 @@
 """The continuous trainer: the batch trainer's train step, fed by emitted samples as they come.
 
-``ContinuousTrainer(cfg, workdir)`` builds what ``train_and_evaluate`` builds (the mesh of
-``config.mesh``, the train state born sharded, the jitted sparse train step of
-``make_train_step``: same losses, same row updates, same config) and ``run(source, ...)``
+``ContinuousTrainer(cfg, workdir)`` builds what the batch trainer builds (the mesh of
+``config.mesh`` and ``mcjax.runtime.build``: the train state born sharded, the jitted sparse
+train step; same losses, same row updates, same config) and ``run(source, ...)``
 consumes a stream of ``Emitted`` tables (``mcjax.train.emitted``) in order:
 
-* training samples are padded (``pipeline.pad_table``) into a buffer; a batch of
+* training samples are padded (``contract.batch.pad_table``) into a buffer; a batch of
   ``train.batch_size`` rows is taken as soon as the buffer holds one, or, when fewer rows are
   waiting, once ``realtime.max_wait_ms`` has passed on the source's clock since the oldest
   waiting row arrived (the batch is then filled with zero rows of weight 0: one compiled
@@ -42,16 +42,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mcjax import losses
-from mcjax.model import build_model
-from mcjax.samples import pipeline
+from mcjax import runtime
+from mcjax.contract.batch import to_device
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.contract import batch as batch_lib
 from mcjax.samples.table import table_slice
 from mcjax.train import RunError
-from mcjax.train import data as data_lib
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
 from mcjax.train.emitted import Emitted
 
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B1))
@@ -167,16 +163,9 @@ class ContinuousTrainer:
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | None = None):
     self.cfg, t, self.rt = cfg, cfg.train, cfg.realtime
     self.mesh = mesh_lib.make_mesh(mesh_lib.check_layout(cfg))
-    self.optim = state_lib.optim_config(cfg)
-    self.model_def, self.state, self.shardings = state_lib.create_train_state(
-        functools.partial(build_model, cfg.model), self.mesh, self.optim, seed=cfg.seed,
-        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20),
-        **partition.from_config(cfg.mesh))
-    loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
-    self.train_step = step_lib.make_train_step(
-        self.model_def, self.optim, loss_fn, self.shardings, self.mesh,
-        dense_below_rows=cfg.model.embedding.large_table_rows,
-        exchange_capacity=partition.exchange_capacity(cfg.mesh))
+    rt = runtime.build(cfg, self.mesh)  # the batch trainer's model, state, shardings, step
+    self.model_def, self.state, self.shardings = rt.model_def, rt.state, rt.shardings
+    self.train_step = rt.train_step
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self.batch_size, self.sv, self.lv = int(t.batch_size), int(cfg.moment.sv_hist_len), \
         int(cfg.moment.lv_hist_len)
@@ -222,17 +211,17 @@ class ContinuousTrainer:
   def warmup(self) -> None:
     """Compiles the train step ahead of the stream (so the first samples do not wait for
     the compiler): the compiled executable is what every step then calls."""
-    zero = pipeline.zero_batch(self.batch_size, self.sv, self.lv)
-    batch = data_lib.Data.to_device(self.batch_sharding, zero, self.batch_size)
+    zero = batch_lib.zero_batch(self.batch_size, self.sv, self.lv)
+    batch = to_device(self.batch_sharding, zero, self.batch_size)
     self._step_fn = self.train_step.lower(self.state, batch).compile()
 
   def _step(self, parts: list, keys: np.ndarray, arrival: np.ndarray, exposure: np.ndarray):
     n = len(keys)
     local = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     if n < self.batch_size:
-      zero = pipeline.zero_batch(self.batch_size - n, self.sv, self.lv)
+      zero = batch_lib.zero_batch(self.batch_size - n, self.sv, self.lv)
       local = {name: np.concatenate([v, zero[name]]) for name, v in local.items()}
-    batch = data_lib.Data.to_device(self.batch_sharding, local, self.batch_size)
+    batch = to_device(self.batch_sharding, local, self.batch_size)
     self.state, m = self._step_fn(self.state, batch)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     step = self.pos.step + 1
@@ -301,7 +290,7 @@ class ContinuousTrainer:
         continue
       lo = resume_row if e.index == resume_item else 0
       table = e.table if lo == 0 else table_slice(e.table, lo, len(e.table["kind"]))
-      padded = pipeline.pad_table(table, self.sv, self.lv)
+      padded = batch_lib.pad_table(table, self.sv, self.lv)
       padded["weight"] = np.ones(len(table["kind"]), np.float32)
       buf.add(e, lo, padded, sample_keys(table))
       while buf.rows >= self.batch_size:

@@ -8,8 +8,8 @@ Process 0 builds; the others wait for it.
 
 ``Data(cfg, samples_dir)`` opens the folder's two splits for the trainer: their time arrays
 (for the plan), a fingerprint (what ``rundir`` records), each window's training batches (a
-Grain iterator, checkpointable), evaluation batches and records, and the host -> device copy
-of a process-local batch.
+Grain iterator, checkpointable), evaluation batches and records. Batches reach the devices through
+``mcjax.contract.batch.to_device``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import ml_collections
 import numpy as np
 
 from mcjax import config as mcconfig
-from mcjax import distributed
-from mcjax.samples import pipeline, shards
+from mcjax import distributed, metrics
+from mcjax.samples import loader, shards
 from mcjax.contract.schema import TASKS
-from mcjax.train import step as step_lib
 from mcjax.train.plan import Plan
 
 # samples_info.json keys that say what a split holds (not where or when it was written).
@@ -45,7 +44,7 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, cache_dir: str | None 
       world.build(log_dir, cfg.data.preset, cfg.data.world_seed)
   distributed.sync("world")
   if not os.path.isdir(log_dir):
-    raise FileNotFoundError(f"--data / config.data.log_dir: {log_dir} is not a folder")
+    raise FileNotFoundError(f"config.data.log_dir: {log_dir} is not a folder")
   cache_root = cache_dir or os.path.join(workdir, "samples")
   if jax.process_index() == 0:
     ensure_samples(log_dir, cache_root, mcconfig.moment_config(cfg))
@@ -84,14 +83,14 @@ class Data:
     if w is None or not w.n_train:
       return None
     t = self.cfg.train
-    return iter(pipeline.make_batches(
+    return iter(loader.make_batches(
         self.train_src, batch_size=t.batch_size, sv_len=self.sv_len, lv_len=self.lv_len,
         indices=range(w.train_lo, w.train_hi), shuffle=bool(t.shuffle_within_window),
         seed=self.cfg.seed + w.index, num_epochs=plan.epochs))
 
   def eval_batches(self, lo: int, hi: int):
     """This process's batches of the evaluation records [lo, hi) in order, the last padded."""
-    return pipeline.make_batches(self.eval_src, batch_size=self.cfg.train.eval_batch_size,
+    return loader.make_batches(self.eval_src, batch_size=self.cfg.train.eval_batch_size,
                                  sv_len=self.sv_len, lv_len=self.lv_len,
                                  indices=np.arange(lo, hi))
 
@@ -101,16 +100,11 @@ class Data:
       z = np.zeros((0, len(TASKS)), np.float32)
       return {"probs": z, "labels": z, "mask": z, "user_id": np.zeros(0, np.int64),
               "in_highlight": np.zeros(0, np.int32), "lv_len": np.zeros(0, np.int64),
-              "exposure_id": np.zeros(0, np.int64)}
+              "exposure_id": np.zeros(0, np.int64),
+              **{k: np.zeros(0, np.float32) for k in metrics.ORACLE_FIELDS}}
     rec = self.eval_src.__getitems__(np.arange(lo, hi))
     return {"probs": probs.astype(np.float32), "labels": rec["labels"],
             "mask": rec["label_mask"], "user_id": rec["user_id"],
             "in_highlight": rec["in_highlight"], "lv_len": np.diff(rec["lv_offsets"]),
-            "exposure_id": rec["exposure_id"]}
-
-  @staticmethod
-  def to_device(sharding, local: dict, global_rows: int) -> dict:
-    """A process-local numpy batch -> global arrays sharded on "data"."""
-    return {name: jax.make_array_from_process_local_data(
-                sharding, value, (global_rows,) + value.shape[1:])
-            for name, value in step_lib.host_batch(local).items()}
+            "exposure_id": rec["exposure_id"],
+            **{k: rec[k] for k in metrics.ORACLE_FIELDS}}

@@ -1,6 +1,7 @@
-"""Evaluation inside a run: ``EvalScorer`` scores evaluation records with the train state,
+"""Evaluation inside a run: ``Evaluator`` scores evaluation records with the train state,
 ``validate_epoch`` keeps offline_tvt's best epoch, ``compute_metrics`` writes metrics.json
-(overall, per slice, per window, and Ranking_Score's AUC)."""
+(overall, per slice, per window, Ranking_Score's AUC, and the headroom to a simulated
+world's oracle)."""
 
 from __future__ import annotations
 
@@ -8,33 +9,31 @@ import jax
 import numpy as np
 
 from mcjax import distributed, metrics
+from mcjax.contract import batch as batch_lib
 from mcjax.contract.schema import TASKS
 from mcjax.model import ranking_score
 from mcjax.train import RunError
 from mcjax.train import data as data_lib
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 from mcjax.train.steplog import StepLog
 
 
-class EvalScorer:
-  """``scorer(state, lo, hi)``: the evaluation records [lo, hi) scored by ``state``, as host
-  arrays (every process); ``put`` copies a process-local batch to the mesh."""
+class Evaluator:
+  """``evaluator(state, lo, hi)``: the evaluation records [lo, hi) scored by ``state``, as
+  host arrays (every process). (Serving a trained run is ``mcjax.serve.Scorer``.)"""
 
   def __init__(self, eval_step, data: data_lib.Data, mesh):
     self.eval_step, self.data = eval_step, data
     self.sharding = mesh_lib.batch_sharding(mesh)
 
-  def put(self, local: dict, global_rows: int) -> dict:
-    return self.data.to_device(self.sharding, local, global_rows)
-
   def __call__(self, state, lo: int, hi: int) -> dict:
     b = self.data.cfg.train.eval_batch_size
     probs, dropped = [], 0
     for local in (self.data.eval_batches(lo, hi) if hi > lo else ()):
-      batch_probs, m = self.eval_step(state, self.put(local, b))
+      batch_probs, m = self.eval_step(state, batch_lib.to_device(self.sharding, local, b))
       probs.append(distributed.gather(batch_probs))
       dropped += int(jax.device_get(m.get("eval/exchange_overflow", 0)))
     if dropped:
@@ -49,12 +48,13 @@ class EvalScorer:
     return self.data.eval_records(lo, hi, probs)
 
 
-def validate_epoch(run: rundir.RunDir, log: StepLog, scorer: EvalScorer, plan: plan_lib.Plan,
-                   progress: rundir.Progress, state, epoch: int, select_metric: str) -> None:
+def validate_epoch(run: rundir.RunDir, log: StepLog, evaluator: Evaluator,
+                   plan: plan_lib.Plan, progress: rundir.Progress, state, epoch: int,
+                   select_metric: str) -> None:
   """offline_tvt, at the end of an epoch: scores the validation records, records their
   metrics in ``progress`` and keeps the state when the epoch is the best so far."""
   with log.paused(state):
-    preds = scorer(state, plan.valid.eval_lo, plan.valid.eval_hi)
+    preds = evaluator(state, plan.valid.eval_lo, plan.valid.eval_hi)
     record = log.valid(epoch, progress.step, preds)
   if progress.offer(record, select_metric):
     run.save_best(progress.step, state)
@@ -84,12 +84,34 @@ def compute_metrics(cfg, plan: plan_lib.Plan, preds: dict[int, dict],
            "highlight_share": float(np.mean(hl == 1)) if (hl >= 0).any() else None}
     row.update(m["overall"])
     out_windows.append(row)
+  parts = [preds[w.index] for w in window_rows]
   out = {"config": cfg.name, "mode": cfg.train.mode, "overall": overall["overall"],
          "slices": overall.get("slices", {}), "windows": out_windows,
-         "ranking": ranking_metrics(cfg, [preds[w.index] for w in window_rows])}
+         "ranking": ranking_metrics(cfg, parts)}
+  room = headroom_metrics(cfg, parts)
+  if room:
+    out["headroom"] = room
   if plan.valid is not None:
     out.update(valid=progress.valid, selected=progress.best)
   return out
+
+
+def headroom_metrics(cfg, parts: list[dict]) -> dict:
+  """metrics.json's ``headroom`` (worlds with an oracle): the click model against the true
+  p(click) and the oracle without its highlight or affinity term, overall and per slice
+  (``metrics.headroom``); {} without an oracle (or for scored records of an older run)."""
+  if not parts or any(k not in p for p in parts for k in metrics.ORACLE_FIELDS):
+    return {}
+  cat = {k: np.concatenate([p[k] for p in parts])
+         for k in ("probs", "labels", "mask", "in_highlight", "lv_len",
+                   *metrics.ORACLE_FIELDS)}
+  t = TASKS.index("ctr")
+  keep = cat["mask"][:, t] > 0
+  cat = {k: v[keep] for k, v in cat.items()}
+  slices = metrics.standard_slices({"in_highlight": cat["in_highlight"], "lv_len": cat["lv_len"]},
+                                   cfg.train.live_sparse_threshold)
+  return metrics.headroom_by_slice(cat["probs"][:, t], cat["labels"][:, t],
+                                   {k: cat[k] for k in metrics.ORACLE_FIELDS}, slices)
 
 
 def ranking_metrics(cfg, parts: list[dict]) -> dict:

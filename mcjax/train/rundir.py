@@ -46,7 +46,7 @@ from mcjax import config as mcconfig
 from mcjax import distributed
 from mcjax.eventlog.files import atomic_write
 from mcjax.train import RunError
-from mcjax.train import checkpoint
+from mcjax.runtime import checkpoint
 
 RUN_FILES = ("run.json", "config.json", "ckpt", "best", "progress", "preds", "tb",
              "metrics.json")
@@ -157,6 +157,7 @@ class RunDir:
         if overwrite:
           self.clear()
         self._check_identity(ident)
+        checkpoint.quarantine_corrupt(self._file("ckpt"))  # resume from the newest intact
       except BaseException:
         self.close()
         raise

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from mcjax import metrics
 from mcjax.train import RunError
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
 

@@ -18,14 +18,13 @@ Keys (see ``Layout``): exposure bucket (labels), (live bucket, salt) (lives.parq
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pyarrow as pa
 
 from mcjax.eventlog import schema as S
 from mcjax.moment import crowd, engine, events, history, windows
 from mcjax.samples.beam import cols as C
+from mcjax.samples.beam.layout import Layout
 from mcjax.moment.config import MomentConfig
 from mcjax.contract import schema as SS
 
@@ -34,73 +33,6 @@ _LIVE = S.DOMAIN_CODE[S.LIVE]
 _SV = S.DOMAIN_CODE[S.SHORT_VIDEO]
 _COUNTED = np.array(sorted(_EC[e] for e in crowd.COUNTED.values()))
 ALWAYS = np.iinfo(np.int64).min
-
-
-AUTO_BUCKET_EVENTS = 400_000
-MIN_AUTO_BUCKETS = 16
-AUTO_WRITE_EVENTS = 2_000_000
-MIN_WRITE_RANGE_MS = 60_000
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """How work is keyed.
-
-  Attributes:
-    buckets: hash buckets of exposures, lives, videos, authors; range buckets of users. 0:
-      one per ``AUTO_BUCKET_EVENTS`` events of the log, at least ``MIN_AUTO_BUCKETS``.
-    salts: each live / video / author bucket's exposures are spread over this many keys for
-      the side-table joins (a hot live's exposures go to ``salts`` workers; its side-table row
-      is copied to each).
-    crowd_range_ms: the crowd features of a live are computed per time range of this length
-      (>= 5 min, the longest window), with counts carried across range boundaries.
-    write_range_ms: samples are written in one part per time range of this length (several
-      parts of at most ``part_rows`` when a range holds more). 0: the log's time span cut
-      into one range per ``AUTO_WRITE_EVENTS`` events (whole minutes, at least one).
-    part_rows: samples per written part at most.
-    spill_rows: a batch of at least this many rows travels between stages as a file in the
-      scratch folder (its name goes through the runner); smaller ones travel inline. 0:
-      every batch inline (the runner then buffers the whole log between stages).
-  """
-  buckets: int = 0
-  salts: int = 4
-  crowd_range_ms: int = 6 * 3_600_000
-  write_range_ms: int = 0
-  part_rows: int = 256 * 1024
-  spill_rows: int = 4096
-
-  def validate(self) -> "Layout":
-    for name in ("salts", "part_rows"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"Layout.{name}={getattr(self, name)}: expected >= 1")
-    for name in ("buckets", "write_range_ms", "spill_rows"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"Layout.{name}={getattr(self, name)}: expected >= 0")
-    if self.crowd_range_ms < crowd.MAX_WINDOW_MS:
-      raise ValueError(f"Layout.crowd_range_ms={self.crowd_range_ms}: expected >= "
-                       f"{crowd.MAX_WINDOW_MS} (the longest crowd window)")
-    return self
-
-  def resolve(self, events: int, span_ms: int) -> "Layout":
-    """This layout for a log of ``events`` events over ``span_ms`` (its automatic fields, 0,
-    made numbers): a key's share of a bigger log stays about the same size."""
-    out = self
-    if not self.buckets:
-      out = dataclasses.replace(out, buckets=max(MIN_AUTO_BUCKETS,
-                                                 -(-events // AUTO_BUCKET_EVENTS)))
-    if not self.write_range_ms:
-      ranges = max(1, -(-events // AUTO_WRITE_EVENTS))
-      minutes = -(-max(int(span_ms), 1) // (ranges * MIN_WRITE_RANGE_MS))
-      out = dataclasses.replace(out, write_range_ms=max(1, minutes) * MIN_WRITE_RANGE_MS)
-    return out
-
-  def own_range(self, ts: np.ndarray) -> np.ndarray:
-    """The crowd range whose carry an event at ``ts`` is summed into: range k covers
-    [k R - 5 min, (k + 1) R - 5 min), the events a query in [k R, (k + 1) R) may need."""
-    return (np.asarray(ts, np.int64) + crowd.MAX_WINDOW_MS) // self.crowd_range_ms
-
-  def query_range(self, q: np.ndarray) -> np.ndarray:
-    return np.asarray(q, np.int64) // self.crowd_range_ms
 
 
 # ---------------------------------------------------------------------------- routes
@@ -190,17 +122,14 @@ def exposures(rows: list, live_rows: list, cfg: MomentConfig, layout: Layout, us
                         batch["value"], batch["user"], batch["item"], batch["author"],
                         seq=batch["seq"])
   ex = org.exposures
-  live = np.flatnonzero(ex.domain == _LIVE)
+  live, local, on_live = engine.live_exposures(ex, org.xi)
   n = len(live)
-  local = np.full(len(ex), -1, np.int64)
-  local[live] = np.arange(n)
   head = org.first_row[live]  # each live exposure's exposure event (with its live's row)
   known, category = batch["live_known"][head], batch["live_category"][head]
   table_start = batch["live_start"][head]
   xid, ets = ex.exposure_id[live], ex.ts[live]
   user, live_id, author = ex.user[live], ex.item[live], ex.author[live]
   first = ex.first[live]
-  on_live = local[org.xi] >= 0
   group = local[org.xi[on_live]]
   ts, code, value = org.ts[on_live], org.code[on_live], org.value[on_live]
 
@@ -216,11 +145,10 @@ def exposures(rows: list, live_rows: list, cfg: MomentConfig, layout: Layout, us
                   for k in SS.KIND_NAMES if k != SS.EVAL})
 
   # Sample rows, with their query times; the join adds the features.
-  at_sample = cfg.features_at == "sample"
   queries = []
   for split, r in (("train", train), ("eval", evals)):
     x = r["x"]
-    q = r["sample_ts_ms"] if (at_sample and split == "train") else ets[x]
+    q = engine.query_times(r, ets, cfg, is_eval=split == "eval")
     out = {"xid": xid[x], "q": q, "exposure_ts_ms": ets[x], "sample_ts_ms": r["sample_ts_ms"],
            "kind": r["kind"], "labels": r["labels"], "label_mask": r["label_mask"],
            "user_id": user[x], "live_id": live_id[x], "author_id": author[x],

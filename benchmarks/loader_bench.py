@@ -1,7 +1,8 @@
 """Throughput of the sample input pipeline alone (shards -> padded numpy batches).
 
-    python -m benchmarks.pipeline --synthetic_n=200000 --batch_size=1024 --sv_len=256 --lv_len=64
-    python -m benchmarks.pipeline --samples_dir=SAMPLES_DIR --split=train
+    python -m benchmarks.loader_bench --synthetic_n=200000 --batch_size=1024 \
+        --sv_len=256 --lv_len=64
+    python -m benchmarks.loader_bench --samples_dir=SAMPLES_DIR --split=train
 
 With --synthetic_n a random sample table (histories up to 2 x the widths, so truncation is
 exercised) is written to a temporary folder first; the write rate is reported too. Prints one
@@ -18,7 +19,7 @@ import time
 from absl import app, flags
 from tabulate import tabulate
 
-from mcjax.samples import pipeline, shards
+from mcjax.samples import loader, shards
 from mcjax.samples import table as sample_table
 
 _SAMPLES_DIR = flags.DEFINE_string("samples_dir", None, "A samples folder (build_samples).")
@@ -49,7 +50,7 @@ def run(source, *, batch_size, sv_len, lv_len, workers, max_batches) -> list[dic
   rows = []
   for shuffle in (False, True):
     for w in workers:
-      ds = pipeline.make_batches(source, batch_size=batch_size, sv_len=sv_len, lv_len=lv_len,
+      ds = loader.make_batches(source, batch_size=batch_size, sv_len=sv_len, lv_len=lv_len,
                                  shuffle=shuffle, prefetch_workers=w, process_index=0,
                                  process_count=1)
       n, seconds = _rate(ds, max_batches)

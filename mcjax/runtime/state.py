@@ -25,7 +25,7 @@ from flax import nnx, struct, traverse_util
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from mcjax.train import partition, sparse
+from mcjax.runtime import partition, sparse
 
 
 @struct.dataclass

@@ -25,17 +25,14 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from mcjax.model import embedding
-from mcjax.contract import schema
-from mcjax.train import exchange
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import sparse
-from mcjax.train.state import ModelDef, OptimConfig, TrainState
+from mcjax.runtime import exchange
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import sparse
+from mcjax.runtime.state import ModelDef, OptimConfig, TrainState
 
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
 
@@ -59,34 +56,6 @@ class TrainableModel(Protocol):
 
   def apply_rows(self, batch: dict, rows: dict, train: bool = False) -> dict:
     """The forward pass from gathered rows: an output dict with "logits" [B, T]."""
-
-
-def host_batch(batch: dict) -> dict:
-  """A numpy batch as the steps take it (x64 is off, so nothing int64 reaches a device):
-
-  * fields the schema marks host-only (``schema.HOST_ONLY``: the emission time, exposure keys,
-    oracle ground truth) are dropped: no device computation can read them;
-  * int64 ids (role "id") are folded to int32 with all 64 bits mixed in
-    (``embedding.fold_ids``; the identity in int32 range), so ids that differ only in their
-    high bits keep different rows;
-  * other int64 fields (epoch-ms times) wrap to int32: only their differences are used, which
-    wrapping keeps exact for gaps under 24.8 days (``model.features``);
-  * float64 -> float32.
-  """
-  out = {}
-  for name, value in batch.items():
-    if name in schema.HOST_ONLY:
-      continue
-    value = np.asarray(value)
-    field = schema.FIELD.get(name)
-    if field is not None and field.role == "id":
-      value = embedding.fold_ids(value)
-    elif value.dtype == np.int64:
-      value = value.astype(np.int32)
-    elif value.dtype == np.float64:
-      value = value.astype(np.float32)
-    out[name] = value
-  return out
 
 
 def logits_to_probs(out) -> jax.Array:
@@ -218,7 +187,7 @@ def make_train_step(model_def: ModelDef, optim: OptimConfig, loss_fn: LossFn,
   (same rows touched, same result), which is cheaper than sorting their ids; larger tables
   get sparse row updates. With ``exchange_capacity`` (``mesh.embedding_exchange =
   "all_to_all"``), the sparse tables sharded over every device are looked up and updated
-  through ``mcjax.train.exchange`` (all-to-alls to the rows' owners) instead of GSPMD's
+  through ``mcjax.runtime.exchange`` (all-to-alls to the rows' owners) instead of GSPMD's
   gathers and scatters.
 
   Metrics: ``learning/loss``, ``learning/grad_norm`` (dense, before clipping),

@@ -1,9 +1,11 @@
 """train_and_evaluate: one run of a config on a samples folder, read top to bottom.
 
-Sections: data (the samples, the time plan, the run folder), mesh and state (born sharded),
-steps (jitted train and eval steps), restore (the workdir's latest checkpoint), the loop over
-the plan's windows (score the window's evaluation records, then train on the samples emitted
-in it; in offline_tvt, validate after every epoch), checkpoint, metrics. Every process runs
+Sections: data (the samples, the time plan, the run folder), mesh, state and steps
+(``mcjax.runtime.build``: the state born sharded, the jitted train and eval steps), restore
+(the workdir's latest checkpoint), the loop over the plan's windows (score the window's
+evaluation records, then train on the samples emitted in it, each batch put on the devices by
+``mcjax.contract.batch.to_device``; in offline_tvt, validate after every epoch), checkpoint,
+metrics. Every process runs
 the same code: each reads its slice of every global batch, and the step never branches on the
 device count. The launchers build the samples folder first (``mcjax.train.data.prepare``).
 
@@ -28,16 +30,13 @@ import functools
 import ml_collections
 
 from mcjax import config as mcconfig
-from mcjax import losses
-from mcjax.model import build_model
+from mcjax import runtime
+from mcjax.contract import batch as batch_lib
+from mcjax.runtime import mesh as mesh_lib
 from mcjax.train import data as data_lib
 from mcjax.train import evaluate
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import partition
 from mcjax.train import plan as plan_lib
 from mcjax.train import rundir
-from mcjax.train import state as state_lib
-from mcjax.train import step as step_lib
 from mcjax.train.steplog import StepLog
 
 
@@ -54,22 +53,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, samples_dir
   with rundir.RunDir(workdir, rundir.identity(cfg, data.fingerprint()), cfg,
                      save_every=t.checkpoint_every_steps, overwrite=overwrite) as run:
 
-    # -------------------------------------------------------------------- mesh & state
-    mesh, optim = mesh_lib.make_mesh(shape), state_lib.optim_config(cfg)
-    model_def, state, shardings = state_lib.create_train_state(
-        functools.partial(build_model, cfg.model), mesh, optim, seed=cfg.seed,
-        max_replicated_bytes=int(cfg.mesh.max_replicated_mb * 2**20),
-        **partition.from_config(cfg.mesh))
-
-    # --------------------------------------------------------------------------- steps
-    loss_fn = functools.partial(losses.compute_loss, cfg=cfg.loss)
-    capacity = partition.exchange_capacity(cfg.mesh)
-    train_step = step_lib.make_train_step(
-        model_def, optim, loss_fn, shardings, mesh,
-        dense_below_rows=cfg.model.embedding.large_table_rows, exchange_capacity=capacity)
-    eval_step = step_lib.make_eval_step(model_def, loss_fn, shardings, mesh,
-                                        exchange_capacity=capacity)
-    scorer = evaluate.EvalScorer(eval_step, data, mesh)
+    # ------------------------------------------------------------ mesh, state & steps
+    mesh = mesh_lib.make_mesh(shape)
+    rt = runtime.build(cfg, mesh)  # born sharded; jitted train and eval steps
+    state, train_step = rt.state, rt.train_step
+    evaluator = evaluate.Evaluator(rt.eval_step, data, mesh)
+    to_device = functools.partial(batch_lib.to_device, mesh_lib.batch_sharding(mesh),
+                                  global_rows=t.batch_size)
 
     # ------------------------------------------------------------------------- restore
     progress, it = run.latest() or rundir.Progress(), None
@@ -85,15 +75,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, samples_dir
         if w.n_eval:
           with log.paused(state):
             model = run.restore_best(state, progress) if plan.valid else state
-            log.window(w, run.save_preds(w.index, scorer(model, w.eval_lo, w.eval_hi)))
+            log.window(w, run.save_preds(w.index, evaluator(model, w.eval_lo, w.eval_hi)))
         it = None if stopped else data.train_batches(plan, w.index)
       for local in batches_until(it, t.max_steps, progress):
-        state, m = train_step(state, scorer.put(local, t.batch_size))
+        state, m = train_step(state, to_device(local))
         progress.step += 1
         log.step(progress.step, m, local, state)
         epoch = plan.valid and plan.epoch_end(w, progress.step, t.batch_size)
         if epoch:  # offline_tvt: validate; the best epoch's state will score the test
-          evaluate.validate_epoch(run, log, scorer, plan, progress, state, epoch, t.select_metric)
+          evaluate.validate_epoch(run, log, evaluator, plan, progress, state, epoch,
+                                  t.select_metric)
         if epoch or progress.step % t.checkpoint_every_steps == 0:
           log.flush(state)
           run.save(progress, state, it)

@@ -27,13 +27,13 @@ import time
 import numpy as np
 
 from mcjax import metrics
+from mcjax.contract.batch import host_batch
 from mcjax.contract.schema import MODEL_INPUTS
 from mcjax.eventlog.files import atomic_write
-from mcjax.samples import pipeline
+from mcjax.contract import batch as batch_lib
 from mcjax.serve.scorer import Scorer
 from mcjax.serve.versions import DirPublisher, Versions
 from mcjax.train import evaluate, plan as plan_lib
-from mcjax.train import step as step_lib
 from mcjax.train.continuous import ContinuousTrainer, percentiles
 from mcjax.train.emitted import ReplayEmitted
 
@@ -124,7 +124,7 @@ class EvalQueue:
     self.padded, self.fields, self.rows = [], [], 0
 
   def add(self, table: dict) -> None:
-    self.padded.append(step_lib.host_batch(pipeline.pad_table(table, self.sv, self.lv)))
+    self.padded.append(host_batch(batch_lib.pad_table(table, self.sv, self.lv)))
     self.fields.append(record_fields(table))
     self.rows += len(table["kind"])
     if self.rows >= self.max_rows:

@@ -1,4 +1,5 @@
-"""The Beam graph of the sample engine, its writers, and the finishing step.
+"""The Beam graph of the sample engine (its file reading, writing and finishing step are in
+``files``, how batches travel between stages in ``transport``).
 
 ``run(log_dir, out_dir, cfg, ...)`` reads the log's Parquet files (every table may be one file
 or a folder of parts), runs the stages of ``stages`` keyed as the features need them, writes
@@ -26,254 +27,33 @@ memory-mapped files).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pickle
 import shutil
 import time
-import uuid
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from absl import logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from mcjax.eventlog import io as log_io
 from mcjax.eventlog import schema as ES
-from mcjax.eventlog import validate as V
-from mcjax.moment import events
-from mcjax.samples.beam import cols as C
 from mcjax.samples.beam import stages
+from mcjax.samples.beam.files import (SPLITS, ReadEvents, WriteParts, engine_stats,
+                                      event_extent, finish, folder_bytes, load_json,
+                                      read_table, read_tasks, save_json)
+from mcjax.samples.beam.transport import Spill, routed, values
 from mcjax.moment.config import MomentConfig
-from mcjax.contract import history_store as H
 from mcjax.contract import schema as SS
 from mcjax.samples import shards
-from mcjax.samples.table import conform_stored, kind_counts
 
 SCRATCH = ".beam"
-SPLITS = ("train", "eval")
 _SIDE = {"users": ("users.parquet", "user_id"), "authors": ("authors.parquet", "author_id"),
          "lives": ("lives.parquet", "live_id"), "videos": ("videos.parquet", "video_id"),
          "oracle": (f"{ES.ORACLE_DIR}/exposures.parquet", "exposure_id")}
 _E_TAGS = ("rows_train", "rows_eval", "crowd_queries", "crowd_events", "crowd_viewers",
            "carry_totals", "live_starts", "crowd_marks", "lv_records", "user_queries", "plays",
            "author_requests")
-STAT_KEYS = ("live_exposures", "train_samples", "eval_records", "events", "orphan_events",
-             "events_before_exposure", "duplicate_exposure_events", "unknown_users",
-             "unknown_lives", "unknown_authors", "unknown_videos", "sv_plays_without_duration",
-             "late_clicks", "ignored_without_click", "ignored_after_close")
-
-
-# ---------------------------------------------------------------------------- elements
-
-class Batch:
-  """A column batch as one element value: Beam's default coder pickles it in one call (a
-  plain dict would be encoded key by key, one pickle per array: 3x slower to code)."""
-
-  __slots__ = ("cols",)
-
-  def __init__(self, cols: dict):
-    self.cols = cols
-
-  def __reduce__(self):
-    return Batch, (self.cols,)
-
-
-class Spilled:
-  """A batch saved in the scratch folder: only its file name travels through the runner."""
-
-  __slots__ = ("path",)
-
-  def __init__(self, path: str):
-    self.path = path
-
-  def __reduce__(self):
-    return Spilled, (self.path,)
-
-  def load(self):
-    with open(self.path, "rb") as f:
-      return pickle.load(f)
-
-
-class Slice:
-  """Rows [start, stop) of a run file (a record array saved by ``Spill.routes``): only its
-  name and bounds travel; loading reads those rows through a memory map."""
-
-  __slots__ = ("path", "start", "stop")
-
-  def __init__(self, path: str, start: int, stop: int):
-    self.path, self.start, self.stop = path, start, stop
-
-  def __reduce__(self):
-    return Slice, (self.path, self.start, self.stop)
-
-  def load(self) -> dict:
-    rows = np.load(self.path, mmap_mode="r")[self.start:self.stop]
-    return {name: np.array(rows[name]) for name in rows.dtype.names}
-
-
-class Spill:
-  """How batches travel between stages: the way a MapReduce shuffle moves data. All the
-  batches one call of a stage sends under one tag (one per destination key) are written as
-  one *run file* in the scratch folder (every worker sees it), and each key gets a ``Slice``
-  of it: what the runner shuffles and buffers is names and row bounds, so its memory does not
-  grow with the log, and a worker holds only the key it is working on (its slices, read
-  through memory maps). Outputs of fewer than ``min_rows`` rows in all (or every output,
-  ``min_rows`` 0) travel inline as ``Batch``es. Files are never modified (a retried bundle
-  writes new ones) and go with the scratch folder."""
-
-  def __init__(self, folder: str, min_rows: int):
-    self.folder, self.min_rows = folder, min_rows
-
-  def _path(self, tag: str, ext: str) -> str:
-    path = os.path.join(self.folder, tag, f"{uuid.uuid4().hex}.{ext}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return path
-
-  def __call__(self, tag: str, value):
-    """One element's value: a column batch (dict) or a side table's rows (``pa.Table``)."""
-    rows = value.num_rows if isinstance(value, pa.Table) else C.length(value)
-    if not self.min_rows or rows < self.min_rows:
-      return Batch(value)
-    path = self._path(tag, "pkl")
-    with open(path, "wb") as f:
-      pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return Spilled(path)
-
-  def routes(self, tag: str, pieces: list) -> list:
-    """(key, value) for each (key, column batch) of ``pieces`` (batches with the same
-    columns): slices of one run file, or inline batches when they are small."""
-    total = sum(C.length(c) for _, c in pieces)
-    if not self.min_rows or total < self.min_rows:
-      return [(k, Batch(c)) for k, c in pieces]
-    first = pieces[0][1]
-    run = np.empty(total, np.dtype([(n, v.dtype, v.shape[1:]) for n, v in first.items()]))
-    out, at = [], 0
-    path = self._path(tag, "npy")
-    for k, c in pieces:
-      n = C.length(c)
-      for name, v in c.items():
-        run[name][at:at + n] = v
-      out.append((k, Slice(path, at, at + n)))
-      at += n
-    np.save(path, run)
-    return out
-
-  def route_all(self, outputs) -> list:
-    """(tag, key, value) for each (tag, key, column batch) of ``outputs``: each tag's batches
-    through ``routes`` (one run file per tag)."""
-    by_tag = {}
-    for tag, key, batch in outputs:
-      by_tag.setdefault(tag, []).append((key, batch))
-    return [(tag, key, value) for tag, pieces in by_tag.items()
-            for key, value in self.routes(tag, pieces)]
-
-
-def _routed(spill: Spill, outputs, default_key=None):
-  """The tagged elements of a stage's (tag, key, batch) outputs: "stats" counts as they come,
-  then the rest through ``spill.route_all`` (key None: ``default_key``)."""
-  rest = []
-  for tag, key, batch in outputs:
-    if tag == "stats":
-      yield beam.pvalue.TaggedOutput("stats", batch)
-    else:
-      rest.append((tag, default_key if key is None else key, batch))
-  for tag, key, value in spill.route_all(rest):
-    yield beam.pvalue.TaggedOutput(tag, (key, value))
-
-
-def _cols(v):
-  """A travelled value's content: an inline ``Batch``'s, or a ``Spilled`` or ``Slice`` loaded."""
-  return v.cols if isinstance(v, Batch) else v.load()
-
-
-def _values(grouped, name: str) -> list:
-  return [_cols(v) for v in grouped.get(name, ())]
-
-
-# ---------------------------------------------------------------------------- reading
-
-def _footer(path: str):
-  try:
-    return pq.ParquetFile(path).metadata
-  except (pa.ArrowException, OSError) as e:
-    raise log_io.UnreadableTableError(path, f"unreadable Parquet file ({type(e).__name__}: "
-                                      f"{' '.join(str(e).split())})") from e
-
-
-def read_tasks(log_dir: str, name: str) -> list[tuple]:
-  """(table name, path, row group, first row of the row group in the table) of every row
-  group of a log table (a file or a folder of parts, in ``io.table_files`` order); [] for an
-  absent oracle table. Only the files' footers are read."""
-  path = log_io.table_path(log_dir, name)
-  if name.startswith(ES.ORACLE_DIR) and not os.path.exists(path):
-    return []
-  out, row = [], 0
-  for f in log_io.table_files(path):
-    meta = _footer(f)
-    for rg in range(meta.num_row_groups):
-      out.append((name, f, rg, row))
-      row += meta.row_group(rg).num_rows
-  return out
-
-
-def event_extent(log_dir: str) -> tuple[int, int]:
-  """(rows, time span in ms) of the event table, from the files' footers (the ``ts_ms``
-  statistics; the column itself where a row group has none)."""
-  rows, lo, hi = 0, None, None
-  for f in log_io.table_files(log_io.table_path(log_dir, ES.EVENTS_FILE)):
-    meta = _footer(f)
-    rows += meta.num_rows
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if "ts_ms" not in names:
-      continue  # the pipeline names the missing column when it reads the file
-    col = names.index("ts_ms")
-    for rg in range(meta.num_row_groups):
-      st = meta.row_group(rg).column(col).statistics
-      if st is not None and st.has_min_max:
-        a, b = int(st.min), int(st.max)
-      else:
-        ts = pq.ParquetFile(f).read_row_group(rg, columns=["ts_ms"])["ts_ms"]
-        if not len(ts) or ts.null_count:
-          continue
-        a, b = int(ts.to_numpy().min()), int(ts.to_numpy().max())
-      lo, hi = a if lo is None else min(lo, a), b if hi is None else max(hi, b)
-  return rows, (hi - lo + 1) if lo is not None else 1
-
-
-class ReadEvents(beam.DoFn):
-  """A row group of the event table -> column batches of at most ``batch_rows`` rows, with
-  each row's index in the whole table (``seq``: the log's order), routed to their keys."""
-
-  def __init__(self, spill: Spill, layout: stages.Layout, batch_rows: int, check_types: bool,
-               where: str):
-    self.spill, self.layout, self.batch_rows = spill, layout, batch_rows
-    self.check_types, self.where = check_types, where
-
-  def process(self, task):
-    _, path, rg, first = task
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=self.batch_rows, row_groups=[rg]):
-      table = pa.Table.from_batches([batch])
-      if self.check_types:  # --novalidate: still name a NaN id by file, column and row
-        V.conform(table, ES.EVENT_SCHEMA, self.where, first_row=first)
-      cols = events.event_columns(table)
-      cols["seq"] = first + np.arange(table.num_rows, dtype=np.int64)
-      first += table.num_rows
-      yield from _routed(self.spill, stages.route_events(cols, self.layout))
-      yield beam.pvalue.TaggedOutput("stats", {"events_read": table.num_rows})
-
-
-def _read_table(task, check_types: bool, where: str) -> pa.Table:
-  name, path, rg, first = task
-  table = pq.ParquetFile(path).read_row_group(rg)
-  if check_types:
-    schema = ES.SIDE_TABLES.get(name) or ES.ORACLE_TABLES[os.path.basename(name)]
-    V.conform(table, schema, os.path.join(where, name), first_row=first)
-  return table
 
 
 class UserBounds(beam.CombineFn):
@@ -337,9 +117,9 @@ class Stage(beam.DoFn):
 
   def process(self, element, *side):
     key, grouped = element
-    args = [_values(grouped, name) for name in self.inputs]
+    args = [values(grouped, name) for name in self.inputs]
     kwargs = dict(zip(self.side, side), **self.kwargs)
-    yield from _routed(self.spill, self.fn(*args, **kwargs), key)
+    yield from routed(self.spill, self.fn(*args, **kwargs), key)
 
 
 class Histories(beam.DoFn):
@@ -351,8 +131,8 @@ class Histories(beam.DoFn):
 
   def process(self, element):
     (bucket,), grouped = element
-    out = stages.histories(bucket, _values(grouped, "plays"), _values(grouped, "records"),
-                           _values(grouped, "queries"), _values(grouped, "users"), self.cfg,
+    out = stages.histories(bucket, values(grouped, "plays"), values(grouped, "records"),
+                           values(grouped, "queries"), values(grouped, "users"), self.cfg,
                            self.layout)
     rest = []
     for tag, key, batch in out:
@@ -364,7 +144,7 @@ class Histories(beam.DoFn):
         yield beam.pvalue.TaggedOutput("pieces", (bucket, sizes))
       else:
         rest.append((tag, key, batch))
-    yield from _routed(self.spill, rest)
+    yield from routed(self.spill, rest)
 
 
 class Join(beam.DoFn):
@@ -379,59 +159,13 @@ class Join(beam.DoFn):
       for b, s in pieces:
         sizes[b + 1] = s[p]
       offsets[p] = np.cumsum(sizes)
-    rows = {split: _values(g, f"rows_{split}") for split in SPLITS}
-    joined = stages.join(rows, _values(g, "crowd"), _values(g, "histories"),
-                         _values(g, "authors"), _values(g, "oracle"), offsets, self.layout)
+    rows = {split: values(g, f"rows_{split}") for split in SPLITS}
+    joined = stages.join(rows, values(g, "crowd"), values(g, "histories"),
+                         values(g, "authors"), values(g, "oracle"), offsets, self.layout)
     # one run file per split, a slice per write range
     for _, key, value in self.spill.route_all((f"samples_{split}", (split, key[0]), table)
                                               for split, key, table in joined):
       yield key, value
-
-
-class WriteParts(beam.DoFn):
-  """One (split, write range): its samples sorted and written as parts of at most
-  ``part_rows`` samples into the scratch folder; yields their descriptions."""
-
-  def __init__(self, scratch: str, layout: stages.Layout, block_size: int, num_shards):
-    self.scratch, self.layout = scratch, layout
-    self.block_size, self.num_shards = block_size, num_shards
-
-  def process(self, element):
-    (split, w), tables = element
-    table = stages.sort_part(C.concat([_cols(t) for t in tables]))
-    n = C.length(table)
-    for i, lo in enumerate(range(0, n, self.layout.part_rows)):
-      chunk = conform_stored(C.take(table, slice(lo, lo + self.layout.part_rows)))
-      name = f"{w:013d}-{i:05d}"
-      folder = os.path.join(self.scratch, "parts", split, name)
-      shutil.rmtree(folder, ignore_errors=True)
-      os.makedirs(os.path.dirname(folder), exist_ok=True)
-      shards.write_part(chunk, folder, split, block_size=self.block_size,
-                        num_shards=self.num_shards)
-      ts_path = os.path.join(self.scratch, "ts", split, f"{name}.npy")
-      os.makedirs(os.path.dirname(ts_path), exist_ok=True)
-      np.save(ts_path, chunk["sample_ts_ms"])
-      yield {"split": split, "name": name, "num_samples": C.length(chunk),
-             "kinds": kind_counts(chunk)}
-
-
-def _folder_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(path)
-             for n in names)
-
-
-def _load_json(path: str, missing):
-  """The JSON file's content; ``missing`` when the pipeline wrote none (no element)."""
-  if not os.path.exists(path):
-    return missing
-  with open(path) as f:
-    return json.load(f)
-
-
-def _save_json(obj, path: str):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------- the graph
@@ -451,7 +185,7 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
   for name, (file, _) in _SIDE.items():
     side[name] = (p | f"{name} row groups" >> beam.Create(read_tasks(log_dir, file))
                   | f"spread {name}" >> beam.Reshuffle()
-                  | f"read {name}" >> beam.Map(_read_table, check_types, where))
+                  | f"read {name}" >> beam.Map(read_table, check_types, where))
   bounds = beam.pvalue.AsSingleton(
       side["users"] | beam.Map(lambda t: t["user_id"].to_numpy())
       | "user bounds" >> beam.CombineGlobally(UserBounds(layout.buckets)))
@@ -523,67 +257,17 @@ def build_pipeline(p: beam.Pipeline, log_dir: str, scratch: str, cfg: MomentConf
   # One key, grouped: exactly one writer of each file (a global combine may also emit its
   # empty default from another worker, which would overwrite the list).
   (parts | "key parts" >> beam.Map(lambda x: (0, x)) | "all parts" >> beam.GroupByKey()
-   | "save parts" >> beam.MapTuple(lambda _, xs: _save_json(
+   | "save parts" >> beam.MapTuple(lambda _, xs: save_json(
        sorted(xs, key=lambda x: (x["split"], x["name"])), os.path.join(scratch, "parts.json"))))
   (hist.pieces | "key pieces" >> beam.Map(lambda x: (0, x)) | "all pieces" >> beam.GroupByKey()
-   | "save pieces" >> beam.MapTuple(lambda _, xs: _save_json(
+   | "save pieces" >> beam.MapTuple(lambda _, xs: save_json(
        sorted(xs), os.path.join(scratch, "pieces.json"))))
   ((ev.stats, e.stats, lives.stats, crowd.stats, videos.stats, authors.stats, hist.stats)
    | "stats" >> beam.Flatten()
    | "key stats" >> beam.Map(lambda x: (0, x))
    | "sum stats" >> beam.CombinePerKey(SumStats())
-   | "save stats" >> beam.MapTuple(lambda _, x: _save_json(x, os.path.join(scratch,
+   | "save stats" >> beam.MapTuple(lambda _, x: save_json(x, os.path.join(scratch,
                                                                             "stats.json"))))
-
-
-# ---------------------------------------------------------------------------- finishing
-
-def _engine_stats(raw: dict) -> dict:
-  """The pipeline's summed counts in the shape of ``SampleBuilder.stats``."""
-  out = {k: raw.get(k, 0) for k in STAT_KEYS}
-  out["samples"] = {SS.KIND_NAMES[k]: raw.get(f"samples/{SS.KIND_NAMES[k]}", 0)
-                    for k in SS.KIND_NAMES if k != SS.EVAL}
-  if "labels_after_slow" in raw:
-    out["labels_after_slow"] = raw["labels_after_slow"]
-  return out
-
-
-def finish(scratch: str, out_dir: str, metadata: dict, block_size: int) -> tuple[dict, int]:
-  """Assembles ``out_dir/<split>/`` from the scratch folder (parts renamed in time order,
-  sample times and history pieces concatenated); returns the kind counts per split and the
-  most samples of one (split, write range)."""
-  parts, pieces = (_load_json(os.path.join(scratch, n), []) for n in ("parts.json",
-                                                                     "pieces.json"))
-  buckets = sorted(b for b, _ in pieces)
-  counts = {}
-  for split in SPLITS:
-    mine = sorted((p for p in parts if p["split"] == split), key=lambda p: p["name"])
-    if not mine:
-      raise ValueError(f"write_samples: split {split!r} has no samples")
-    built = os.path.join(out_dir, split)
-    os.makedirs(built)
-    listed, ts, kinds = [], [], {}
-    for i, part in enumerate(mine):
-      name = f"part-{i:05d}"
-      os.rename(os.path.join(scratch, "parts", split, part["name"]),
-                os.path.join(built, name))
-      listed.append({"dir": name, "num_samples": part["num_samples"]})
-      ts.append(np.load(os.path.join(scratch, "ts", split, f"{part['name']}.npy")))
-      for k, v in part["kinds"].items():
-        kinds[k] = kinds.get(k, 0) + v
-    records = {}
-    for p in SS.DOMAINS:
-      records[p] = H.concat_saved(
-          [os.path.join(scratch, "history", p, f"{b:06d}") for b in buckets],
-          os.path.join(built, shards.HISTORY_DIR, p), p)
-    shards.finish_split(built, split, listed, np.concatenate(ts), kinds, records, block_size,
-                        metadata)
-    counts[split] = kinds
-  per_range = {}
-  for part in parts:
-    key = (part["split"], part["name"].split("-")[0])
-    per_range[key] = per_range.get(key, 0) + part["num_samples"]
-  return counts, max(per_range.values())
 
 
 def pipeline_options(args) -> PipelineOptions:
@@ -627,8 +311,8 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
   if state not in (PipelineState.DONE, None):
     raise RuntimeError(f"the Beam pipeline ended in state {state}")
   pipeline_s = time.perf_counter() - start
-  raw = _load_json(os.path.join(scratch, "stats.json"), {})
-  stats = _engine_stats(raw)
+  raw = load_json(os.path.join(scratch, "stats.json"), {})
+  stats = engine_stats(raw)
   if stats["events"] != rows:  # a runner that drops elements must not pass for a build
     read = raw.get("events_read", 0)
     raise RuntimeError(f"the Beam pipeline lost events: {stats['events']:,} of the {rows:,} "
@@ -647,7 +331,7 @@ def run(log_dir: str, out_dir: str, cfg: MomentConfig, *, pipeline_args=None,
                        f"{stats['train_samples']:,} train samples and {stats['eval_records']:,} "
                        f"evaluation records, {written['train']:,} and {written['eval']:,} were "
                        f"written; nothing was kept")
-  spilled = _folder_bytes(os.path.join(scratch, "spill"))
+  spilled = folder_bytes(os.path.join(scratch, "spill"))
   shutil.rmtree(scratch)
   return {"counts": counts, "stats": stats, "largest_key": largest, "pipeline_s": pipeline_s,
           "finish_s": time.perf_counter() - start - pipeline_s, "spill_bytes": spilled,

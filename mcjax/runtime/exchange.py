@@ -42,8 +42,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from mcjax.train import mesh as mesh_lib
-from mcjax.train import sparse
+from mcjax.runtime import mesh as mesh_lib
+from mcjax.runtime import sparse
 
 AXES = mesh_lib.AXES
 

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcjax.model import config as model_config
-from mcjax.train.mesh import AXES
+from mcjax.runtime.mesh import AXES
 
 Rules = Sequence[tuple[str, P]]
 LogicalRules = Sequence[tuple[str, str | None]]
@@ -51,7 +51,7 @@ def from_config(mesh_cfg) -> dict:
 def exchange_capacity(mesh_cfg) -> float | None:
   """``mesh.exchange_capacity`` when ``mesh.embedding_exchange`` is "all_to_all" (large
   tables then shard over every device, the "vocab" logical axis on ("data", "model"), and the
-  train step looks them up and updates them through ``mcjax.train.exchange``), else None."""
+  train step looks them up and updates them through ``mcjax.runtime.exchange``), else None."""
   if mesh_cfg.get("embedding_exchange", "gspmd") != "all_to_all":
     return None
   return float(mesh_cfg.exchange_capacity)

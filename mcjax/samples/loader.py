@@ -26,44 +26,7 @@ from __future__ import annotations
 import numpy as np
 import grain
 
-from mcjax.contract import schema as S
-
-EXTRA_FIELDS = ("sv_len", "lv_len", "weight")
-
-
-def pad_table(table: dict, sv_len: int, lv_len: int) -> dict:
-  """A sample table -> dict of fixed-shape arrays (histories padded/truncated, lengths added).
-
-  Padding is 0 after the valid items; sequences longer than the width keep their first (most
-  recent) items. Adds ``sv_len`` / ``lv_len`` (int32 valid lengths). Non-sequence fields the
-  table lacks stay absent (a scoring request has model inputs only).
-  """
-  out = {f.name: table[f.name] for f in S.FIELDS if not f.is_sequence and f.name in table}
-  for prefix, width, names in (("sv", sv_len, S.SV_FIELDS), ("lv", lv_len, S.LV_FIELDS)):
-    off = table[S.OFFSETS[prefix]]
-    valid = np.minimum(np.diff(off), width)
-    cols = np.arange(width)
-    mask = cols[None, :] < valid[:, None]
-    flat = (off[:-1, None] + cols[None, :])[mask]
-    for name in names:
-      padded = np.zeros(mask.shape, S.FIELD[name].dtype)
-      padded[mask] = table[name][flat]
-      out[name] = padded
-    out[f"{prefix}_len"] = valid.astype(np.int32)
-  return out
-
-
-def zero_batch(rows: int, sv_len: int, lv_len: int) -> dict:
-  """All-zero padded batch of the pipeline's layout (weight 0)."""
-  out = {}
-  for f in S.FIELDS:
-    width = (sv_len if f.name in S.SV_FIELDS else lv_len,) if f.is_sequence else f.shape
-    out[f.name] = np.zeros((rows,) + tuple(width), f.dtype)
-  out["sv_len"] = np.zeros(rows, np.int32)
-  out["lv_len"] = np.zeros(rows, np.int32)
-  out["weight"] = np.zeros(rows, np.float32)
-  return out
-
+from mcjax.contract.batch import pad_table, zero_batch
 
 def selection(indices, n: int) -> np.ndarray:
   """The selected sample indices (int64) from None (all), a range or an index array."""

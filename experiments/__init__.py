@@ -1,0 +1,2 @@
+"""Experiments: ``python -m experiments.ablation`` (the ablation study, RESULTS.md) and the
+PyTorch peer (``experiments.peers``)."""
