@@ -92,6 +92,16 @@ def default_config() -> ml_collections.ConfigDict:
   #                                  and a rerun with a larger value continues
   c.train.live_sparse_threshold = 5  # metrics slice: users with fewer live-history items
 
+  # The real-time loop (launch.realtime, mcjax.train.continuous, mcjax.train.realtime).
+  c.realtime = ml_collections.ConfigDict()
+  c.realtime.max_wait_ms = 1000.0    # a part-filled batch is trained after this long
+  c.realtime.publish_every_s = 10.0  # a parameter version is published this often (wall s)
+  c.realtime.publish_every_steps = 0  # ... and every this many steps (0: by time only)
+  c.realtime.tick_ms = 1000          # replay: event time the engine emits at once
+  c.realtime.speed = 0.0             # replay: logged seconds per wall second (0: no pacing)
+  c.realtime.request_rate = 0.0      # scoring requests per wall second while training (0: none)
+  c.realtime.request_candidates = 32  # lives on air scored per request (at most)
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
   c.mesh.max_replicated_mb = 64.0  # a parameter larger than this may not be replicated

@@ -177,12 +177,16 @@ class Scorer:
     for b in self.buckets:
       jax.block_until_ready(self._call(self.zero_batch(b)))
 
-  def _call(self, padded: dict):
-    return self._jit(self.weights, jax.device_put(padded, self._batch_sharding))
+  def _call(self, padded: dict, weights: dict | None = None):
+    return self._jit(self.weights if weights is None else weights,
+                     jax.device_put(padded, self._batch_sharding))
 
-  def score_batch(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+  def score_batch(self, batch: dict, weights: dict | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(probs [n, T], ranking_score [n]) of a prepared batch of any n rows
-    (``RequestBuilder.batch``: the model inputs, as the device receives them)."""
+    (``RequestBuilder.batch``: the model inputs, as the device receives them), scored with
+    ``weights`` (default: the restored ones; ``mcjax.serve.versions`` passes the version it
+    serves, taken once per call)."""
     n = len(batch["user_id"])
     probs = np.zeros((n, len(TASKS)), np.float32)
     scores = np.zeros(n, np.float32)
@@ -190,7 +194,7 @@ class Scorer:
     for lo in range(0, n, big):
       part = {k: v[lo:lo + big] for k, v in batch.items()}
       m = len(part["user_id"])
-      p, s = self._call(pad_rows(part, self.bucket(m)))
+      p, s = self._call(pad_rows(part, self.bucket(m)), weights)
       probs[lo:lo + m], scores[lo:lo + m] = np.asarray(p)[:m], np.asarray(s)[:m]
     return probs, scores
 

@@ -1,0 +1,111 @@
+"""The real-time loop in one command: emitted samples -> continuous trainer -> served versions.
+
+    python -m launch.realtime --config=mcjax/configs/full.py --workdir=runs/rt
+    python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt \
+        --config.realtime.speed=100 --config.realtime.request_rate=20 --until_min=180
+
+The samples are what the Moment engine emits for the event log (``--data``, else the
+simulated world of ``config.data``, made in the workdir when missing), replayed in emission
+order at ``config.realtime.speed`` (logged seconds per wall second; 0: as fast as the trainer
+takes them). The trainer trains on them in micro-batches, publishes a parameter version every
+``realtime.publish_every_s`` / ``publish_every_steps``, and every evaluation record is scored
+by the version served when it is emitted. A progress line shows samples/s, steps/s, the
+version served, the lag behind the replay schedule and the CTR AUC of the recent records.
+
+Writes ``WORKDIR/metrics.json`` (the batch modes' blocks plus ``realtime``: freshness, lag,
+bytes per version, request latency) and ``WORKDIR/report.md`` with its plots. A rerun of the
+workdir resumes from its latest checkpoint (exactly once: same parameters as an
+uninterrupted run). ``--publish_dir`` also writes every version for a scorer in another
+process (``mcjax.serve.versions.DirVersions``). A diverging step stops the loop before that
+state is published or checkpointed, with one ``FATAL`` line naming the step and the loss
+terms, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mcjax import configs
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", configs.path("full"), "A config file (e.g. mcjax/configs/tiny.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and the report go.",
+                               required=True)
+_DATA = flags.DEFINE_string("data", None, "An event-log folder (overrides config.data.log_dir).")
+_PUBLISH_DIR = flags.DEFINE_string("publish_dir", None, "Also write every version here, for "
+                                   "a scorer in another process.")
+_UNTIL_MIN = flags.DEFINE_float("until_min", 0.0, "Replay only the first this many logged "
+                                "minutes of samples (0: all).")
+_FROM_MIN = flags.DEFINE_float("from_min", 0.0, "Start the replay this many logged minutes into "
+                               "the samples (the model starts fresh there).")
+_KILL_AT_STEP = flags.DEFINE_integer("kill_at_step", None, "Fault injection (tests): SIGKILL "
+                                     "this process right after that train step.")
+_NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (tests): "
+                                   "training samples from this row on get NaN crowd features.")
+
+
+def load_samples(cfg, log_dir: str, until_min: float, from_min: float = 0.0) -> dict:
+  """The engine's samples of ``log_dir`` (both splits) emitted in [``from_min``,
+  ``until_min``) logged minutes from the first (``until_min`` 0: to the end)."""
+  import numpy as np
+  from mcjax import config as mcconfig
+  from mcjax.moment.engine import build_samples
+  from mcjax.samples.table import table_slice
+  s = build_samples(log_dir, mcconfig.moment_config(cfg))
+  first = min(int(s[k]["sample_ts_ms"][0]) for k in ("train", "eval"))
+  lo, hi = (first + int(m * 60_000) for m in (from_min, until_min))
+  out = {}
+  for k in ("train", "eval"):
+    ts = s[k]["sample_ts_ms"]
+    end = int(np.searchsorted(ts, hi)) if until_min > 0 else len(ts)
+    out[k] = table_slice(s[k], int(np.searchsorted(ts, lo)), end)
+  return out
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  cfg, work = _CONFIG.value, _WORKDIR.value
+  from mcjax import config as mcconfig
+  from mcjax.train import RunError
+  from mcjax.runtime import mesh as mesh_lib
+  try:
+    mcconfig.validate(cfg)
+    mesh_lib.check_layout(cfg)
+  except ValueError as e:
+    sys.exit(f"FATAL invalid config: {e}")
+  log_dir = _DATA.value or cfg.data.log_dir
+  if not log_dir:
+    from mcjax.sim import world
+    log_dir = os.path.join(work, "world")
+    if not os.path.exists(log_dir):
+      world.build(log_dir, cfg.data.preset, cfg.data.world_seed)
+  if not os.path.isdir(log_dir):
+    sys.exit(f"FATAL --data: {log_dir} is not a folder")
+  samples = load_samples(cfg, log_dir, _UNTIL_MIN.value, _FROM_MIN.value)
+  if _NAN_AT_ROW.value is not None:
+    samples["train"]["crowd"] = samples["train"]["crowd"].copy()
+    samples["train"]["crowd"][_NAN_AT_ROW.value:] = float("nan")
+  from launch import realtime_report
+  from mcjax.train import realtime
+  try:
+    out = realtime.run_loop(cfg, samples, work, log_dir=log_dir, publish_dir=_PUBLISH_DIR.value,
+                            kill_at_step=_KILL_AT_STEP.value,
+                            progress=lambda line: print(line, flush=True))
+  except RunError as e:
+    sys.exit(f"FATAL {e}")
+  realtime_report.write(work, out, samples)
+  r, ctr = out["realtime"], out["overall"].get("ctr", {})
+  print(f"{cfg.name} realtime: CTR AUC {ctr.get('auc')}, {r['steps']} steps, "
+        f"{r['trained_rows']} samples in {r['wall_s']} s ({r['speed_factor']}x real time), "
+        f"freshness end to end p50 {r['freshness']['end_to_end_s'].get('p50')} s -> "
+        f"{work}/metrics.json, {work}/report.md")
+
+
+if __name__ == "__main__":
+  app.run(main)

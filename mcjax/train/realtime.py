@@ -1,0 +1,288 @@
+"""The real-time loop in one process: emitted samples -> continuous trainer -> served versions.
+
+``run_loop(cfg, samples, workdir)`` wires ``mcjax.train.continuous.ContinuousTrainer`` to a
+``Scorer`` that serves the newest published version (``mcjax.serve.versions``):
+
+* every evaluation record is scored by the version being served when it is emitted (its
+  exposure time), through the serving ``Scorer``, before any sample emitted at or after it is
+  trained on (the records that arrive under one version are scored together before it is
+  replaced: ``EvalQueue``); each scored record keeps the version number and the train step
+  that version holds (``preds/part_*.npz``, saved with the trainer's checkpoints);
+* at the end, metrics.json has the batch modes' blocks (overall, slices, windows of
+  ``train.window_min``, ranking: ``mcjax.train.evaluate.compute_metrics``) plus ``realtime``:
+  freshness per version and in aggregate, lag behind the replay schedule, bytes per version
+  (whole and delta) and, with ``realtime.request_rate``, the request load's latency;
+* ``publish_dir`` also writes every version for other processes (``DirPublisher``);
+* ``realtime.request_rate`` > 0 runs a request generator beside the loop (``RequestLoad``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import threading
+import time
+
+import numpy as np
+
+from mcjax import metrics
+from mcjax.contract.batch import host_batch
+from mcjax.contract.schema import MODEL_INPUTS
+from mcjax.eventlog.files import atomic_write
+from mcjax.contract import batch as batch_lib
+from mcjax.serve.scorer import Scorer
+from mcjax.serve.versions import DirPublisher, Versions
+from mcjax.train import evaluate, plan as plan_lib
+from mcjax.train.continuous import ContinuousTrainer, percentiles
+from mcjax.train.emitted import ReplayEmitted
+
+_REC_KEYS = ("probs", "labels", "mask", "user_id", "in_highlight", "lv_len", "exposure_id",
+             "sample_ts_ms", "live_id", "version", "version_step", "scored_s")
+
+
+class PredStore:
+  """The scored evaluation records, saved in parts that the checkpoint counts."""
+
+  def __init__(self, folder: str | None):
+    self.folder, self.parts, self.pending = folder, [], []
+    if folder:
+      os.makedirs(folder, exist_ok=True)
+
+  def restore(self, n_parts: int) -> None:
+    """Keeps the first ``n_parts`` saved parts (those a checkpoint counts), deletes later ones."""
+    for path in sorted(glob.glob(os.path.join(self.folder, "part_*.npz"))):
+      if int(os.path.basename(path)[5:11]) >= n_parts:
+        os.remove(path)
+      else:
+        with np.load(path) as z:
+          self.parts.append({k: z[k] for k in z.files})
+
+  def add(self, fields: dict, probs: np.ndarray, version, scored_s: float) -> dict:
+    """Scored records: ``fields`` are ``record_fields`` of their tables."""
+    rec = {**fields, "probs": probs,
+           "version": np.full(len(probs), version.number, np.int64),
+           "version_step": np.full(len(probs), version.step, np.int64),
+           "scored_s": np.full(len(probs), scored_s)}
+    self.pending.append(rec)
+    return rec
+
+  def flush(self) -> int:
+    """Saves the pending records as one part; returns the number of parts."""
+    if self.pending:
+      part = {k: np.concatenate([r[k] for r in self.pending]) for k in _REC_KEYS}
+      self.pending = []
+      if self.folder:
+        path = os.path.join(self.folder, f"part_{len(self.parts):06d}.npz")
+        np.savez(path + ".tmp.npz", **part)
+        os.replace(path + ".tmp.npz", path)
+      self.parts.append(part)
+    return len(self.parts)
+
+  def all(self) -> dict:
+    self.flush()
+    if not self.parts:
+      return {}
+    return {k: np.concatenate([p[k] for p in self.parts]) for k in _REC_KEYS}
+
+
+def realtime_metrics(cfg, recs: dict, eval_ts: np.ndarray, train_ts: np.ndarray) -> dict:
+  """metrics.json's blocks of the batch modes, windows of ``train.window_min`` minutes."""
+  windows = plan_lib.online_windows(eval_ts, train_ts, int(cfg.train.window_min * 60_000))
+  starts = np.array([w.start_ms for w in windows], np.int64)
+  which = np.searchsorted(starts, recs["sample_ts_ms"], side="right") - 1
+  preds = {}
+  for w in windows:
+    sel = np.flatnonzero(which == w.index)
+    if len(sel):
+      preds[w.index] = {k: recs[k][sel] for k in ("probs", "labels", "mask", "user_id",
+                                                  "in_highlight", "lv_len", "exposure_id")}
+  out = evaluate.compute_metrics(cfg, plan_lib.Plan("online", tuple(windows)), preds, None)
+  out["mode"] = "realtime"
+  return out
+
+
+def record_fields(table: dict) -> dict:
+  """What metrics.json and the audits keep of an evaluation table's records."""
+  return {"labels": table["labels"], "mask": table["label_mask"], "user_id": table["user_id"],
+          "in_highlight": table["in_highlight"], "lv_len": np.diff(table["lv_offsets"]),
+          "exposure_id": table["exposure_id"], "sample_ts_ms": table["sample_ts_ms"],
+          "live_id": table["live_id"]}
+
+
+class EvalQueue:
+  """Evaluation records waiting to be scored by the version served when they arrived. The
+  served version changes only at a publish, so the records that arrive between two publishes
+  are scored together, by that version, right before the next swap (``score``; also at every
+  checkpoint and when ``max_rows`` wait): the same scores as one call per record, in a few
+  large calls."""
+
+  def __init__(self, scorer: Scorer, versions: Versions, preds: PredStore, sv: int, lv: int,
+               max_rows: int = 4096):
+    self.scorer, self.versions, self.preds = scorer, versions, preds
+    self.sv, self.lv, self.max_rows = sv, lv, max_rows
+    self.padded, self.fields, self.rows = [], [], 0
+
+  def add(self, table: dict) -> None:
+    self.padded.append(host_batch(batch_lib.pad_table(table, self.sv, self.lv)))
+    self.fields.append(record_fields(table))
+    self.rows += len(table["kind"])
+    if self.rows >= self.max_rows:
+      self.score()
+
+  def score(self) -> None:
+    if not self.rows:
+      return
+    cat = lambda parts, k: np.concatenate([p[k] for p in parts])  # noqa: E731
+    batch = {k: cat(self.padded, k) for k in MODEL_INPUTS}
+    fields = {k: cat(self.fields, k) for k in self.fields[0]}
+    v = self.versions.current  # the version served since these records arrived
+    probs, _ = self.scorer.score_batch(batch, weights=v.weights)
+    self.preds.add(fields, probs, v, time.time())
+    self.padded, self.fields, self.rows = [], [], 0
+
+
+class RequestLoad:
+  """Scoring requests at ``rate`` per wall second beside the loop: at the stream's current
+  event time, a user of a logged exposure near it and the lives exposed in the ten minutes
+  before (on air), features from the log (``RequestBuilder``, events before that time), scored
+  with the served version. Latency: from the request's scheduled time to its answer; a
+  request that fails is counted as dropped."""
+
+  def __init__(self, scorer: Scorer, versions: Versions, log_dir: str, eval_table: dict,
+               rate: float, candidates: int, now_ms):
+    from mcjax.serve.requests import RequestBuilder  # pylint: disable=g-import-not-at-top
+    from mcjax import config as mcconfig  # pylint: disable=g-import-not-at-top
+    self.builder = RequestBuilder(log_dir, mcconfig.moment_config(scorer.cfg))
+    self.scorer, self.versions, self.rate, self.candidates = scorer, versions, rate, candidates
+    self.ts, self.users = eval_table["sample_ts_ms"], eval_table["user_id"]
+    self.lives, self.now_ms = eval_table["live_id"], now_ms
+    self.latency, self.versions_seen, self.dropped, self.errors = [], set(), 0, []
+    self._stop = threading.Event()
+    self.thread = threading.Thread(target=self._run, daemon=True)
+
+  def start(self) -> None:
+    self.thread.start()
+
+  def _run(self) -> None:
+    rng, k, t0 = np.random.default_rng(0), 0, time.time()
+    while not self._stop.is_set():
+      due = t0 + k / self.rate
+      if due > time.time():
+        time.sleep(due - time.time())
+      k += 1
+      try:
+        t = int(self.now_ms())
+        hi = int(np.searchsorted(self.ts, t))
+        lo = int(np.searchsorted(self.ts, t - 600_000))
+        if hi <= lo:
+          continue
+        user = self.users[rng.integers(lo, hi)]
+        lives = np.unique(self.lives[lo:hi])[:self.candidates]
+        v = self.versions.current
+        self.scorer.score_batch(self.builder.batch(user, t, lives), weights=v.weights)
+        self.latency.append(time.time() - due)
+        self.versions_seen.add(v.number)
+      except Exception as e:  # pylint: disable=broad-except
+        self.dropped += 1
+        self.errors.append(f"{type(e).__name__}: {e}")
+
+  def stop(self) -> dict:
+    self._stop.set()
+    self.thread.join()
+    return {"rate_per_s": self.rate, "requests": len(self.latency) + self.dropped,
+            "dropped": self.dropped, "latency_s": percentiles(self.latency),
+            "versions_served": len(self.versions_seen), "first_error": (self.errors or [None])[0]}
+
+
+def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
+             publish_dir: str | None = None, kill_at_step: int | None = None,
+             progress=print, progress_every_s: float = 5.0) -> dict:
+  """Runs the loop on ``samples`` (``build_samples`` output, replayed as emitted) in
+  ``workdir`` (resuming from its checkpoint); writes and returns metrics.json."""
+  rt = cfg.realtime
+  os.makedirs(workdir, exist_ok=True)
+  source = ReplayEmitted(samples, tick_ms=int(rt.tick_ms), speed=float(rt.speed))
+  trainer = ContinuousTrainer(cfg, workdir)
+  extra = trainer.restore() or {}
+  preds = PredStore(os.path.join(workdir, "preds"))
+  preds.restore(int(extra.get("pred_parts", 0)))
+  versions = Versions(first_number=int(extra.get("versions", 0)))
+  writer = DirPublisher(publish_dir) if publish_dir else None
+
+  def publish(state, step):
+    if queue is not None:
+      queue.score()  # the records that arrived under the version being replaced
+    v = versions.publish(state, step)
+    if writer is not None:
+      writer.write(v)
+    return v.number, v.published_s
+
+  queue = None
+  publish(trainer.state, trainer.pos.step)  # what is served before the first step
+  scorer = Scorer(cfg, trainer.model_def, versions.current.weights, trainer.mesh)
+  queue = EvalQueue(scorer, versions, preds, trainer.sv, trainer.lv)
+  now = {"event_ms": source.first_ms, "rows": 0, "t": time.time(), "steps": 0, "mark": 0.0}
+
+  def score_eval(e):
+    queue.add(e.table)
+    now["event_ms"] = e.event_ms
+
+  def checkpoint_extra():
+    queue.score()
+    return {"pred_parts": preds.flush(), "versions": versions.next_number}
+
+  def on_step(step, m, rows):
+    now["rows"] += rows
+    now["steps"] += 1
+    t = time.time()
+    if progress and t - now["mark"] >= progress_every_s:
+      now["mark"] = t
+      recent = preds.pending[-5:] + preds.parts[-2:]
+      y = np.concatenate([r["labels"][:, 0] for r in recent]) if recent else np.zeros(0)
+      p = np.concatenate([r["probs"][:, 0] for r in recent]) if recent else np.zeros(0)
+      auc = metrics.auc(y, p) if len(y) and 0 < y.sum() < len(y) else float("nan")
+      dt = max(t - now["t"], 1e-9)
+      progress(f"step {step}  {now['rows'] / dt:,.0f} samples/s  {now['steps'] / dt:.1f} "
+               f"steps/s  version {versions.current.number} (step {versions.current.step})  "
+               f"lag {trainer.lags[-1] if trainer.lags else 0:.2f} s  recent CTR AUC {auc:.4f}"
+               f"  loss {m['learning/loss']:.4f}")
+
+  trainer.warmup()  # compile before the stream starts: its clock starts after
+  scorer.warmup()
+  load = None
+  if float(rt.request_rate) > 0 and log_dir:
+    load = RequestLoad(scorer, versions, log_dir, samples["eval"], float(rt.request_rate),
+                       int(rt.request_candidates), lambda: now["event_ms"])
+    load.start()
+  start = now["t"] = time.time()
+  try:
+    summary = trainer.run(source, score_eval=score_eval, publish=publish,
+                          extra=checkpoint_extra,
+                          on_step=on_step, kill_at_step=kill_at_step)
+  finally:
+    load_result = load.stop() if load is not None else None
+    trainer.close()
+  wall = time.time() - start
+  recs = preds.all()
+  out = realtime_metrics(cfg, recs, samples["eval"]["sample_ts_ms"],
+                         samples["train"]["sample_ts_ms"])
+  span_s = (int(samples["train"]["sample_ts_ms"][-1]) - source.first_ms) / 1000
+  whole = [h["bytes"]["whole"] for h in versions.history[1:]]
+  delta = [h["bytes"]["delta"] for h in versions.history[1:]]
+  out["realtime"] = {
+      **summary, "wall_s": round(wall, 3), "logged_s": span_s,
+      "speed_factor": round(span_s / wall, 2) if wall > 0 else None,
+      "samples_per_s": round(summary["trained_rows"] / wall, 1) if wall > 0 else None,
+      "config": {k: rt[k] for k in rt},
+      "bytes_per_version": {"whole_median": float(np.median(whole)) if whole else None,
+                            "delta_median": float(np.median(delta)) if delta else None},
+      "requests": load_result, "versions": versions.history,
+      "freshness_per_version": trainer.freshness.versions}
+  atomic_write(os.path.join(workdir, "metrics.json"), json.dumps(out, indent=1, default=float))
+  np.save(os.path.join(workdir, "freshness_e2e_s.npy"), trainer.freshness.end_to_end())
+  if trainer.ledger:  # which step trained each sample (this run): the prequential audit
+    np.savez(os.path.join(workdir, "trained.npz"),
+             step=np.concatenate([np.full(len(x), s) for s, x in trainer.ledger]),
+             exposure_id=np.concatenate([x for _, x in trainer.ledger]))
+  return out
