@@ -4,9 +4,9 @@
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt \
         --config.realtime.speed=100 --config.realtime.request_rate=20 --until_min=180
 
-The samples are what the Moment engine emits for the event log (``--data``, else the
-simulated world of ``config.data``, made in the workdir when missing), replayed in emission
-order at ``config.realtime.speed`` (logged seconds per wall second; 0: as fast as the trainer
+The samples are what the Moment engine emits for the event log (``--config.data.log_dir``,
+else the simulated world of ``config.data``, made in the workdir when missing), replayed in
+emission order at ``config.realtime.speed`` (logged seconds per wall second; 0: as fast as the trainer
 takes them). The trainer trains on them in micro-batches, publishes a parameter version every
 ``realtime.publish_every_s`` / ``publish_every_steps``, and every evaluation record is scored
 by the version served when it is emitted. A progress line shows samples/s, steps/s, the
@@ -35,7 +35,6 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path("full"), "A config file (e.g. mcjax/configs/tiny.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and the report go.",
                                required=True)
-_DATA = flags.DEFINE_string("data", None, "An event-log folder (overrides config.data.log_dir).")
 _PUBLISH_DIR = flags.DEFINE_string("publish_dir", None, "Also write every version here, for "
                                    "a scorer in another process.")
 _UNTIL_MIN = flags.DEFINE_float("until_min", 0.0, "Replay only the first this many logged "
@@ -79,14 +78,14 @@ def main(argv) -> None:
     mesh_lib.check_layout(cfg)
   except ValueError as e:
     sys.exit(f"FATAL invalid config: {e}")
-  log_dir = _DATA.value or cfg.data.log_dir
+  log_dir = cfg.data.log_dir
   if not log_dir:
     from mcjax.sim import world
     log_dir = os.path.join(work, "world")
     if not os.path.exists(log_dir):
       world.build(log_dir, cfg.data.preset, cfg.data.world_seed)
   if not os.path.isdir(log_dir):
-    sys.exit(f"FATAL --data: {log_dir} is not a folder")
+    sys.exit(f"FATAL --config.data.log_dir={log_dir}: not a folder")
   samples = load_samples(cfg, log_dir, _UNTIL_MIN.value, _FROM_MIN.value)
   if _NAN_AT_ROW.value is not None:
     samples["train"]["crowd"] = samples["train"]["crowd"].copy()

@@ -159,7 +159,7 @@ def _env(cache: str) -> dict:
 def _launch(world, work: str, *flags: str) -> subprocess.CompletedProcess:
   log, _, minutes = world
   argv = [sys.executable, "-m", "launch.realtime", "--config=mcjax/configs/tiny.py",
-          f"--workdir={work}", f"--data={log}", f"--until_min={minutes}",
+          f"--workdir={work}", f"--config.data.log_dir={log}", f"--until_min={minutes}",
           "--config.realtime.publish_every_steps=2", "--config.realtime.publish_every_s=0",
           "--config.train.checkpoint_every_steps=3", "--config.mesh.shape=(1,2)", *flags]
   return subprocess.run(argv, cwd=REPO, env=_env(os.path.join(os.path.dirname(log), "cache")),
