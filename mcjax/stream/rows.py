@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from mcjax.eventlog import schema as S
-from mcjax.eventlog import validate as V
+from mcjax.eventlog import rules
 from mcjax.stream.source import offset_key
 
 _WHERE = "event"
@@ -29,12 +29,12 @@ _WHERE = "event"
 def _check(table: pa.Table) -> pa.Table:
   """The validator's per-row rules on ``table``; returns it conformed (raises
   ``LogValidationError`` at the first broken rule)."""
-  table = V.conform(table, S.EVENT_SCHEMA, _WHERE)
+  table = rules.conform(table, S.EVENT_SCHEMA, _WHERE)
   for name in ("ts_ms", "user_id", "exposure_id", "item_id", "author_id"):
-    V._check_if(_WHERE, name, "negative value", table, V._np(table, name) < 0)
-  dom = V._codes(table, "domain", S.DOMAINS, _WHERE)
-  ev = V._codes(table, "event", S.EVENTS, _WHERE)
-  V._check_values(table, _WHERE, ev, V._np(table, "value"), dom)
+    rules.check_if(_WHERE, name, "negative value", table, rules.column(table, name) < 0)
+  dom = rules.codes(table, "domain", S.DOMAINS, _WHERE)
+  ev = rules.codes(table, "event", S.EVENTS, _WHERE)
+  rules.check_values(table, _WHERE, ev, rules.column(table, "value"), dom)
   return table
 
 
@@ -48,19 +48,19 @@ def split_malformed(table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
   """(the rows that pass the checks, conformed; [(row index, reason)] of the others)."""
   try:
     return _check(table), []
-  except V.LogValidationError:
+  except rules.LogValidationError:
     pass
   good, bad = [], []
   for i in range(table.num_rows):
     try:
       _check(table.slice(i, 1))
       good.append(i)
-    except V.LogValidationError as e:
+    except rules.LogValidationError as e:
       bad.append((i, _reason(e)))
   kept = table.take(pa.array(good, pa.int64())) if good else table.slice(0, 0)
   try:
     return _check(kept), bad
-  except V.LogValidationError:  # a column missing or mistyped: no row of the batch is usable
+  except rules.LogValidationError:  # a column missing or mistyped: no row of the batch is usable
     return _empty(), bad
 
 
