@@ -1,6 +1,6 @@
 """Stream engine speed and state size on a log, beside the batch engine on the same log.
 
-    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/stream_engine.py --log=runs/default/world \
+    OMP_NUM_THREADS=1 taskset -c 0 python -m benchmarks.stream_engine --log=runs/default/world \
         --batch_rows=8192
 
 Replays the log (``ReplaySource``, no pacing) through ``StreamEngine`` in this process, with no
