@@ -32,7 +32,8 @@ TRAINER_SESSION_MODULES = (  # one unit, in this order (the short refusals last)
 SESSION_UNIT = "trainer session"
 LONGEST_FIRST = (  # the other modules that take longest (a few seconds up), longest first
     "test_realtime.py", "test_reliability.py", "test_stream_run.py", "test_tpu_compile.py",
-    "test_stream_engine.py", "test_configs.py", "test_stream_redis.py", "test_model_dtype.py", "test_serve.py", "test_gsu_approx.py", "test_bench.py",
+    "test_stream_engine.py", "test_configs.py", "test_stream_redis.py", "test_model_dtype.py",
+    "test_serve.py", "test_gsu_approx.py", "test_bench.py",
     "test_moment_beam.py", "test_train_real_model.py", "test_ablation.py", "test_api.py",
     "test_model.py", "test_calibration_guard.py", "test_comms.py", "test_model_reference.py",
     "test_model_small_world.py", "test_losses.py", "test_log_door.py",
