@@ -403,13 +403,7 @@ def test_api_overrides_of_another_type_are_one_value_error(overrides, line):
 
 # --------------------------------------------------------------------------- kill -9
 
-def _snapshot(folder) -> dict:
-  out = {}
-  for root, _, names in os.walk(folder):
-    for n in names:
-      path = os.path.join(root, n)
-      out[os.path.relpath(path, folder)] = open(path, "rb").read()
-  return out
+from test_safe_outputs import _snapshot  # noqa: E402  {relative path: bytes} of a folder
 
 
 def _assert_same_samples(a: str, b: str) -> None:
