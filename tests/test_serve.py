@@ -112,7 +112,10 @@ def test_event_buffer_sees_what_the_log_sees(log):
   half = len(late) // 2
   buffer.append(late.slice(half))
   buffer.append({c: late.slice(0, half)[c] for c in late.column_names})
-  assert buffer.num_events == len(ts)
+  assert buffer.num_events == len(ts) and buffer.repeated == 0
+  # at-least-once delivery: a re-sent piece (and a row repeated inside one append) counts once
+  buffer.append(pa.concat_tables([late.slice(half, 50), early.slice(0, 3), early.slice(0, 1)]))
+  assert buffer.num_events == len(ts) and buffer.repeated == 54
   now = builder.batch(user, q, live)
   for name in schema.MODEL_INPUTS:
     np.testing.assert_array_equal(now[name], full[name], err_msg=name)

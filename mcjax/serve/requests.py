@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mcjax.eventlog import schema as ES
 from mcjax.eventlog.io import conform
@@ -51,9 +52,12 @@ class EventBuffer:
   ``EventBuffer(src)`` starts from anything ``events.read_tables`` accepts (a log folder,
   ``LogTables`` or a mapping of tables; events may be empty). ``append(events, lives=...)``
   adds event rows (``EVENT_SCHEMA`` columns, any order) and side rows (a row whose id is
-  already there replaces it). The engine's indexes are rebuilt from the whole buffer on the
-  first request after an append (seconds for a day of the default world; see
-  benchmarks/RESULTS.md), so append in batches, e.g. once a second, not per event.
+  already there replaces it). Delivery may repeat: an appended event row equal in every
+  column to a row already in the buffer (or to an earlier row of the same append) is dropped
+  and counted in ``repeated``, so an event sent twice counts once. The engine's indexes are
+  rebuilt from the whole buffer on the first request after an append (seconds for a day of
+  the default world; see benchmarks/RESULTS.md), so append in batches, e.g. once a second,
+  not per event; a ``StreamEngine`` source has no rebuild.
   """
 
   def __init__(self, src):
@@ -62,6 +66,7 @@ class EventBuffer:
     self._side = {name: _as_table(getattr(tables, name), _SIDE_SCHEMAS[name], name)
                   for name in _SIDE_KEYS}
     self.version = 0
+    self.repeated = 0  # appended event rows dropped as repeats of a row already held
 
   def append(self, events=None, **side) -> None:
     """Appends event rows and side rows (keyword = users, authors, lives or videos)."""
@@ -70,13 +75,34 @@ class EventBuffer:
       raise ValueError(f"EventBuffer.append: unknown side table(s) {unknown}; expected "
                        f"{sorted(_SIDE_KEYS)}")
     if events is not None:
-      self._events.append(_as_table(events, ES.EVENT_SCHEMA, "appended events"))
+      new = _as_table(events, ES.EVENT_SCHEMA, "appended events")
+      fresh = self._unseen(new)
+      self.repeated += new.num_rows - fresh.num_rows
+      if fresh.num_rows:
+        self._events.append(fresh)
     for name, rows in side.items():
       both = pa.concat_tables([self._side[name], _as_table(rows, _SIDE_SCHEMAS[name], name)])
       ids = both[_SIDE_KEYS[name]].to_numpy()
       _, last = np.unique(ids[::-1], return_index=True)  # the latest row of every id
       self._side[name] = both.take(np.sort(len(ids) - 1 - last))
     self.version += 1
+
+  def _unseen(self, new: pa.Table) -> pa.Table:
+    """``new`` without the rows equal in every column to a held row or to an earlier row of
+    ``new`` (in its order). Only held rows at or after ``new``'s first time can be equal."""
+    if not new.num_rows:
+      return new
+    keys = ES.EVENT_SCHEMA.names
+    new = new.append_column("__row__", pa.array(np.arange(new.num_rows)))
+    firsts = new.group_by(keys, use_threads=False).aggregate([("__row__", "min")])
+    new = new.take(np.sort(firsts.column("__row___min").to_numpy()))
+    lo = int(pc.min(new["ts_ms"]).as_py())
+    held = [t.filter(pc.greater_equal(t["ts_ms"], lo)) for t in self._events]
+    held = pa.concat_tables(held) if held else None
+    if held is not None and held.num_rows:
+      new = new.join(held, keys=keys, join_type="left anti", use_threads=False)
+      new = new.take(pc.sort_indices(new["__row__"]))
+    return new.drop_columns(["__row__"]).cast(ES.EVENT_SCHEMA)
 
   @property
   def num_events(self) -> int:
