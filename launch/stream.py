@@ -76,8 +76,11 @@ def main(argv) -> None:
                       log=lambda line: print(line, flush=True))
   except (ValueError, OSError, RuntimeError) as e:
     sys.exit(f"ERROR: {' '.join(str(e).split())[:2000]}")
+  lag = got["lag"]
+  lag = (f"; watermark lag max {lag['max_s']:.2f} s, p99 {lag['p99_s']:.2f} s, at the end "
+         f"{lag['end_s']:.2f} s" if lag["samples"] else "")
   print(f"wrote {out}: train {got['counts']['train']:,} eval {got['counts']['eval']:,} "
-        f"samples; dead letters {got['dead'] or 0}", flush=True)
+        f"samples; dead letters {got['dead'] or 0}{lag}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import os
 import signal
 import time
 
+import numpy as np
+
 from mcjax.eventlog import files
 from mcjax.eventlog import io as log_io
 from mcjax.moment.config import MomentConfig
@@ -108,6 +110,7 @@ def run(source, out_dir: str, cfg: MomentConfig, scfg: StreamConfig | None = Non
 
   start = last_ckpt = last_progress = time.monotonic()
   first = None  # (wall, event time) of the first event: where a paced source started
+  lags = LagTrace()
   events0 = engine.counts["events_in"]
   samples0 = engine.counts["train"] + engine.counts["eval"]
   try:
@@ -122,6 +125,7 @@ def run(source, out_dir: str, cfg: MomentConfig, scfg: StreamConfig | None = Non
       now = time.monotonic()
       if first is None and engine.first_ts is not None:
         first = (now, engine.first_ts)
+      lags.add(now - start, engine.complete, lag_s(engine, first, now, speed))
       if now - last_ckpt >= checkpoint_s:
         checkpoint(False)
         log(f"checkpoint at watermark {_utc(engine.complete)}")
@@ -140,7 +144,40 @@ def run(source, out_dir: str, cfg: MomentConfig, scfg: StreamConfig | None = Non
   log(_progress(engine, time.monotonic() - start, events0, samples0, None, 0.0, speed))
   return {"counts": {s: sum(p["num_samples"] for p in sink.parts[s]) for s in SPLITS},
           "engine": dict(engine.counts), "dead": dict(dead.counts),
-          "state": engine.state.stats}
+          "state": engine.state.stats, "lag": lags.summary()}
+
+
+def lag_s(engine, first, now: float, speed: float) -> float | None:
+  """Wall seconds the watermark is behind a paced source's schedule (None unpaced, or before
+  the first event): where the pace has got to in event time, less the watermark, / speed."""
+  if speed <= 0 or first is None or engine.complete <= -2**62:
+    return None
+  due = first[1] + (now - first[0]) * speed * 1000.0
+  return max(0.0, due - engine.complete) / 1000.0 / speed
+
+
+class LagTrace:
+  """The watermark lag of a paced run over wall time: every micro-batch's lag, and a point per
+  wall second (elapsed s, watermark ms, lag s) for plots."""
+
+  def __init__(self):
+    self.all, self.points, self._next = [], [], 0.0
+
+  def add(self, elapsed: float, watermark: int, lag: float | None) -> None:
+    if lag is None:
+      return
+    self.all.append(lag)
+    if elapsed >= self._next:
+      self.points.append((round(elapsed, 3), int(watermark), round(lag, 4)))
+      self._next = elapsed + 1.0
+
+  def summary(self) -> dict:
+    if not self.all:
+      return {"samples": 0}
+    a = np.asarray(self.all)
+    return {"samples": len(a), "max_s": float(a.max()), "p50_s": float(np.median(a)),
+            "p99_s": float(np.quantile(a, 0.99)), "end_s": float(a[-1]),
+            "points": self.points}
 
 
 def _utc(ms: int) -> str:
@@ -153,10 +190,8 @@ def _utc(ms: int) -> str:
 def _progress(engine, elapsed: float, events0: int, samples0: int, first, now, speed) -> str:
   events = engine.counts["events_in"] - events0
   samples = engine.counts["train"] + engine.counts["eval"] - samples0
-  lag = "n/a"
-  if speed > 0 and first is not None and engine.complete > -2**62:
-    due = first[1] + (now - first[0]) * speed * 1000.0  # where the pace has got to
-    lag = f"{max(0.0, due - engine.complete) / 1000.0 / speed:.2f} s"
+  lag = lag_s(engine, first, now, speed)
+  lag = "n/a" if lag is None else f"{lag:.2f} s"
   dead = ", ".join(f"{k} {v}" for k, v in sorted(engine.dead.counts.items())) or "0"
   return (f"events {engine.counts['events_in']:,} ({events / max(elapsed, 1e-9):,.0f}/s), "
           f"samples train {engine.counts['train']:,} eval {engine.counts['eval']:,} "
