@@ -103,9 +103,22 @@ def test_simulated_worlds_through_the_replay(world_log, mode):
   assert_same(build_samples(world_log, cfg), got)
 
 
-def test_converted_kuailive_m3_log(tmp_path):
+def stream_redis(url, log_dir, cfg, rows, group):
+  """The stream at ``url`` read by a new consumer group of ``RedisSource``."""
+  from mcjax.stream.redis_source import RedisSource
+  source = RedisSource(url, group=group, batch_rows=rows)
+  engine = StreamEngine(cfg, oracle=read_oracle(log_dir))
+  got, _ = _drain(engine, iter(lambda: source.read(timeout_s=5.0), None))
+  source.close()
+  return got
+
+
+def test_converted_kuailive_m3_log(tmp_path, redis_server):
+  from mcjax.stream.publish import publish
   log_dir = str(tmp_path / "log")
   convert.convert_to_log("kuailive_m3", _m3(_sub(tmp_path, "src")), log_dir)
+  url = redis_server.url(f"stream-engine-m3-{abs(hash(log_dir))}")
+  publish(log_dir, url, batch_rows=2)  # the log through the broker, in 2-row messages
   for mode in MODES:
     cfg = MomentConfig(mode=mode)
     want = build_samples(log_dir, cfg)
@@ -113,19 +126,20 @@ def test_converted_kuailive_m3_log(tmp_path):
     for rows in (1, 3):
       got, _ = stream_replay(log_dir, cfg, rows)
       assert_same(want, got)
+    assert_same(want, stream_redis(url, log_dir, cfg, 3, group=f"m3-{mode}"))
 
 
-def test_simulated_worlds_through_redis(world_log, redis_server):
+@pytest.mark.parametrize("mode", MODES)
+def test_simulated_worlds_through_redis(world_log, redis_server, mode):
   from mcjax.stream.publish import publish
-  from mcjax.stream.redis_source import RedisSource
   url = redis_server.url(f"stream-engine-{abs(hash(world_log))}")
-  publish(world_log, url, batch_rows=300)
-  cfg = MomentConfig(mode="realtime", sv_hist_len=16, lv_hist_len=4)
-  source = RedisSource(url, batch_rows=997)
-  engine = StreamEngine(cfg, oracle=read_oracle(world_log))
-  got, _ = _drain(engine, iter(lambda: source.read(timeout_s=5.0), None))
-  source.close()
-  assert_same(build_samples(world_log, cfg), got)
+  from mcjax.stream.redis_source import connect
+  client, stream = connect(url)
+  if not client.exists(stream):
+    publish(world_log, url, batch_rows=300)  # once per world; each mode reads it anew
+  client.close()
+  cfg = MomentConfig(mode=mode, sv_hist_len=16, lv_hist_len=4)
+  assert_same(build_samples(world_log, cfg), stream_redis(url, world_log, cfg, 997, mode))
 
 
 def test_requests_read_the_live_state(world_log):
