@@ -1,4 +1,5 @@
-"""Compiles a config's train and evaluation steps for a TPU slice, on a machine without one.
+"""Compiles a config's train and evaluation steps and its scorer's forward for a TPU slice, on a
+machine without one.
 
     python -m launch.compile --config=mcjax/configs/full.py --topology=v5p-8
     python -m launch.compile --config=mcjax/configs/full.py --topology=v5p:4x8x8 \
@@ -43,7 +44,8 @@ _LAYOUT = flags.DEFINE_string("layout", "-1x1", "data x model mesh (-1: the rest
 _BATCH = flags.DEFINE_integer("batch_per_chip", 1024, "Examples per chip per step.")
 _SLICES = flags.DEFINE_integer("num_slices", 1, "Slices (multislice: the data axis spans "
                                "them).")
-_STEPS = flags.DEFINE_list("steps", ["train", "eval"], "Steps to compile: train, eval.")
+_STEPS = flags.DEFINE_list("steps", ["train", "eval", "score"], "Steps to compile: train, "
+                           "eval, score (the serving Scorer's forward on the same rows).")
 _SAVE = flags.DEFINE_string("save", None, "Write the compiled executables here.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the numbers here (JSON).")
 

@@ -51,8 +51,8 @@ def test_train_step_compiles_for_v5p_2x2x2():
   collective made by the GSU's top-k (it stays on each batch shard)."""
   from mcjax.aot import compile_report
   printed = []
-  result = compile_report.run(load_config("tiny"), "v5p:2x2x2", (4, 2), 8, steps=("train",),
-                              out=printed.append)
+  result = compile_report.run(load_config("tiny"), "v5p:2x2x2", (4, 2), 8,
+                              steps=("train", "score"), out=printed.append)
   text = "\n".join(printed)
   assert text.startswith("tiny on v5p:2x2x2 (8 chips, 95 GB HBM per chip), mesh 4 data x 2 "
                          "model, 8 examples per chip (global batch 64)")
@@ -69,6 +69,37 @@ def test_train_step_compiles_for_v5p_2x2x2():
   groups = {c["group"] for c in train["collectives"] if c["kind"] == "all-reduce"}
   assert {2, 4} <= groups  # dense gradients over "data" (4), table rows over "model" (2)
   assert not [c for c in train["collectives"] if "top_k" in c["op"]]
+  score = result["steps"]["score"]  # the serving Scorer's forward, compiled on its own
+  assert score["flops"] > 0 and score["memory"]["alias"] == 0
+  assert 0 < score["memory"]["total"] < mem["total"]
+  assert not [c for c in score["collectives"] if "top_k" in c["op"]]
+
+
+def test_saved_executable_loads_and_runs_as_the_jitted_step(tmp_path):
+  """``launch.compile --save``'s file: the train step compiled here (host devices, 4 data x 2
+  model), saved, loaded back (``aot.executable``) and run on a real state and batch gives the
+  jitted step's state and metrics bit for bit."""
+  import jax
+  import numpy as np
+  from mcjax import runtime
+  from mcjax.aot import executable, steps
+  from mcjax.contract import batch as batch_lib, schema
+  from mcjax.runtime import mesh as mesh_lib
+  cfg = load_config("tiny")
+  mesh = mesh_lib.make_mesh((4, 2), jax.devices()[:8])
+  built = steps.abstract_steps(cfg, mesh, 4)
+  (compiled, _), = steps.compile_steps(built, ("train",)).values()
+  path = str(tmp_path / "step.aot")
+  executable.save(path, {"train": compiled})
+  loaded = executable.load(path, "train")
+  m = cfg.moment
+  host = batch_lib.host_batch(schema.dummy_batch(32, int(m.sv_hist_len), int(m.lv_hist_len)))
+  batch = jax.device_put(host, mesh_lib.batch_sharding(mesh))
+  rt, twin = runtime.build(cfg, mesh), runtime.build(cfg, mesh).state  # equal fresh states
+  want_state, want = rt.train_step(rt.state, batch)
+  got_state, got = loaded(twin, batch)
+  for a, b in zip(jax.tree.leaves((want_state, want)), jax.tree.leaves((got_state, got))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_launcher_refuses_a_config_that_does_not_fit_in_one_line():

@@ -53,12 +53,12 @@ def argument_bytes(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[
 
 
 def run(cfg: ml_collections.ConfigDict, topology: str, layout: tuple[int, int],
-        batch_per_chip: int, *, num_slices: int = 1, steps=("train", "eval"),
+        batch_per_chip: int, *, num_slices: int = 1, steps=("train", "eval", "score"),
         save: str | None = None, out=print) -> dict:
   """Compiles ``steps`` of cfg for ``topology`` (see module doc); returns the numbers."""
-  unknown = [s for s in steps if s not in ("train", "eval")]
+  unknown = [s for s in steps if s not in aot_steps.STEPS]
   if unknown or not steps:
-    raise ValueError(f"--steps={','.join(steps)}: give train and/or eval")
+    raise ValueError(f"--steps={','.join(steps)}: give some of {', '.join(aot_steps.STEPS)}")
   t, per_chip, hbm, mesh_shape, built = build(cfg, topology, layout, batch_per_chip,
                                               num_slices)
   out(f"{cfg.get('name', 'config')} on {t.describe()}, mesh {mesh_shape[0]} data x "

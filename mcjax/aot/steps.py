@@ -1,4 +1,5 @@
-"""The train and evaluation steps of a config on a mesh, from abstract shapes only.
+"""The train and evaluation steps, and the scorer's forward, of a config on a mesh, from
+abstract shapes only.
 
 ``abstract_steps`` takes the jitted steps and the abstract sharded state from
 ``mcjax.runtime.build`` (the wiring the trainer, the scorer and the benchmarks use), so the
@@ -33,6 +34,9 @@ class AbstractSteps:
   eval_step: Callable
   state: step_lib.TrainState
   batch: dict
+  score_fn: Callable   # the serving Scorer's jitted forward: (weights, model inputs)
+  weights: dict        # what a Scorer serves: the state's tables, params and rest
+  inputs: dict         # the batch's model inputs (a scoring call of the same rows)
 
 
 def abstract_batch(cfg: ml_collections.ConfigDict, mesh: Mesh, global_batch: int) -> dict:
@@ -50,18 +54,28 @@ def abstract_steps(cfg: ml_collections.ConfigDict, mesh: Mesh,
   """The trainer's wiring (model, partition rules, optimizer, loss, sparse step, exchange)
   for ``cfg`` on ``mesh``, with the state and a batch of ``batch_per_device`` x devices
   examples as abstract sharded arguments."""
+  from mcjax.serve.scorer import Scorer  # pylint: disable=g-import-not-at-top
   rt = runtime.build(cfg, mesh, init=False, check_replicated=False)  # nothing allocated
-  return AbstractSteps(rt.train_step, rt.eval_step, rt.state,
-                       abstract_batch(cfg, mesh, batch_per_device * mesh.devices.size))
+  batch = abstract_batch(cfg, mesh, batch_per_device * mesh.devices.size)
+  weights = {"tables": rt.state.tables, "params": rt.state.params, "rest": rt.state.rest}
+  scorer = Scorer(cfg, rt.model_def, weights, mesh)
+  return AbstractSteps(rt.train_step, rt.eval_step, rt.state, batch, scorer._jit, weights,
+                       {k: batch[k] for k in schema.MODEL_INPUTS})
+
+
+STEPS = ("train", "eval", "score")
 
 
 def compile_steps(steps: AbstractSteps, which=("train", "eval"),
                   compiler_options: dict | None = None) -> dict:
-  """name -> (compiled executable, compile seconds) for the steps named in ``which``."""
+  """name -> (compiled executable, compile seconds) for the steps named in ``which`` (of
+  ``STEPS``; "score": the serving forward on the batch's rows)."""
   out = {}
   for name in which:
-    fn = {"train": steps.train_step, "eval": steps.eval_step}[name]
+    fn, args = {"train": (steps.train_step, (steps.state, steps.batch)),
+                "eval": (steps.eval_step, (steps.state, steps.batch)),
+                "score": (steps.score_fn, (steps.weights, steps.inputs))}[name]
     start = time.perf_counter()
-    compiled = fn.lower(steps.state, steps.batch).compile(compiler_options=compiler_options)
+    compiled = fn.lower(*args).compile(compiler_options=compiler_options)
     out[name] = (compiled, time.perf_counter() - start)
   return out
