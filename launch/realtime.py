@@ -1,13 +1,21 @@
-"""The real-time loop in one command: emitted samples -> continuous trainer -> served versions.
+"""The real-time loop in one command: events -> stream engine -> continuous trainer -> served
+versions.
 
     python -m launch.realtime --config=mcjax/configs/full.py --workdir=runs/rt
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt \
         --config.realtime.speed=100 --config.realtime.request_rate=20 --until_min=180
+    # through a broker: publish the log into Redis (launch.publish), the loop reads the stream
+    python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt_redis \
+        --config.data.log_dir=WORLD --source=redis://127.0.0.1:6379/events
 
-The samples are what the Moment engine emits for the event log (``--config.data.log_dir``,
-else the simulated world of ``config.data``, made in the workdir when missing), replayed in
-emission order at ``config.realtime.speed`` (logged seconds per wall second; 0: as fast as the trainer
-takes them). The trainer trains on them in micro-batches, publishes a parameter version every
+The events of the log (``--config.data.log_dir``, else the simulated world of
+``config.data``, made in the workdir when missing) go through the stream engine
+(``mcjax.stream``) as they arrive: by default a replay of the log at ``config.realtime.speed``
+(logged seconds per wall second; 0: as fast as the loop takes them); ``--source=redis://...``
+reads a Redis stream instead (paced by its publisher; the log folder still gives the
+requests' features and the oracle). ``--source=batch`` replays the samples ``build_samples``
+makes of the log, in emission order (the same items for an in-order log; ``--from_min`` and
+``--inject_nan_at_row`` need it). The trainer trains on them in micro-batches, publishes a parameter version every
 ``realtime.publish_every_s`` / ``publish_every_steps``, and every evaluation record is scored
 by the version served when it is emitted. A progress line shows samples/s, steps/s, the
 version served, the lag behind the replay schedule and the CTR AUC of the recent records.
@@ -37,14 +45,30 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and 
                                required=True)
 _PUBLISH_DIR = flags.DEFINE_string("publish_dir", None, "Also write every version here, for "
                                    "a scorer in another process.")
+_SOURCE = flags.DEFINE_string("source", "replay", "replay (the log through the stream engine), "
+                              "redis://host:port/STREAM, or batch (build_samples replayed).")
 _UNTIL_MIN = flags.DEFINE_float("until_min", 0.0, "Replay only the first this many logged "
                                 "minutes of samples (0: all).")
 _FROM_MIN = flags.DEFINE_float("from_min", 0.0, "Start the replay this many logged minutes into "
                                "the samples (the model starts fresh there).")
 _KILL_AT_STEP = flags.DEFINE_integer("kill_at_step", None, "Fault injection (tests): SIGKILL "
                                      "this process right after that train step.")
-_NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (tests): "
-                                   "training samples from this row on get NaN crowd features.")
+_NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (tests; "
+                                   "--source=batch): training samples from this row on get NaN "
+                                   "crowd features.")
+
+
+def stream_source(cfg, spec: str, log_dir: str, until_min: float):
+  """``StreamEmitted`` over a replay of ``log_dir`` or a Redis stream (``spec``)."""
+  from mcjax import config as mcconfig
+  from mcjax.stream import run as run_lib
+  from mcjax.train.emitted import StreamEmitted
+  rt = cfg.realtime
+  source = run_lib.open_source(f"replay:{log_dir}" if spec == "replay" else spec,
+                               speed=float(rt.speed))
+  return StreamEmitted(source, mcconfig.moment_config(cfg), oracle=run_lib.read_oracle(log_dir),
+                       tick_ms=int(rt.tick_ms), speed=float(rt.speed),
+                       until_ms=int(until_min * 60_000))
 
 
 def load_samples(cfg, log_dir: str, until_min: float, from_min: float = 0.0) -> dict:
@@ -86,19 +110,30 @@ def main(argv) -> None:
       world.build(log_dir, cfg.data.preset, cfg.data.world_seed)
   if not os.path.isdir(log_dir):
     sys.exit(f"FATAL --config.data.log_dir={log_dir}: not a folder")
-  samples = load_samples(cfg, log_dir, _UNTIL_MIN.value, _FROM_MIN.value)
-  if _NAN_AT_ROW.value is not None:
-    samples["train"]["crowd"] = samples["train"]["crowd"].copy()
-    samples["train"]["crowd"][_NAN_AT_ROW.value:] = float("nan")
+  spec = _SOURCE.value
+  if spec not in ("replay", "batch") and not spec.startswith("redis://"):
+    sys.exit(f"FATAL --source={spec}: expected replay, batch or redis://host:port/STREAM")
+  if spec != "batch" and (_FROM_MIN.value or _NAN_AT_ROW.value is not None):
+    sys.exit("FATAL --from_min and --inject_nan_at_row need --source=batch")
+  if spec == "batch":
+    source = load_samples(cfg, log_dir, _UNTIL_MIN.value, _FROM_MIN.value)
+    if _NAN_AT_ROW.value is not None:
+      source["train"]["crowd"] = source["train"]["crowd"].copy()
+      source["train"]["crowd"][_NAN_AT_ROW.value:] = float("nan")
+  else:
+    try:
+      source = stream_source(cfg, spec, log_dir, _UNTIL_MIN.value)
+    except (ValueError, OSError) as e:
+      sys.exit(f"FATAL --source={spec}: {e}")
   from launch import realtime_report
   from mcjax.train import realtime
   try:
-    out = realtime.run_loop(cfg, samples, work, log_dir=log_dir, publish_dir=_PUBLISH_DIR.value,
+    out = realtime.run_loop(cfg, source, work, log_dir=log_dir, publish_dir=_PUBLISH_DIR.value,
                             kill_at_step=_KILL_AT_STEP.value,
                             progress=lambda line: print(line, flush=True))
   except RunError as e:
     sys.exit(f"FATAL {e}")
-  realtime_report.write(work, out, samples)
+  realtime_report.write(work, out)
   r, ctr = out["realtime"], out["overall"].get("ctr", {})
   print(f"{cfg.name} realtime: CTR AUC {ctr.get('auc')}, {r['steps']} steps, "
         f"{r['trained_rows']} samples in {r['wall_s']} s ({r['speed_factor']}x real time), "

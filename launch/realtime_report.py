@@ -46,7 +46,24 @@ def plot_freshness(work: str) -> str | None:
   return out
 
 
-def plot_highlight(work: str, eval_table: dict) -> tuple[str | None, str]:
+def plot_lag(work: str, points: list) -> str | None:
+  """The stream engine's watermark lag over wall time (a paced source)."""
+  if not points:
+    return None
+  t, _, lag = (np.asarray(c, np.float64) for c in zip(*points))
+  fig, ax = plt.subplots(figsize=(7, 3))
+  ax.plot(t, lag, lw=1)
+  ax.set_xlabel("wall seconds since the stream started")
+  ax.set_ylabel("watermark lag (wall s)")
+  ax.set_title(f"Watermark lag: max {lag.max():.2f} s, at the end {lag[-1]:.2f} s", fontsize=9)
+  fig.tight_layout()
+  out = os.path.join(work, "lag.png")
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def plot_highlight(work: str) -> tuple[str | None, str]:
   store = PredStore(os.path.join(work, "preds"))
   store.restore(10**9)
   recs = store.all()
@@ -59,9 +76,7 @@ def plot_highlight(work: str, eval_table: dict) -> tuple[str | None, str]:
   onset = int(recs["sample_ts_ms"][mine & hl].min())
   near = mine & (np.abs(recs["sample_ts_ms"] - onset) <= 30 * 60_000)
   x = (recs["sample_ts_ms"][near] - onset) / 60_000
-  order = np.argsort(eval_table["exposure_id"])
-  pos = np.searchsorted(eval_table["exposure_id"], recs["exposure_id"][near], sorter=order)
-  oracle = eval_table["oracle_p_click"][order[np.minimum(pos, len(order) - 1)]]
+  oracle = recs["oracle_p_click"][near]
   minute = np.floor(x).astype(np.int64)
   bins = np.unique(minute)
   mean = lambda v: np.array([np.nanmean(v[minute == m]) if np.isfinite(v[minute == m]).any()
@@ -90,7 +105,7 @@ def plot_highlight(work: str, eval_table: dict) -> tuple[str | None, str]:
   return out, f"live {live}, onset at {onset} ms"
 
 
-def write(work: str, out: dict, samples: dict) -> str:
+def write(work: str, out: dict) -> str:
   r = out["realtime"]
   fresh, req = r["freshness"], r.get("requests")
   lines = ["# Real-time loop", "",
@@ -118,7 +133,17 @@ def write(work: str, out: dict, samples: dict) -> str:
   lines.append("")
   if plot_freshness(work):
     lines += ["![freshness](freshness.png)", ""]
-  path, what = plot_highlight(work, samples["eval"])
+  engine = r.get("engine")
+  if engine:
+    lag = engine["watermark_lag_s"]
+    lines += [f"Fed by the stream engine: {engine['counts']['events_in']:,} events in, dead "
+              f"letters {engine['dead'] or 0}; watermark lag "
+              + (f"p50 / p99 / max {lag['p50_s']:.2f} / {lag['p99_s']:.2f} / "
+                 f"{lag['max_s']:.2f} s." if lag["samples"] else "not measured (unpaced)."),
+              ""]
+    if plot_lag(work, lag.get("points", [])):
+      lines += ["![lag](lag.png)", ""]
+  path, what = plot_highlight(work)
   lines += [f"![highlight](highlight.png) ({what})" if path else f"Highlight plot: {what}.", ""]
   text = "\n".join(lines)
   with open(os.path.join(work, "report.md"), "w") as f:

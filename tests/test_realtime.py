@@ -1,10 +1,14 @@
-"""The real-time loop: prequential order, whole versions under concurrent reads, divergence
-keeps the last good version served, kill -9 resume is bit-identical and exactly once.
+"""The real-time loop: fed by the stream engine (the items of the batch engine's samples, the
+labels joined at close), prequential order, whole versions under concurrent reads,
+divergence keeps the last good version served, kill -9 resume is bit-identical and exactly
+once, and the Redis path end to end.
 
 One small world (the `tiny` config's), cut to its first few hundred training samples; the
-launcher runs four times in subprocesses (2 host devices, a ("data", "model") = (1, 2) mesh:
-the tables row-sharded; a shared compilation cache): once uninterrupted (the prequential and
-exactly-once checks and the reference of the resume), killed and resumed, and diverging."""
+launcher runs five times in subprocesses (2 host devices, a ("data", "model") = (1, 2) mesh:
+the tables row-sharded; a shared compilation cache): once uninterrupted from the replay
+through the stream engine (the prequential and exactly-once checks and the reference of the
+others), killed and resumed, through Redis with a request load, and diverging (on the batch
+engine's samples)."""
 
 from __future__ import annotations
 
@@ -75,6 +79,34 @@ def test_replay_orders_by_emission_with_records_first(world):
   # every training sample is emitted after its exposure (what makes records-first prequential)
   t = samples["train"]
   assert np.all(t["sample_ts_ms"] > t["exposure_ts_ms"])
+
+
+def test_stream_engine_emits_the_batch_samples_items(world):
+  """``StreamEmitted`` over a replay of the log (micro-batches of 997 events, cut like
+  ``--until_min``) gives ``ReplayEmitted(build_samples)``'s items: same index, split, time and
+  every field, the records' labels 0 until joined at close, then equal to the batch labels."""
+  from mcjax.stream.replay import ReplaySource
+  from mcjax.stream.run import read_oracle
+  from mcjax.train.emitted import StreamEmitted
+  log, samples, minutes = world
+  cfg = _tiny()
+  want = list(ReplayEmitted(samples, tick_ms=1000).read())
+  stream = StreamEmitted(ReplaySource(log, batch_rows=997), mcconfig.moment_config(cfg),
+                         oracle=read_oracle(log), tick_ms=1000,
+                         until_ms=int(minutes * 60_000))
+  got = list(stream.read())
+  assert [(e.index, e.split, e.event_ms) for e in got] == \
+      [(e.index, e.split, e.event_ms) for e in want]
+  for a, b in zip(want, got):
+    for name in a.table:
+      if b.split == "eval" and name in ("labels", "label_mask"):
+        assert not b.table[name].any()  # not known at exposure time
+        continue
+      np.testing.assert_array_equal(b.table[name], a.table[name], err_msg=name)
+  labels, mask, found = stream.join_labels(samples["eval"]["exposure_id"])
+  assert found.all()
+  np.testing.assert_array_equal(labels, samples["eval"]["labels"])
+  np.testing.assert_array_equal(mask, samples["eval"]["label_mask"])
 
 
 def test_prequential_order_and_exactly_once(world, loop_run):
@@ -193,7 +225,7 @@ def test_kill9_resume_is_bit_identical_and_exactly_once(world, loop_run, tmp_pat
 def test_divergence_keeps_last_good_version_served(world, tmp_path):
   work, pub = str(tmp_path / "diverge"), str(tmp_path / "pub")
   got = _launch(world, work, f"--publish_dir={pub}", "--inject_nan_at_row=200",
-                "--config.realtime.publish_every_steps=1")
+                "--config.realtime.publish_every_steps=1", "--source=batch")
   assert got.returncode == 1, got.stderr[-3000:]
   fatal = [line for line in got.stderr.splitlines() if "FATAL" in line]
   assert len(fatal) == 1 and fatal[0].startswith("FATAL step 4: training diverged: "
@@ -201,6 +233,27 @@ def test_divergence_keeps_last_good_version_served(world, tmp_path):
   served = V.DirVersions(pub, _served_like(world)).poll()
   assert served.step == 3  # the last good step; the diverged state was never published
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(served.weights))
+
+
+def test_redis_path_end_to_end(world, loop_run, redis_server, tmp_path):
+  """The log published into a real Redis stream (``launch.publish``), the loop reading it
+  through the stream engine while a request load is scored against the served versions: the
+  same parameters as the replay's run, every record scored, no request dropped."""
+  from mcjax.stream.publish import publish
+  log, samples, _ = world
+  url = redis_server.url("realtime-e2e")
+  publish(log, url, batch_rows=512)
+  work = str(tmp_path / "redis")
+  got = _launch(world, work, f"--source={url}", "--config.realtime.request_rate=50")
+  assert got.returncode == 0, got.stderr[-3000:]
+  a, out = loop_run[0]["realtime"], _metrics(work)
+  b = out["realtime"]
+  assert b["source"] == "stream engine" and b["engine"]["counts"]["events_in"] > 0
+  assert a["state_sha256"] == b["state_sha256"] and a["checksum"] == b["checksum"]
+  assert out["overall"]["ctr"]["n"] == len(samples["eval"]["kind"])
+  assert out["overall"]["ctr"]["auc"] == loop_run[0]["overall"]["ctr"]["auc"]
+  req = b["requests"]
+  assert req["requests"] > 0 and req["dropped"] == 0, req
 
 
 def _served_like(world) -> dict:

@@ -23,6 +23,11 @@ One implementation of the rules. Nothing here restates a label, window or featur
   ``features_at="sample"`` training samples get theirs at their own time, when they leave.
 * Evaluation records (sample_ts = E, final labels) are made when the exposure closes and
   leave in (E, exposure_id) order once no open exposure is older.
+* Requests (``requests=True``): the moment an exposure's features at E are computed, its
+  evaluation record's model inputs leave as a "request" (labels and masks 0: not known yet):
+  what a serving request at E sees, available at E, before any of the exposure's training
+  samples (their times are after E). The real-time loop scores requests and joins the labels
+  of the evaluation record when the exposure closes (``mcjax.train.emitted.StreamEmitted``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import math
 
 import numpy as np
 
+from mcjax.contract import schema as SS
 from mcjax.eventlog import schema as S
 from mcjax.moment import crowd as crowd_lib
 from mcjax.moment import windows
@@ -62,11 +68,12 @@ class StreamConfig:
 
 class StreamEngine:
   """See the module docstring. ``side``: initial side tables (by name or file name);
-  ``oracle``: an ``events.Lookup`` of ``_oracle/exposures.parquet`` for evaluation records."""
+  ``oracle``: an ``events.Lookup`` of ``_oracle/exposures.parquet`` for evaluation records;
+  ``requests``: also emit each exposure's request at E (module docstring)."""
 
   def __init__(self, cfg: MomentConfig, stream_cfg: StreamConfig | None = None, *,
                side: dict | None = None, oracle=None,
-               dead: rows_lib.DeadLetters | None = None):
+               dead: rows_lib.DeadLetters | None = None, requests: bool = False):
     self.cfg = cfg.validate()
     self.scfg = (stream_cfg or StreamConfig()).validate()
     if self.cfg.max_watch_s + 300 > self.scfg.exposure_ttl_s:
@@ -75,6 +82,7 @@ class StreamEngine:
     self.state = StreamState(side, sv_keep=cfg.sv_hist_len + 1, lv_keep=cfg.lv_hist_len + 1,
                              ttl_ms=seconds_to_ms(self.scfg.exposure_ttl_s))
     self.oracle = oracle
+    self.requests = requests
     self.dead = dead or rows_lib.DeadLetters(None)
     self.complete = int(BEFORE)
     self.max_ts = int(BEFORE)
@@ -83,7 +91,7 @@ class StreamEngine:
     self.pruned_at = None  # the watermark of the last eviction
     self.feats = None      # features at exposure time; x.feat_row indexes it
     self.eval_buffer = []  # evaluation records waiting for older exposures to close
-    self.counts = {"events_in": 0, "train": 0, "eval": 0}
+    self.counts = {"events_in": 0, "train": 0, "eval": 0, "request": 0}
     self._side_version = 0
 
   def __getstate__(self):
@@ -101,7 +109,8 @@ class StreamEngine:
 
   def push(self, batch: Batch) -> dict:
     """Applies ``batch``; returns {"train": table or None, "eval": table or None}, the
-    materialised sample tables (``moment.engine.assemble``) that became final."""
+    materialised sample tables (``moment.engine.assemble``) that became final (and
+    "request", with ``requests``)."""
     for offset, reason in batch.dead:
       self.dead.add("undecodable", offset, reason, None)
     if batch.side:
@@ -194,6 +203,8 @@ class StreamEngine:
       x["feat_row"][ready] = base + np.arange(len(ready))
       x["featured"][ready] = True
     out = {"train": None, "eval": None}
+    if self.requests:
+      out["request"] = self._requests(ready) if len(ready) else None
     due = np.flatnonzero(live & ~x["done"] & (x["touched"] | (x["next_due"] < complete)))
     if len(due):
       train, evals = self._labels(due, complete)
@@ -265,6 +276,14 @@ class StreamEngine:
              "exposure_id": ids, "exposure_ts_ms": x["ts"][xr],
              **oracle_fields(self.oracle, ids, is_eval)}
     return assemble(parts, stored=False)
+
+  def _requests(self, ready: np.ndarray) -> dict:
+    """The evaluation records of exposures ``ready`` (x rows, just featured), labels unknown."""
+    n, t = len(ready), len(SS.TASKS)
+    rows = {"x": ready, "sample_ts_ms": self.state.x["ts"][ready],
+            "kind": np.full(n, SS.EVAL, np.int32), "labels": np.zeros((n, t), np.float32),
+            "label_mask": np.zeros((n, t), np.float32)}
+    return _sorted(self._table(rows, True, None))
 
   def _release_evals(self, complete: int):
     if not self.eval_buffer:

@@ -5,9 +5,11 @@ An ``Emitted`` is one table the engine lets out at one moment: training samples 
 ``mcjax.contract.schema``, with its emission event time and the wall time it reached the
 trainer. ``index`` is its position in the stream: the offset a checkpoint records.
 
-``ReplayEmitted(samples, tick_ms, speed)`` is the source the loop runs on today: the output of
-``mcjax.moment.engine.build_samples`` (what the stream engine emits, row for row, for an
-in-order log) re-ordered by emission time. Rows are released tick by tick of event time
+``StreamEmitted(source, ...)`` runs the stream engine (``mcjax.stream``) over a replay or a
+broker and emits what it makes as it makes it. ``ReplayEmitted(samples, tick_ms, speed)``
+replays the output of ``mcjax.moment.engine.build_samples`` (what the stream engine emits,
+row for row, for an in-order log) re-ordered by emission time: for an in-order log the two
+give the same items. Rows are released tick by tick of event time
 (``tick_ms``: the engine's micro-batch of events); inside a tick the evaluation records come
 first, then the training samples, so a record is always scored before any sample emitted at
 or after it is trained on (a training sample is emitted after its exposure: its window end or
@@ -21,12 +23,16 @@ measured on, so the way samples are cut into batches depends on the log and the 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
+from mcjax.contract.schema import TASKS
 from mcjax.samples.table import table_slice
+from mcjax.stream.columns import ragged_concat, ragged_take
+from mcjax.stream.run import LagTrace, lag_s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +90,169 @@ class ReplayEmitted:
       clock = self.clock_ms(event_ms)
       due = wall0 + (clock - clock0) / 1000 if self.speed else time.time()
       yield Emitted(i, split, table_slice(self.tables[split], lo, hi), event_ms, clock, due)
+
+
+class StreamEmitted:
+  """The stream engine's output as the loop's input: a ``mcjax.stream`` source (a replay or
+  Redis) -> ``StreamEngine(requests=True)`` -> ``Emitted`` tables, cut like ``ReplayEmitted``.
+
+  Rows are held until their tick of event time (``tick_ms``) is complete (the watermark has
+  passed its end; a bounded source's end completes every tick), then the tick leaves as its
+  requests ("eval": evaluation records' model inputs at E, labels 0), then its training
+  samples ("train"), each sorted by (sample_ts_ms, exposure_id, kind). For an in-order log the
+  items are ``ReplayEmitted(build_samples(log))``'s, with the labels of the requests 0: the
+  labels of each record come with the engine's evaluation record when the exposure closes,
+  kept by ``labels`` and joined by exposure id (``join_labels``). So every record is scored
+  at its exposure time, before any of its own samples can be trained on, and the trainer cuts
+  the same batches whatever the source's micro-batches (``clock_ms`` comes from event time).
+
+  ``until_ms``: only rows before ``first + until_ms`` leave (``launch.realtime --until_min``);
+  the stream is then read on, emitting nothing, until every record before the cut has its
+  labels. ``snapshot(keep_from)`` / ``restore(blob)``: the engine, the source position, the
+  rows held and the items from ``keep_from`` on (those the trainer has not finished with), for
+  the loop's checkpoint: a restarted loop ``read``s from its position again, exactly once.
+  """
+
+  def __init__(self, source, moment_cfg, stream_cfg=None, *, oracle=None, tick_ms: int = 1000,
+               speed: float = 0.0, until_ms: int = 0, read_rows: int | None = None):
+    from mcjax.stream.engine import StreamEngine  # pylint: disable=g-import-not-at-top
+    if tick_ms < 1:
+      raise ValueError(f"tick_ms={tick_ms}: expected >= 1")
+    self.source, self.tick_ms, self.speed = source, int(tick_ms), float(speed)
+    self.until_ms, self.read_rows = int(until_ms), read_rows
+    self.engine = StreamEngine(moment_cfg, stream_cfg, oracle=oracle, requests=True)
+    self.held = {"eval": [], "train": []}  # rows of ticks not complete yet
+    self.queue = []      # released items not yet yielded
+    self.retained = []   # yielded items the trainer may still need (index >= keep_from)
+    self.labels = []     # (exposure_id, labels, label_mask) of the closed records
+    self.next_index, self.first_ms, self.done, self.cut = 0, None, False, None
+    self.requested = 0   # records released (before the cut)
+    self.labelled = 0    # of those, with their labels
+    self._committable = None  # the source position of the last snapshot
+    self.lags, self._first, self._t0 = LagTrace(), None, None  # watermark lag (paced)
+
+  def __len__(self) -> int:
+    return self.next_index  # known once the stream has ended (the trainer asks at the end)
+
+  def clock_ms(self, event_ms: int) -> float:
+    return (event_ms - self.first_ms) / self.speed if self.speed and self.first_ms else 0.0
+
+  # ------------------------------------------------------------------ reading
+  def read(self, start: int = 0) -> Iterator[Emitted]:
+    for e in [e for e in self.retained if e.index >= start]:
+      yield e
+    while True:
+      while self.queue:
+        e = self.queue.pop(0)
+        self.retained.append(e)
+        yield e
+      if self.done:
+        return
+      self._pull()
+
+  def _pull(self) -> None:
+    """One source read through the engine; completed ticks become queued items."""
+    batch = self.source.read(self.read_rows, timeout_s=1.0)
+    out = self.engine.finish() if batch is None else self.engine.push(batch)
+    now = time.monotonic()
+    self._t0 = self._t0 or now
+    if self._first is None and self.engine.first_ts is not None:
+      self._first = (now, self.engine.first_ts)
+    self.lags.add(now - self._t0, self.engine.complete,
+                  lag_s(self.engine, self._first, now, self.speed))
+    for split in ("eval", "train"):
+      got = out["request" if split == "eval" else split]
+      if got is not None and len(got["kind"]) and self.cut is None:
+        self.held[split].append(got)
+    if out["eval"] is not None:
+      t = out["eval"]
+      self.labels.append((t["exposure_id"], t["labels"], t["label_mask"]))
+      self.labelled += int(np.sum(t["sample_ts_ms"] < self._limit()))
+    if self.cut is None:
+      complete = np.iinfo(np.int64).max if batch is None else self.engine.complete
+      self._release(complete)
+    if batch is None or (self.cut is not None and self.labelled >= self.requested):
+      self.done = True
+      self.source.close()
+
+  def _limit(self) -> int:
+    if not self.until_ms or self.first_ms is None:
+      return np.iinfo(np.int64).max
+    return self.first_ms + self.until_ms
+
+  def _release(self, complete: int) -> None:
+    parts = {s: ragged_concat(t) if len(t) > 1 else t[0] for s, t in self.held.items() if t}
+    if not parts:
+      return
+    if self.first_ms is None:
+      self.first_ms = min(int(t["sample_ts_ms"].min()) for t in parts.values())
+    limit = self._limit()
+    end = min(complete, limit)
+    self.held = {"eval": [], "train": []}
+    ticks = {}
+    for s, t in parts.items():
+      t = ragged_take(t, np.lexsort((t["kind"], t["exposure_id"], t["sample_ts_ms"])))
+      ts = t["sample_ts_ms"]
+      done = (ts // self.tick_ms + 1) * self.tick_ms <= end if end < limit else ts < limit
+      if not done.all():
+        keep = ragged_take(t, np.flatnonzero(~done))
+        if end < limit:
+          self.held[s].append(keep)
+      t = ragged_take(t, np.flatnonzero(done))
+      if s == "eval":
+        self.requested += len(t["kind"])
+      tick = t["sample_ts_ms"] // self.tick_ms
+      for k in np.unique(tick):
+        lo, hi = np.searchsorted(tick, [k, k + 1])
+        ticks.setdefault(int(k), {})[s] = table_slice(t, int(lo), int(hi))
+    for k in sorted(ticks):
+      for s in ("eval", "train"):
+        if s in ticks[k]:
+          table = ticks[k][s]
+          event_ms = int(table["sample_ts_ms"][-1])
+          self.queue.append(Emitted(self.next_index, s, table, event_ms,
+                                    self.clock_ms(event_ms), time.time()))
+          self.next_index += 1
+    if complete >= limit:
+      self.cut = limit
+
+  # --------------------------------------------------------------- labels
+  def join_labels(self, exposure_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, label_mask, found) of the records ``exposure_id`` from the closed records so
+    far; a record not closed yet has found False (and zeros)."""
+    n, t = len(exposure_id), len(TASKS)
+    if not self.labels:
+      return np.zeros((n, t), np.float32), np.zeros((n, t), np.float32), np.zeros(n, bool)
+    ids = np.concatenate([e for e, _, _ in self.labels])
+    lab = np.concatenate([x for _, x, _ in self.labels])
+    mask = np.concatenate([m for _, _, m in self.labels])
+    order = np.argsort(ids, kind="stable")
+    at = np.clip(np.searchsorted(ids, exposure_id, sorter=order), 0, len(ids) - 1)
+    rows = order[at]
+    found = ids[rows] == exposure_id
+    out_l = np.where(found[:, None], lab[rows], np.zeros((1, t), np.float32))
+    out_m = np.where(found[:, None], mask[rows], np.zeros((1, t), np.float32))
+    return out_l, out_m, found
+
+  # ----------------------------------------------------------- checkpoints
+  def snapshot(self, keep_from: int) -> bytes:
+    """Everything a restart needs to ``read(keep_from)`` on (see the class docstring); the
+    source position is committed (acknowledged) when the next snapshot is taken."""
+    self.retained = [e for e in self.retained if e.index >= keep_from]
+    position = self.source.position()
+    state = {k: getattr(self, k) for k in ("engine", "held", "queue", "retained", "labels",
+                                           "next_index", "first_ms", "done", "cut",
+                                           "requested", "labelled")}
+    blob = pickle.dumps({**state, "position": position}, protocol=pickle.HIGHEST_PROTOCOL)
+    if self._committable is not None and not self.done:
+      self.source.commit(self._committable)
+    self._committable = position
+    return blob
+
+  def restore(self, blob: bytes) -> None:
+    state = pickle.loads(blob)
+    position = state.pop("position")
+    for k, v in state.items():
+      setattr(self, k, v)
+    if not self.done:
+      self.source.seek(position)

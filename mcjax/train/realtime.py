@@ -1,6 +1,8 @@
 """The real-time loop in one process: emitted samples -> continuous trainer -> served versions.
 
-``run_loop(cfg, samples, workdir)`` wires ``mcjax.train.continuous.ContinuousTrainer`` to a
+``run_loop(cfg, source, workdir)`` takes the stream engine's output (``StreamEmitted``; with
+the engine's checkpoint saved beside the trainer's, one unit) or ``build_samples`` output
+replayed as emitted, and wires ``mcjax.train.continuous.ContinuousTrainer`` to a
 ``Scorer`` that serves the newest published version (``mcjax.serve.versions``):
 
 * every evaluation record is scored by the version being served when it is emitted (its
@@ -35,10 +37,11 @@ from mcjax.serve.scorer import Scorer
 from mcjax.serve.versions import DirPublisher, Versions
 from mcjax.train import evaluate, plan as plan_lib
 from mcjax.train.continuous import ContinuousTrainer, percentiles
-from mcjax.train.emitted import ReplayEmitted
+from mcjax.train.emitted import ReplayEmitted, StreamEmitted
 
 _REC_KEYS = ("probs", "labels", "mask", "user_id", "in_highlight", "lv_len", "exposure_id",
-             "sample_ts_ms", "live_id", "version", "version_step", "scored_s")
+             "sample_ts_ms", "live_id", "oracle_p_click", "version", "version_step",
+             "scored_s")
 
 
 class PredStore:
@@ -107,7 +110,7 @@ def record_fields(table: dict) -> dict:
   return {"labels": table["labels"], "mask": table["label_mask"], "user_id": table["user_id"],
           "in_highlight": table["in_highlight"], "lv_len": np.diff(table["lv_offsets"]),
           "exposure_id": table["exposure_id"], "sample_ts_ms": table["sample_ts_ms"],
-          "live_id": table["live_id"]}
+          "live_id": table["live_id"], "oracle_p_click": table["oracle_p_click"]}
 
 
 class EvalQueue:
@@ -144,22 +147,32 @@ class EvalQueue:
 
 class RequestLoad:
   """Scoring requests at ``rate`` per wall second beside the loop: at the stream's current
-  event time, a user of a logged exposure near it and the lives exposed in the ten minutes
-  before (on air), features from the log (``RequestBuilder``, events before that time), scored
-  with the served version. Latency: from the request's scheduled time to its answer; a
-  request that fails is counted as dropped."""
+  event time, a user of an exposure emitted in the ten minutes before it and the lives
+  exposed then (on air; ``observe`` is given every evaluation table as it arrives), features
+  from the log (``RequestBuilder``, events before that time), scored with the served version.
+  Latency: from the request's scheduled time to its answer; a request that fails is counted
+  as dropped."""
 
-  def __init__(self, scorer: Scorer, versions: Versions, log_dir: str, eval_table: dict,
-               rate: float, candidates: int, now_ms):
+  WINDOW_MS = 600_000
+
+  def __init__(self, scorer: Scorer, versions: Versions, log_dir: str, rate: float,
+               candidates: int, now_ms):
     from mcjax.serve.requests import RequestBuilder  # pylint: disable=g-import-not-at-top
     from mcjax import config as mcconfig  # pylint: disable=g-import-not-at-top
     self.builder = RequestBuilder(log_dir, mcconfig.moment_config(scorer.cfg))
     self.scorer, self.versions, self.rate, self.candidates = scorer, versions, rate, candidates
-    self.ts, self.users = eval_table["sample_ts_ms"], eval_table["user_id"]
-    self.lives, self.now_ms = eval_table["live_id"], now_ms
+    self.now_ms = now_ms
+    self.recent, self.lock = [], threading.Lock()  # (ts, users, lives) of recent records
     self.latency, self.versions_seen, self.dropped, self.errors = [], set(), 0, []
     self._stop = threading.Event()
     self.thread = threading.Thread(target=self._run, daemon=True)
+
+  def observe(self, table: dict) -> None:
+    ts = table["sample_ts_ms"]
+    with self.lock:
+      self.recent.append((ts, table["user_id"], table["live_id"]))
+      while self.recent and self.recent[0][0][-1] < ts[-1] - self.WINDOW_MS:
+        self.recent.pop(0)
 
   def start(self) -> None:
     self.thread.start()
@@ -173,14 +186,18 @@ class RequestLoad:
       k += 1
       try:
         t = int(self.now_ms())
-        hi = int(np.searchsorted(self.ts, t))
-        lo = int(np.searchsorted(self.ts, t - 600_000))
-        if hi <= lo:
+        with self.lock:
+          recent = list(self.recent)
+        if not recent:
           continue
-        user = self.users[rng.integers(lo, hi)]
-        lives = np.unique(self.lives[lo:hi])[:self.candidates]
+        ts, users, lives = (np.concatenate([r[i] for r in recent]) for i in range(3))
+        near = np.flatnonzero((ts < t) & (ts >= t - self.WINDOW_MS))
+        if not len(near):
+          continue
+        user = users[rng.choice(near)]
+        cands = np.unique(lives[near])[:self.candidates]
         v = self.versions.current
-        self.scorer.score_batch(self.builder.batch(user, t, lives), weights=v.weights)
+        self.scorer.score_batch(self.builder.batch(user, t, cands), weights=v.weights)
         self.latency.append(time.time() - due)
         self.versions_seen.add(v.number)
       except Exception as e:  # pylint: disable=broad-except
@@ -195,16 +212,24 @@ class RequestLoad:
             "versions_served": len(self.versions_seen), "first_error": (self.errors or [None])[0]}
 
 
-def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
+def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
              publish_dir: str | None = None, kill_at_step: int | None = None,
              progress=print, progress_every_s: float = 5.0) -> dict:
-  """Runs the loop on ``samples`` (``build_samples`` output, replayed as emitted) in
-  ``workdir`` (resuming from its checkpoint); writes and returns metrics.json."""
+  """Runs the loop on ``source`` in ``workdir`` (resuming from its checkpoint); writes and
+  returns metrics.json. ``source``: a ``StreamEmitted`` (the stream engine over a replay or a
+  broker) or ``build_samples`` output (a dict of "train" and "eval" tables, replayed as
+  emitted by ``ReplayEmitted``)."""
   rt = cfg.realtime
   os.makedirs(workdir, exist_ok=True)
-  source = ReplayEmitted(samples, tick_ms=int(rt.tick_ms), speed=float(rt.speed))
+  if isinstance(source, dict):
+    source = ReplayEmitted(source, tick_ms=int(rt.tick_ms), speed=float(rt.speed))
+  stream = source if isinstance(source, StreamEmitted) else None
   trainer = ContinuousTrainer(cfg, workdir)
   extra = trainer.restore() or {}
+  snapshots = os.path.join(workdir, "stream_state")
+  if stream is not None and extra.get("stream_state"):
+    with open(os.path.join(snapshots, extra["stream_state"]), "rb") as f:
+      stream.restore(f.read())
   preds = PredStore(os.path.join(workdir, "preds"))
   preds.restore(int(extra.get("pred_parts", 0)))
   versions = Versions(first_number=int(extra.get("versions", 0)))
@@ -222,15 +247,35 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
   publish(trainer.state, trainer.pos.step)  # what is served before the first step
   scorer = Scorer(cfg, trainer.model_def, versions.current.weights, trainer.mesh)
   queue = EvalQueue(scorer, versions, preds, trainer.sv, trainer.lv)
-  now = {"event_ms": source.first_ms, "rows": 0, "t": time.time(), "steps": 0, "mark": 0.0}
+  now = {"event_ms": source.first_ms or 0, "rows": 0, "t": time.time(), "steps": 0,
+         "mark": 0.0}
+  load = None
 
   def score_eval(e):
     queue.add(e.table)
     now["event_ms"] = e.event_ms
+    if load is not None:
+      load.observe(e.table)
 
   def checkpoint_extra():
     queue.score()
-    return {"pred_parts": preds.flush(), "versions": versions.next_number}
+    out = {"pred_parts": preds.flush(), "versions": versions.next_number}
+    if stream is not None:  # the engine, its source position and the items not yet trained
+      os.makedirs(snapshots, exist_ok=True)
+      name = f"step_{trainer.pos.step:09d}.pkl"
+      atomic_write(os.path.join(snapshots, name), stream.snapshot(trainer.pos.item))
+      for old in sorted(os.listdir(snapshots))[:-3]:  # the checkpoints keep the last two
+        os.remove(os.path.join(snapshots, old))
+      out["stream_state"] = name
+    return out
+
+  def labelled(recs: dict) -> dict:
+    if stream is None or not recs:
+      return recs
+    recs = dict(recs)
+    recs["labels"], recs["mask"], found = stream.join_labels(recs["exposure_id"])
+    recs["mask"] = recs["mask"] * found[:, None]
+    return recs
 
   def on_step(step, m, rows):
     now["rows"] += rows
@@ -239,20 +284,22 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
     if progress and t - now["mark"] >= progress_every_s:
       now["mark"] = t
       recent = preds.pending[-5:] + preds.parts[-2:]
-      y = np.concatenate([r["labels"][:, 0] for r in recent]) if recent else np.zeros(0)
-      p = np.concatenate([r["probs"][:, 0] for r in recent]) if recent else np.zeros(0)
+      recs = labelled({k: np.concatenate([r[k] for r in recent])
+                       for k in ("labels", "probs", "mask", "exposure_id")} if recent else {})
+      y, p = (recs["labels"][:, 0], recs["probs"][:, 0]) if recs else (np.zeros(0),) * 2
+      y, p = (y, p) if not recs else (y[recs["mask"][:, 0] > 0], p[recs["mask"][:, 0] > 0])
       auc = metrics.auc(y, p) if len(y) and 0 < y.sum() < len(y) else float("nan")
       dt = max(t - now["t"], 1e-9)
+      wm = "" if stream is None else f"  watermark lag {_lag(stream):.2f} s"
       progress(f"step {step}  {now['rows'] / dt:,.0f} samples/s  {now['steps'] / dt:.1f} "
                f"steps/s  version {versions.current.number} (step {versions.current.step})  "
-               f"lag {trainer.lags[-1] if trainer.lags else 0:.2f} s  recent CTR AUC {auc:.4f}"
-               f"  loss {m['learning/loss']:.4f}")
+               f"lag {trainer.lags[-1] if trainer.lags else 0:.2f} s{wm}  recent CTR AUC "
+               f"{auc:.4f}  loss {m['learning/loss']:.4f}")
 
   trainer.warmup()  # compile before the stream starts: its clock starts after
   scorer.warmup()
-  load = None
   if float(rt.request_rate) > 0 and log_dir:
-    load = RequestLoad(scorer, versions, log_dir, samples["eval"], float(rt.request_rate),
+    load = RequestLoad(scorer, versions, log_dir, float(rt.request_rate),
                        int(rt.request_candidates), lambda: now["event_ms"])
     load.start()
   start = now["t"] = time.time()
@@ -264,10 +311,10 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
     load_result = load.stop() if load is not None else None
     trainer.close()
   wall = time.time() - start
-  recs = preds.all()
-  out = realtime_metrics(cfg, recs, samples["eval"]["sample_ts_ms"],
-                         samples["train"]["sample_ts_ms"])
-  span_s = (int(samples["train"]["sample_ts_ms"][-1]) - source.first_ms) / 1000
+  recs = labelled(preds.all())
+  eval_ts = np.sort(recs["sample_ts_ms"]) if recs else np.zeros(0, np.int64)
+  out = realtime_metrics(cfg, recs, eval_ts, eval_ts)
+  span_s = (int(eval_ts[-1]) - int(eval_ts[0])) / 1000 if len(eval_ts) else 0.0
   whole = [h["bytes"]["whole"] for h in versions.history[1:]]
   delta = [h["bytes"]["delta"] for h in versions.history[1:]]
   out["realtime"] = {
@@ -275,10 +322,15 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
       "speed_factor": round(span_s / wall, 2) if wall > 0 else None,
       "samples_per_s": round(summary["trained_rows"] / wall, 1) if wall > 0 else None,
       "config": {k: rt[k] for k in rt},
+      "source": "stream engine" if stream is not None else "build_samples replay",
       "bytes_per_version": {"whole_median": float(np.median(whole)) if whole else None,
                             "delta_median": float(np.median(delta)) if delta else None},
       "requests": load_result, "versions": versions.history,
       "freshness_per_version": trainer.freshness.versions}
+  if stream is not None:
+    out["realtime"]["engine"] = {"counts": dict(stream.engine.counts),
+                                 "dead": dict(stream.engine.dead.counts),
+                                 "watermark_lag_s": stream.lags.summary()}
   atomic_write(os.path.join(workdir, "metrics.json"), json.dumps(out, indent=1, default=float))
   np.save(os.path.join(workdir, "freshness_e2e_s.npy"), trainer.freshness.end_to_end())
   if trainer.ledger:  # which step trained each sample (this run): the prequential audit
@@ -286,3 +338,8 @@ def run_loop(cfg, samples: dict, workdir: str, *, log_dir: str | None = None,
              step=np.concatenate([np.full(len(x), s) for s, x in trainer.ledger]),
              exposure_id=np.concatenate([x for _, x in trainer.ledger]))
   return out
+
+
+def _lag(stream) -> float:
+  lags = stream.lags.all
+  return lags[-1] if lags else 0.0
