@@ -24,7 +24,9 @@ Writes ``WORKDIR/metrics.json`` (the batch modes' blocks plus ``realtime``: fres
 bytes per version, request latency) and ``WORKDIR/report.md`` with its plots. A rerun of the
 workdir resumes from its latest checkpoint (exactly once: same parameters as an
 uninterrupted run). ``--publish_dir`` also writes every version for a scorer in another
-process (``mcjax.serve.versions.DirVersions``). A diverging step stops the loop before that
+process (``mcjax.serve.versions.DirVersions``). Ctrl-C (or SIGTERM) stops the loop at the next
+emitted table, writes a checkpoint, and writes metrics.json and report.md of what ran (a rerun
+goes on from the checkpoint). A diverging step stops the loop before that
 state is published or checkpointed, with one ``FATAL`` line naming the step and the loss
 terms, and exit status 1.
 """
@@ -53,6 +55,9 @@ _FROM_MIN = flags.DEFINE_float("from_min", 0.0, "Start the replay this many logg
                                "the samples (the model starts fresh there).")
 _KILL_AT_STEP = flags.DEFINE_integer("kill_at_step", None, "Fault injection (tests): SIGKILL "
                                      "this process right after that train step.")
+_INTERRUPT_AT_STEP = flags.DEFINE_integer("interrupt_at_step", None, "Fault injection "
+                                          "(tests): SIGINT (Ctrl-C) this process right after "
+                                          "that train step.")
 _NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (tests; "
                                    "--source=batch): training samples from this row on get NaN "
                                    "crowd features.")
@@ -130,6 +135,7 @@ def main(argv) -> None:
   try:
     out = realtime.run_loop(cfg, source, work, log_dir=log_dir, publish_dir=_PUBLISH_DIR.value,
                             kill_at_step=_KILL_AT_STEP.value,
+                            interrupt_at_step=_INTERRUPT_AT_STEP.value,
                             progress=lambda line: print(line, flush=True))
   except RunError as e:
     sys.exit(f"FATAL {e}")

@@ -204,15 +204,23 @@ def _metrics(work: str) -> dict:
     return json.load(f)
 
 
-def test_kill9_resume_is_bit_identical_and_exactly_once(world, loop_run, tmp_path):
+def test_kill9_and_ctrl_c_resume_bit_identical_and_exactly_once(world, loop_run, tmp_path):
   whole, killed = loop_run[1], str(tmp_path / "killed")
   died = _launch(world, killed, "--kill_at_step=5")
   assert died.returncode == -9, died.stderr[-3000:]
   assert not os.path.exists(os.path.join(killed, "metrics.json"))
+  # resumed (from step 3), then Ctrl-C after step 5: a checkpoint, metrics and report of what
+  # ran, exit status 0; resumed again to the end
+  stopped = _launch(world, killed, "--interrupt_at_step=5")
+  assert stopped.returncode == 0, stopped.stderr[-3000:]
+  assert "stopped at step 5; checkpoint written" in stopped.stdout
+  part = _metrics(killed)["realtime"]
+  assert part["stopped"] and part["steps"] == 5 and part["steps_this_run"] == 2
+  assert os.path.exists(os.path.join(killed, "report.md"))
   resumed = _launch(world, killed)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   a, b = _metrics(whole)["realtime"], _metrics(killed)["realtime"]
-  assert b["steps_this_run"] < b["steps"]  # it resumed (from step 3), not restarted
+  assert b["steps_this_run"] < b["steps"] and not b["stopped"]  # it resumed, not restarted
   assert a["state_sha256"] == b["state_sha256"]
   for key in ("steps", "trained_rows", "checksum"):
     assert a[key] == b[key], key

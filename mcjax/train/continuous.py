@@ -241,10 +241,16 @@ class ContinuousTrainer:
 
   # ------------------------------------------------------------------------- loop
   def run(self, source, *, score_eval, publish, extra=lambda: {}, on_step=None,
-          kill_at_step: int | None = None) -> dict:
+          kill_at_step: int | None = None, should_stop=lambda: False,
+          interrupt_at_step: int | None = None) -> dict:
     """Trains on ``source`` (``read(start)`` -> Emitted) to its end; see the module
     docstring. ``on_step(step, metrics, rows)`` is called after each step;
-    ``kill_at_step`` (tests) sends this process SIGKILL right after that step."""
+    ``kill_at_step`` / ``interrupt_at_step`` (tests) send this process SIGKILL / SIGINT right
+    after that step. When
+    ``should_stop()`` (e.g. after Ctrl-C) the loop stops before the next emitted table: the
+    rows waiting for a step are left untrained, the position saved points at them, the last
+    version is published and a checkpoint written (a rerun goes on from there); the summary
+    then has ``stopped`` True."""
     rt, buf = self.rt, _Buffer()
     every_ckpt = int(self.cfg.train.checkpoint_every_steps)
     every_steps, every_s = int(rt.publish_every_steps), float(rt.publish_every_s)
@@ -275,8 +281,14 @@ class ContinuousTrainer:
         self.save(extra())
       if kill_at_step is not None and self.pos.step >= kill_at_step:
         os.kill(os.getpid(), signal.SIGKILL)
+      if interrupt_at_step is not None and self.pos.step == interrupt_at_step:
+        os.kill(os.getpid(), signal.SIGINT)
 
+    stopped = False
     for e in source.read(resume_item):
+      if should_stop():
+        stopped = True
+        break
       while buf.rows and e.clock_ms - buf.pieces[0][5] > max_wait_ms:
         _sleep_until(buf.pieces[0][4] + max_wait_ms / 1000)
         train(e.index)
@@ -295,14 +307,15 @@ class ContinuousTrainer:
       buf.add(e, lo, padded, sample_keys(table))
       while buf.rows >= self.batch_size:
         train(e.index + 1)
-    end = len(source)
-    while buf.rows:
-      train(end)
-    self.pos.item, self.pos.row = end, 0
-    self.pos.eval_next = max(self.pos.eval_next, end)
+    if not stopped:
+      end = len(source)
+      while buf.rows:
+        train(end)
+      self.pos.item, self.pos.row = end, 0
+      self.pos.eval_next = max(self.pos.eval_next, end)
     maybe_publish(force=True)
     self.save(extra())
-    return self.summary()
+    return {**self.summary(), "stopped": stopped}
 
   def digest(self) -> str:
     """sha256 of every array of the train state (parameters, tables, optimizer states), in

@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import threading
 import time
 
@@ -214,7 +215,8 @@ class RequestLoad:
 
 def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
              publish_dir: str | None = None, kill_at_step: int | None = None,
-             progress=print, progress_every_s: float = 5.0) -> dict:
+             interrupt_at_step: int | None = None, progress=print,
+             progress_every_s: float = 5.0) -> dict:
   """Runs the loop on ``source`` in ``workdir`` (resuming from its checkpoint); writes and
   returns metrics.json. ``source``: a ``StreamEmitted`` (the stream engine over a replay or a
   broker) or ``build_samples`` output (a dict of "train" and "eval" tables, replayed as
@@ -303,13 +305,22 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
                        int(rt.request_candidates), lambda: now["event_ms"])
     load.start()
   start = now["t"] = time.time()
+  stop = []  # Ctrl-C / SIGTERM: stop at the next table, checkpoint, report what ran
+  old = {sig: signal.signal(sig, lambda *_: stop.append(1))
+         for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     summary = trainer.run(source, score_eval=score_eval, publish=publish,
-                          extra=checkpoint_extra,
-                          on_step=on_step, kill_at_step=kill_at_step)
+                          extra=checkpoint_extra, on_step=on_step,
+                          kill_at_step=kill_at_step, should_stop=lambda: bool(stop),
+                          interrupt_at_step=interrupt_at_step)
   finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
     load_result = load.stop() if load is not None else None
     trainer.close()
+  if summary["stopped"] and progress:
+    progress(f"stopped at step {summary['steps']}; checkpoint written (a rerun goes on from "
+             "there); metrics and report of what ran so far")
   wall = time.time() - start
   recs = labelled(preds.all())
   eval_ts = np.sort(recs["sample_ts_ms"]) if recs else np.zeros(0, np.int64)
