@@ -94,7 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   # The real-time loop (launch.realtime, mcjax.train.continuous, mcjax.train.realtime).
   c.realtime = ml_collections.ConfigDict()
-  c.realtime.max_wait_ms = 1000.0    # a part-filled batch is trained after this long
+  c.realtime.max_wait_ms = 1000.0    # a part-filled batch is trained this much event time later
   c.realtime.publish_every_s = 10.0  # a parameter version is published this often (wall s)
   c.realtime.publish_every_steps = 0  # ... and every this many steps (0: by time only)
   c.realtime.tick_ms = 1000          # replay: event time the engine emits at once

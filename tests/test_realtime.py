@@ -193,7 +193,8 @@ def _launch(world, work: str, *flags: str) -> subprocess.CompletedProcess:
   argv = [sys.executable, "-m", "launch.realtime", "--config=mcjax/configs/tiny.py",
           f"--workdir={work}", f"--config.data.log_dir={log}", f"--until_min={minutes}",
           "--config.realtime.publish_every_steps=2", "--config.realtime.publish_every_s=0",
-          "--config.train.checkpoint_every_steps=3", "--config.mesh.shape=(1,2)", *flags]
+          "--config.train.checkpoint_every_steps=3", "--config.mesh.shape=(1,2)",
+          "--config.realtime.max_wait_ms=600000", *flags]  # part-filled batches every 10 min
   return subprocess.run(argv, cwd=REPO, env=_env(os.path.join(os.path.dirname(log), "cache")),
                         capture_output=True, text=True, timeout=600)
 
@@ -236,10 +237,10 @@ def test_divergence_keeps_last_good_version_served(world, tmp_path):
                 "--config.realtime.publish_every_steps=1", "--source=batch")
   assert got.returncode == 1, got.stderr[-3000:]
   fatal = [line for line in got.stderr.splitlines() if "FATAL" in line]
-  assert len(fatal) == 1 and fatal[0].startswith("FATAL step 4: training diverged: "
+  assert len(fatal) == 1 and fatal[0].startswith("FATAL step 7: training diverged: "
                                                  "non-finite learning/loss=nan, loss/"), fatal
   served = V.DirVersions(pub, _served_like(world)).poll()
-  assert served.step == 3  # the last good step; the diverged state was never published
+  assert served.step == 6  # the last good step; the diverged state was never published
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(served.weights))
 
 

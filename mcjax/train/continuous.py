@@ -7,8 +7,8 @@ consumes a stream of ``Emitted`` tables (``mcjax.train.emitted``) in order:
 
 * training samples are padded (``contract.batch.pad_table``) into a buffer; a batch of
   ``train.batch_size`` rows is taken as soon as the buffer holds one, or, when fewer rows are
-  waiting, once ``realtime.max_wait_ms`` has passed on the source's clock since the oldest
-  waiting row arrived (the batch is then filled with zero rows of weight 0: one compiled
+  waiting, once the stream's event time is ``realtime.max_wait_ms`` past the oldest waiting
+  row's (at 1x real time: wall ms; at speed S, S times fewer) (the batch is then filled with zero rows of weight 0: one compiled
   step, no recompiles);
 * evaluation records are handed to ``score_eval(emitted)`` when they arrive, before any later
   sample is trained on (the caller scores them with the version being served);
@@ -290,7 +290,8 @@ class ContinuousTrainer:
         stopped = True
         break
       while buf.rows and e.clock_ms - buf.pieces[0][5] > max_wait_ms:
-        _sleep_until(buf.pieces[0][4] + max_wait_ms / 1000)
+        if getattr(source, "speed", 0):  # paced: the wall time the batch was due
+          _sleep_until(buf.pieces[0][4] + max_wait_ms / 1000 / source.speed)
         train(e.index)
       maybe_publish()
       _sleep_until(e.arrival_s)

@@ -15,9 +15,11 @@ first, then the training samples, so a record is always scored before any sample
 or after it is trained on (a training sample is emitted after its exposure: its window end or
 its close). ``speed`` paces the replay: a tick is due ``(event_ms - first event_ms) / speed``
 wall ms after the replay started (``speed=0``: everything is due at once, as fast as the
-consumer takes it). ``clock_ms`` is that schedule, which the trainer's ``max_wait_ms`` is
-measured on, so the way samples are cut into batches depends on the log and the speed only
-(a restarted run cuts the same batches: exactly-once resume).
+consumer takes it). ``clock_ms`` is event time (ms since the first item), which the trainer's
+``max_wait_ms`` is measured on, so the way samples are cut into batches depends on the log
+only, not on the speed or the source's micro-batches: a run paced at any speed, or unpaced,
+trains the same batches (quality measured unpaced is the loop's quality at 1x), and a
+restarted run cuts the same batches (exactly-once resume).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Emitted:
   split: str        # "train" (training samples) or "eval" (evaluation records)
   table: dict       # a columnar sample table
   event_ms: int     # the event time at which the engine emitted it
-  clock_ms: float   # the source's clock when it was due (ms since the stream started)
+  clock_ms: float   # its event time, ms after the stream's first item
   arrival_s: float  # wall time (time.time()) at which it is due (replay: its schedule)
 
 
@@ -76,7 +78,7 @@ class ReplayEmitted:
     return len(self.items)
 
   def clock_ms(self, event_ms: int) -> float:
-    return (event_ms - self.first_ms) / self.speed if self.speed else 0.0
+    return float(event_ms - self.first_ms)
 
   def read(self, start: int = 0) -> Iterator[Emitted]:
     """The emitted tables from position ``start`` on; the wall schedule starts now (at
@@ -88,7 +90,7 @@ class ReplayEmitted:
     for i in range(start, len(self.items)):
       split, lo, hi, event_ms = self.items[i]
       clock = self.clock_ms(event_ms)
-      due = wall0 + (clock - clock0) / 1000 if self.speed else time.time()
+      due = wall0 + (clock - clock0) / 1000 / self.speed if self.speed else time.time()
       yield Emitted(i, split, table_slice(self.tables[split], lo, hi), event_ms, clock, due)
 
 
@@ -135,7 +137,7 @@ class StreamEmitted:
     return self.next_index  # known once the stream has ended (the trainer asks at the end)
 
   def clock_ms(self, event_ms: int) -> float:
-    return (event_ms - self.first_ms) / self.speed if self.speed and self.first_ms else 0.0
+    return float(event_ms - self.first_ms)
 
   # ------------------------------------------------------------------ reading
   def read(self, start: int = 0) -> Iterator[Emitted]:
