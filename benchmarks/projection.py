@@ -39,6 +39,7 @@ their own chip only; XLA:CPU-compiled ones onto H200 and TPU v5p (``CPU_PROJECTE
 from __future__ import annotations
 
 import json
+import sys
 import statistics
 
 from absl import app, flags
@@ -91,6 +92,14 @@ def bounds(record: dict, chip: dict, hbm_bytes_accessed: float) -> dict:
   return {**terms, "bound_s": terms[dominant], "no_overlap_s": sum(terms.values()),
           "dominant": dominant.removesuffix("_s"),
           "device_bytes": memory, "fits": 0 < memory <= chip["hbm_bytes"]}
+
+
+def variant(command: str) -> str:
+  """What a benchmarks.comms command compiled, less where: its flags but the device counts,
+  layouts, table sizes and output file."""
+  where = ("--devices=", "--layouts=", "--rows=", "--json_out=")
+  return " ".join(sorted(a for a in command.split() if a.startswith("--")
+                         and not a.startswith(where)))
 
 
 def project(records: list[dict]) -> list[dict]:
@@ -164,11 +173,17 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   data = {"records": [], "commands": []}
+  variants = {}
   for path in _COMMS_JSON.value:
     with open(path) as f:
       got = json.load(f)
     data["records"] += got["records"]
     data["commands"].append(got.get("command", path))
+    variants.setdefault(variant(got.get("command", "")), path)
+  if len(variants) > 1:
+    (a, pa), (b, pb) = list(variants.items())[:2]
+    sys.exit(f"projection: --comms_json: {pa} and {pb} are different variants ({a or 'defaults'}"
+             f" vs {b or 'defaults'}); project each variant on its own")
   rows = project(data["records"])
   print("from: " + "\n      ".join(data["commands"]) + "\n")
   smallest = min(r["rows"] for r in rows)
