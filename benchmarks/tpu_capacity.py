@@ -44,7 +44,10 @@ _TOPOLOGY = flags.DEFINE_string("topology", "v5p-16", "history: the slice compil
 _HIST_LENS = flags.DEFINE_list("hist_lens", ["1000", "4000"], "history: lengths compiled.")
 _CHIPS = flags.DEFINE_list("chips", ["v5p", "v5e"], "history: chips to predict for.")
 _BATCH = flags.DEFINE_integer("batch_per_chip", 1024, "Examples per chip per step.")
-_VERIFY = flags.DEFINE_bool("verify", False, "Compile at each predicted limit.")
+_VERIFY = flags.DEFINE_bool("verify", False, "Compile at each predicted limit (history: and "
+                            "bisect where it does not fit).")
+_ROWS = flags.DEFINE_integer("rows", 131072, "history: rows of every large table (0: the "
+                             "config's; they must split over the chips).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the numbers here (JSON).")
 
 ROW_CAP = 2**30  # model.embedding.vocab is refused at or above this (int32 row indices)
@@ -108,20 +111,35 @@ def tables(cfg, records: list[dict], batch: int, verify: bool) -> list[dict]:
   return rows_out
 
 
-def history(cfg, topology: str, lens: list[int], chips: list[str], batch: int,
-            verify: bool) -> list[dict]:
-  """The line total(L) from compiles at ``lens``; the longest L per chip's HBM."""
+def _history_total(cfg, length: int, topology: str, batch: int) -> float | None:
+  """Per-chip bytes of the train step at short-video history ``length`` (None: it does not
+  fit the chip: refused on its arguments or by the TPU compiler)."""
   from mcjax.aot import compile_report
+  try:
+    res = compile_report.run(_with(cfg, **{"moment.sv_hist_len": length}), topology, (-1, 1),
+                             batch, steps=("train",), out=lambda *_: None)
+  except compile_report.DoesNotFit:
+    return None
+  total = res["steps"]["train"]["memory"]["total"]
+  return total if total <= res["hbm_per_device"] else None
+
+
+def history(cfg, topology: str, lens: list[int], chips: list[str], batch: int,
+            verify: bool, steps: int = 4) -> list[dict]:
+  """The line total(L) from compiles at ``lens``; the longest L per chip's HBM by the line,
+  and with ``verify`` by compiling: at 98% of the line's limit, then, where that does not
+  fit, bisecting (geometrically, ``steps`` compiles) between the longest length that fit and
+  the shortest that did not."""
   from mcjax.aot import topology as topo
   t = topo.parse(topology)
-  layout = (-1, 1)
   points = []
   for length in lens:
-    res = compile_report.run(_with(cfg, **{"moment.sv_hist_len": length}), topology, layout,
-                             batch, steps=("train",), out=lambda *_: None)
-    points.append((length, res["steps"]["train"]["memory"]["total"]))
+    total = _history_total(cfg, length, topology, batch)
+    if total is None:
+      raise SystemExit(f"tpu_capacity: --hist_lens={length} does not fit {topology}")
+    points.append((length, total))
     print(json.dumps({"topology": t.accelerator_type, "sv_hist_len": length,
-                      "total_gb": points[-1][1] / 1e9}), flush=True)
+                      "total_gb": total / 1e9}), flush=True)
   (l0, m0), (l1, m1) = points[0], points[-1]
   slope = (m1 - m0) / (l1 - l0)
   out = []
@@ -132,11 +150,25 @@ def history(cfg, topology: str, lens: list[int], chips: list[str], batch: int,
            slope, "sv_hist_len_limit": limit, "points": points}
     if verify:
       target = topo.for_chips(chip, t.chips).accelerator_type
+      tried = {}
+      fits, fails = max(lens), None
       length = int(0.98 * limit) // 100 * 100
-      res = compile_report.run(_with(cfg, **{"moment.sv_hist_len": length}), target, layout,
-                               batch, steps=("train",), out=lambda *_: None)
-      row["verified"] = {"topology": target, "sv_hist_len": length,
-                         "total_gb": res["steps"]["train"]["memory"]["total"] / 1e9}
+      for _ in range(steps + 1):
+        total = _history_total(cfg, length, target, batch)
+        tried[length] = None if total is None else total / 1e9
+        print(json.dumps({"topology": target, "sv_hist_len": length,
+                          "total_gb": tried[length]}), flush=True)
+        if total is not None:
+          fits = max(fits, length)
+          if fails is None:
+            break
+        else:
+          fails = length if fails is None else min(fails, length)
+        length = int((fits * fails) ** 0.5) // 100 * 100
+        if length <= fits:
+          break
+      row["verified"] = {"topology": target, "longest_that_fits": fits,
+                         "shortest_that_does_not": fails, "compiled": tried}
     out.append(row)
     print(json.dumps(row), flush=True)
   return out
@@ -155,6 +187,9 @@ def main(argv) -> None:
       sys.exit("tpu_capacity: --comms_json: no TPU-compiled records (benchmarks.comms --tpu)")
     result = tables(cfg, records, _BATCH.value, _VERIFY.value)
   else:
+    from benchmarks import comms
+    if _ROWS.value:  # the large tables' rows: a multiple of every chip count compiled
+      cfg = comms._configure(cfg, _ROWS.value)
     result = history(cfg, _TOPOLOGY.value, [int(x) for x in _HIST_LENS.value], _CHIPS.value,
                      _BATCH.value, _VERIFY.value)
   if _JSON_OUT.value:

@@ -63,6 +63,7 @@ def build(cfg: ml_collections.ConfigDict, mesh: Mesh, *, init: bool = True,
   """
   optim = state_lib.optim_config(cfg)
   build_fn = functools.partial(build_model, cfg.model)
+  partition.check_table_rows(cfg, mesh)
   rules = partition.from_config(cfg.mesh)
   max_bytes = int(cfg.mesh.max_replicated_mb * 2**20) if check_replicated else None
   if init:

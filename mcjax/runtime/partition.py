@@ -48,6 +48,25 @@ def from_config(mesh_cfg) -> dict:
           "logical_rules": logical_rules}
 
 
+def check_table_rows(cfg, mesh) -> None:
+  """ValueError (one line, naming the key) when a "vocab"-sharded table's rows do not split
+  evenly over the mesh axes its rows are sharded on (``from_config``'s logical rules)."""
+  emb = cfg.model.embedding
+  axis = dict(from_config(cfg.mesh)["logical_rules"]).get("vocab")
+  axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
+  shards = 1
+  for a in axes:
+    shards *= int(mesh.shape[a])
+  for name, rows in emb.vocab.items():
+    if rows >= emb.large_table_rows and rows % shards:
+      how = ("mesh.embedding_exchange=all_to_all shards large tables over every device"
+             if exchange_capacity(cfg.mesh) is not None else
+             "large tables are row-sharded on the mesh's model axis")
+      raise ValueError(f"model.embedding.vocab.{name}={rows}: {rows} rows do not split over "
+                       f"the {shards} devices of {axes} ({how}); give a multiple of {shards}, "
+                       f"e.g. {-(-rows // shards) * shards}")
+
+
 def exchange_capacity(mesh_cfg) -> float | None:
   """``mesh.exchange_capacity`` when ``mesh.embedding_exchange`` is "all_to_all" (large
   tables then shard over every device, the "vocab" logical axis on ("data", "model"), and the
