@@ -221,3 +221,26 @@ def test_scoring_stops_when_evaluation_overflowed():
   with pytest.raises(RunError, match=r"^step 12: the embedding exchange dropped 5 ids of "
                                      r"evaluation records \[0, 10\) .* \(now 2.0\)$"):
     evaluator(state, 0, 10)
+
+
+@pytest.mark.parametrize("exchange_mode, layout, rows, message", [
+    ("all_to_all", (4, 2), 2052, "2052 rows do not split over the 8 devices of ('data', "
+     "'model') (mesh.embedding_exchange=all_to_all shards large tables over every device); "
+     "give a multiple of 8, e.g. 2056"),
+    ("gspmd", (2, 4), 2050, "2050 rows do not split over the 4 devices of ('model',) (large "
+     "tables are row-sharded on the mesh's model axis); give a multiple of 4, e.g. 2052"),
+])
+def test_a_table_that_does_not_split_over_the_mesh_is_refused_in_one_line(
+    exchange_mode, layout, rows, message):
+  """Before any tracing: one line naming the config key, the devices and the next multiple
+  (jax's own IndivisibleError named neither)."""
+  from mcjax import runtime
+  cfg = mcconfig.load_config("tiny")
+  cfg.mesh.embedding_exchange = exchange_mode
+  cfg.model.embedding.vocab.user = rows
+  mesh = mesh_lib.make_mesh(layout, jax.devices()[:8])
+  with pytest.raises(ValueError) as e:
+    runtime.build(cfg, mesh, init=False)
+  assert str(e.value) == f"model.embedding.vocab.user={rows}: {message}"
+  cfg.model.embedding.vocab.user = 2048  # a multiple passes the check
+  partition.check_table_rows(cfg, mesh)
