@@ -4,6 +4,8 @@ the replay source and through Redis, with the watermark lag recorded over the wh
 
     python -m benchmarks.stream_keepup --log=runs/default/world --speeds=200,300,400 \
         --sources=replay,redis --json_out=runs/stream/keepup.json
+    # the evening peak only (logged hours 18-24), where the rate is highest
+    python -m benchmarks.stream_keepup --log=runs/default/world --hours=18,24 --speeds=300,600
 
 For each source and speed S the log is played at S logged seconds per wall second: the replay
 source paces itself; for Redis a ``launch.publish --speed=S`` subprocess paces the messages
@@ -36,6 +38,22 @@ _SOURCES = flags.DEFINE_list("sources", ["replay", "redis"], "replay and/or redi
 _BATCH_ROWS = flags.DEFINE_integer("batch_rows", 4096, "Most event rows per micro-batch.")
 _BOUNDED_S = flags.DEFINE_float("bounded_s", 10.0, "Largest lag (wall s) that still keeps up.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write every run's numbers here (JSON).")
+_HOURS = flags.DEFINE_list("hours", [], "FROM,TO: replay only the events of these logged hours "
+                           "(from the log's first midnight), e.g. 18,24 for the evening peak.")
+
+
+def cut_log(log: str, hours: list[str], tmp: str) -> str:
+  """A copy of ``log`` with the events of logged hours [FROM, TO) only (side tables whole)."""
+  import pyarrow.compute as pc
+  from mcjax.eventlog import io
+  from mcjax.eventlog import schema as S
+  events = io.read_events(log)
+  day0 = int(pc.min(events["ts_ms"]).as_py()) // 86_400_000 * 86_400_000
+  lo, hi = (day0 + int(float(h) * 3_600_000) for h in hours)
+  ts = events["ts_ms"]
+  keep = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+  side = {name: io.read_side(log, name) for name in S.SIDE_TABLES}
+  return io.write_log(os.path.join(tmp, "cut"), events.filter(keep), side)
 
 
 def one(source_kind: str, speed: float, log: str, server, tmp: str) -> dict:
@@ -73,11 +91,12 @@ def main(argv) -> None:
         "| keeps up | load avg (start, end) |")
   print("|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as tmp:
+    log = cut_log(_LOG.value, _HOURS.value, tmp) if _HOURS.value else _LOG.value
     server = RedisServer(workdir=tmp).start() if "redis" in _SOURCES.value else None
     try:
       for kind in _SOURCES.value:
         for speed in (float(s) for s in _SPEEDS.value):
-          r = one(kind, speed, _LOG.value, server, tmp)
+          r = one(kind, speed, log, server, tmp)
           lag = r["lag"]
           print(f"| {kind} | {speed:g}x | {r['wall_s']:.0f} | {r['events_per_s']:,.0f} | "
                 f"{lag['p50_s']:.2f} / {lag['p99_s']:.2f} / {lag['max_s']:.2f} | "

@@ -103,6 +103,35 @@ def test_simulated_worlds_through_the_replay(world_log, mode):
   assert_same(build_samples(world_log, cfg), got)
 
 
+def test_a_log_that_starts_mid_stream(world_log, tmp_path):
+  """The log cut an hour in: its first rows are events of exposures made before the cut (no
+  exposure row in the log); the first micro-batch holds only such orphans (it crashed the
+  engine). The engine holds and drops them as the batch engine ignores them: the same
+  samples."""
+  import pyarrow.compute as pc
+  from mcjax.eventlog import io
+  from mcjax.eventlog import schema as S
+  events = io.read_events(world_log)
+  start = int(pc.min(events["ts_ms"]).as_py()) + 3_600_000
+  cut = io.write_log(str(tmp_path / "cut"), events.filter(pc.greater_equal(events["ts_ms"],
+                                                                           start)),
+                     {name: io.read_side(world_log, name) for name in S.SIDE_TABLES})
+  t = read_tables(cut)
+  first_exposure = int(np.argmax(t.events["event"].to_numpy(zero_copy_only=False)
+                                 == S.EXPOSURE))
+  assert first_exposure > 0  # orphans first
+  n = t.events.num_rows
+  edges = [0, first_exposure] + list(range(first_exposure + 997, n, 997)) + [n]
+  cfg = MomentConfig(sv_hist_len=16, lv_hist_len=4)
+  engine = StreamEngine(cfg, side={"users": t.users, "authors": t.authors, "lives": t.lives,
+                                   "videos": t.videos}, oracle=read_oracle(cut))
+  got, engine = _drain(engine, (Batch(t.events.slice(lo, hi - lo),
+                                      [str(i) for i in range(lo, hi)])
+                                for lo, hi in zip(edges, edges[1:])))
+  assert engine.state.stats["orphan_events"] >= first_exposure
+  assert_same(build_samples(cut, cfg), got)
+
+
 def stream_redis(url, log_dir, cfg, rows, group):
   """The stream at ``url`` read by a new consumer group of ``RedisSource``."""
   from mcjax.stream.redis_source import RedisSource

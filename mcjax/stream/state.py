@@ -176,7 +176,8 @@ class StreamState:
       o = np.flatnonzero(orphan)
       self.pending.append(**{k: c[k][o] for k in PENDING_SPEC})
     r = np.where(other & (rows >= 0), rows, 0)
-    before = other & (rows >= 0) & (ts < self.x["ts"][r])
+    x_ts = self.x["ts"][r] if len(self.x["ts"]) else np.zeros(len(r), ts.dtype)  # none yet
+    before = other & (rows >= 0) & (ts < x_ts)
     self.stats["events_before_exposure"] += int(before.sum())
     ok = np.flatnonzero(other & (rows >= 0) & ~before)
     kept = np.r_[new, ok]
