@@ -35,7 +35,8 @@ from mcjax.stream.redis_server import RedisServer
 _LOG = flags.DEFINE_string("log", None, "Event-log folder.", required=True)
 _SPEEDS = flags.DEFINE_list("speeds", ["200", "300", "400"], "Speed factors to try.")
 _SOURCES = flags.DEFINE_list("sources", ["replay", "redis"], "replay and/or redis.")
-_BATCH_ROWS = flags.DEFINE_integer("batch_rows", 4096, "Most event rows per micro-batch.")
+_BATCH_ROWS = flags.DEFINE_integer("batch_rows", 16384, "Most event rows per micro-batch (a "
+                                   "paced source delivers what is due; this binds when behind).")
 _BOUNDED_S = flags.DEFINE_float("bounded_s", 10.0, "Largest lag (wall s) that still keeps up.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write every run's numbers here (JSON).")
 _HOURS = flags.DEFINE_list("hours", [], "FROM,TO: replay only the events of these logged hours "

@@ -33,7 +33,8 @@ _OUT = flags.DEFINE_string("out", None, "Samples folder to write (resumed if it 
 _SPEED = flags.DEFINE_float("speed", 0.0, "Replay pace, logged seconds per wall second (0: as "
                             "fast as the engine takes it); for Redis, the publisher's (for "
                             "the watermark lag only).")
-_BATCH_ROWS = flags.DEFINE_integer("batch_rows", 4096, "Most event rows per micro-batch.")
+_BATCH_ROWS = flags.DEFINE_integer("batch_rows", 16384, "Most event rows per micro-batch (a "
+                                   "paced source delivers what is due; this binds when behind).")
 _PART_ROWS = flags.DEFINE_integer("part_rows", 256 * 1024, "Samples per written part.")
 _CHECKPOINT_S = flags.DEFINE_float("checkpoint_s", 30.0, "Wall seconds between checkpoints.")
 _PROGRESS_S = flags.DEFINE_float("progress_s", 10.0, "Wall seconds between progress lines.")

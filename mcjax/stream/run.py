@@ -35,7 +35,7 @@ from mcjax.stream.sink import SPLITS, STATE_DIR, SampleSink
 MARKS = ("build_info.json", STATE_DIR, *SPLITS)  # what an existing stream output holds
 
 
-def open_source(spec: str, *, speed: float = 0.0, batch_rows: int = 4096):
+def open_source(spec: str, *, speed: float = 0.0, batch_rows: int = 16384):
   """A source from ``replay:LOG_DIR`` or ``redis://host:port/STREAM``."""
   if spec.startswith("replay:"):
     from mcjax.stream.replay import ReplaySource
