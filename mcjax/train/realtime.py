@@ -285,11 +285,12 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
     t = time.time()
     if progress and t - now["mark"] >= progress_every_s:
       now["mark"] = t
-      recent = preds.pending[-5:] + preds.parts[-2:]
+      recent = preds.parts + preds.pending  # the last 5,000 records with their labels
       recs = labelled({k: np.concatenate([r[k] for r in recent])
                        for k in ("labels", "probs", "mask", "exposure_id")} if recent else {})
-      y, p = (recs["labels"][:, 0], recs["probs"][:, 0]) if recs else (np.zeros(0),) * 2
-      y, p = (y, p) if not recs else (y[recs["mask"][:, 0] > 0], p[recs["mask"][:, 0] > 0])
+      known = np.flatnonzero(recs["mask"][:, 0] > 0)[-5000:] if recs else np.zeros(0, int)
+      y = recs["labels"][known, 0] if recs else np.zeros(0)
+      p = recs["probs"][known, 0] if recs else np.zeros(0)
       auc = metrics.auc(y, p) if len(y) and 0 < y.sum() < len(y) else float("nan")
       dt = max(t - now["t"], 1e-9)
       wm = "" if stream is None else f"  watermark lag {_lag(stream):.2f} s"
