@@ -109,8 +109,8 @@ class StreamEmitted:
   the same batches whatever the source's micro-batches (``clock_ms`` comes from event time).
 
   ``until_ms``: only rows before ``first + until_ms`` leave (``launch.realtime --until_min``);
-  the stream is then read on, emitting nothing, until every record before the cut has its
-  labels. ``snapshot(keep_from)`` / ``restore(blob)``: the engine, the source position, the
+  the stream is then read on, emitting nothing (a paced replay no longer paced), until every
+  record before the cut has its labels. ``snapshot(keep_from)`` / ``restore(blob)``: the engine, the source position, the
   rows held and the items from ``keep_from`` on (those the trainer has not finished with), for
   the loop's checkpoint: a restarted loop ``read``s from its position again, exactly once.
   """
@@ -217,6 +217,8 @@ class StreamEmitted:
           self.next_index += 1
     if complete >= limit:
       self.cut = limit
+      if getattr(self.source, "speed", 0):  # a paced replay: read the labels' tail unpaced
+        self.source.speed = 0.0
 
   # --------------------------------------------------------------- labels
   def join_labels(self, exposure_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
