@@ -293,10 +293,13 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
       p = recs["probs"][known, 0] if recs else np.zeros(0)
       auc = metrics.auc(y, p) if len(y) and 0 < y.sum() < len(y) else float("nan")
       dt = max(t - now["t"], 1e-9)
-      wm = "" if stream is None else f"  watermark lag {_lag(stream):.2f} s"
-      progress(f"step {step}  {now['rows'] / dt:,.0f} samples/s  {now['steps'] / dt:.1f} "
+      wm = "" if stream is None else (
+          f"  {(stream.engine.counts['events_in'] - now['events0']) / dt:,.0f} events/s  "
+          f"watermark lag "
+          f"{_lag(stream):.2f} s")
+      progress(f"step {step}{wm}  {now['rows'] / dt:,.0f} samples/s  {now['steps'] / dt:.1f} "
                f"steps/s  version {versions.current.number} (step {versions.current.step})  "
-               f"lag {trainer.lags[-1] if trainer.lags else 0:.2f} s{wm}  recent CTR AUC "
+               f"lag {trainer.lags[-1] if trainer.lags else 0:.2f} s  recent CTR AUC "
                f"{auc:.4f}  loss {m['learning/loss']:.4f}")
 
   trainer.warmup()  # compile before the stream starts: its clock starts after
@@ -306,6 +309,7 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
                        int(rt.request_candidates), lambda: now["event_ms"])
     load.start()
   start = now["t"] = time.time()
+  now["events0"] = stream.engine.counts["events_in"] if stream is not None else 0
   stop = []  # Ctrl-C / SIGTERM: stop at the next table, checkpoint, report what ran
   old = {sig: signal.signal(sig, lambda *_: stop.append(1))
          for sig in (signal.SIGINT, signal.SIGTERM)}
