@@ -43,6 +43,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/rt_quality", "Where the runs go.
 _OUT = flags.DEFINE_string("out", None, "Write the markdown table here too.")
 _FRESHNESS = flags.DEFINE_bool("freshness", True, "Also the highlight freshness of the loop "
                                "with realtime / on_close samples / no crowd features.")
+_PLOT = flags.DEFINE_string("plot", None, "freshness: write the served p(click) uplift around "
+                            "highlight onsets and the rise delays of the three here (PNG).")
 
 
 def _run(argv: list[str], log: str) -> None:
@@ -97,6 +99,8 @@ def freshness(root: str, common: list[str], world: str, seed: str, wait: str) ->
     if fresh.ORACLE not in delays:
       delays[fresh.ORACLE] = [fresh.rise_delays(preds["oracle_p_click"], ix, highlights)]
       curves[fresh.ORACLE] = fresh.uplift_curve(preds["oracle_p_click"], ix, highlights)
+  if _PLOT.value:
+    fresh.plot(delays, curves, _PLOT.value)
   return (f"Highlight freshness through the loop ({world} world, seed {seed}, max_wait "
           f"{int(wait) // 1000} s; event seconds):\n\n" + fresh.table(delays, curves))
 
