@@ -3,7 +3,8 @@ versions.
 
     python -m launch.realtime --config=mcjax/configs/full.py --workdir=runs/rt
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt \
-        --config.realtime.speed=100 --config.realtime.request_rate=20 --until_min=180
+        --config.realtime.speed=100 --config.realtime.max_wait_ms=100000 \
+        --config.realtime.request_rate=20 --until_min=180
     # through a broker: publish the log into Redis (launch.publish), the loop reads the stream
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt_redis \
         --config.data.log_dir=WORLD --source=redis://127.0.0.1:6379/events
