@@ -1,7 +1,9 @@
 """The real-time loop in one command: events -> stream engine -> continuous trainer -> served
 versions.
 
-    python -m launch.realtime --config=mcjax/configs/full.py --workdir=runs/rt
+    # unpaced: part-filled batches once a minute of event time (the windowed replay's cadence)
+    python -m launch.realtime --config=mcjax/configs/full.py --workdir=runs/rt \
+        --config.realtime.max_wait_ms=60000
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt \
         --config.realtime.speed=100 --config.realtime.max_wait_ms=100000 \
         --config.realtime.request_rate=20 --until_min=180
