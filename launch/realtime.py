@@ -20,8 +20,10 @@ requests' features and the oracle). ``--source=batch`` replays the samples ``bui
 makes of the log, in emission order (the same items for an in-order log; ``--from_min`` and
 ``--inject_nan_at_row`` need it). The trainer trains on them in micro-batches, publishes a parameter version every
 ``realtime.publish_every_s`` / ``publish_every_steps``, and every evaluation record is scored
-by the version served when it is emitted. A progress line shows samples/s, steps/s, the
-version served, the lag behind the replay schedule and the CTR AUC of the recent records.
+by the version served when it is emitted. A progress line shows events/s and the watermark
+lag (stream sources), samples/s, steps/s, the version served, the lag behind the schedule and
+the CTR AUC of the last 5,000 records whose labels have arrived (the engine lets labels out
+in exposure order, so they trail by the longest watch still open: "nan" early in a run).
 
 Writes ``WORKDIR/metrics.json`` (the batch modes' blocks plus ``realtime``: freshness, lag,
 bytes per version, request latency) and ``WORKDIR/report.md`` with its plots. A rerun of the
