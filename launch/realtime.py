@@ -68,19 +68,6 @@ _NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (
                                    "crowd features.")
 
 
-def stream_source(cfg, spec: str, log_dir: str, until_min: float):
-  """``StreamEmitted`` over a replay of ``log_dir`` or a Redis stream (``spec``)."""
-  from mcjax import config as mcconfig
-  from mcjax.stream import run as run_lib
-  from mcjax.train.emitted import StreamEmitted
-  rt = cfg.realtime
-  source = run_lib.open_source(f"replay:{log_dir}" if spec == "replay" else spec,
-                               speed=float(rt.speed))
-  return StreamEmitted(source, mcconfig.moment_config(cfg), oracle=run_lib.read_oracle(log_dir),
-                       tick_ms=int(rt.tick_ms), speed=float(rt.speed),
-                       until_ms=int(until_min * 60_000))
-
-
 def load_samples(cfg, log_dir: str, until_min: float, from_min: float = 0.0) -> dict:
   """The engine's samples of ``log_dir`` (both splits) emitted in [``from_min``,
   ``until_min``) logged minutes from the first (``until_min`` 0: to the end)."""
@@ -132,6 +119,7 @@ def main(argv) -> None:
       source["train"]["crowd"][_NAN_AT_ROW.value:] = float("nan")
   else:
     try:
+      from mcjax.train.realtime import stream_source
       source = stream_source(cfg, spec, log_dir, _UNTIL_MIN.value)
     except (ValueError, OSError) as e:
       sys.exit(f"FATAL --source={spec}: {e}")

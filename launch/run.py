@@ -12,8 +12,12 @@ of ``launch.train``; ``python -m launch.model_info --keys`` lists them.
 2. trains and evaluates each named config online (prequential) on it with model seed
    ``config.seed``, into WORKDIR/<config> (sample caches shared in WORKDIR/samples; a rerun
    resumes or reuses finished runs);
-3. writes WORKDIR/report.md: every task's metrics, Ranking_Score's AUC, PNG plots and the
-   first config's top 5 lives for one request inside a highlight late in the log.
+3. runs the real-time loop (``launch.realtime``'s, with the `tiny` model) over the same world
+   through the stream engine, unpaced, into WORKDIR/realtime (its own report.md there);
+   ``--norealtime`` skips it;
+4. writes WORKDIR/report.md: every task's metrics, Ranking_Score's AUC, PNG plots, the
+   real-time loop's numbers and the first config's top 5 lives for one request inside a
+   highlight late in the log.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from mcjax.sim import config, summary, world
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Folder for the world and results.")
 _CONFIGS = flags.DEFINE_list("configs", ["full", "no_moment", "no_cross"],
                              "Named configs (mcjax/configs) to train and compare.")
+_REALTIME = flags.DEFINE_bool("realtime", True, "Also run the real-time loop (the tiny model, "
+                              "the stream engine, unpaced) over the world.")
 _CONFIG = config_flags.DEFINE_config_dict(
     "config", mcconfig.default_config(), "Overrides for every named config "
     "(--config.train.window_min=30; only the keys given are applied).")
@@ -55,6 +61,36 @@ def load_config(name: str, overrides: dict):
     return mcconfig.load_config(name, overrides)
   except ValueError as e:
     raise app.UsageError(f"--configs/--config: {e}") from None
+
+
+def run_realtime(workdir: str, log_dir: str, overrides: dict) -> dict:
+  """The real-time loop over ``log_dir``: events -> stream engine -> continuous trainer ->
+  served versions, the `tiny` model (batch 256, a version after every step, part-filled
+  batches after a minute of event time), unpaced; WORKDIR/realtime/{metrics.json,report.md}."""
+  from launch import realtime_report
+  from mcjax.train import realtime
+  cfg = load_config("tiny", overrides)
+  cfg.data.log_dir = log_dir
+  cfg.train.batch_size = 256
+  cfg.realtime.max_wait_ms = 60_000.0
+  cfg.realtime.publish_every_steps, cfg.realtime.publish_every_s = 1, 0.0
+  cfg.realtime.speed, cfg.realtime.request_rate = 0.0, 0.0
+  work = os.path.join(workdir, "realtime")
+  finished = os.path.join(work, "metrics.json")
+  if os.path.exists(finished):  # a rerun reuses a finished loop (an interrupted one resumes)
+    with open(finished) as f:
+      out = json.load(f)
+    if not out["realtime"].get("stopped"):
+      return out
+  with tqdm(desc="real-time loop", unit="step") as bar:
+    def progress(line: str) -> None:  # "step N  E events/s ... recent CTR AUC A  loss L"
+      words = line.split()
+      bar.set_postfix_str(f"{words[2]} events/s, recent CTR AUC {words[-3]}")
+      bar.update(int(words[1]) - bar.n)
+    out = realtime.run_loop(cfg, realtime.stream_source(cfg, "replay", log_dir), work,
+                            progress=progress, progress_every_s=1.0)
+  realtime_report.write(work, out)
+  return out
 
 
 def main(argv) -> None:
@@ -98,8 +134,20 @@ def main(argv) -> None:
     ctr = runs[name]["overall"]["ctr"]
     print(f"{name}: CTR AUC {ctr['auc']:.4f}  GAUC {ctr['gauc']:.4f}  "
           f"({timings[f'train + eval {name}']:.0f} s)")
+  rt = None
+  if _REALTIME.value:
+    t = time.time()
+    try:
+      rt = run_realtime(workdir, log_dir, overrides)
+    except RunError as e:
+      sys.exit(f"FATAL realtime: {e}")
+    timings["real-time loop (tiny)"] = time.time() - t
+    r = rt["realtime"]
+    print(f"real-time loop (tiny): CTR AUC {rt['overall']['ctr']['auc']:.4f}, "
+          f"{r['trained_rows']:,} samples in {r['wall_s']:.0f} s ({r['speed_factor']}x real "
+          f"time)")
   path = report.write_run_report(workdir, runs, log_dir, next(iter(cfgs.values())).model,
-                                 world_summary=text, timings=timings)
+                                 world_summary=text, timings=timings, realtime=rt)
   print(f"report: {path}")
 
 

@@ -232,8 +232,9 @@ def example_section(ex: dict) -> list[str]:
 def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None = None,
                  timings: dict[str, float] | None = None,
                  collisions: dict[str, dict] | None = None,
-                 example: dict | None = None) -> str:
-  """Writes ``workdir/report.md`` and its plots; returns the report path."""
+                 example: dict | None = None, realtime: dict | None = None) -> str:
+  """Writes ``workdir/report.md`` and its plots; returns the report path. ``realtime``: the
+  real-time loop's metrics.json (its own report in ``workdir/realtime/``)."""
   plots = os.path.join(workdir, "plots")
   os.makedirs(plots, exist_ok=True)
   lines = ["# mcjax run report", ""]
@@ -261,6 +262,8 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
   if p2:
     lines += ["## Cross: live-sparse users vs the rest", "",
               "![CTR AUC live-sparse vs other](plots/live_sparse.png)", ""]
+  if realtime:
+    lines += realtime_section(realtime)
   if collisions:
     lines += ["## Hash collisions of the embedding tables", "",
               "Ids of the trained log hashed as training hashes them (64-bit ids folded on the "
@@ -275,6 +278,22 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
   path = os.path.join(workdir, "report.md")
   atomic_write(path, "\n".join(lines))
   return path
+
+
+def realtime_section(out: dict) -> list[str]:
+  """The real-time loop's numbers beside the batch runs (its report: realtime/report.md)."""
+  r, ctr = out["realtime"], out["overall"]["ctr"]
+  fresh = r["freshness"]["end_to_end_s"]
+  return ["## The real-time loop (`tiny` model)", "",
+          "The same world's events through the stream engine, a continuous trainer and a "
+          "version served after every step, unpaced; every evaluation record scored at its "
+          "exposure time by the version served then, before its own samples were trained "
+          "(`launch.realtime`; [its report](realtime/report.md)).", "",
+          tabulate([[f"{ctr['auc']:.4f}", f"{ctr['logloss']:.4f} ({ctr['base_logloss']:.4f})",
+                     f"{r['trained_rows']:,}", f"{r['steps']:,}", f"{r['wall_s']:.0f} s",
+                     f"{r['speed_factor']}x", f"{fresh.get('p50', float('nan')):.2f} s"]],
+                   ["CTR AUC", "logloss (base rate's)", "samples", "steps", "loop time",
+                    "real time", "freshness p50 (emitted -> served)"], tablefmt="github"), ""]
 
 
 def write_run_report(workdir: str, runs: dict[str, dict], log_dir: str, model_cfg,

@@ -213,6 +213,20 @@ class RequestLoad:
             "versions_served": len(self.versions_seen), "first_error": (self.errors or [None])[0]}
 
 
+def stream_source(cfg, spec: str, log_dir: str, until_min: float = 0.0) -> StreamEmitted:
+  """``StreamEmitted`` of ``cfg`` over a replay of ``log_dir`` (``spec`` "replay", paced at
+  ``realtime.speed``) or a Redis stream (``spec`` redis://host:port/STREAM); the oracle of
+  ``log_dir`` fills the records' oracle fields."""
+  from mcjax import config as mcconfig  # pylint: disable=g-import-not-at-top
+  from mcjax.stream import run as run_lib  # pylint: disable=g-import-not-at-top
+  rt = cfg.realtime
+  source = run_lib.open_source(f"replay:{log_dir}" if spec == "replay" else spec,
+                               speed=float(rt.speed))
+  return StreamEmitted(source, mcconfig.moment_config(cfg), oracle=run_lib.read_oracle(log_dir),
+                       tick_ms=int(rt.tick_ms), speed=float(rt.speed),
+                       until_ms=int(until_min * 60_000))
+
+
 def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
              publish_dir: str | None = None, kill_at_step: int | None = None,
              interrupt_at_step: int | None = None, progress=print,
