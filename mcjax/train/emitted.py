@@ -32,6 +32,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from mcjax.contract.schema import TASKS
+from mcjax.moment.events import NEVER
 from mcjax.samples.table import table_slice
 from mcjax.stream.columns import ragged_concat, ragged_take
 from mcjax.stream.run import LagTrace, lag_s
@@ -168,10 +169,11 @@ class StreamEmitted:
         self.held[split].append(got)
     if out["eval"] is not None:
       t = out["eval"]
-      self.labels.append((t["exposure_id"], t["labels"], t["label_mask"]))
+      o = np.argsort(t["exposure_id"], kind="stable")  # each entry sorted by exposure id
+      self.labels.append((t["exposure_id"][o], t["labels"][o], t["label_mask"][o]))
       self.labelled += int(np.sum(t["sample_ts_ms"] < self._limit()))
     if self.cut is None:
-      complete = np.iinfo(np.int64).max if batch is None else self.engine.complete
+      complete = NEVER if batch is None else self.engine.complete
       self._release(complete)
     if batch is None or (self.cut is not None and self.labelled >= self.requested):
       self.done = True
@@ -179,7 +181,7 @@ class StreamEmitted:
 
   def _limit(self) -> int:
     if not self.until_ms or self.first_ms is None:
-      return np.iinfo(np.int64).max
+      return NEVER
     return self.first_ms + self.until_ms
 
   def _release(self, complete: int) -> None:
@@ -227,12 +229,12 @@ class StreamEmitted:
     n, t = len(exposure_id), len(TASKS)
     if not self.labels:
       return np.zeros((n, t), np.float32), np.zeros((n, t), np.float32), np.zeros(n, bool)
-    ids = np.concatenate([e for e, _, _ in self.labels])
-    lab = np.concatenate([x for _, x, _ in self.labels])
-    mask = np.concatenate([m for _, _, m in self.labels])
-    order = np.argsort(ids, kind="stable")
-    at = np.clip(np.searchsorted(ids, exposure_id, sorter=order), 0, len(ids) - 1)
-    rows = order[at]
+    if len(self.labels) > 1:  # merged once into one entry: later calls do not redo it
+      ids, lab, mask = (np.concatenate([entry[i] for entry in self.labels]) for i in range(3))
+      order = np.argsort(ids, kind="stable")
+      self.labels = [(ids[order], lab[order], mask[order])]
+    ids, lab, mask = self.labels[0]
+    rows = np.clip(np.searchsorted(ids, exposure_id), 0, len(ids) - 1)
     found = ids[rows] == exposure_id
     out_l = np.where(found[:, None], lab[rows], np.zeros((1, t), np.float32))
     out_m = np.where(found[:, None], mask[rows], np.zeros((1, t), np.float32))
