@@ -91,6 +91,9 @@ def main(argv) -> None:
   print("| source | speed | wall s | events/s | lag p50 / p99 / max s | lag at the end s "
         "| keeps up | load avg (start, end) |")
   print("|---|---|---|---|---|---|---|---|")
+  if _HOURS.value and (len(_HOURS.value) != 2
+                       or not 0 <= float(_HOURS.value[0]) < float(_HOURS.value[1])):
+    raise app.UsageError(f"--hours={','.join(_HOURS.value)}: give FROM,TO with 0 <= FROM < TO")
   with tempfile.TemporaryDirectory() as tmp:
     log = cut_log(_LOG.value, _HOURS.value, tmp) if _HOURS.value else _LOG.value
     server = RedisServer(workdir=tmp).start() if "redis" in _SOURCES.value else None
