@@ -122,7 +122,8 @@ def reference_forward(model, batch):
     parts.append(model.crowd(batch["crowd"]))
   if cfg.use_match_features and model.match_domains:
     parts.append(jax.nn.relu(_linear(model.matches,
-                                     matches.match_features(batch, model.match_domains))))
+                                     matches.match_features(batch, model.match_domains,
+                                                            cfg.match_set))))
   out["logits"] = _towers(model.towers, jnp.concatenate(parts, -1))
   if cfg.contrastive.author_level:
     out["author_sv"] = _linear(model.author_sv_proj, r["author_in_sv"])
@@ -134,6 +135,7 @@ def reference_forward(model, batch):
     {"towers.kind": "ple", "contrastive.author_level": True},
     {"gsu.mode": "hard_author", "towers.task_experts": 2, "gsu.top_k": 40},
     {"use_sv_history": False, "esu.recent_n": 0},
+    {"match_set": "affinity"},
 ])
 def test_fast_forward_and_gradients_equal_reference(overrides):
   cfg = tiny(**overrides)

@@ -16,6 +16,7 @@ GSU_APPROX = ("off", "f32", "bf16", "simhash")  # pre-scores of the two-stage se
 TOWER_KINDS = ("cgc", "ple")
 FUSIONS = ("product", "weighted_sum")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+MATCH_SETS = ("counts", "affinity")  # model.match_set (matches.py)
 TABLES = ("user", "user_side", "live_item", "live_author", "live_side",
           "sv_item", "sv_author", "sv_side")
 
@@ -39,6 +40,9 @@ def default() -> ml_collections.ConfigDict:
   c.use_lv_history = True       # live history branch (GSU + ESU + recent); off: learned null vectors
   c.use_match_features = True   # hard-search match counts of the enabled histories (same
   #                               author / category as the candidate, recency, length)
+  c.match_set = "counts"        # "counts": those four per history; "affinity": also the user x
+  #                               author interaction features (shares, last hour / day, liked,
+  #                               followed, engagement; mcjax.model.matches.AFFINITY)
 
   c.embedding = ml_collections.ConfigDict()
   c.embedding.dim = 32                  # width of every embedding row
@@ -164,6 +168,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   extra = [t for t in cfg.embedding.vocab if t not in TABLES]
   if extra:
     _fail("embedding.vocab", f"has unknown table(s) {extra}; known: {TABLES}")
+  if cfg.match_set not in MATCH_SETS:
+    _fail("match_set", f"must be one of {MATCH_SETS}, got {cfg.match_set!r}")
   for key in ("use_crowd", "use_sv_history", "use_lv_history", "use_match_features",
               "contrastive.author_level"):
     value = cfg

@@ -7,21 +7,64 @@ most recent first; the length when there is none) and the valid length itself, a
 directly: exact identity matches that a soft inner-product search must otherwise learn, and
 the strongest short-video signal of a user's affinity for a live author. Pure jnp on the raw
 ids of the batch (equal ids stay equal when JAX wraps int64 to int32).
+
+``model.match_set = "affinity"`` adds, per domain, the user x author interaction features
+(``AFFINITY``): the same-author and same-category counts as shares of the valid history
+(rates, not counts), the same-author items in the last hour and day before the query time,
+the same-author items the user liked and followed (action bits as of the query time), and
+the engagement with the author (short video: summed play progress; live: clicked rooms and
+``log1p`` watch seconds). Every one reads fields of the history snapshot taken at the query
+time, so they see what a serving request sees.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+from mcjax.contract import schema
+from mcjax.model.config import MATCH_SETS
+
 PER_DOMAIN = ("same_author", "same_category", "author_recency", "length")
+AFFINITY = ("author_share", "category_share", "author_1h", "author_1d", "author_liked",
+            "author_followed", "author_engaged", "author_clicked")
+HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 
 
-def num_features(domains) -> int:
-  return len(PER_DOMAIN) * len(tuple(domains))
+def num_features(domains, match_set: str = "counts") -> int:
+  per = len(PER_DOMAIN) + (len(AFFINITY) if match_set == "affinity" else 0)
+  return per * len(tuple(domains))
 
 
-def match_features(batch: dict, domains) -> jnp.ndarray:
-  """[B, num_features(domains)] float32 for domains in ("lv", "sv")."""
+def _affinity(batch: dict, dom: str, same_author, same_cat, length) -> list:
+  """The ``AFFINITY`` columns of one domain, each [B] float32, already scaled."""
+  f32 = jnp.float32
+  n = jnp.maximum(length, 1).astype(f32)
+  gap = (jnp.asarray(batch["query_ts_ms"])[:, None]
+         - jnp.asarray(batch[f"{dom}_ts_ms"]))  # int32-wrapped times: the gap is exact
+  action = jnp.asarray(batch[f"{dom}_action"])
+  bits = schema.ACTION_BITS[dom]
+
+  def count(mask):
+    return jnp.log1p((same_author & mask).sum(1).astype(f32))
+
+  if dom == "sv":
+    engaged = jnp.log1p(jnp.where(same_author, jnp.asarray(batch["sv_progress"], f32),
+                                  0.0).sum(1))
+    clicked = jnp.zeros(same_author.shape[:1], f32)  # a play is its own click
+  else:
+    watch = jnp.log1p(jnp.maximum(jnp.asarray(batch["lv_watch_s"], f32), 0.0))
+    engaged = jnp.log1p(jnp.where(same_author, watch, 0.0).sum(1))
+    clicked = count((action & bits["click"]) != 0)
+  return [same_author.sum(1).astype(f32) / n, same_cat.sum(1).astype(f32) / n,
+          count((gap >= 0) & (gap < HOUR_MS)), count((gap >= 0) & (gap < DAY_MS)),
+          count((action & bits["like"]) != 0), count((action & bits["follow"]) != 0),
+          engaged, clicked]
+
+
+def match_features(batch: dict, domains, match_set: str = "counts") -> jnp.ndarray:
+  """[B, num_features(domains, match_set)] float32 for domains in ("lv", "sv")."""
+  if match_set not in MATCH_SETS:
+    raise ValueError(f"model.match_set={match_set!r}: expected one of {MATCH_SETS}")
   author = jnp.asarray(batch["author_id"])[:, None]
   category = jnp.asarray(batch["live_category"])[:, None]
   cols = []
@@ -34,5 +77,8 @@ def match_features(batch: dict, domains) -> jnp.ndarray:
     same_cat = valid & (jnp.asarray(batch[f"{dom}_category"]) == category)
     first = jnp.min(jnp.where(same_author, jnp.arange(width)[None, :], width), axis=1)
     first = jnp.where(jnp.any(same_author, axis=1), first, length)
-    cols += [same_author.sum(1), same_cat.sum(1), first, length]
-  return jnp.log1p(jnp.stack(cols, axis=-1).astype(jnp.float32))
+    cols += [jnp.log1p(c.astype(jnp.float32))
+             for c in (same_author.sum(1), same_cat.sum(1), first, length)]
+    if match_set == "affinity":
+      cols += _affinity(batch, dom, same_author, same_cat, length)
+  return jnp.stack(cols, axis=-1)

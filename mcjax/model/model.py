@@ -109,8 +109,8 @@ class MomentCross(nnx.Module):
     self.crowd = (crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs, dtype=dtype)
                   if cfg.use_crowd else None)
     self.match_domains = tuple(self.branches)
-    self.matches = (layers.linear(matches.num_features(self.match_domains), d, rngs=rngs,
-                                  dtype=dtype)
+    self.matches = (layers.linear(matches.num_features(self.match_domains, cfg.match_set), d,
+                                  rngs=rngs, dtype=dtype)
                     if cfg.use_match_features and self.match_domains else None)
     widths += [m.width for m in (self.lv_recent_esu, self.crowd) if m is not None]
     widths += [self.matches.out_features] if self.matches is not None else []
@@ -279,8 +279,8 @@ class MomentCross(nnx.Module):
     if cfg.use_crowd:
       parts.append(self.crowd(jnp.asarray(batch["crowd"])))
     if cfg.use_match_features and self.match_domains:
-      parts.append(jax.nn.relu(self.matches(matches.match_features(full_batch,
-                                                                   self.match_domains))))
+      parts.append(jax.nn.relu(self.matches(matches.match_features(
+          full_batch, self.match_domains, cfg.match_set))))
     out["logits"] = self.towers(jnp.concatenate(parts, axis=-1))
     if cfg.contrastive.author_level:
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])

@@ -1,0 +1,201 @@
+"""The lever study: `full` with one config change at a time, chosen on validation, tested once.
+
+    python -m experiments.levers --worlds=default,m3like --seeds=3 \
+        --levers=base,hist256,affinity --workdir=runs/levers_tvt \
+        --out=experiments/levers/RESULTS.md [--bench]
+
+Every run is ``full`` in ``train.mode=offline_tvt`` (train on the first 70% of the logged
+day, validate on the next 10%, test on the last 20%; ``mcjax.train.plan``) with the lever's
+overrides (``LEVERS``), on world ``WORLD`` seed s with model seed s, s = 0..N-1; worlds and
+sample caches are shared by the levers of a seed, finished runs are reused. A lever is
+*kept* when its paired validation gain over ``base`` is positive on every world, by more
+than its spread over seeds; the test numbers are read only for the table (no tuning on test).
+Each row also has the test calibration (logloss against the base rate's) and the oracle's
+headroom: gap = oracle CTR AUC - model CTR AUC on the test records, and the coefficient of
+the true logit's affinity term in the model's logit (``mcjax.metrics`` headroom block).
+
+``--bench``: the train step of every lever's model, side by side in this process
+(``benchmarks.step_bench``, synthetic batches of the training batch size, median of
+interleaved repeats), so the cost column is a ratio measured in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from mcjax import config as mcconfig
+
+TVT = {"train.mode": "offline_tvt"}
+LEVERS = {
+    "base": ("`full` as it is", {}),
+    "hist256": ("short-video history 64 -> 256, two-stage search (`gsu.approx=simhash`)",
+                {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash"}),
+    "hist1000": ("short-video history 64 -> 1,000, two-stage search",
+                 {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash"}),
+    "affinity": ("user x author interaction features (`model.match_set=affinity`)",
+                 {"model.match_set": "affinity"}),
+    "emb_lr_x2": ("row-wise Adagrad learning rate 0.05 -> 0.1",
+                  {"train.embedding_learning_rate": 0.1}),
+    "dense_lr_x2": ("dense AdamW learning rate 1e-3 -> 2e-3", {"train.learning_rate": 2e-3}),
+    "hist256_affinity": ("history 256 (simhash) + affinity features",
+                         {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
+                          "model.match_set": "affinity"}),
+    "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
+                          {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
+                           "model.match_set": "affinity"}),
+}
+
+_WORLDS = flags.DEFINE_list("worlds", ["default", "m3like"], "World presets.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 (world seed = model seed).")
+_LEVERS = flags.DEFINE_list("levers", ["base", "hist256", "affinity"],
+                            f"Levers to run (base is always included): {sorted(LEVERS)}.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/levers_tvt", "Worlds, samples and runs.")
+_OUT = flags.DEFINE_string("out", None, "Write the markdown report here.")
+_BENCH = flags.DEFINE_bool("bench", False, "Also time every lever's train step side by side.")
+_BENCH_REPEATS = flags.DEFINE_integer("bench_repeats", 7, "--bench: interleaved repeats.")
+
+
+def run_one(workdir: str, world: str, seed: int, lever: str) -> str:
+  """Trains and scores one (world, seed, lever); returns its metrics.json (reused if there)."""
+  from mcjax.sim import world as sim_world
+  from mcjax.train import data, loop
+  root = os.path.join(workdir, world, f"seed_{seed}")
+  run_dir = os.path.join(root, lever)
+  path = os.path.join(run_dir, "metrics.json")
+  if os.path.exists(path):
+    return path
+  log_dir = os.path.join(root, "world")
+  if not os.path.exists(log_dir):
+    sim_world.build(log_dir, world, seed)
+  cfg = mcconfig.load_config("full", {**TVT, **LEVERS[lever][1]})
+  cfg.data.log_dir, cfg.seed = log_dir, seed
+  t = time.time()
+  samples = data.prepare(cfg, root, os.path.join(root, "samples"))
+  m = loop.train_and_evaluate(cfg, run_dir, samples)
+  print(f"{world} seed {seed} {lever}: valid CTR AUC {m['selected']['ctr']['auc']:.4f}, "
+        f"test {m['overall']['ctr']['auc']:.4f} ({time.time() - t:.0f} s)", flush=True)
+  return path
+
+
+def numbers(path: str) -> dict:
+  """The row of one run: validation and test CTR, calibration and the oracle headroom."""
+  with open(path) as f:
+    m = json.load(f)
+  v, t = m["selected"]["ctr"], m["overall"]["ctr"]
+  h = m.get("headroom", {}).get("overall", {})
+  return {"valid_auc": v["auc"], "valid_logloss": v["logloss"], "test_auc": t["auc"],
+          "test_logloss": t["logloss"], "test_base": t["base_logloss"],
+          "gap": h.get("oracle_auc", float("nan")) - t["auc"],
+          "affinity": (h.get("learned") or {}).get("affinity"),
+          "step_s": m["train"].get("perf/step_time_s"), "wall_s": m["train"].get("wall_s")}
+
+
+def mean_sd(xs) -> tuple[float, float]:
+  x = np.asarray([v for v in xs if v is not None], np.float64)
+  return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+
+
+def fmt(ms, digits=4, sign=False) -> str:
+  m, s = ms
+  head = f"{m:+.{digits}f}" if sign else f"{m:.{digits}f}"
+  return head if not np.isfinite(s) else f"{head} ± {s:.{digits}f}"
+
+
+def verdict(deltas: dict) -> str:
+  """kept: the paired validation gain is positive on every world and above its spread."""
+  ok = all(np.mean(d) > 0 and (len(d) < 2 or np.mean(d) > np.std(d, ddof=1))
+           for d in deltas.values())
+  return "kept" if ok else "dropped"
+
+
+def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
+  """(markdown table of ``lever`` against base on each world, verdict)."""
+  head = ("| world | config | valid CTR AUC | Δ valid (paired) | test CTR AUC | Δ test (paired) "
+          "| test logloss (base rate) | gap to oracle (test) | affinity carried |")
+  out = [head, "|" + "---|" * 9]
+  deltas = {}
+  for w in worlds:
+    for name in ("base", lever) if lever != "base" else ("base",):
+      r = [rows[(w, s, name)] for s in range(seeds)]
+      b = [rows[(w, s, "base")] for s in range(seeds)]
+      dv = [x["valid_auc"] - y["valid_auc"] for x, y in zip(r, b)]
+      dt = [x["test_auc"] - y["test_auc"] for x, y in zip(r, b)]
+      if name != "base":
+        deltas[w] = dv
+      delta = (lambda d: fmt(mean_sd(d), sign=True) + " (" + ", ".join(f"{x:+.4f}" for x in d)
+               + ")") if name != "base" else (lambda d: "")
+      out.append(f"| {w} | {name} | {fmt(mean_sd([x['valid_auc'] for x in r]))} | {delta(dv)} "
+                 f"| {fmt(mean_sd([x['test_auc'] for x in r]))} | {delta(dt)} "
+                 f"| {mean_sd([x['test_logloss'] for x in r])[0]:.4f} "
+                 f"({mean_sd([x['test_base'] for x in r])[0]:.4f}) "
+                 f"| {fmt(mean_sd([x['gap'] for x in r]))} "
+                 f"| {fmt(mean_sd([x['affinity'] for x in r]), 2)} |")
+  return "\n".join(out), (verdict(deltas) if lever != "base" else "")
+
+
+def bench(levers, repeats: int) -> dict:
+  """lever -> median train-step seconds (batch 256, one device), interleaved repeats."""
+  import jax
+  from benchmarks.step_bench import StepBench
+  benches = {}
+  for name in levers:
+    cfg = mcconfig.load_config("full", dict(LEVERS[name][1]))
+    benches[name] = StepBench(cfg, batch_size=int(cfg.train.batch_size), mesh_shape=(1, 1),
+                              model_flops=False)
+  times = {name: [] for name in levers}
+  for r in range(repeats + 1):  # the first round warms up
+    for name, b in benches.items():
+      t = time.perf_counter()
+      for i in range(10):
+        jax.block_until_ready(b.step(b.batches[i % len(b.batches)]))
+      if r:
+        times[name].append((time.perf_counter() - t) / 10)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def report(command: str, worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
+  parts = [f"Produced by:\n\n```\n{command}\n```\n"]
+  for lever in levers:
+    table, v = lever_table(rows, lever, worlds, seeds)
+    cost = ""
+    if steps and lever in steps:
+      cost = (f" Train step (batch 256, one CPU device, median of interleaved repeats): "
+              f"{steps[lever] * 1e3:.1f} ms vs base {steps['base'] * 1e3:.1f} ms "
+              f"({steps[lever] / steps['base']:.2f}x).")
+    title = LEVERS[lever][0] + (f": **{v}**" if v else "")
+    parts.append(f"### {lever}: {title}\n\n{table}\n{cost}\n")
+  return "\n".join(parts)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  unknown = [n for n in _LEVERS.value if n not in LEVERS]
+  if unknown:
+    raise app.UsageError(f"--levers: unknown {unknown}; known: {sorted(LEVERS)}")
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  levers = ["base"] + [n for n in _LEVERS.value if n != "base"]
+  rows = {}
+  for lever in levers:  # a lever at a time over every world and seed: base first
+    for w in _WORLDS.value:
+      for s in range(_SEEDS.value):
+        rows[(w, s, lever)] = numbers(run_one(_WORKDIR.value, w, s, lever))
+  steps = bench(levers, _BENCH_REPEATS.value) if _BENCH.value else None
+  command = "python -m experiments.levers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  text = report(command, _WORLDS.value, _SEEDS.value, levers, rows, steps)
+  print(text)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
