@@ -44,6 +44,8 @@ LEVERS = {
     "emb_lr_x2": ("row-wise Adagrad learning rate 0.05 -> 0.1",
                   {"train.embedding_learning_rate": 0.1}),
     "dense_lr_x2": ("dense AdamW learning rate 1e-3 -> 2e-3", {"train.learning_rate": 2e-3}),
+    "dcn": ("DCN-v2 cross network, 2 full-rank layers, before the towers "
+            "(`model.towers.cross_layers=2`)", {"model.towers.cross_layers": 2}),
     "hist256_affinity": ("history 256 (simhash) + affinity features",
                          {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
                           "model.match_set": "affinity"}),

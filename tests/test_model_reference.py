@@ -55,8 +55,18 @@ def _esu(att, query, items, mask, bias=None):
   return jnp.where(mask.any(-1, keepdims=True), _linear(att.out, attended), att.null[...])
 
 
+def _cross(cross, x0):  # DCN-v2, written out: x_{l+1} = x0 * (W_l x_l + b_l) + x_l
+  x = x0
+  for i, up in enumerate(cross.up):
+    w = up.kernel[...] if not cross.rank else cross.down[i].kernel[...] @ up.kernel[...]
+    x = x0 * (x @ w + up.bias[...]) + x
+  return x
+
+
 def _towers(towers, x):
   t = towers.n_tasks
+  if towers.cross is not None:
+    x = _cross(towers.cross, x)
   task_in, shared_in = jnp.broadcast_to(x[:, None], (x.shape[0], t, x.shape[-1])), x
   for level in towers.levels:
     b, e, s = x.shape[0], level.n_task_experts, level.n_shared
@@ -136,6 +146,8 @@ def reference_forward(model, batch):
     {"gsu.mode": "hard_author", "towers.task_experts": 2, "gsu.top_k": 40},
     {"use_sv_history": False, "esu.recent_n": 0},
     {"match_set": "affinity"},
+    {"towers.cross_layers": 2},
+    {"towers.cross_layers": 1, "towers.cross_rank": 8, "towers.kind": "ple"},
 ])
 def test_fast_forward_and_gradients_equal_reference(overrides):
   cfg = tiny(**overrides)

@@ -93,6 +93,8 @@ def default() -> ml_collections.ConfigDict:
   c.towers.expert_hidden = (64,)  # hidden widths of each expert MLP
   c.towers.expert_dim = 64       # expert output width
   c.towers.head_hidden = (32,)   # hidden widths of each task head (one logit per task)
+  c.towers.cross_layers = 0      # DCN-v2 cross layers on the towers' input (0: none)
+  c.towers.cross_rank = 0        # rank of each cross layer's W = U V^T (0: full d_in x d_in)
 
   c.contrastive = ml_collections.ConfigDict()
   c.contrastive.author_level = False  # also output author_sv / author_lv (the candidate author
@@ -129,6 +131,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
               "towers.shared_experts", "towers.expert_dim", "crowd.hidden",
               "towers.expert_hidden", "towers.head_hidden"):
     _positive_ints(cfg, key)
+  for key in ("cross_layers", "cross_rank"):
+    value = cfg.towers[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      _fail(f"towers.{key}", f"must be an int >= 0, got {value!r}")
   if cfg.towers.task_experts < 0 or cfg.esu.recent_n < 0:
     _fail("towers.task_experts" if cfg.towers.task_experts < 0 else "esu.recent_n",
           "must be >= 0")

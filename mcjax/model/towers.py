@@ -7,6 +7,11 @@ level's shared input. CGC is PLE with one level. Experts, gates and heads are ba
 MLPs (one einsum per layer for all of them). At the first level every task's input is the
 shared input, so it is passed once (``task_in=None``), not broadcast per task: the first
 layer of all experts and gates is then one matmul.
+
+``cross_layers > 0`` puts DCN-v2's cross network (Wang et al., WWW 2021) before the first
+level: ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``, explicit multiplicative crosses of the
+input features (a user embedding times a candidate embedding is one such term, which the
+experts' gelu MLPs only approximate); ``cross_rank > 0`` factors each W as U V^T.
 """
 
 from __future__ import annotations
@@ -15,6 +20,24 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mcjax.model import layers
+
+
+class CrossNet(nnx.Module):
+  """DCN-v2 cross layers: [B, d] -> [B, d], x_{l+1} = x_0 * (W_l x_l + b_l) + x_l."""
+
+  def __init__(self, d: int, n_layers: int, rank: int, *, rngs: nnx.Rngs, dtype=None):
+    self.rank = rank
+    if rank:
+      self.down = nnx.List([layers.linear(d, rank, rngs=rngs, use_bias=False, dtype=dtype)
+                            for _ in range(n_layers)])
+    self.up = nnx.List([layers.linear(rank or d, d, rngs=rngs, dtype=dtype)
+                        for _ in range(n_layers)])
+
+  def __call__(self, x0):
+    x = x0
+    for i, up in enumerate(self.up):
+      x = x0 * up(self.down[i](x) if self.rank else x) + x
+    return x
 
 
 class ExtractionLevel(nnx.Module):
@@ -65,6 +88,9 @@ class Towers(nnx.Module):
     n_levels = 1 if tcfg.kind == "cgc" else tcfg.levels
     dims = [d_in] + [tcfg.expert_dim] * n_levels
     self.n_tasks = n_tasks
+    n_cross = int(tcfg.get("cross_layers", 0))
+    self.cross = (CrossNet(d_in, n_cross, int(tcfg.get("cross_rank", 0)), rngs=rngs,
+                           dtype=dtype) if n_cross else None)
     self.levels = nnx.List([
         ExtractionLevel(n_tasks, dims[i], tcfg, last=i == n_levels - 1, rngs=rngs,
                         dtype=dtype)
@@ -73,7 +99,7 @@ class Towers(nnx.Module):
                                 rngs=rngs, dtype=dtype, float32_output=True)
 
   def __call__(self, x):
-    task_in, shared_in = None, x
+    task_in, shared_in = None, x if self.cross is None else self.cross(x)
     for level in self.levels:
       task_in, shared_in = level(task_in, shared_in)
     return self.heads(task_in)[..., 0]
