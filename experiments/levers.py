@@ -43,6 +43,11 @@ LEVERS = {
                  {"model.match_set": "affinity"}),
     "emb_lr_x2": ("row-wise Adagrad learning rate 0.05 -> 0.1",
                   {"train.embedding_learning_rate": 0.1}),
+    "emb_lr_half": ("row-wise Adagrad learning rate 0.05 -> 0.025",
+                    {"train.embedding_learning_rate": 0.025}),
+    "adagrad_acc": ("row-wise Adagrad's initial accumulator 0 -> 1e-6 (a rare row's first "
+                    "updates scale with its gradient instead of lr * sign)",
+                    {"train.embedding_initial_accumulator": 1e-6}),
     "dense_lr_x2": ("dense AdamW learning rate 1e-3 -> 2e-3", {"train.learning_rate": 2e-3}),
     "dcn": ("DCN-v2 cross network, 2 full-rank layers, before the towers "
             "(`model.towers.cross_layers=2`)", {"model.towers.cross_layers": 2}),

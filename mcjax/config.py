@@ -86,6 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0      # AdamW weight decay of the dense parameters
   c.train.grad_clip = 1.0         # global-norm clip of the dense gradients; 0 = no clipping
   c.train.embedding_learning_rate = 0.05   # row-wise Adagrad for embedding tables
+  c.train.embedding_initial_accumulator = 0.0  # Adagrad's accumulator at start: 0 makes a
+  #                                  row's first update lr * g / |g| whatever g's size
   c.train.checkpoint_every_steps = 500  # training steps between checkpoints
   c.train.log_every_steps = 50   # steps between step-metric log lines
   c.train.max_steps = -1          # -1 = until the data ends; later windows are still scored,
@@ -133,7 +135,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
            and t.live_sparse_threshold >= 0, "an int >= 0")
   for key, low, want in (("learning_rate", 0.0, "> 0"), ("embedding_learning_rate", 0.0, "> 0"),
                          ("window_min", 0.0, "> 0"), ("weight_decay", None, ">= 0"),
-                         ("grad_clip", None, ">= 0 (0 = no clipping)")):
+                         ("grad_clip", None, ">= 0 (0 = no clipping)"),
+                         ("embedding_initial_accumulator", None, ">= 0")):
     x = t[key]
     ok = _is_number(x) and math.isfinite(x) and (x > low if low is not None else x >= 0)
     _require(t, key, ok, f"a finite number {want}")

@@ -117,3 +117,29 @@ def test_train_step_sparse_equals_dense_mode():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
     np.testing.assert_allclose(ma["learning/row_grad_norm"], mb["learning/row_grad_norm"],
                                rtol=1e-5)
+
+
+def test_adagrad_initial_accumulator_scales_first_updates_by_their_gradient():
+  table = jnp.zeros((4, 2), jnp.float32)
+  grads = jnp.array([[1e-4, -1e-4], [1e-1, 0.0]], jnp.float32)
+  ids = jnp.array([1, 2])
+  for acc0 in (0.0, 1e-6):
+    cfg = sparse.RowOptConfig(learning_rate=0.05, initial_accumulator=acc0)
+    new, state = sparse.sparse_update(table, sparse.init_row_state(table, cfg), ids, grads,
+                                      jnp.array(0), cfg)
+    acc = acc0 + np.mean(np.square(np.asarray(grads)), axis=1)
+    np.testing.assert_allclose(state["acc"][ids], acc, rtol=1e-6)
+    np.testing.assert_allclose(new[ids], -0.05 * np.asarray(grads) / (np.sqrt(acc)[:, None]
+                                                                      + cfg.eps), rtol=1e-5)
+  # with 0 the tiny gradient moves its row by lr (sign-like); with 1e-6 by ~lr * 0.1
+  assert abs(float(new[1, 0])) < 0.006
+
+
+def test_embedding_initial_accumulator_reaches_the_row_optimizer():
+  from mcjax import config as mcconfig
+  cfg = mcconfig.default_config()
+  cfg.train.embedding_initial_accumulator = 1e-6
+  assert state_lib.optim_config(cfg).rows.initial_accumulator == 1e-6
+  cfg.train.embedding_initial_accumulator = -1.0
+  with pytest.raises(ValueError, match="embedding_initial_accumulator"):
+    mcconfig.validate(cfg)
