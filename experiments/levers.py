@@ -91,16 +91,30 @@ def run_one(workdir: str, world: str, seed: int, lever: str) -> str:
   return path
 
 
+def headroom(run_dir: str) -> dict:
+  """``mcjax.metrics.headroom`` of the test records' CTR (recomputed from the predictions, so
+  runs written before a headroom field existed read the same)."""
+  from mcjax import metrics
+  path = os.path.join(run_dir, "preds", "window_00001.npz")
+  if not os.path.exists(path):
+    return {}
+  d = dict(np.load(path))
+  keep = d["mask"][:, 0] > 0
+  return metrics.headroom(d["probs"][keep, 0], d["labels"][keep, 0],
+                          {k: d[k][keep] for k in metrics.ORACLE_FIELDS}) or {}
+
+
 def numbers(path: str) -> dict:
   """The row of one run: validation and test CTR, calibration and the oracle headroom."""
   with open(path) as f:
     m = json.load(f)
   v, t = m["selected"]["ctr"], m["overall"]["ctr"]
-  h = m.get("headroom", {}).get("overall", {})
+  h = headroom(os.path.dirname(path))
   return {"valid_auc": v["auc"], "valid_logloss": v["logloss"], "test_auc": t["auc"],
           "test_logloss": t["logloss"], "test_base": t["base_logloss"],
           "gap": h.get("oracle_auc", float("nan")) - t["auc"],
           "affinity": (h.get("learned") or {}).get("affinity"),
+          "projected": h.get("projected_auc"), "residual_sd": h.get("residual_sd"),
           "step_s": m["train"].get("perf/step_time_s"), "wall_s": m["train"].get("wall_s")}
 
 
@@ -125,8 +139,9 @@ def verdict(deltas: dict) -> str:
 def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
   """(markdown table of ``lever`` against base on each world, verdict)."""
   head = ("| world | config | valid CTR AUC | Δ valid (paired) | test CTR AUC | Δ test (paired) "
-          "| test logloss (base rate) | gap to oracle (test) | affinity carried |")
-  out = [head, "|" + "---|" * 9]
+          "| test logloss (base rate) | gap to oracle (test) | of it, residual noise "
+          "| affinity carried |")
+  out = [head, "|" + "---|" * 10]
   deltas = {}
   for w in worlds:
     for name in ("base", lever) if lever != "base" else ("base",):
@@ -143,6 +158,7 @@ def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
                  f"| {mean_sd([x['test_logloss'] for x in r])[0]:.4f} "
                  f"({mean_sd([x['test_base'] for x in r])[0]:.4f}) "
                  f"| {fmt(mean_sd([x['gap'] for x in r]))} "
+                 f"| {fmt(mean_sd([x['projected'] - x['test_auc'] for x in r]))} "
                  f"| {fmt(mean_sd([x['affinity'] for x in r]), 2)} |")
   return "\n".join(out), (verdict(deltas) if lever != "base" else "")
 

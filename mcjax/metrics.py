@@ -304,7 +304,12 @@ def headroom(p_model, y, oracle: dict, min_records: int = 50) -> dict | None:
     learned: the model's logit regressed on the oracle logit's three terms (``rest`` = base,
       ``affinity``, ``highlight``; least squares with an intercept): 1 = the model carries
       that term at its true scale, 0 = not at all; None for a term that does not vary here
-      (the highlight term outside highlights).
+      (the highlight term outside highlights);
+    projected_auc: the AUC of that regression's fit, the model's logit without its
+      residual: oracle_auc - projected_auc is the gap from carrying the terms at the wrong
+      scale, projected_auc - auc the gap from the residual (logit variation unrelated to the
+      true logit: estimation noise of ids and histories, overfitting);
+    residual_sd / logit_sd: the residual's and the model logit's standard deviations.
   """
   p_model, y = np.asarray(p_model, np.float64), np.asarray(y)
   cols = {k: np.asarray(oracle[k], np.float64) for k in ORACLE_FIELDS}
@@ -320,13 +325,17 @@ def headroom(p_model, y, oracle: dict, min_records: int = 50) -> dict | None:
   varies = {k: bool(np.std(v) > 1e-6) for k, v in terms.items()}
   names = [k for k in terms if varies[k]]
   x = np.stack([np.ones(len(y))] + [terms[k] for k in names], axis=1)
-  coef = np.linalg.lstsq(x, _logit(p_model), rcond=None)[0][1:]
+  model_logit = _logit(p_model)
+  fit = np.linalg.lstsq(x, model_logit, rcond=None)[0]
+  coef, projected = fit[1:], x @ fit
   learned = {k: None for k in terms} | {k: float(c) for k, c in zip(names, coef)}
   return {"n": int(len(y)), "pos": int(y.sum()), "auc": _none_if_nan(auc(y, p_model)),
           "oracle_auc": _none_if_nan(auc(y, cols["oracle_p_click"])),
           "oracle_no_highlight_auc": _none_if_nan(auc(y, cols["oracle_p_no_highlight"])),
           "oracle_no_affinity_auc": _none_if_nan(auc(y, cols["oracle_p_no_affinity"])),
-          "learned": learned}
+          "learned": learned, "projected_auc": _none_if_nan(auc(y, projected)),
+          "residual_sd": float(np.std(model_logit - projected)),
+          "logit_sd": float(np.std(model_logit))}
 
 
 def headroom_by_slice(p_model, y, oracle: dict, slices: dict) -> dict:

@@ -84,7 +84,11 @@ HEADROOM_TEXT = (
     "model. `learned`: the model's logit regressed on the three terms of the true logit "
     "(1 = carried at its true scale, 0 = not learned; - where the term does not vary): a gap "
     "with a low affinity coefficient is affinity not learned, with a low highlight coefficient "
-    "(in highlights) a highlight not caught.")
+    "(in highlights) a highlight not caught. `projected`: the AUC of that regression's fit "
+    "(the model's logit without its residual, the part unrelated to the true logit): oracle - "
+    "projected is the gap from carrying the terms at the wrong scale, projected - model the "
+    "gap from the residual (`residual sd` beside the logit's sd): estimation noise of ids "
+    "and histories, overfitting.")
 
 
 def headroom_table(runs: dict[str, dict]) -> str | None:
@@ -98,11 +102,14 @@ def headroom_table(runs: dict[str, dict]) -> str | None:
                    _fmt(h["oracle_no_affinity_auc"]), _fmt(h["oracle_no_highlight_auc"]),
                    _fmt(None if h["auc"] is None or h["oracle_auc"] is None
                         else h["oracle_auc"] - h["auc"]),
-                   " / ".join(_fmt(learned[k], 2) for k in ("rest", "affinity", "highlight"))])
+                   " / ".join(_fmt(learned[k], 2) for k in ("rest", "affinity", "highlight")),
+                   _fmt(h.get("projected_auc")),
+                   f"{_fmt(h.get('residual_sd'), 2)} / {_fmt(h.get('logit_sd'), 2)}"])
   if not rows:
     return None
   return tabulate(rows, ["config", "slice", "records", "model", "oracle", "no affinity",
-                         "no highlight", "gap", "learned: base / affinity / highlight"],
+                         "no highlight", "gap", "learned: base / affinity / highlight",
+                         "projected", "residual sd / logit sd"],
                   tablefmt="github", disable_numparse=True)
 
 

@@ -165,6 +165,12 @@ def test_headroom_reads_which_term_the_model_carries():
   assert h["oracle_auc"] > h["oracle_no_affinity_auc"] and h["oracle_auc"] > h["auc"]
   for k, want in (("rest", 1.0), ("affinity", 0.5), ("highlight", 1.0)):
     assert abs(h["learned"][k] - want) < 1e-4, (k, h["learned"])
+  # the model's logit is exactly a combination of the terms: no residual, projected = model
+  assert h["residual_sd"] < 1e-6 and abs(h["projected_auc"] - h["auc"]) < 1e-12
+  noisy = sig(base + 0.5 * aff + hl + rng.normal(0, 1, n))
+  hn = metrics.headroom(noisy[20:], y[20:], {k: v[20:] for k, v in oracle.items()})
+  assert 0.9 < hn["residual_sd"] < 1.1 and hn["projected_auc"] > hn["auc"] + 0.02
+  assert abs(hn["projected_auc"] - h["auc"]) < 0.01  # the noise-free model's AUC
   assert got["non_highlight"]["learned"]["highlight"] is None
   assert abs(got["non_highlight"]["learned"]["affinity"] - 0.5) < 1e-4
   assert metrics.headroom_by_slice(p_model, y, {k: np.full(n, np.nan) for k in oracle},
