@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from experiments import ablation_freshness as fresh  # noqa: E402
+from mcjax import highlight_freshness as fresh  # noqa: E402
 from mcjax import metrics, report  # noqa: E402
 from mcjax.eventlog.files import atomic_write  # noqa: E402
 from mcjax.contract import schema as S  # noqa: E402

@@ -20,8 +20,8 @@ Freshness (``--freshness``): on the first world and seed, the loop (max_wait of 
 ``--max_wait_ms``) is run again with on_close samples (``moment.mode=on_close``: the
 ``no_moment`` config's switch) and without crowd features (``model.use_crowd=False``); for
 each, and the oracle's p_click, how many event seconds after a highlight starts the served
-p(click) of its live rises (``experiments.ablation_freshness.rise_delays``: ROLL records
-above the pre-highlight mean + 2 standard errors), over the world's highlights.
+p(click) of its live rises (``mcjax.highlight_freshness.rise_delays``: ROLL records above
+the pre-highlight mean + 2 standard errors), over the world's highlights.
 """
 
 from __future__ import annotations
@@ -66,39 +66,27 @@ def _numbers(work: str) -> dict:
           **{f"auc_{k}": v.get("ctr", {}).get("auc") for k, v in sl.items()}}
 
 
-def _loop_preds(work: str) -> dict:
-  import glob
-  import numpy as np
-  parts = [dict(np.load(f)) for f in sorted(glob.glob(os.path.join(work, "preds", "part_*.npz")))]
-  return {k: np.concatenate([p[k] for p in parts]) for k in ("probs", "live_id",
-                                                            "sample_ts_ms", "oracle_p_click")}
-
-
 def freshness(root: str, common: list[str], world: str, seed: str, wait: str) -> str:
   """The rise delays of the loop with realtime samples, on_close samples, no crowd features."""
   import pyarrow.parquet as pq
-  from experiments import ablation_freshness as fresh
+  from mcjax import highlight_freshness as fresh
   log = os.path.join(root, f"world_{world}")
   highlights = pq.read_table(os.path.join(log, "_oracle", "highlights.parquet"))
   loop = ["--source=batch", "--config.realtime.speed=0", "--config.realtime.publish_every_steps=1",
           "--config.realtime.publish_every_s=0", f"--config.realtime.max_wait_ms={wait}"]
+  switch = lambda name: "--config.{}={}".format(*fresh.SWITCHES[name])  # noqa: E731
   variants = {"realtime samples (full)": [],
-              "on_close samples (no_moment)": ["--config.moment.mode=on_close"],
-              "no crowd features (no_crowd)": ["--config.model.use_crowd=False"]}
-  delays, curves = {}, {}
+              "on_close samples (no_moment)": [switch("on_close")],
+              "no crowd features (no_crowd)": [switch("no_crowd")]}
+  preds = {}
   for name, extra in variants.items():
     tag = f"loop{int(wait) // 1000}" + ("" if not extra else "_" + name.split("(")[1][:-1])
     work = os.path.join(root, f"{world}_s{seed}_{tag}")
     if not os.path.exists(os.path.join(work, "metrics.json")):
       _run(["launch.realtime", *common, f"--workdir={work}", f"--config.data.log_dir={log}",
             f"--config.seed={seed}", *loop, *extra], work + ".log")
-    preds = _loop_preds(work)
-    ix = fresh.live_index(preds["live_id"], preds["sample_ts_ms"])
-    delays[name] = [fresh.rise_delays(preds["probs"][:, 0], ix, highlights)]
-    curves[name] = fresh.uplift_curve(preds["probs"][:, 0], ix, highlights)
-    if fresh.ORACLE not in delays:
-      delays[fresh.ORACLE] = [fresh.rise_delays(preds["oracle_p_click"], ix, highlights)]
-      curves[fresh.ORACLE] = fresh.uplift_curve(preds["oracle_p_click"], ix, highlights)
+    preds[name] = fresh.loop_preds(work)
+  delays, curves = fresh.measure(preds, highlights)
   if _PLOT.value:
     fresh.plot(delays, curves, _PLOT.value)
   return (f"Highlight freshness through the loop ({world} world, seed {seed}, max_wait "

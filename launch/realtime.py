@@ -10,6 +10,9 @@ versions.
     # through a broker: publish the log into Redis (launch.publish), the loop reads the stream
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt_redis \
         --config.data.log_dir=WORLD --source=redis://127.0.0.1:6379/events
+    # and the same loop with on_close samples and without crowd features, compared
+    python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt \
+        --config.realtime.max_wait_ms=60000 --compare=on_close,no_crowd
 
 The events of the log (``--config.data.log_dir``, else the simulated world of
 ``config.data``, made in the workdir when missing) go through the stream engine
@@ -34,10 +37,20 @@ emitted table, writes a checkpoint, and writes metrics.json and report.md of wha
 goes on from the checkpoint). A diverging step stops the loop before that
 state is published or checkpointed, with one ``FATAL`` line naming the step and the loss
 terms, and exit status 1.
+
+``--compare=on_close,no_crowd`` then runs the same loop (same log, source, flags and
+overrides; unpaced, no request load; a Redis source is replaced by a replay of the log) with
+each switch of ``mcjax.highlight_freshness.SWITCHES`` (on_close: ``moment.mode=on_close``;
+no_crowd: ``model.use_crowd=False``) into ``WORKDIR/compare/NAME`` (a finished one is reused,
+an interrupted one resumes), and report.md compares the served p(click) around highlight
+onsets of the three runs (the log's oracle highlights): ``compare.png`` and the rise-delay
+table.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import sys
 
@@ -45,6 +58,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mcjax import configs
+from mcjax.highlight_freshness import SWITCHES
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path("full"), "A config file (e.g. mcjax/configs/tiny.py).")
@@ -66,6 +80,9 @@ _INTERRUPT_AT_STEP = flags.DEFINE_integer("interrupt_at_step", None, "Fault inje
 _NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (tests; "
                                    "--source=batch): training samples from this row on get NaN "
                                    "crowd features.")
+_COMPARE = flags.DEFINE_list("compare", [], "After the run, the same loop with each of these "
+                             f"switches ({', '.join(SWITCHES)}) into WORKDIR/compare/NAME; "
+                             "report.md compares their highlight freshness.")
 
 
 def load_samples(cfg, log_dir: str, until_min: float, from_min: float = 0.0) -> dict:
@@ -86,9 +103,58 @@ def load_samples(cfg, log_dir: str, until_min: float, from_min: float = 0.0) -> 
   return out
 
 
+def make_source(cfg, spec: str, log_dir: str, nan_at_row: int | None = None):
+  """The loop's source for ``--source=spec`` (module docstring), cut by ``--until_min`` and
+  ``--from_min``; ValueError or OSError when it cannot be opened."""
+  if spec == "batch":
+    source = load_samples(cfg, log_dir, _UNTIL_MIN.value, _FROM_MIN.value)
+    if nan_at_row is not None:
+      source["train"]["crowd"] = source["train"]["crowd"].copy()
+      source["train"]["crowd"][nan_at_row:] = float("nan")
+    return source
+  from mcjax.train.realtime import stream_source
+  return stream_source(cfg, spec, log_dir, _UNTIL_MIN.value)
+
+
+def run_compare(cfg, spec: str, log_dir: str, work: str, names: list[str]) -> dict[str, str]:
+  """The loop again with each switch of ``names`` (module docstring); {name: workdir} of the
+  runs that finished (a Ctrl-C stops at the one it interrupted)."""
+  from mcjax import config as mcconfig
+  from mcjax.train import realtime
+  done = {}
+  for name in names:
+    sub = os.path.join(work, "compare", name)
+    finished = os.path.join(sub, "metrics.json")
+    if os.path.exists(finished):
+      with open(finished) as f:
+        if not json.load(f)["realtime"].get("stopped"):  # reused
+          done[name] = sub
+          continue
+    c = copy.deepcopy(cfg)
+    key, value = SWITCHES[name]
+    section, field = key.split(".")
+    c[section][field] = value
+    c.realtime.speed, c.realtime.request_rate = 0.0, 0.0
+    mcconfig.validate(c)
+    source = make_source(c, "batch" if spec == "batch" else "replay", log_dir)
+    out = realtime.run_loop(c, source, sub, log_dir=log_dir,
+                            progress=lambda line, n=name: print(f"[{n}] {line}", flush=True))
+    r, ctr = out["realtime"], out["overall"].get("ctr", {})
+    print(f"compare {name} ({key}={value}): CTR AUC {ctr.get('auc')}, {r['steps']} steps, "
+          f"{r['trained_rows']} samples in {r['wall_s']} s -> {sub}", flush=True)
+    if r.get("stopped"):
+      break
+    done[name] = sub
+  return done
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  unknown = [n for n in _COMPARE.value if n not in SWITCHES]
+  if unknown:
+    sys.exit(f"FATAL --compare={','.join(_COMPARE.value)}: unknown {unknown[0]!r}; expected "
+             f"names among {', '.join(SWITCHES)}")
   logging.set_verbosity(logging.WARNING)
   cfg, work = _CONFIG.value, _WORKDIR.value
   from mcjax import config as mcconfig
@@ -112,17 +178,10 @@ def main(argv) -> None:
     sys.exit(f"FATAL --source={spec}: expected replay, batch or redis://host:port/STREAM")
   if spec != "batch" and (_FROM_MIN.value or _NAN_AT_ROW.value is not None):
     sys.exit("FATAL --from_min and --inject_nan_at_row need --source=batch")
-  if spec == "batch":
-    source = load_samples(cfg, log_dir, _UNTIL_MIN.value, _FROM_MIN.value)
-    if _NAN_AT_ROW.value is not None:
-      source["train"]["crowd"] = source["train"]["crowd"].copy()
-      source["train"]["crowd"][_NAN_AT_ROW.value:] = float("nan")
-  else:
-    try:
-      from mcjax.train.realtime import stream_source
-      source = stream_source(cfg, spec, log_dir, _UNTIL_MIN.value)
-    except (ValueError, OSError) as e:
-      sys.exit(f"FATAL --source={spec}: {e}")
+  try:
+    source = make_source(cfg, spec, log_dir, _NAN_AT_ROW.value)
+  except (ValueError, OSError) as e:
+    sys.exit(f"FATAL --source={spec}: {e}")
   from launch import realtime_report
   from mcjax.train import realtime
   try:
@@ -132,7 +191,14 @@ def main(argv) -> None:
                             progress=lambda line: print(line, flush=True))
   except RunError as e:
     sys.exit(f"FATAL {e}")
-  realtime_report.write(work, out)
+  compared = None
+  if _COMPARE.value and not out["realtime"].get("stopped"):
+    try:
+      compared = run_compare(cfg, spec, log_dir, work, _COMPARE.value)
+    except (RunError, ValueError, OSError) as e:
+      sys.exit(f"FATAL --compare: {e}")
+  realtime_report.write(work, out, compared=compared, log_dir=log_dir,
+                        wanted=_COMPARE.value)
   r, ctr = out["realtime"], out["overall"].get("ctr", {})
   print(f"{cfg.name} realtime: CTR AUC {ctr.get('auc')}, {r['steps']} steps, "
         f"{r['trained_rows']} samples in {r['wall_s']} s ({r['speed_factor']}x real time), "

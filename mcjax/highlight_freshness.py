@@ -1,4 +1,7 @@
-"""Freshness: how soon after a highlight starts a model's predicted CTR for that live rises.
+"""Highlight freshness: how soon after a highlight starts a model's predicted CTR for that live
+rises. One implementation for the batch ablation (``experiments.ablation_report``), the
+real-time loop's comparison (``launch.realtime --compare``) and
+``experiments.realtime_quality --freshness``.
 
 Two measures over the evaluation records of each highlight's live (online predictions, so
 every prediction is made before the model trained on its window):
@@ -11,9 +14,18 @@ every prediction is made before the model trained on its window):
   from PRE_MS before to POST_MS after the start, summed over highlights and seeds; the oracle's
   curve (true p_click) shows the real jump. ``pooled_rise_s``: the end of the first bin after
   the start where a model's uplift reaches half the oracle's mean uplift over its first 2 min.
+
+For the real-time loop (``preds/part_*.npz`` of its workdirs): ``SWITCHES`` are the config
+switches compared with a run (on_close samples, no crowd features), ``loop_preds`` reads a
+run's scored records, ``measure`` gives every run's rise delays and uplift curve (and the
+oracle's), ``strongest`` picks one highlight to show and ``around`` a live's per-bin mean
+around it.
 """
 
 from __future__ import annotations
+
+import glob
+import os
 
 import matplotlib
 
@@ -30,6 +42,9 @@ RISE_SIGMAS = 2.0
 PLACEBO_MS = 15 * 60_000
 ORACLE = "oracle (p_click)"
 TABLE = {"tablefmt": "github", "disable_numparse": True}
+# The runs a real-time loop run is compared with: name -> (config key, value).
+SWITCHES = {"on_close": ("moment.mode", "on_close"), "no_crowd": ("model.use_crowd", False)}
+LOOP_FIELDS = ("probs", "live_id", "sample_ts_ms", "oracle_p_click")
 
 
 def live_index(live: np.ndarray, ts: np.ndarray) -> dict:
@@ -44,7 +59,8 @@ def live_index(live: np.ndarray, ts: np.ndarray) -> dict:
 
 def highlight_ranges(ix: dict, highlights, shift_ms: int = 0) -> dict:
   """Per highlight of a live with records: base key, start, and the sorted-record ranges
-  [lo_pre, lo) before the start, [lo, hi) during, [lo, hi_post) in the POST_MS after it."""
+  [lo_pre, lo) before the start, [lo, hi) during, [lo, hi_post) in the POST_MS after it;
+  ``row``: the highlight's row in ``highlights``."""
   h_live = highlights["live_id"].to_numpy()
   rank = np.searchsorted(ix["lives"], h_live)
   known = (rank < len(ix["lives"])) & (ix["lives"][np.minimum(rank, len(ix["lives"]) - 1)]
@@ -56,7 +72,7 @@ def highlight_ranges(ix: dict, highlights, shift_ms: int = 0) -> dict:
   def at(offset):  # the first record of the highlight's live at or after this offset
     return np.searchsorted(ix["key"], base + np.clip(offset, 0, ix["span"] - 1))
   return {"base": base, "start": start, "lo_pre": at(start - PRE_MS), "lo": at(start),
-          "hi": at(end), "hi_post": at(start + POST_MS)}
+          "hi": at(end), "hi_post": at(start + POST_MS), "row": np.flatnonzero(known)}
 
 
 def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,3 +198,66 @@ def plot(delays: dict[str, list[np.ndarray]], curves: dict[str, dict], path: str
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def loop_preds(work: str) -> dict:
+  """``LOOP_FIELDS`` of the records a real-time loop run scored (``WORK/preds/part_*.npz``)."""
+  paths = sorted(glob.glob(os.path.join(work, "preds", "part_*.npz")))
+  if not paths:
+    raise FileNotFoundError(f"{os.path.join(work, 'preds')}: no scored records (part_*.npz)")
+  parts = []
+  for path in paths:
+    with np.load(path) as z:
+      parts.append({k: z[k] for k in LOOP_FIELDS})
+  return {k: np.concatenate([p[k] for p in parts]) for k in LOOP_FIELDS}
+
+
+def measure(preds: dict[str, dict], highlights) -> tuple[dict, dict]:
+  """(rise delays, uplift curves), as ``table`` and ``plot`` take them, of each run's served
+  p(click) (``loop_preds`` of each, by name) and first of the oracle's p_click (the first
+  run's records; left out when the log has no oracle)."""
+  delays, curves = {}, {}
+  first = next(iter(preds.values()))
+  if np.isfinite(first["oracle_p_click"]).any():
+    ix = live_index(first["live_id"], first["sample_ts_ms"])
+    delays[ORACLE] = [rise_delays(first["oracle_p_click"], ix, highlights)]
+    curves[ORACLE] = uplift_curve(first["oracle_p_click"], ix, highlights)
+  for name, p in preds.items():
+    ix = live_index(p["live_id"], p["sample_ts_ms"])
+    delays[name] = [rise_delays(p["probs"][:, 0], ix, highlights)]
+    curves[name] = uplift_curve(p["probs"][:, 0], ix, highlights)
+  return delays, curves
+
+
+def strongest(preds: dict, highlights) -> int | None:
+  """The row in ``highlights`` of the strongest highlight (its ``strength``; without that
+  column, the most records during it) among those ``rise_delays`` measures on ``preds``
+  (3 records before, ROLL during); None: no such highlight."""
+  if not len(preds["live_id"]) or not highlights.num_rows:
+    return None
+  h = highlight_ranges(live_index(preds["live_id"], preds["sample_ts_ms"]), highlights)
+  during = h["hi"] - h["lo"]
+  ok = np.flatnonzero((h["lo"] - h["lo_pre"] >= 3) & (during >= ROLL))
+  if not len(ok):
+    return None
+  if "strength" in highlights.column_names:
+    score = highlights["strength"].to_numpy()[h["row"][ok]].astype(np.float64)
+  else:
+    score = during[ok].astype(np.float64)
+  return int(h["row"][ok[np.argmax(score)]])
+
+
+def around(p: np.ndarray, preds: dict, live_id: int, start_ms: int, before_ms: int,
+           after_ms: int, bin_ms: int = 60_000) -> tuple[np.ndarray, np.ndarray]:
+  """(bin starts in seconds from ``start_ms``, mean of ``p`` per bin; NaN: no record) over the
+  records of ``live_id`` from ``before_ms`` before ``start_ms`` to ``after_ms`` after it."""
+  rel = preds["sample_ts_ms"].astype(np.int64) - int(start_ms)
+  sel = (preds["live_id"] == live_id) & (rel >= -before_ms) & (rel < after_ms)
+  n_bins = -(-(before_ms + after_ms) // bin_ms)
+  b = (rel[sel] + before_ms) // bin_ms
+  p = np.asarray(p, np.float64)[sel]
+  keep = np.isfinite(p)
+  n = np.bincount(b[keep], minlength=n_bins)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = np.bincount(b[keep], p[keep], minlength=n_bins) / n
+  return (np.arange(n_bins) * bin_ms - before_ms) / 1000.0, mean

@@ -231,6 +231,36 @@ def test_kill9_and_ctrl_c_resume_bit_identical_and_exactly_once(world, loop_run,
   assert _metrics(killed)["overall"]["ctr"]["n"] == len(samples["eval"]["kind"])
 
 
+def test_compare_reports_realtime_on_close_no_crowd(world, tmp_path):
+  """``--compare=on_close,no_crowd``: after the run, the same loop with on_close samples and
+  without crowd features (``compare/NAME``), and report.md's comparison section: compare.png
+  and a rise-delay row per run and the oracle's. An unknown name: one FATAL line, nothing run."""
+  import json
+  bad = _launch(world, str(tmp_path / "bad"), "--compare=on_close,no_such")
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+      "FATAL --compare=on_close,no_such: unknown 'no_such'; expected names among on_close, "
+      "no_crowd"], bad.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "bad")
+  work = str(tmp_path / "cmp")
+  got = _launch(world, work, "--compare=on_close,no_crowd",
+                "--config.train.checkpoint_every_steps=1000")  # (the checkpoints take time)
+  assert got.returncode == 0, got.stderr[-3000:]
+  main = _metrics(work)["realtime"]["trained_rows"]
+  on_close = _metrics(os.path.join(work, "compare", "on_close"))["realtime"]["trained_rows"]
+  assert 0 < on_close < main  # one CLOSE sample per exposure, fewer than the realtime samples
+  assert _metrics(os.path.join(work, "compare", "no_crowd"))["realtime"]["trained_rows"] == main
+  with open(os.path.join(work, "report.md")) as f:
+    section = f.read().split("## Highlight freshness: realtime / on_close / no_crowd\n", 1)[1]
+  rows = {line.split("|")[1].strip(): line for line in section.splitlines()
+          if line.startswith("| ") and not line.startswith("| scorer")}
+  assert set(rows) == {"oracle (p_click)", "realtime", "on_close", "no_crowd"}, section
+  assert "![compare](compare.png)" in section
+  assert os.path.getsize(os.path.join(work, "compare.png")) > 10_000
+  with open(os.path.join(work, "report.json")) as f:
+    stats = json.load(f)["compare"]
+  assert all(stats[k]["highlights"] >= 1 for k in ("realtime", "on_close", "no_crowd"))
+
+
 def test_divergence_keeps_last_good_version_served(world, tmp_path):
   work, pub = str(tmp_path / "diverge"), str(tmp_path / "pub")
   got = _launch(world, work, f"--publish_dir={pub}", "--inject_nan_at_row=200",
