@@ -103,6 +103,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.realtime.speed = 0.0             # replay: logged seconds per wall second (0: no pacing)
   c.realtime.request_rate = 0.0      # scoring requests per wall second while training (0: none)
   c.realtime.request_candidates = 32  # lives on air scored per request (at most)
+  c.realtime.publish_delta = True    # --publish_dir: a version as its changed table rows + dense
+  c.realtime.full_every = 10         # --publish_dir with publish_delta: a whole version this often
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)          # (data, model); -1 = the rest of the devices
