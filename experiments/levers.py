@@ -48,6 +48,10 @@ LEVERS = {
     "adagrad_acc": ("row-wise Adagrad's initial accumulator 0 -> 1e-6 (a rare row's first "
                     "updates scale with its gradient instead of lr * sign)",
                     {"train.embedding_initial_accumulator": 1e-6}),
+    "adagrad_acc_1e5": ("row-wise Adagrad's initial accumulator 0 -> 1e-5",
+                        {"train.embedding_initial_accumulator": 1e-5}),
+    "init_small": ("embedding rows start at N(0, 0.01^2) instead of N(0, 0.05^2) (an id seen "
+                   "rarely adds less random logit)", {"model.embedding.init_stddev": 0.01}),
     "dense_lr_x2": ("dense AdamW learning rate 1e-3 -> 2e-3", {"train.learning_rate": 2e-3}),
     "dcn": ("DCN-v2 cross network, 2 full-rank layers, before the towers "
             "(`model.towers.cross_layers=2`)", {"model.towers.cross_layers": 2}),
