@@ -32,7 +32,9 @@ Writes ``WORKDIR/metrics.json`` (the batch modes' blocks plus ``realtime``: fres
 bytes per version, request latency) and ``WORKDIR/report.md`` with its plots. A rerun of the
 workdir resumes from its latest checkpoint (exactly once: same parameters as an
 uninterrupted run). ``--publish_dir`` also writes every version for a scorer in another
-process (``mcjax.serve.versions.DirVersions``). Ctrl-C (or SIGTERM) stops the loop at the next
+process (``mcjax.serve.versions.DirVersions``): with ``realtime.publish_delta`` (default) as
+the table rows that changed since the version before plus the dense variables, a whole
+version every ``realtime.full_every``. Ctrl-C (or SIGTERM) stops the loop at the next
 emitted table, writes a checkpoint, and writes metrics.json and report.md of what ran (a rerun
 goes on from the checkpoint). A diverging step stops the loop before that
 state is published or checkpointed, with one ``FATAL`` line naming the step and the loss
@@ -160,8 +162,10 @@ def main(argv) -> None:
   from mcjax import config as mcconfig
   from mcjax.train import RunError
   from mcjax.runtime import mesh as mesh_lib
+  from mcjax.train import realtime as realtime_lib
   try:
     mcconfig.validate(cfg)
+    realtime_lib.check_config(cfg)
     mesh_lib.check_layout(cfg)
   except ValueError as e:
     sys.exit(f"FATAL invalid config: {e}")

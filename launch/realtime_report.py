@@ -211,6 +211,13 @@ def write(work: str, out: dict, compared: dict[str, str] | None = None,
     lines += [f"Bytes per version (median): whole {b['whole_median']:,.0f}, as the changed "
               f"rows {b['delta_median']:,.0f} ({b['delta_median'] / b['whole_median']:.1%}).",
               ""]
+  pub = r.get("publish_dir")
+  if pub and pub["versions"]:
+    kinds = f"as deltas with a whole base every {pub['full_every']}" if pub["delta"] else "whole"
+    got = [f"{k} {pub[f'{k}_bytes_median']:,.0f} bytes in {pub[f'{k}_write_s_median']:.3f} s"
+           for k in ("base", "delta") if pub[f"{k}_bytes_median"] is not None]
+    lines += [f"Written to --publish_dir {kinds}: {len(pub['versions'])} versions; on disk "
+              f"(median) {', '.join(got)}.", ""]
   if req:
     lines += [f"Requests: {req['requests']} at {req['rate_per_s']}/s, dropped "
               f"{req['dropped']}, latency {_fmt(req['latency_s'])} s, "

@@ -1,14 +1,16 @@
 """The real-time loop: fed by the stream engine (the items of the batch engine's samples, the
-labels joined at close), prequential order, whole versions under concurrent reads,
-divergence keeps the last good version served, kill -9 resume is bit-identical and exactly
-once, and the Redis path end to end.
+labels joined at close), prequential order, whole versions under concurrent reads (in one
+process, and between processes written whole or as deltas), versions rebuilt from deltas
+bit-identical to the trainer's state, a missing or corrupt delta refused, divergence keeps the
+last good version served, kill -9 resume is bit-identical and exactly once, the Redis path end
+to end, and ``--compare``'s report section.
 
 One small world (the `tiny` config's), cut to its first few hundred training samples; the
-launcher runs five times in subprocesses (2 host devices, a ("data", "model") = (1, 2) mesh:
-the tables row-sharded; a shared compilation cache): once uninterrupted from the replay
-through the stream engine (the prequential and exactly-once checks and the reference of the
-others), killed and resumed, through Redis with a request load, and diverging (on the batch
-engine's samples)."""
+launcher runs in subprocesses (2 host devices, a ("data", "model") = (1, 2) mesh: the tables
+row-sharded; a shared compilation cache): once uninterrupted from the replay through the
+stream engine (the prequential and exactly-once checks and the reference of the others),
+killed and resumed, through Redis with a request load, diverging (on the batch engine's
+samples), publishing deltas with every write read back, and with ``--compare``."""
 
 from __future__ import annotations
 
@@ -141,42 +143,100 @@ def test_prequential_order_and_exactly_once(world, loop_run):
   assert later and all(0 < b["delta"] < b["whole"] for b in later)
 
 
-def _weights(n: int) -> dict:
-  return {"tables": {"t": jnp.full((256, 8), n, jnp.float32)},
-          "params": {"w": jnp.full((32,), n, jnp.float32)}, "rest": {"r": jnp.full((), n)}}
+def _history(n: int) -> list[dict]:
+  """Host weights of versions 0..n-1: each sets a few table rows to its number (the rest as
+  the version before) and every dense variable: a version mixed from two differs from both."""
+  table, out = np.zeros((256, 8), np.float32), []
+  for k in range(n):
+    table = table.copy()
+    table[(k * 7 + np.arange(5)) % 256] = k
+    out.append({"tables": {"t": table}, "params": {"w": np.full((32,), k, np.float32)},
+                "rest": {"r": np.full((), k, np.int32)}})
+  return out
 
 
-def _hammer(read, stop: threading.Event, seen: list, bad: list) -> None:
+def _same(weights: dict, want: dict) -> bool:
+  got = jax.tree.leaves(jax.device_get(weights))
+  return all(a.dtype == b.dtype and a.tobytes() == b.tobytes()
+             for a, b in zip(got, jax.tree.leaves(want)))
+
+
+def _hammer(read, history, stop: threading.Event, seen: list, bad: list) -> None:
   while not stop.is_set():
-    v = read()
+    try:
+      v = read()
+    except V.VersionError as e:
+      bad.append(str(e))
+      continue
     if v is None:
       continue
-    vals = {float(np.asarray(x).flat[0]) for x in jax.tree.leaves(jax.device_get(v.weights))}
-    whole = all(np.all(np.asarray(x) == v.number) for x in jax.tree.leaves(v.weights))
-    if vals != {float(v.number)} or not whole:
-      bad.append((v.number, vals))
+    if not _same(v.weights, history[v.number]):
+      bad.append(v.number)
     seen.append(v.number)
 
 
-@pytest.mark.parametrize("between_processes", [False, True])
-def test_reader_sees_whole_versions_during_publishes(tmp_path, between_processes):
+@pytest.mark.parametrize("transport", ["in_process", "dir_whole", "dir_delta"])
+def test_reader_sees_whole_versions_during_publishes(tmp_path, transport):
+  """A reader polling while 60 versions are published sees each version it gets bit for bit,
+  never a mix: in one process, and between processes written whole or as deltas (a base every
+  4, so it also rebuilds across bases and prunes)."""
+  history = _history(60)
   versions, stop, seen, bad = V.Versions(), threading.Event(), [], []
-  if between_processes:
-    writer = V.DirPublisher(str(tmp_path / "pub"), keep=2)
-    reader = V.DirVersions(str(tmp_path / "pub"), _weights(0))
-    read = reader.poll
+  if transport != "in_process":
+    writer = V.DirPublisher(str(tmp_path / "pub"), keep=2, delta=transport == "dir_delta",
+                            full_every=4)
+    read = V.DirVersions(str(tmp_path / "pub"), jax.tree.map(jnp.asarray, history[0])).poll
   else:
     read = lambda: versions.current  # noqa: E731
-  t = threading.Thread(target=_hammer, args=(read, stop, seen, bad))
+  t = threading.Thread(target=_hammer, args=(read, history, stop, seen, bad))
   t.start()
   for n in range(60):
-    v = versions.swap(_weights(n), step=n)
-    if between_processes:
+    v = versions.swap(jax.tree.map(jnp.asarray, history[n]), step=n)
+    if transport != "in_process":
       writer.write(v)
   stop.set()
   t.join()
   assert not bad, bad[:3]
   assert len(set(seen)) > 1 and seen == sorted(seen)  # saw several, never went back
+  if transport == "dir_delta":
+    kinds = [h["kind"] for h in writer.history]
+    assert kinds == (["base"] + ["delta"] * 3) * 15
+    delta = [h["bytes"] for h in writer.history if h["kind"] == "delta"]
+    assert max(delta) < min(h["bytes"] for h in writer.history if h["kind"] == "base")
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_a_missing_or_corrupt_delta_is_refused_naming_the_file(tmp_path, damage):
+  """A delta file of the chain of the latest version deleted or changed: ``poll`` refuses it
+  with one line naming the file, and the served version stays (a reader that served version 1
+  before, and a new reader, which starts from the base)."""
+  root = str(tmp_path / "pub")
+  history = _history(6)
+  like = jax.tree.map(jnp.asarray, history[0])
+  versions, writer = V.Versions(), V.DirPublisher(root, keep=6, delta=True, full_every=10)
+  early = V.DirVersions(root, like)
+  for k in range(6):
+    writer.write(versions.swap(jax.tree.map(jnp.asarray, history[k]), step=k))
+    if k == 1:
+      assert early.poll().number == 1
+  path = os.path.join(root, "v_00000003", "delta.npz")
+  if damage == "deleted":
+    os.remove(path)
+  else:
+    with open(path, "r+b") as f:
+      f.seek(os.path.getsize(path) // 2)
+      byte = f.read(1)
+      f.seek(-1, os.SEEK_CUR)
+      f.write(bytes([byte[0] ^ 0xFF]))
+  for reader, served in ((early, 1), (V.DirVersions(root, like), None)):
+    with pytest.raises(V.VersionError) as e:
+      reader.poll()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(path + ": "), msg
+    assert ("missing" if damage == "deleted" else "corrupt") in msg
+    assert (reader.current.number if reader.current else None) == served
+    if served is not None:
+      assert _same(reader.current.weights, history[served])
 
 
 def _env(cache: str) -> dict:
@@ -188,9 +248,10 @@ def _env(cache: str) -> dict:
   return e
 
 
-def _launch(world, work: str, *flags: str) -> subprocess.CompletedProcess:
+def _launch(world, work: str, *flags: str,
+            run=("-m", "launch.realtime")) -> subprocess.CompletedProcess:
   log, _, minutes = world
-  argv = [sys.executable, "-m", "launch.realtime", "--config=mcjax/configs/tiny.py",
+  argv = [sys.executable, *run, "--config=mcjax/configs/tiny.py",
           f"--workdir={work}", f"--config.data.log_dir={log}", f"--until_min={minutes}",
           "--config.realtime.publish_every_steps=2", "--config.realtime.publish_every_s=0",
           "--config.train.checkpoint_every_steps=3", "--config.mesh.shape=(1,2)",
@@ -259,6 +320,68 @@ def test_compare_reports_realtime_on_close_no_crowd(world, tmp_path):
   with open(os.path.join(work, "report.json")) as f:
     stats = json.load(f)["compare"]
   assert all(stats[k]["highlights"] >= 1 for k in ("realtime", "on_close", "no_crowd"))
+
+
+# launch.realtime with every DirPublisher.write followed, in the same process, by two readers
+# of the folder (one that keeps polling, so it applies one delta at a time, and a new one that
+# starts from the base), each compared bit for bit with the version's weights: the trainer's
+# state at that step (``Versions.publish``'s copy).
+_CHECKED_WRITES = """
+import json, sys
+import jax
+from absl import app
+from mcjax.serve import versions as V
+out, log, readers, write = sys.argv.pop(1), [], [], V.DirPublisher.write
+
+def checked(self, v):
+  path = write(self, v)
+  want = V._flat(jax.device_get(v.weights))
+  readers[:1] = readers[:1] or [V.DirVersions(self.root, v.weights)]
+  for r in (readers[0], V.DirVersions(self.root, v.weights)):
+    got = r.poll()
+    same = got.number == v.number and all(
+        a.dtype == want[k].dtype and a.tobytes() == want[k].tobytes()
+        for k, a in V._flat(jax.device_get(got.weights)).items())
+    log.append({"version": v.number, "kind": self.history[-1]["kind"], "same": bool(same)})
+  return path
+
+V.DirPublisher.write = checked
+from launch import realtime
+try:
+  app.run(realtime.main)
+finally:
+  with open(out, "w") as f:
+    json.dump(log, f)
+"""
+
+
+def test_delta_versions_rebuild_the_trainers_state_bit_for_bit(world, tmp_path):
+  """The loop writing a version after every step as deltas with a base every 3: each version
+  read back (incrementally and from its base) is the trainer's state at that step, bit for
+  bit; metrics.json and report.md have the bytes each kind took on disk. A base every 0
+  versions: one FATAL line before anything runs."""
+  import json
+  work, pub, checks = str(tmp_path / "loop"), str(tmp_path / "pub"), str(tmp_path / "c.json")
+  bad = _launch(world, work, f"--publish_dir={pub}", "--config.realtime.full_every=0")
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+      "FATAL invalid config: config.realtime.full_every must be an int >= 1, got 0"], bad.stderr
+  got = _launch(world, work, f"--publish_dir={pub}", "--config.realtime.publish_every_steps=1",
+                "--config.realtime.publish_delta=True", "--config.realtime.full_every=3",
+                "--config.train.checkpoint_every_steps=1000",
+                run=("-c", _CHECKED_WRITES, checks))
+  assert got.returncode == 0, got.stderr[-3000:]
+  with open(checks) as f:
+    log = json.load(f)
+  r = _metrics(work)["realtime"]
+  assert len(log) == 2 * len(r["versions"]) and r["steps"] >= 6
+  assert all(c["same"] for c in log), [c for c in log if not c["same"]][:3]
+  kinds = [c["kind"] for c in log[::2]]
+  assert kinds == (["base", "delta", "delta"] * len(kinds))[:len(kinds)]
+  p = r["publish_dir"]
+  assert p["delta"] and p["full_every"] == 3 and len(p["versions"]) == len(kinds)
+  assert 0 < p["delta_bytes_median"] < p["base_bytes_median"]
+  with open(os.path.join(work, "report.md")) as f:
+    assert "Written to --publish_dir as deltas with a whole base every 3" in f.read()
 
 
 def test_divergence_keeps_last_good_version_served(world, tmp_path):

@@ -14,7 +14,10 @@ replayed as emitted, and wires ``mcjax.train.continuous.ContinuousTrainer`` to a
   ``train.window_min``, ranking: ``mcjax.train.evaluate.compute_metrics``) plus ``realtime``:
   freshness per version and in aggregate, lag behind the replay schedule, bytes per version
   (whole and delta) and, with ``realtime.request_rate``, the request load's latency;
-* ``publish_dir`` also writes every version for other processes (``DirPublisher``);
+* ``publish_dir`` also writes every version for other processes (``DirPublisher``: whole, or
+  with ``realtime.publish_delta`` as the changed rows with a whole base every
+  ``realtime.full_every`` versions); metrics.json's ``realtime.publish_dir`` has the bytes
+  each took on disk;
 * ``realtime.request_rate`` > 0 runs a request generator beside the loop (``RequestLoad``).
 """
 
@@ -213,6 +216,26 @@ class RequestLoad:
             "versions_served": len(self.versions_seen), "first_error": (self.errors or [None])[0]}
 
 
+def check_config(cfg) -> None:
+  """Raises ValueError naming the key when a ``config.realtime`` publishing key is
+  impossible."""
+  k = cfg.realtime.full_every
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"config.realtime.full_every must be an int >= 1, got {k!r}")
+
+
+def publish_summary(writer: DirPublisher) -> dict:
+  """metrics.json's ``publish_dir``: how the versions were written, the bytes each took on
+  disk and the wall seconds its write took (median per kind; ``versions``: per version)."""
+  med = {}
+  for kind in ("base", "delta"):
+    mine = [h for h in writer.history if h["kind"] == kind]
+    for field in ("bytes", "write_s"):
+      med[f"{kind}_{field}_median"] = float(np.median([h[field] for h in mine])) if mine else None
+  return {"delta": writer.delta, "full_every": writer.full_every, **med,
+          "versions": writer.history}
+
+
 def stream_source(cfg, spec: str, log_dir: str, until_min: float = 0.0) -> StreamEmitted:
   """``StreamEmitted`` of ``cfg`` over a replay of ``log_dir`` (``spec`` "replay", paced at
   ``realtime.speed``) or a Redis stream (``spec`` redis://host:port/STREAM); the oracle of
@@ -249,7 +272,8 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
   preds = PredStore(os.path.join(workdir, "preds"))
   preds.restore(int(extra.get("pred_parts", 0)))
   versions = Versions(first_number=int(extra.get("versions", 0)))
-  writer = DirPublisher(publish_dir) if publish_dir else None
+  writer = DirPublisher(publish_dir, delta=bool(rt.publish_delta),
+                        full_every=int(rt.full_every)) if publish_dir else None
 
   def publish(state, step):
     if queue is not None:
@@ -355,6 +379,7 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
       "source": "stream engine" if stream is not None else "build_samples replay",
       "bytes_per_version": {"whole_median": float(np.median(whole)) if whole else None,
                             "delta_median": float(np.median(delta)) if delta else None},
+      "publish_dir": None if writer is None else publish_summary(writer),
       "requests": load_result, "versions": versions.history,
       "freshness_per_version": trainer.freshness.versions}
   if stream is not None:
