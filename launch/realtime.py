@@ -11,7 +11,7 @@ versions.
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt_redis \
         --config.data.log_dir=WORLD --source=redis://127.0.0.1:6379/events
     # and the same loop with on_close samples and without crowd features, compared
-    python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=/tmp/rt \
+    python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=runs/rt_cmp \
         --config.realtime.max_wait_ms=60000 --compare=on_close,no_crowd
 
 The events of the log (``--config.data.log_dir``, else the simulated world of
