@@ -78,6 +78,8 @@ _LEVERS = flags.DEFINE_list("levers", ["base", "hist256", "affinity"],
 _WORKDIR = flags.DEFINE_string("workdir", "runs/levers_tvt", "Worlds, samples and runs.")
 _OUT = flags.DEFINE_string("out", None, "Write the markdown report here.")
 _BENCH = flags.DEFINE_bool("bench", False, "Also time every lever's train step side by side.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Train nothing: report the finished "
+                                  "runs (a lever missing a world's seeds is left out there).")
 _BENCH_REPEATS = flags.DEFINE_integer("bench_repeats", 7, "--bench: interleaved repeats.")
 
 
@@ -155,6 +157,8 @@ def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
           "| affinity carried |")
   out = [head, "|" + "---|" * 10]
   deltas = {}
+  worlds = [w for w in worlds if all((w, s, lever) in rows and (w, s, "base") in rows
+                                     for s in range(seeds))]
   for w in worlds:
     for name in ("base", lever) if lever != "base" else ("base",):
       r = [rows[(w, s, name)] for s in range(seeds)]
@@ -172,7 +176,7 @@ def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
                  f"| {fmt(mean_sd([x['gap'] for x in r]))} "
                  f"| {fmt(mean_sd([x['projected'] - x['test_auc'] for x in r]))} "
                  f"| {fmt(mean_sd([x['affinity'] for x in r]), 2)} |")
-  return "\n".join(out), (verdict(deltas) if lever != "base" else "")
+  return "\n".join(out), (verdict(deltas) if lever != "base" and deltas else "")
 
 
 def bench(levers, repeats: int) -> dict:
@@ -195,8 +199,27 @@ def bench(levers, repeats: int) -> dict:
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def summary(worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
+  """One line per lever: the paired validation and test gains per world, the verdict."""
+  out = ["| lever | " + " | ".join(f"{w}: Δ valid | {w}: Δ test" for w in worlds)
+         + " | verdict | step time vs base |", "|" + "---|" * (2 * len(worlds) + 3)]
+  for lever in levers[1:]:
+    cells = []
+    for w in worlds:
+      have = all((w, s, lever) in rows and (w, s, "base") in rows for s in range(seeds))
+      for key in ("valid_auc", "test_auc"):
+        d = [rows[(w, s, lever)][key] - rows[(w, s, "base")][key] for s in range(seeds)] \
+            if have else None
+        cells.append(fmt(mean_sd(d), sign=True) if d else "not run")
+    v = lever_table(rows, lever, worlds, seeds)[1]
+    cost = f"{steps[lever] / steps['base']:.2f}x" if steps and lever in steps else "-"
+    out.append(f"| {lever} | " + " | ".join(cells) + f" | {v or '-'} | {cost} |")
+  return "\n".join(out)
+
+
 def report(command: str, worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
-  parts = [f"Produced by:\n\n```\n{command}\n```\n"]
+  parts = [f"Produced by:\n\n```\n{command}\n```\n",
+           summary(worlds, seeds, levers, rows, steps) + "\n"]
   for lever in levers:
     table, v = lever_table(rows, lever, worlds, seeds)
     cost = ""
@@ -222,7 +245,11 @@ def main(argv) -> None:
   for lever in levers:  # a lever at a time over every world and seed: base first
     for w in _WORLDS.value:
       for s in range(_SEEDS.value):
-        rows[(w, s, lever)] = numbers(run_one(_WORKDIR.value, w, s, lever))
+        path = os.path.join(_WORKDIR.value, w, f"seed_{s}", lever, "metrics.json")
+        if not _REPORT_ONLY.value:
+          path = run_one(_WORKDIR.value, w, s, lever)
+        if os.path.exists(path):
+          rows[(w, s, lever)] = numbers(path)
   steps = bench(levers, _BENCH_REPEATS.value) if _BENCH.value else None
   command = "python -m experiments.levers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   text = report(command, _WORLDS.value, _SEEDS.value, levers, rows, steps)
