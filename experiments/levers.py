@@ -55,6 +55,9 @@ LEVERS = {
     "init_small": ("embedding rows start at N(0, 0.01^2) instead of N(0, 0.05^2) (an id seen "
                    "rarely adds less random logit)", {"model.embedding.init_stddev": 0.01}),
     "dense_lr_x2": ("dense AdamW learning rate 1e-3 -> 2e-3", {"train.learning_rate": 2e-3}),
+    "affinity_user": ("affinity features + the user's own like / follow / click shares and "
+                      "mean engagement over each history (`model.match_set=affinity_user`)",
+                      {"model.match_set": "affinity_user"}),
     "dcn": ("DCN-v2 cross network, 2 full-rank layers, before the towers "
             "(`model.towers.cross_layers=2`)", {"model.towers.cross_layers": 2}),
     "hist256_affinity": ("history 256 (simhash) + affinity features",
@@ -66,6 +69,11 @@ LEVERS = {
     "combo1000": ("history 1,000 (simhash) + affinity features + Adagrad accumulator 1e-5",
                   {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                    "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-5}),
+    "combo_user": ("history 256 (simhash) + affinity and user-rate features + Adagrad "
+                   "accumulator 1e-5",
+                   {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
+                    "model.match_set": "affinity_user",
+                    "train.embedding_initial_accumulator": 1e-5}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
                           {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                            "model.match_set": "affinity"}),

@@ -78,3 +78,29 @@ def test_unknown_match_set_is_refused():
   cfg.match_set = "rates"
   with pytest.raises(ValueError, match="match_set"):
     model_config.validate(cfg)
+
+
+def test_user_rates_exact():
+  b = _batch()
+  f = np.asarray(matches.match_features(b, ("lv", "sv"), "affinity_user"))
+  names = matches.PER_DOMAIN + matches.AFFINITY + matches.USER_RATES
+  assert f.shape == (2, 2 * len(names)) == (2, matches.num_features(("lv", "sv"),
+                                                                    "affinity_user"))
+  lv = dict(zip(names, f[0, :len(names)]))
+  sv = dict(zip(names, f[0, len(names):]))
+  # sv valid 0..3: actions 1, 1, 3, 0 -> liked 3/4, followed 1/4; progress 0.5, 1, 0.25, 1
+  assert sv["liked_share"] == pytest.approx(3 / 4)
+  assert sv["followed_share"] == pytest.approx(1 / 4)
+  assert sv["clicked_share"] == 0.0
+  assert sv["mean_engaged"] == pytest.approx(2.75 / 4)
+  # lv valid 0..2: actions 3, 0, 1 -> clicked 2/3, liked 1/3; watch 99, 0, 5
+  assert lv["clicked_share"] == pytest.approx(2 / 3)
+  assert lv["liked_share"] == pytest.approx(1 / 3)
+  assert lv["followed_share"] == 0.0
+  assert lv["mean_engaged"] == pytest.approx((np.log1p(99.0) + np.log1p(5.0)) / 3, rel=1e-6)
+  np.testing.assert_allclose(f[1], 0.0)
+  # the affinity part is the affinity set's
+  aff = np.asarray(matches.match_features(b, ("lv", "sv"), "affinity"))
+  per = len(matches.PER_DOMAIN) + len(matches.AFFINITY)
+  np.testing.assert_allclose(f[:, :per], aff[:, :per])
+  np.testing.assert_allclose(f[:, len(names):len(names) + per], aff[:, per:])

@@ -146,6 +146,7 @@ def reference_forward(model, batch):
     {"gsu.mode": "hard_author", "towers.task_experts": 2, "gsu.top_k": 40},
     {"use_sv_history": False, "esu.recent_n": 0},
     {"match_set": "affinity"},
+    {"match_set": "affinity_user"},
     {"towers.cross_layers": 2},
     {"towers.cross_layers": 1, "towers.cross_rank": 8, "towers.kind": "ple"},
 ])

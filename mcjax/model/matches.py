@@ -14,7 +14,11 @@ ids of the batch (equal ids stay equal when JAX wraps int64 to int32).
 the same-author items the user liked and followed (action bits as of the query time), and
 the engagement with the author (short video: summed play progress; live: clicked rooms and
 ``log1p`` watch seconds). Every one reads fields of the history snapshot taken at the query
-time, so they see what a serving request sees.
+time, so they see what a serving request sees. ``"affinity_user"`` adds, per domain, the
+user's own rates over the valid history, whoever the author (``USER_RATES``): the share of
+items liked, followed and (live) clicked, and the mean engagement (play progress; log1p watch
+seconds): a user's overall propensity, read from behaviour instead of learned in the user's
+embedding row from the few samples one user has.
 """
 
 from __future__ import annotations
@@ -27,12 +31,34 @@ from mcjax.model.config import MATCH_SETS
 PER_DOMAIN = ("same_author", "same_category", "author_recency", "length")
 AFFINITY = ("author_share", "category_share", "author_1h", "author_1d", "author_liked",
             "author_followed", "author_engaged", "author_clicked")
+USER_RATES = ("liked_share", "followed_share", "clicked_share", "mean_engaged")
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 
 
 def num_features(domains, match_set: str = "counts") -> int:
-  per = len(PER_DOMAIN) + (len(AFFINITY) if match_set == "affinity" else 0)
+  per = len(PER_DOMAIN) + (len(AFFINITY) if match_set != "counts" else 0) + (
+      len(USER_RATES) if match_set == "affinity_user" else 0)
   return per * len(tuple(domains))
+
+
+def _user_rates(batch: dict, dom: str, valid, length) -> list:
+  """The ``USER_RATES`` columns of one domain, each [B] float32."""
+  f32 = jnp.float32
+  n = jnp.maximum(length, 1).astype(f32)
+  action = jnp.asarray(batch[f"{dom}_action"])
+  bits = schema.ACTION_BITS[dom]
+
+  def share(bit):
+    return (valid & ((action & bit) != 0)).sum(1).astype(f32) / n
+
+  if dom == "sv":
+    engaged = jnp.asarray(batch["sv_progress"], f32)
+    clicked = jnp.zeros(valid.shape[:1], f32)
+  else:
+    engaged = jnp.log1p(jnp.maximum(jnp.asarray(batch["lv_watch_s"], f32), 0.0))
+    clicked = share(bits["click"])
+  return [share(bits["like"]), share(bits["follow"]), clicked,
+          jnp.where(valid, engaged, 0.0).sum(1) / n]
 
 
 def _affinity(batch: dict, dom: str, same_author, same_cat, length) -> list:
@@ -79,6 +105,8 @@ def match_features(batch: dict, domains, match_set: str = "counts") -> jnp.ndarr
     first = jnp.where(jnp.any(same_author, axis=1), first, length)
     cols += [jnp.log1p(c.astype(jnp.float32))
              for c in (same_author.sum(1), same_cat.sum(1), first, length)]
-    if match_set == "affinity":
+    if match_set != "counts":
       cols += _affinity(batch, dom, same_author, same_cat, length)
+    if match_set == "affinity_user":
+      cols += _user_rates(batch, dom, valid, length)
   return jnp.stack(cols, axis=-1)
