@@ -26,3 +26,13 @@ def test_kept_only_when_validation_gains_on_every_world_beyond_the_spread():
   for s, d in enumerate((0.004, -0.003, 0.002)):
     noisy[("default", s, "good")] = _row(0.75 + s / 100 + d, 0.74)
   assert levers.lever_table(noisy, "good", ("default", "m3like"), 3)[1] == "dropped"
+
+
+def test_full_tuned_is_full_with_the_kept_levers():
+  from mcjax import config as mcconfig
+  from mcjax.configs import full_tuned
+  tuned = mcconfig.load_config("full_tuned")
+  combo = mcconfig.load_config("full", dict(levers.LEVERS["combo"][1]))
+  assert full_tuned.TUNED == levers.LEVERS["combo"][1]
+  tuned.name = combo.name
+  assert tuned.to_dict() == combo.to_dict()
