@@ -13,6 +13,9 @@ versions.
     # and the same loop with on_close samples and without crowd features, compared
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=runs/rt_cmp \
         --config.realtime.max_wait_ms=60000 --compare=on_close,no_crowd
+    # several processes: the same command in each, with the flags of launch.train
+    python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=runs/rt_2p \
+        --config.mesh.shape='(2,2)' --coordinator=HOST:PORT --num_processes=2 --process_id=I
 
 The events of the log (``--config.data.log_dir``, else the simulated world of
 ``config.data``, made in the workdir when missing) go through the stream engine
@@ -39,6 +42,13 @@ emitted table, writes a checkpoint, and writes metrics.json and report.md of wha
 goes on from the checkpoint). A diverging step stops the loop before that
 state is published or checkpointed, with one ``FATAL`` line naming the step and the loss
 terms, and exit status 1.
+
+Several processes (``--coordinator``/``--num_processes``/``--process_id``, or a cluster
+launcher's environment: ``jax.distributed.initialize`` first) each run the loop on the same
+replay (``--source=replay`` or ``batch``) and train on their slice of every batch; process 0
+writes the workdir, the report and ``--publish_dir`` (docs/realtime.md, "Several
+processes"). A Redis source or ``realtime.request_rate`` > 0 with several processes is
+refused with one ``FATAL`` line.
 
 ``--compare=on_close,no_crowd`` then runs the same loop (same log, source, flags and
 overrides; unpaced, no request load; a Redis source is replaced by a replay of the log) with
@@ -181,9 +191,12 @@ def main(argv) -> None:
   import jax
   try:
     mesh_lib.check_layout(cfg)
-    realtime_lib.check_processes(cfg, spec, jax.process_count())
   except ValueError as e:
     sys.exit(f"FATAL invalid config: {e}")
+  try:
+    realtime_lib.check_processes(cfg, spec, jax.process_count())
+  except ValueError as e:
+    sys.exit(f"FATAL {e}")
   main_process = distributed.is_main()
   log_dir = cfg.data.log_dir
   if not log_dir:
