@@ -141,6 +141,22 @@ def define_config_file(name: str, default: str, help_text: str):
     flag_error(e)
 
 
+def define_distributed_flags():
+  """``--coordinator``, ``--num_processes`` and ``--process_id`` (the multi-process launchers);
+  returns ``initialize()``: ``mcjax.distributed.initialize`` with their values (nothing with
+  one process)."""
+  coordinator = flags.DEFINE_string("coordinator", None,
+                                    "host:port of process 0 (multi-process).")
+  num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+  process_id = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+  def initialize() -> None:
+    from mcjax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize(coordinator.value, num_processes.value, process_id.value)
+
+  return initialize
+
+
 def run(main, known_only: bool = False) -> None:
   """``app.run(main)`` with the one-line handler and flag parser."""
   app.run(guarded(main), flags_parser=functools.partial(parse_flags, known_only=known_only))

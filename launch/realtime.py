@@ -13,6 +13,9 @@ versions.
     # and the same loop with on_close samples and without crowd features, compared
     python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=runs/rt_cmp \
         --config.realtime.max_wait_ms=60000 --compare=on_close,no_crowd
+    # several processes: the same command in each, with the flags of launch.train
+    python -m launch.realtime --config=mcjax/configs/tiny.py --workdir=runs/rt_2p \
+        --config.mesh.shape='(2,2)' --coordinator=HOST:PORT --num_processes=2 --process_id=I
 
 The events of the log (``--config.data.log_dir``, else the simulated world of
 ``config.data``, made in the workdir when missing) go through the stream engine
@@ -40,6 +43,13 @@ goes on from the checkpoint). A diverging step stops the loop before that
 state is published or checkpointed, with one ``FATAL`` line naming the step and the loss
 terms, and exit status 1.
 
+Several processes (``--coordinator``/``--num_processes``/``--process_id``, or a cluster
+launcher's environment: ``jax.distributed.initialize`` first) each run the loop on the same
+replay (``--source=replay`` or ``batch``) and train on their slice of every batch; process 0
+writes the workdir, the report and ``--publish_dir`` (docs/realtime.md, "Several
+processes"). A Redis source or ``realtime.request_rate`` > 0 with several processes is
+refused with one ``FATAL`` line.
+
 ``--compare=on_close,no_crowd`` then runs the same loop (same log, source, flags and
 overrides; unpaced, no request load; a Redis source is replaced by a replay of the log) with
 each switch of ``mcjax.highlight_freshness.SWITCHES`` (on_close: ``moment.mode=on_close``;
@@ -59,6 +69,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import launch
 from mcjax import configs
 from mcjax.highlight_freshness import SWITCHES
 
@@ -82,6 +93,7 @@ _INTERRUPT_AT_STEP = flags.DEFINE_integer("interrupt_at_step", None, "Fault inje
 _NAN_AT_ROW = flags.DEFINE_integer("inject_nan_at_row", None, "Fault injection (tests; "
                                    "--source=batch): training samples from this row on get NaN "
                                    "crowd features.")
+_INITIALIZE = launch.define_distributed_flags()  # --coordinator, --num_processes, ...
 _COMPARE = flags.DEFINE_list("compare", [], "After the run, the same loop with each of these "
                              f"switches ({', '.join(SWITCHES)}) into WORKDIR/compare/NAME; "
                              "report.md compares their highlight freshness.")
@@ -121,6 +133,7 @@ def make_source(cfg, spec: str, log_dir: str, nan_at_row: int | None = None):
 def run_compare(cfg, spec: str, log_dir: str, work: str, names: list[str]) -> dict[str, str]:
   """The loop again with each switch of ``names`` (module docstring); {name: workdir} of the
   runs that finished (a Ctrl-C stops at the one it interrupted)."""
+  import jax
   from mcjax import config as mcconfig
   from mcjax.train import realtime
   done = {}
@@ -139,8 +152,10 @@ def run_compare(cfg, spec: str, log_dir: str, work: str, names: list[str]) -> di
     c.realtime.speed, c.realtime.request_rate = 0.0, 0.0
     mcconfig.validate(c)
     source = make_source(c, "batch" if spec == "batch" else "replay", log_dir)
+    main = jax.process_index() == 0
     out = realtime.run_loop(c, source, sub, log_dir=log_dir,
-                            progress=lambda line, n=name: print(f"[{n}] {line}", flush=True))
+                            progress=(lambda line, n=name: print(f"[{n}] {line}", flush=True))
+                            if main else None)
     r, ctr = out["realtime"], out["overall"].get("ctr", {})
     print(f"compare {name} ({key}={value}): CTR AUC {ctr.get('auc')}, {r['steps']} steps, "
           f"{r['trained_rows']} samples in {r['wall_s']} s -> {sub}", flush=True)
@@ -160,26 +175,38 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   cfg, work = _CONFIG.value, _WORKDIR.value
   from mcjax import config as mcconfig
+  from mcjax import distributed
   from mcjax.train import RunError
   from mcjax.runtime import mesh as mesh_lib
   from mcjax.train import realtime as realtime_lib
+  spec = _SOURCE.value
+  if spec not in ("replay", "batch") and not spec.startswith("redis://"):
+    sys.exit(f"FATAL --source={spec}: expected replay, batch or redis://host:port/STREAM")
   try:
     mcconfig.validate(cfg)
     realtime_lib.check_config(cfg)
+  except ValueError as e:
+    sys.exit(f"FATAL invalid config: {e}")
+  _INITIALIZE()  # several processes: before any device work
+  import jax
+  try:
     mesh_lib.check_layout(cfg)
   except ValueError as e:
     sys.exit(f"FATAL invalid config: {e}")
+  try:
+    realtime_lib.check_processes(cfg, spec, jax.process_count())
+  except ValueError as e:
+    sys.exit(f"FATAL {e}")
+  main_process = distributed.is_main()
   log_dir = cfg.data.log_dir
   if not log_dir:
     from mcjax.sim import world
     log_dir = os.path.join(work, "world")
-    if not os.path.exists(log_dir):
+    if main_process and not os.path.exists(log_dir):
       world.build(log_dir, cfg.data.preset, cfg.data.world_seed)
+    distributed.sync("world")
   if not os.path.isdir(log_dir):
     sys.exit(f"FATAL --config.data.log_dir={log_dir}: not a folder")
-  spec = _SOURCE.value
-  if spec not in ("replay", "batch") and not spec.startswith("redis://"):
-    sys.exit(f"FATAL --source={spec}: expected replay, batch or redis://host:port/STREAM")
   if spec != "batch" and (_FROM_MIN.value or _NAN_AT_ROW.value is not None):
     sys.exit("FATAL --from_min and --inject_nan_at_row need --source=batch")
   try:
@@ -192,7 +219,8 @@ def main(argv) -> None:
     out = realtime.run_loop(cfg, source, work, log_dir=log_dir, publish_dir=_PUBLISH_DIR.value,
                             kill_at_step=_KILL_AT_STEP.value,
                             interrupt_at_step=_INTERRUPT_AT_STEP.value,
-                            progress=lambda line: print(line, flush=True))
+                            progress=(lambda line: print(line, flush=True)) if main_process
+                            else None)
   except RunError as e:
     sys.exit(f"FATAL {e}")
   compared = None
@@ -201,6 +229,8 @@ def main(argv) -> None:
       compared = run_compare(cfg, spec, log_dir, work, _COMPARE.value)
     except (RunError, ValueError, OSError) as e:
       sys.exit(f"FATAL --compare: {e}")
+  if not main_process:  # process 0 writes the report and says where
+    return
   realtime_report.write(work, out, compared=compared, log_dir=log_dir,
                         wanted=_COMPARE.value)
   r, ctr = out["realtime"], out["overall"].get("ctr", {})

@@ -37,9 +37,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the workdir's run fil
                                "(checkpoints, predictions, metrics; never its data).")
 _MEMORY_LIMIT = flags.DEFINE_float("memory_limit_gb", None, "Memory the run may use, in GB "
                                    "(default: this machine's available memory; 0: no check).")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INITIALIZE = launch.define_distributed_flags()  # --coordinator, --num_processes, ...
 
 
 def main(argv) -> None:
@@ -50,12 +48,11 @@ def main(argv) -> None:
   if cfg.data.log_dir and _VALIDATE.value:
     _refuse_bad_log(cfg.data.log_dir)
   from mcjax import config as mcconfig
-  from mcjax import distributed
   from mcjax.eventlog import files
   from mcjax.train import RunError, data, loop
   from mcjax.runtime import mesh as mesh_lib
   _refuse_bad_config(mcconfig.validate, cfg)  # before any device work
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _INITIALIZE()
   _refuse_bad_config(mesh_lib.check_layout, cfg)  # needs the device count only
   _refuse_too_big(cfg)  # before any data or device work
   try:

@@ -57,11 +57,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_layout(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
-  """The resolved mesh shape; refuses layouts the batch cannot be split over."""
+  """The resolved mesh shape; refuses layouts the batch cannot be split over (over the data
+  axis, and over the processes: several need a data axis divisible by their count)."""
   try:
     shape = resolve_shape(tuple(cfg.mesh.shape), jax.device_count())
   except ValueError as e:
     raise ValueError(f"config.mesh.shape: {e}") from None
+  processes = jax.process_count()
+  if shape[0] % processes:  # each process feeds its own rows of every batch to its devices
+    raise ValueError(f"config.mesh.shape: the data axis ({shape[0]} of mesh {shape}) is not "
+                     f"divisible by the {processes} processes, each of which feeds its own "
+                     "rows of every batch")
   for key in ("batch_size", "eval_batch_size"):
     b = cfg.train[key]
     if b % shape[0]:

@@ -10,6 +10,8 @@ the latest Orbax checkpoint under ``ckpt/`` is restored onto this process's devi
 mesh wrote it: one device, or a ("data", "model") mesh (default: every device on "model", the
 big tables row-sharded over them; candidates are split on "data" when that axis is > 1).
 Only the model's variables are kept; the optimizer state is dropped after the restore.
+On a mesh over several processes (the real-time loop's), every process calls ``score_batch``
+with the same batch and gets every row's scores.
 
 The forward pass is ``runtime.step.eval_forward`` (the one ``eval_step`` runs), then
 ``logits_to_probs`` and ``model.ranking.ranking_score`` (fusion and per-task weights from the
@@ -32,7 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mcjax import runtime
+from mcjax import distributed, runtime
 from mcjax.contract.schema import MODEL_INPUTS, TASKS
 from mcjax.model import ranking
 from mcjax.serve import ids
@@ -178,8 +180,13 @@ class Scorer:
       jax.block_until_ready(self._call(self.zero_batch(b)))
 
   def _call(self, padded: dict, weights: dict | None = None):
-    return self._jit(self.weights if weights is None else weights,
-                     jax.device_put(padded, self._batch_sharding))
+    sharding = self._batch_sharding
+    if sharding.is_fully_addressable:
+      batch = jax.device_put(padded, sharding)
+    else:  # a mesh over several processes: each has the whole batch and places its rows
+      batch = {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+               for k, v in padded.items()}
+    return self._jit(self.weights if weights is None else weights, batch)
 
   def score_batch(self, batch: dict, weights: dict | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -194,8 +201,8 @@ class Scorer:
     for lo in range(0, n, big):
       part = {k: v[lo:lo + big] for k, v in batch.items()}
       m = len(part["user_id"])
-      p, s = self._call(pad_rows(part, self.bucket(m)), weights)
-      probs[lo:lo + m], scores[lo:lo + m] = np.asarray(p)[:m], np.asarray(s)[:m]
+      p, s = distributed.host(self._call(pad_rows(part, self.bucket(m)), weights))
+      probs[lo:lo + m], scores[lo:lo + m] = p[:m], s[:m]
     return probs, scores
 
   def score(self, user_id: int, ts_ms: int, live_ids) -> Ranking:

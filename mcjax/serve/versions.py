@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcjax import distributed
 from mcjax.eventlog.files import atomic_write
 
 LATEST = "latest"
@@ -125,7 +126,7 @@ def _nbytes(tree) -> int:
 def changed_rows(new: dict, old: dict) -> dict:
   """{"tables/...": int64 ids of the rows of ``new``'s table that differ bit for bit from
   ``old``'s}, compared on the device (only the per-row flags move)."""
-  masks = jax.device_get(_changed_mask(new["tables"], old["tables"]))
+  masks = distributed.host(_changed_mask(new["tables"], old["tables"]))
   return {k: np.flatnonzero(m).astype(np.int64) for k, m in _flat({"tables": masks}).items()}
 
 
@@ -152,7 +153,7 @@ def rows_of(table, ids: np.ndarray) -> np.ndarray:
   size = 1 << (len(ids) - 1).bit_length()
   padded = np.zeros(size, np.int32)
   padded[:len(ids)] = ids
-  return np.asarray(jax.device_get(_take(table, padded)))[:len(ids)]
+  return np.asarray(distributed.host(_take(table, padded)))[:len(ids)]
 
 
 class Versions:
@@ -200,14 +201,18 @@ def _name(number: int) -> str:
 class DirPublisher:
   """Writes versions for other processes (module docstring): whole, or with ``delta`` as the
   changed rows on the version before, with a whole base every ``full_every`` versions. Keeps
-  the newest ``keep`` versions and every version from the latest one's base on."""
+  the newest ``keep`` versions and every version from the latest one's base on. When the
+  trainer runs in several processes, each calls ``write`` (the arrays are gathered from all
+  of them) and process 0 alone writes the files."""
 
   def __init__(self, root: str, keep: int = 3, delta: bool = False, full_every: int = 10):
     if isinstance(full_every, bool) or not isinstance(full_every, int) or full_every < 1:
       raise ValueError(f"realtime.full_every must be an int >= 1, got {full_every!r}")
     self.root, self.keep = os.path.abspath(root), int(keep)
     self.delta, self.full_every = bool(delta), full_every
-    os.makedirs(self.root, exist_ok=True)
+    self.main = distributed.is_main()
+    if self.main:
+      os.makedirs(self.root, exist_ok=True)
     self._last: dict | None = None  # meta.json of the last version written here
     self.history = []  # per version written: version, kind, bytes of its file, write_s
 
@@ -216,7 +221,8 @@ class DirPublisher:
     for key, table in _keyed({"tables": v.weights["tables"]}).items():
       out[key + "@rows"] = v.changed[key]
       out[key + "@values"] = rows_of(table, v.changed[key])
-    out.update(_flat(jax.device_get({"params": v.weights["params"], "rest": v.weights["rest"]})))
+    out.update(_flat(distributed.host({"params": v.weights["params"],
+                                       "rest": v.weights["rest"]})))
     return out
 
   def write(self, v: Version) -> str:
@@ -224,13 +230,16 @@ class DirPublisher:
     as_delta = (self.delta and last is not None and v.changed is not None
                 and v.prev == last["version"] and v.number - last["base"] < self.full_every)
     tmp, final = os.path.join(self.root, name + ".tmp"), os.path.join(self.root, name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     if as_delta:
       arrays, file, chain, base = self._delta_arrays(v), DELTA, last["chain"], last["base"]
     else:
-      arrays, file = _flat(jax.device_get(v.weights)), WHOLE
+      arrays, file = _flat(distributed.host(v.weights)), WHOLE
       chain, base = uuid.uuid4().hex, v.number
+    if not self.main:  # gathered with process 0, which writes
+      self._last = {"version": v.number, "base": base, "chain": chain}
+      return final
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
     path = os.path.join(tmp, file)
     np.savez(path, **arrays)
     meta = {"version": v.number, "step": v.step, "published_s": v.published_s,

@@ -25,7 +25,17 @@ consumes a stream of ``Emitted`` tables (``mcjax.train.emitted``) in order:
   as one Orbax checkpoint (``workdir/ckpt``): a run killed at any point and restarted resumes
   from it and ends with the same parameters, every sample trained exactly once.
 
-One process (the multi-process batch trainer's input slicing is not wired here).
+Several processes (``mcjax.distributed``) run it the way they run the batch trainer: every
+process reads the same stream (a deterministic source: the replay of the log through the
+stream engine, or ``build_samples`` replayed) and cuts the same global batches, and feeds only
+its slice of each, the contiguous rows ``[p * B / P, (p + 1) * B / P)`` of process p of P
+(``contract.batch.to_device``). Every decision that involves another process is taken
+together: a publish due by wall time is decided on process 0's clock
+(``distributed.first``), a stop (Ctrl-C, SIGTERM) by any process (``distributed.any_of``,
+before each emitted table); the step metrics and ``digest()`` are gathered to every host
+(``distributed.host``); the Orbax checkpoint is written by all processes together (Orbax's
+multi-process protocol). Pacing (``realtime.speed``) only delays a process: what is trained,
+scored and published never depends on it, and the processes meet at each step.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mcjax import runtime
+from mcjax import distributed, runtime
 from mcjax.contract.batch import to_device
 from mcjax.runtime import mesh as mesh_lib
 from mcjax.contract import batch as batch_lib
@@ -168,6 +178,9 @@ class ContinuousTrainer:
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self.batch_size, self.sv, self.lv = int(t.batch_size), int(cfg.moment.sv_hist_len), \
         int(cfg.moment.lv_hist_len)
+    # this process's rows of every global batch (the batch trainer's slicing, mcjax.samples.loader)
+    self.local_rows = self.batch_size // jax.process_count()
+    self.first_row = jax.process_index() * self.local_rows
     self._step_fn = self.train_step
     self.pos, self.freshness = Position(), Freshness()
     self.ledger = []  # (step, exposure ids trained in it): the prequential bookkeeping
@@ -210,7 +223,7 @@ class ContinuousTrainer:
   def warmup(self) -> None:
     """Compiles the train step ahead of the stream (so the first samples do not wait for
     the compiler): the compiled executable is what every step then calls."""
-    zero = batch_lib.zero_batch(self.batch_size, self.sv, self.lv)
+    zero = batch_lib.zero_batch(self.local_rows, self.sv, self.lv)
     batch = to_device(self.batch_sharding, zero, self.batch_size)
     self._step_fn = self.train_step.lower(self.state, batch).compile()
 
@@ -220,9 +233,11 @@ class ContinuousTrainer:
     if n < self.batch_size:
       zero = batch_lib.zero_batch(self.batch_size - n, self.sv, self.lv)
       local = {name: np.concatenate([v, zero[name]]) for name, v in local.items()}
-    batch = to_device(self.batch_sharding, local, self.batch_size)
+    mine = slice(self.first_row, self.first_row + self.local_rows)
+    batch = to_device(self.batch_sharding, {k: v[mine] for k, v in local.items()},
+                      self.batch_size)
     self.state, m = self._step_fn(self.state, batch)
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    m = {k: float(v) for k, v in distributed.host(m).items()}
     step = self.pos.step + 1
     bad = {k: v for k, v in m.items() if not np.isfinite(v)}
     if bad or m.get("learning/exchange_overflow", 0) > 0:
@@ -258,9 +273,11 @@ class ContinuousTrainer:
     resume_item, resume_row = self.pos.item, self.pos.row
 
     def maybe_publish(force: bool = False):
-      due = force or (every_steps > 0 and self.pos.step - last["step"] >= every_steps) or \
-          (every_s > 0 and time.time() - last["wall"] >= every_s)
-      if due and self.pos.step > last["step"] or (force and last["version"] == 0):
+      new = self.pos.step > last["step"]
+      due = force or (every_steps > 0 and self.pos.step - last["step"] >= every_steps)
+      if new and not due and every_s > 0:  # on process 0's clock (the same in every process)
+        due = distributed.first(time.time() - last["wall"] >= every_s)
+      if due and new or (force and last["version"] == 0):
         last["version"], served_s = publish(self.state, self.pos.step)
         self.freshness.served(last["version"], self.pos.step, served_s)
         last["step"], last["wall"] = self.pos.step, time.time()
@@ -285,7 +302,7 @@ class ContinuousTrainer:
 
     stopped = False
     for e in source.read(resume_item):
-      if should_stop():
+      if distributed.any_of(should_stop()):
         stopped = True
         break
       while buf.rows and e.clock_ms - buf.pieces[0][5] > max_wait_ms:
@@ -321,7 +338,7 @@ class ContinuousTrainer:
     """sha256 of every array of the train state (parameters, tables, optimizer states), in
     tree order: equal digests, bit-identical states."""
     h = hashlib.sha256()
-    for x in jax.tree.leaves(jax.device_get(self.state)):
+    for x in jax.tree.leaves(distributed.host(self.state)):
       h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()[:32]
 

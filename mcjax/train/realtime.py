@@ -1,4 +1,4 @@
-"""The real-time loop in one process: emitted samples -> continuous trainer -> served versions.
+"""The real-time loop: emitted samples -> continuous trainer -> served versions.
 
 ``run_loop(cfg, source, workdir)`` takes the stream engine's output (``StreamEmitted``; with
 the engine's checkpoint saved beside the trainer's, one unit) or ``build_samples`` output
@@ -19,6 +19,14 @@ replayed as emitted, and wires ``mcjax.train.continuous.ContinuousTrainer`` to a
   ``realtime.full_every`` versions); metrics.json's ``realtime.publish_dir`` has the bytes
   each took on disk;
 * ``realtime.request_rate`` > 0 runs a request generator beside the loop (``RequestLoad``).
+
+Several processes (``mcjax.distributed``; ``check_processes`` says what they cannot do: a
+Redis source, the request load) each run the whole loop on the same source, training on their
+slice of every batch (``ContinuousTrainer``); every process scores the evaluation records with
+the shared mesh and keeps them, publishes each version (``DirPublisher``: gathered from all,
+written by process 0) and takes part in each checkpoint. Process 0 alone writes the files of
+the workdir: ``preds/``, the stream snapshot (``stream_state/``; every process restores from
+it: they all run the same engine on the same events), metrics.json, ``trained.npz``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ import signal
 import threading
 import time
 
+import jax
 import numpy as np
 
-from mcjax import metrics
+from mcjax import distributed, metrics
 from mcjax.contract.batch import host_batch
 from mcjax.contract.schema import MODEL_INPUTS
 from mcjax.eventlog.files import atomic_write
@@ -49,18 +58,21 @@ _REC_KEYS = ("probs", "labels", "mask", "user_id", "in_highlight", "lv_len", "ex
 
 
 class PredStore:
-  """The scored evaluation records, saved in parts that the checkpoint counts."""
+  """The scored evaluation records, saved in parts that the checkpoint counts (``write``
+  False: kept in memory only, the saved parts read on restore; the other processes of a
+  multi-process loop, whose process 0 writes them)."""
 
-  def __init__(self, folder: str | None):
-    self.folder, self.parts, self.pending = folder, [], []
-    if folder:
+  def __init__(self, folder: str | None, write: bool = True):
+    self.folder, self.parts, self.pending, self.write = folder, [], [], write
+    if folder and write:
       os.makedirs(folder, exist_ok=True)
 
   def restore(self, n_parts: int) -> None:
     """Keeps the first ``n_parts`` saved parts (those a checkpoint counts), deletes later ones."""
     for path in sorted(glob.glob(os.path.join(self.folder, "part_*.npz"))):
       if int(os.path.basename(path)[5:11]) >= n_parts:
-        os.remove(path)
+        if self.write:
+          os.remove(path)
       else:
         with np.load(path) as z:
           self.parts.append({k: z[k] for k in z.files})
@@ -79,7 +91,7 @@ class PredStore:
     if self.pending:
       part = {k: np.concatenate([r[k] for r in self.pending]) for k in _REC_KEYS}
       self.pending = []
-      if self.folder:
+      if self.folder and self.write:
         path = os.path.join(self.folder, f"part_{len(self.parts):06d}.npz")
         np.savez(path + ".tmp.npz", **part)
         os.replace(path + ".tmp.npz", path)
@@ -224,6 +236,23 @@ def check_config(cfg) -> None:
     raise ValueError(f"config.realtime.full_every must be an int >= 1, got {k!r}")
 
 
+def check_processes(cfg, spec: str, processes: int) -> None:
+  """Raises ValueError for what the loop cannot do in ``processes`` > 1 processes: a Redis
+  source (its consumer group would split the stream between them, where every process must
+  read all of it) and the request load (its thread would score on the shared mesh at times of
+  its own: a collective the other processes never join)."""
+  if processes <= 1:
+    return
+  if spec.startswith("redis://"):
+    raise ValueError(f"--source={spec} with {processes} processes: a Redis consumer group "
+                     "would split the stream between them; use --source=replay or batch, or "
+                     "one process")
+  if float(cfg.realtime.request_rate) > 0:
+    raise ValueError(f"config.realtime.request_rate={cfg.realtime.request_rate} with "
+                     f"{processes} processes: the request load runs in one process only; set "
+                     "it to 0 (score versions from --publish_dir in another process instead)")
+
+
 def publish_summary(writer: DirPublisher) -> dict:
   """metrics.json's ``publish_dir``: how the versions were written, the bytes each took on
   disk and the wall seconds its write took (median per kind; ``versions``: per version)."""
@@ -263,13 +292,15 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
   if isinstance(source, dict):
     source = ReplayEmitted(source, tick_ms=int(rt.tick_ms), speed=float(rt.speed))
   stream = source if isinstance(source, StreamEmitted) else None
+  main = distributed.is_main()  # process 0 writes the run's files; every process computes
+  check_processes(cfg, "", jax.process_count())
   trainer = ContinuousTrainer(cfg, workdir)
-  extra = trainer.restore() or {}
+  extra = trainer.restore() or {}  # every process: process 0's stream snapshot
   snapshots = os.path.join(workdir, "stream_state")
   if stream is not None and extra.get("stream_state"):
     with open(os.path.join(snapshots, extra["stream_state"]), "rb") as f:
       stream.restore(f.read())
-  preds = PredStore(os.path.join(workdir, "preds"))
+  preds = PredStore(os.path.join(workdir, "preds"), write=main)
   preds.restore(int(extra.get("pred_parts", 0)))
   versions = Versions(first_number=int(extra.get("versions", 0)))
   writer = DirPublisher(publish_dir, delta=bool(rt.publish_delta),
@@ -301,11 +332,13 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
     queue.score()
     out = {"pred_parts": preds.flush(), "versions": versions.next_number}
     if stream is not None:  # the engine, its source position and the items not yet trained
-      os.makedirs(snapshots, exist_ok=True)
       name = f"step_{trainer.pos.step:09d}.pkl"
-      atomic_write(os.path.join(snapshots, name), stream.snapshot(trainer.pos.item))
-      for old in sorted(os.listdir(snapshots))[:-3]:  # the checkpoints keep the last two
-        os.remove(os.path.join(snapshots, old))
+      blob = stream.snapshot(trainer.pos.item)  # every process (the same engine state)
+      if main:
+        os.makedirs(snapshots, exist_ok=True)
+        atomic_write(os.path.join(snapshots, name), blob)
+        for old in sorted(os.listdir(snapshots))[:-3]:  # the checkpoints keep the last two
+          os.remove(os.path.join(snapshots, old))
       out["stream_state"] = name
     return out
 
@@ -346,6 +379,7 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
     load = RequestLoad(scorer, versions, log_dir, float(rt.request_rate),
                        int(rt.request_candidates), lambda: now["event_ms"])
     load.start()
+  distributed.sync("realtime-start")  # the processes' replay schedules start together
   start = now["t"] = time.time()
   now["events0"] = stream.engine.counts["events_in"] if stream is not None else 0
   stop = []  # Ctrl-C / SIGTERM: stop at the next table, checkpoint, report what ran
@@ -386,6 +420,8 @@ def run_loop(cfg, source, workdir: str, *, log_dir: str | None = None,
     out["realtime"]["engine"] = {"counts": dict(stream.engine.counts),
                                  "dead": dict(stream.engine.dead.counts),
                                  "watermark_lag_s": stream.lags.summary()}
+  if not main:
+    return out
   atomic_write(os.path.join(workdir, "metrics.json"), json.dumps(out, indent=1, default=float))
   np.save(os.path.join(workdir, "freshness_e2e_s.npy"), trainer.freshness.end_to_end())
   if trainer.ledger:  # which step trained each sample (this run): the prequential audit
