@@ -31,7 +31,8 @@ TRAINER_SESSION_MODULES = (  # one unit, in this order (the short refusals last)
     "test_trainer_resume.py", "test_trainer_rundir.py")
 SESSION_UNIT = "trainer session"
 LONGEST_FIRST = (  # the other modules that take longest (a few seconds up), longest first
-    "test_realtime.py", "test_reliability.py", "test_run.py", "test_stream_run.py",
+    "test_realtime.py", "test_multiprocess_realtime.py", "test_reliability.py", "test_run.py",
+    "test_stream_run.py",
     "test_tpu_compile.py",
     "test_stream_engine.py", "test_configs.py", "test_stream_redis.py", "test_model_dtype.py",
     "test_serve.py", "test_gsu_approx.py", "test_bench.py",
