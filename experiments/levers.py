@@ -172,7 +172,7 @@ def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
           "| test logloss (base rate) | gap to oracle (test) | of it, residual noise "
           "| affinity carried |")
   out = [head, "|" + "---|" * 10]
-  deltas = {}
+  deltas, asked = {}, list(worlds)
   worlds = [w for w in worlds if all((w, s, lever) in rows and (w, s, "base") in rows
                                      for s in range(seeds))]
   for w in worlds:
@@ -192,7 +192,10 @@ def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
                  f"| {fmt(mean_sd([x['gap'] for x in r]))} "
                  f"| {fmt(mean_sd([x['projected'] - x['test_auc'] for x in r]))} "
                  f"| {fmt(mean_sd([x['affinity'] for x in r]), 2)} |")
-  return "\n".join(out), (verdict(deltas) if lever != "base" and deltas else "")
+  v = verdict(deltas) if lever != "base" and deltas else ""
+  if v and len(deltas) < len(asked):
+    v += f" ({', '.join(deltas)} only)"
+  return "\n".join(out), v
 
 
 def bench(levers, repeats: int) -> dict:
