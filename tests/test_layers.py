@@ -33,6 +33,7 @@ RANKS = {
     "mcjax.serve": 8,        # scoring a trained run (restores through the runtime)
     "mcjax.aot": 8,          # ahead-of-time compilation for TPU slices (over the runtime)
     "mcjax.report": 9,
+    "mcjax.highlight_freshness": 9,  # rise of served p(click) after highlight onsets (reports)
 }
 
 

@@ -32,7 +32,7 @@ def test_full_tuned_is_full_with_the_kept_levers():
   from mcjax import config as mcconfig
   from mcjax.configs import full_tuned
   tuned = mcconfig.load_config("full_tuned")
-  combo = mcconfig.load_config("full", dict(levers.LEVERS["combo"][1]))
-  assert full_tuned.TUNED == levers.LEVERS["combo"][1]
+  combo = mcconfig.load_config("full", dict(levers.LEVERS["combo_acc1e4"][1]))
+  assert full_tuned.TUNED == levers.LEVERS["combo_acc1e4"][1]
   tuned.name = combo.name
   assert tuned.to_dict() == combo.to_dict()
