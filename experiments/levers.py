@@ -87,16 +87,21 @@ LEVERS = {
                            "model.match_set": "affinity"}),
 }
 
-_WORLDS = flags.DEFINE_list("worlds", ["default", "m3like"], "World presets.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 (world seed = model seed).")
-_LEVERS = flags.DEFINE_list("levers", ["base", "hist256", "affinity"],
-                            f"Levers to run (base is always included): {sorted(LEVERS)}.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/levers_tvt", "Worlds, samples and runs.")
-_OUT = flags.DEFINE_string("out", None, "Write the markdown report here.")
-_BENCH = flags.DEFINE_bool("bench", False, "Also time every lever's train step side by side.")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Train nothing: report the finished "
-                                  "runs (a lever missing a world's seeds is left out there).")
-_BENCH_REPEATS = flags.DEFINE_integer("bench_repeats", 7, "--bench: interleaved repeats.")
+
+
+def define_flags() -> None:
+  """The program's flags, defined when it runs (importing the module for its tables defines
+  none, so it can share a process with other launchers, as in the tests)."""
+  flags.DEFINE_list("worlds", ["default", "m3like"], "World presets.")
+  flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 (world seed = model seed).")
+  flags.DEFINE_list("levers", ["base", "hist256", "affinity"],
+                    f"Levers to run (base is always included): {sorted(LEVERS)}.")
+  flags.DEFINE_string("workdir", "runs/levers_tvt", "Worlds, samples and runs.")
+  flags.DEFINE_string("out", None, "Write the markdown report here.")
+  flags.DEFINE_bool("bench", False, "Also time every lever's train step side by side.")
+  flags.DEFINE_bool("report_only", False, "Train nothing: report the finished runs (a lever "
+                    "missing a world's seeds is left out there).")
+  flags.DEFINE_integer("bench_repeats", 7, "--bench: interleaved repeats.")
 
 
 def run_one(workdir: str, world: str, seed: int, lever: str) -> str:
@@ -276,31 +281,33 @@ def report(command: str, worlds, seeds: int, levers, rows: dict, steps: dict | N
 
 
 def main(argv) -> None:
+  F = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  unknown = [n for n in _LEVERS.value if n not in LEVERS]
+  unknown = [n for n in F.levers if n not in LEVERS]
   if unknown:
     raise app.UsageError(f"--levers: unknown {unknown}; known: {sorted(LEVERS)}")
   from absl import logging
   logging.set_verbosity(logging.WARNING)
-  levers = ["base"] + [n for n in _LEVERS.value if n != "base"]
+  levers = ["base"] + [n for n in F.levers if n != "base"]
   rows = {}
   for lever in levers:  # a lever at a time over every world and seed: base first
-    for w in _WORLDS.value:
-      for s in range(_SEEDS.value):
-        path = os.path.join(_WORKDIR.value, w, f"seed_{s}", lever, "metrics.json")
-        if not _REPORT_ONLY.value:
-          path = run_one(_WORKDIR.value, w, s, lever)
+    for w in F.worlds:
+      for s in range(F.seeds):
+        path = os.path.join(F.workdir, w, f"seed_{s}", lever, "metrics.json")
+        if not F.report_only:
+          path = run_one(F.workdir, w, s, lever)
         if os.path.exists(path):
           rows[(w, s, lever)] = numbers(path)
-  steps = bench(levers, _BENCH_REPEATS.value) if _BENCH.value else None
+  steps = bench(levers, F.bench_repeats) if F.bench else None
   command = "python -m experiments.levers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-  text = report(command, _WORLDS.value, _SEEDS.value, levers, rows, steps)
+  text = report(command, F.worlds, F.seeds, levers, rows, steps)
   print(text)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if F.out:
+    with open(F.out, "w") as f:
       f.write(text)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
