@@ -69,10 +69,12 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
 
 @functools.lru_cache(maxsize=None)
 def launcher_flags(module: str) -> dict[str, bool]:
-  """{flag name: is boolean} that ``python -m module`` defines (absl's own flags included),
-  read in a subprocess: each launcher owns absl's global flag registry."""
+  """{flag name: is boolean} that ``python -m module`` defines (absl's own flags included;
+  a program that defines its flags when it runs, in ``define_flags()``, is asked to), read in
+  a subprocess: each launcher owns absl's global flag registry."""
   code = ("import importlib, json, sys\nfrom absl import flags\n"
-          "importlib.import_module(sys.argv[1])\n"
+          "m = importlib.import_module(sys.argv[1])\n"
+          "getattr(m, 'define_flags', lambda: None)()\n"
           "print(json.dumps({n: bool(flags.FLAGS[n].boolean) for n in flags.FLAGS}))")
   r = subprocess.run([sys.executable, "-c", code, module], cwd=ROOT, capture_output=True,
                      text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
