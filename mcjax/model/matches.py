@@ -41,6 +41,14 @@ def num_features(domains, match_set: str = "counts") -> int:
   return per * len(tuple(domains))
 
 
+def _item_engagement(batch: dict, dom: str):
+  """[B, L] float32 engagement with each history item: play progress (short video), log1p
+  watch seconds (live)."""
+  if dom == "sv":
+    return jnp.asarray(batch["sv_progress"], jnp.float32)
+  return jnp.log1p(jnp.maximum(jnp.asarray(batch["lv_watch_s"], jnp.float32), 0.0))
+
+
 def _user_rates(batch: dict, dom: str, valid, length) -> list:
   """The ``USER_RATES`` columns of one domain, each [B] float32."""
   f32 = jnp.float32
@@ -51,14 +59,9 @@ def _user_rates(batch: dict, dom: str, valid, length) -> list:
   def share(bit):
     return (valid & ((action & bit) != 0)).sum(1).astype(f32) / n
 
-  if dom == "sv":
-    engaged = jnp.asarray(batch["sv_progress"], f32)
-    clicked = jnp.zeros(valid.shape[:1], f32)
-  else:
-    engaged = jnp.log1p(jnp.maximum(jnp.asarray(batch["lv_watch_s"], f32), 0.0))
-    clicked = share(bits["click"])
+  clicked = share(bits["click"]) if dom == "lv" else jnp.zeros(valid.shape[:1], f32)
   return [share(bits["like"]), share(bits["follow"]), clicked,
-          jnp.where(valid, engaged, 0.0).sum(1) / n]
+          jnp.where(valid, _item_engagement(batch, dom), 0.0).sum(1) / n]
 
 
 def _affinity(batch: dict, dom: str, same_author, same_cat, length) -> list:
@@ -73,14 +76,9 @@ def _affinity(batch: dict, dom: str, same_author, same_cat, length) -> list:
   def count(mask):
     return jnp.log1p((same_author & mask).sum(1).astype(f32))
 
-  if dom == "sv":
-    engaged = jnp.log1p(jnp.where(same_author, jnp.asarray(batch["sv_progress"], f32),
-                                  0.0).sum(1))
-    clicked = jnp.zeros(same_author.shape[:1], f32)  # a play is its own click
-  else:
-    watch = jnp.log1p(jnp.maximum(jnp.asarray(batch["lv_watch_s"], f32), 0.0))
-    engaged = jnp.log1p(jnp.where(same_author, watch, 0.0).sum(1))
-    clicked = count((action & bits["click"]) != 0)
+  engaged = jnp.log1p(jnp.where(same_author, _item_engagement(batch, dom), 0.0).sum(1))
+  clicked = (count((action & bits["click"]) != 0) if dom == "lv"
+             else jnp.zeros(same_author.shape[:1], f32))  # a play is its own click
   return [same_author.sum(1).astype(f32) / n, same_cat.sum(1).astype(f32) / n,
           count((gap >= 0) & (gap < HOUR_MS)), count((gap >= 0) & (gap < DAY_MS)),
           count((action & bits["like"]) != 0), count((action & bits["follow"]) != 0),
