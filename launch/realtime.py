@@ -184,7 +184,6 @@ def main(argv) -> None:
     sys.exit(f"FATAL --source={spec}: expected replay, batch or redis://host:port/STREAM")
   try:
     mcconfig.validate(cfg)
-    realtime_lib.check_config(cfg)
   except ValueError as e:
     sys.exit(f"FATAL invalid config: {e}")
   _INITIALIZE()  # several processes: before any device work

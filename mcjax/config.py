@@ -184,6 +184,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if block and cfg.train[key] % block:
       raise ValueError(f"config.loss.contrastive_block={block} must divide "
                        f"config.train.{key}={cfg.train[key]}")
+  if "realtime" in cfg:
+    r = cfg.realtime
+    _require(r, "full_every", _is_int(r.full_every) and r.full_every >= 1, "an int >= 1",
+             where="realtime")
 
 
 def _validate_sharding(mesh) -> None:

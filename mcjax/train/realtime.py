@@ -228,14 +228,6 @@ class RequestLoad:
             "versions_served": len(self.versions_seen), "first_error": (self.errors or [None])[0]}
 
 
-def check_config(cfg) -> None:
-  """Raises ValueError naming the key when a ``config.realtime`` publishing key is
-  impossible."""
-  k = cfg.realtime.full_every
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise ValueError(f"config.realtime.full_every must be an int >= 1, got {k!r}")
-
-
 def check_processes(cfg, spec: str, processes: int) -> None:
   """Raises ValueError for what the loop cannot do in ``processes`` > 1 processes: a Redis
   source (its consumer group would split the stream between them, where every process must
