@@ -304,8 +304,8 @@ def main(argv) -> None:
   text = report(command, F.worlds, F.seeds, levers, rows, steps)
   print(text)
   if F.out:
-    with open(F.out, "w") as f:
-      f.write(text)
+    from mcjax.eventlog.files import atomic_write
+    atomic_write(F.out, text)  # a report replaced whole, as experiments.ablation_report's
 
 
 if __name__ == "__main__":
