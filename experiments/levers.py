@@ -33,6 +33,10 @@ from absl import app, flags
 from mcjax import config as mcconfig
 
 TVT = {"train.mode": "offline_tvt"}
+# `full_tuned`'s overrides, spelled out (tests/test_levers.py keeps them equal to TUNED).
+_TUNED = {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
+          "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-4}
+
 LEVERS = {
     "base": ("`full` as it is", {}),
     "hist256": ("short-video history 64 -> 256, two-stage search (`gsu.approx=simhash`)",
@@ -82,6 +86,24 @@ LEVERS = {
                      {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
                       "model.match_set": "affinity",
                       "train.embedding_initial_accumulator": 1e-4}),
+    "tuned_acc1e3": ("`full_tuned` with Adagrad's initial accumulator 1e-3",
+                     {**_TUNED, "train.embedding_initial_accumulator": 1e-3}),
+    "tuned_nouser": ("`full_tuned` without a user id row (`embedding.vocab.user=1`: every user "
+                     "shares one row; the user is read from behaviour and side features)",
+                     {**_TUNED, "model.embedding.vocab.user": 1}),
+    "tuned_noitem": ("`full_tuned` without item id rows (`embedding.vocab.sv_item=1`, "
+                     "`live_item=1`: items are read by author, category and side fields)",
+                     {**_TUNED, "model.embedding.vocab.sv_item": 1,
+                      "model.embedding.vocab.live_item": 1}),
+    "tuned1000": ("`full_tuned` with a 1,000-play short-video history",
+                  {**_TUNED, "moment.sv_hist_len": 1000}),
+    "tuned_dense_x2": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 2e-3",
+                       {**_TUNED, "train.learning_rate": 2e-3}),
+    "tuned_dense_half": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 5e-4",
+                         {**_TUNED, "train.learning_rate": 5e-4}),
+    "tuned_warmup": ("`full_tuned` with a linear warm-up of the dense learning rate over the "
+                     "first 50 steps (`train.warmup_steps`)",
+                     {**_TUNED, "train.warmup_steps": 50}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
                           {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                            "model.match_set": "affinity"}),

@@ -83,6 +83,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1024  # global batch when scoring evaluation records
   c.train.shuffle_within_window = True  # shuffle each window's training samples (storage-aware)
   c.train.learning_rate = 1e-3    # AdamW for dense parameters
+  c.train.warmup_steps = 0        # the dense learning rate rises linearly from 0 over these
+  #                                  steps (0 = constant from the first step)
   c.train.weight_decay = 0.0      # AdamW weight decay of the dense parameters
   c.train.grad_clip = 1.0         # global-norm clip of the dense gradients; 0 = no clipping
   c.train.embedding_learning_rate = 0.05   # row-wise Adagrad for embedding tables
@@ -133,6 +135,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
               "epochs"):
     _require(t, key, _is_int(t[key]) and t[key] > 0, "an int > 0")
   _require(t, "max_steps", _is_int(t.max_steps) and t.max_steps >= -1, "an int >= -1")
+  _require(t, "warmup_steps", _is_int(t.get("warmup_steps", 0)) and t.get("warmup_steps", 0) >= 0,
+           "an int >= 0")
   _require(t, "live_sparse_threshold", _is_int(t.live_sparse_threshold)
            and t.live_sparse_threshold >= 0, "an int >= 0")
   for key, low, want in (("learning_rate", 0.0, "> 0"), ("embedding_learning_rate", 0.0, "> 0"),

@@ -143,3 +143,16 @@ def test_embedding_initial_accumulator_reaches_the_row_optimizer():
   cfg.train.embedding_initial_accumulator = -1.0
   with pytest.raises(ValueError, match="embedding_initial_accumulator"):
     mcconfig.validate(cfg)
+
+
+def test_warmup_steps_reach_the_dense_schedule():
+  from mcjax import config as mcconfig
+  cfg = mcconfig.default_config()
+  assert state_lib.optim_config(cfg).schedule()(0) == cfg.train.learning_rate  # default: none
+  cfg.train.warmup_steps = 10
+  sched = state_lib.optim_config(cfg).schedule()
+  np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(50)],
+                             [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+  cfg.train.warmup_steps = -1
+  with pytest.raises(ValueError, match="train.warmup_steps"):
+    mcconfig.validate(cfg)

@@ -69,6 +69,7 @@ def optim_config(cfg) -> OptimConfig:
   t = cfg.train
   return OptimConfig(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
                      clip_norm=t.grad_clip if t.grad_clip > 0 else None,
+                     warmup_steps=int(t.get("warmup_steps", 0)),
                      rows=sparse.RowOptConfig(
                          learning_rate=t.embedding_learning_rate,
                          initial_accumulator=float(t.get("embedding_initial_accumulator", 0.0))))
