@@ -328,3 +328,48 @@ def test_m3like_heavy_watch_tail(m3_ev):
   p50, p99 = np.quantile(watch, [0.5, 0.99])
   assert p99 / p50 >= 10 and p99 >= 10 * 60          # some visits last tens of minutes
   assert np.mean(watch < 3.0) > 0.2 and p50 <= 120   # many short ones
+
+
+def _live_exposures(log_dir):
+  e = summary._load(log_dir)
+  m = summary._mask(e, S.LIVE, S.EXPOSURE)
+  return {k: e[k][m] for k in ("exposure_id", "ts_ms", "user_id", "author_id")}
+
+
+def test_observable_reference_sits_between_the_offset_and_the_oracle(log_dir):
+  from mcjax.sim import reference
+  ts = _live_exposures(log_dir)["ts_ms"]
+  lo, hi = int(ts.min()), int(ts.max())
+  r = reference.reference(log_dir, lo + (hi - lo) * 7 // 10, after_ms=lo + (hi - lo) * 8 // 10)
+  assert r["n"] == int((ts >= lo + (hi - lo) * 8 // 10).sum())
+  assert r["oracle_no_affinity_auc"] + 0.05 < r["lr_auc"] < r["oracle_auc"], r
+  assert (r["oracle_no_affinity_auc"] < r["oracle_affinity_estimated_auc"]
+          < r["oracle_auc"]), r
+  assert 0.3 < r["affinity_r2"] < 1.0, r
+  assert r["lr_logloss"] > 0
+
+
+def test_observable_reference_features_read_only_the_past(log_dir):
+  """Each exposure's history features from the whole log equal those from the events strictly
+  before its time (dropping every event at or after the query time changes nothing)."""
+  from mcjax.sim import reference
+  authors = eio.read_side(log_dir, "authors.parquet")
+  x = _live_exposures(log_dir)
+  e = summary._load(log_dir)
+  q = {"user": x["user_id"], "author": x["author_id"], "ts": x["ts_ms"]}
+  whole = reference.history_features(e, authors, q)
+  rng = np.random.default_rng(0)
+  for i in rng.choice(len(x["ts_ms"]), 12, replace=False):
+    past = {k: v[e["ts_ms"] < x["ts_ms"][i]] for k, v in e.items()}
+    one = {k: v[i:i + 1] for k, v in q.items()}
+    np.testing.assert_array_equal(reference.history_features(past, authors, one), whole[i:i + 1])
+  assert np.ptp(whole, axis=0).min() > 0  # every column varies
+
+
+def test_observable_reference_refuses_a_log_without_oracle(log_dir, tmp_path):
+  import shutil
+  from mcjax.sim import reference
+  bare = str(tmp_path / "bare")
+  shutil.copytree(log_dir, bare, ignore=shutil.ignore_patterns("_oracle"))
+  with pytest.raises(ValueError, match="has no oracle"):
+    reference.reference(bare, 0)
