@@ -104,6 +104,9 @@ LEVERS = {
     "tuned_warmup": ("`full_tuned` with a linear warm-up of the dense learning rate over the "
                      "first 50 steps (`train.warmup_steps`)",
                      {**_TUNED, "train.warmup_steps": 50}),
+    "tuned_log": ("`full_tuned` with the log shares beside the affinity features "
+                  "(`model.match_set=affinity_log`)",
+                  {**_TUNED, "model.match_set": "affinity_log"}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
                           {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                            "model.match_set": "affinity"}),
@@ -124,6 +127,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("report_only", False, "Train nothing: report the finished runs (a lever "
                     "missing a world's seeds is left out there).")
   flags.DEFINE_integer("bench_repeats", 7, "--bench: interleaved repeats.")
+  flags.DEFINE_list("reference_levers", ["combo_acc1e4"], "Levers shown beside base in the "
+                    "observable-reference table.")
 
 
 def run_one(workdir: str, world: str, seed: int, lever: str) -> str:
@@ -159,6 +164,32 @@ def headroom(run_dir: str) -> dict:
   keep = d["mask"][:, 0] > 0
   return metrics.headroom(d["probs"][keep, 0], d["labels"][keep, 0],
                           {k: d[k][keep] for k in metrics.ORACLE_FIELDS}) or {}
+
+
+def reference(workdir: str, world: str, seed: int) -> dict:
+  """``mcjax.sim.reference`` of one world and seed, scored on the base run's test records and
+  fitted on the live exposures of the first 70% of the log's span (the share the models train
+  on); cached in ``reference.json`` beside the world. {} when the base run is missing."""
+  from mcjax.sim import reference as ref
+  from mcjax.sim import summary as sim_summary
+  from mcjax.eventlog import schema as S
+  root = os.path.join(workdir, world, f"seed_{seed}")
+  cached = os.path.join(root, "reference.json")
+  if os.path.exists(cached):
+    with open(cached) as f:
+      return json.load(f)
+  preds = os.path.join(root, "base", "preds", "window_00001.npz")
+  if not os.path.exists(preds):
+    return {}
+  log_dir = os.path.join(root, "world")
+  e = sim_summary._load(log_dir)
+  ts = e["ts_ms"][sim_summary._mask(e, S.LIVE, S.EXPOSURE)]
+  split = mcconfig.load_config("full", TVT).train.valid_split
+  r = ref.reference(log_dir, int(ts.min() + split * (ts.max() - ts.min())),
+                    np.load(preds)["exposure_id"])
+  from mcjax.eventlog.files import atomic_write
+  atomic_write(cached, json.dumps(r, indent=1))
+  return r
 
 
 def numbers(path: str) -> dict:
@@ -286,10 +317,62 @@ def summary(worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
   return "\n".join(out)
 
 
-def report(command: str, worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
+REFERENCE_INTRO = """\
+## What the log allows: the observable reference
+
+The oracle knows every user's hidden interests; a model sees one day of log before the query
+time. `mcjax.sim.reference` measures, on each run's test records, a logistic regression on
+causal, oracle-shaped features (`LR reference`: the hour, activity bucket, author, the live's
+crowd in the last 30 s / 5 min, and the user's whole short-video history against the
+candidate: plays and likes of the author and its category, their log shares) and the oracle
+with its affinity term replaced by its least-squares estimate from those histories, its other
+terms exact (`oracle, affinity estimated`; `R²` is that estimate's). `half the gap` is the
+goal of issue 27: base + (oracle - base) / 2. Shares are of base's gap to the oracle.
+"""
+
+
+def reference_table(worlds, seeds: int, levers, rows: dict, refs: dict) -> str:
+  """Per world: the oracle, the observable reference and the models' test CTR AUC."""
+  out = ["| world | oracle | oracle, affinity estimated (R²) | half the gap | LR reference "
+         "| " + " | ".join(levers) + " |", "|" + "---|" * (5 + len(levers))]
+  for w in worlds:
+    r = [refs.get((w, s)) for s in range(seeds)]
+    b = [rows.get((w, s, "base")) for s in range(seeds)]
+    if not all(r) or not all(b):
+      continue
+    oracle = [x["oracle_auc"] for x in r]
+    base = [x["test_auc"] for x in b]
+    gap = np.mean(oracle) - np.mean(base)
+
+    def cell(vals):
+      m, sd = mean_sd(vals)
+      return f"{fmt((m, sd))} ({(m - np.mean(base)) / gap:.0%})"
+
+    cells = [fmt(mean_sd(oracle)),
+             cell([x["oracle_affinity_estimated_auc"] for x in r])
+             + f" R² {np.mean([x['affinity_r2'] for x in r]):.2f}",
+             cell([(o + t) / 2 for o, t in zip(oracle, base)]),
+             cell([x["lr_auc"] for x in r])]
+    for lever in levers:
+      have = all((w, s, lever) in rows for s in range(seeds))
+      cells.append(cell([rows[(w, s, lever)]["test_auc"] for s in range(seeds)])
+                   if have else "not run")
+    out.append(f"| {w} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
+# A hand-written part of the report (its reading) goes below this line; --out keeps it.
+KEEP_BELOW = "<!-- written by hand below: experiments.levers --out keeps what follows -->"
+
+
+def report(command: str, worlds, seeds: int, levers, rows: dict, steps: dict | None,
+           refs: dict | None = None, chosen=("base",)) -> str:
   parts = ["# Levers toward the oracle\n", f"Produced by (from the repository root):\n\n"
            f"```\n{command}\n```\n", INTRO + "\n",
            summary(worlds, seeds, levers, rows, steps) + "\n"]
+  if refs:
+    parts.append(REFERENCE_INTRO + "\n" + reference_table(worlds, seeds, chosen, rows, refs)
+                 + "\n")
   for lever in levers:
     table, v = lever_table(rows, lever, worlds, seeds)
     cost = ""
@@ -321,13 +404,20 @@ def main(argv) -> None:
           path = run_one(F.workdir, w, s, lever)
         if os.path.exists(path):
           rows[(w, s, lever)] = numbers(path)
+  refs = {(w, s): reference(F.workdir, w, s) for w in F.worlds for s in range(F.seeds)}
   steps = bench(levers, F.bench_repeats) if F.bench else None
   command = "python -m experiments.levers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-  text = report(command, F.worlds, F.seeds, levers, rows, steps)
+  chosen = ["base"] + [n for n in F.reference_levers if n in levers and n != "base"]
+  text = report(command, F.worlds, F.seeds, levers, rows, steps, refs, chosen)
   print(text)
   if F.out:
     from mcjax.eventlog.files import atomic_write
-    atomic_write(F.out, text)  # a report replaced whole, as experiments.ablation_report's
+    if os.path.exists(F.out):
+      with open(F.out) as f:
+        old = f.read()
+      if KEEP_BELOW in old:
+        text += "\n" + KEEP_BELOW + old.split(KEEP_BELOW, 1)[1]
+    atomic_write(F.out, text)  # replaced whole (but for the hand-written tail)
 
 
 if __name__ == "__main__":

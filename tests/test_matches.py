@@ -104,3 +104,31 @@ def test_user_rates_exact():
   per = len(matches.PER_DOMAIN) + len(matches.AFFINITY)
   np.testing.assert_allclose(f[:, :per], aff[:, :per])
   np.testing.assert_allclose(f[:, len(names):len(names) + per], aff[:, per:])
+
+
+def test_log_shares_exact():
+  b = _batch()
+  f = np.asarray(matches.match_features(b, ("lv", "sv"), "affinity_log"))
+  per = len(matches.PER_DOMAIN) + len(matches.AFFINITY) + len(matches.LOG_SHARES)
+  assert f.shape == (2, 2 * per) == (2, matches.num_features(("lv", "sv"), "affinity_log"))
+  names = matches.PER_DOMAIN + matches.AFFINITY + matches.LOG_SHARES
+  lv, sv = dict(zip(names, f[0, :per])), dict(zip(names, f[0, per:]))
+  # the affinity part is the affinity set's
+  np.testing.assert_allclose(
+      f[:, per:per + len(matches.PER_DOMAIN) + len(matches.AFFINITY)],
+      np.asarray(matches.match_features(b, ("sv",), "affinity")), rtol=1e-6)
+  # short video: 4 valid, 3 of the category (0, 1, 3), 3 of the author; liked: 0, 1, 2 (1 bit),
+  # of them category 3 at 0 and 1
+  cat = np.log((3 + 0.5) / (4 + 8))
+  assert sv["category_log_share"] == pytest.approx(cat)
+  assert sv["author_log_share"] == pytest.approx(np.log((3 + 0.1) / (4 + 1)))
+  assert sv["category_engaged_log_ratio"] == pytest.approx(np.log((2 + 0.5) / (3 + 8)) - cat)
+  # live: 3 valid, all category 3, 2 of the author; clicked: 0 and 2 (both category 3)
+  cat = np.log((3 + 0.5) / (3 + 8))
+  assert lv["category_log_share"] == pytest.approx(cat)
+  assert lv["author_log_share"] == pytest.approx(np.log((2 + 0.1) / (3 + 1)))
+  assert lv["category_engaged_log_ratio"] == pytest.approx(np.log((2 + 0.5) / (2 + 8)) - cat)
+  # no valid history: the priors (a sixteenth of the category, nothing of the author)
+  row1 = dict(zip(names, f[1, per:]))
+  assert row1["category_log_share"] == pytest.approx(np.log(0.5 / 8))
+  assert row1["category_engaged_log_ratio"] == pytest.approx(0.0)

@@ -147,6 +147,7 @@ def reference_forward(model, batch):
     {"use_sv_history": False, "esu.recent_n": 0},
     {"match_set": "affinity"},
     {"match_set": "affinity_user"},
+    {"match_set": "affinity_log"},
     {"towers.cross_layers": 2},
     {"towers.cross_layers": 1, "towers.cross_rank": 8, "towers.kind": "ple"},
 ])

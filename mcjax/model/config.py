@@ -16,7 +16,7 @@ GSU_APPROX = ("off", "f32", "bf16", "simhash")  # pre-scores of the two-stage se
 TOWER_KINDS = ("cgc", "ple")
 FUSIONS = ("product", "weighted_sum")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-MATCH_SETS = ("counts", "affinity", "affinity_user")  # model.match_set (matches.py)
+MATCH_SETS = ("counts", "affinity", "affinity_user", "affinity_log")  # model.match_set (matches.py)
 TABLES = ("user", "user_side", "live_item", "live_author", "live_side",
           "sv_item", "sv_author", "sv_side")
 
@@ -43,7 +43,8 @@ def default() -> ml_collections.ConfigDict:
   c.match_set = "counts"        # "counts": those four per history; "affinity": also the user x
   #                               author interaction features (shares, last hour / day, liked,
   #                               followed, engagement; mcjax.model.matches.AFFINITY);
-  #                               "affinity_user": also the user's own rates (USER_RATES)
+  #                               "affinity_user": also the user's own rates (USER_RATES);
+  #                               "affinity_log": affinity + the log shares (LOG_SHARES)
 
   c.embedding = ml_collections.ConfigDict()
   c.embedding.dim = 32                  # width of every embedding row

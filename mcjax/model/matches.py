@@ -18,7 +18,12 @@ time, so they see what a serving request sees. ``"affinity_user"`` adds, per dom
 user's own rates over the valid history, whoever the author (``USER_RATES``): the share of
 items liked, followed and (live) clicked, and the mean engagement (play progress; log1p watch
 seconds): a user's overall propensity, read from behaviour instead of learned in the user's
-embedding row from the few samples one user has.
+embedding row from the few samples one user has. ``"affinity_log"`` adds instead, per domain,
+the log shares (``LOG_SHARES``): the candidate's category's and author's shares of the
+history on a log scale with pseudo-counts, and the category's log share of the engaged items
+(clicked lives, liked videos) over its share of all items. A user who picks categories by a
+softmax of interest plays each in proportion to exp(interest): its log share is linear in the
+interest, the scale the click logit carries it at.
 """
 
 from __future__ import annotations
@@ -32,12 +37,18 @@ PER_DOMAIN = ("same_author", "same_category", "author_recency", "length")
 AFFINITY = ("author_share", "category_share", "author_1h", "author_1d", "author_liked",
             "author_followed", "author_engaged", "author_clicked")
 USER_RATES = ("liked_share", "followed_share", "clicked_share", "mean_engaged")
+LOG_SHARES = ("category_log_share", "author_log_share", "category_engaged_log_ratio")
+# Pseudo-counts of the log shares: CATEGORY_PRIOR items spread over the categories (a new user
+# starts at log(1/16)), AUTHOR_PRIOR items of the author in AUTHOR_PRIOR_TOTAL.
+CATEGORY_PRIOR, CATEGORY_PRIOR_PER = 8.0, 0.5
+AUTHOR_PRIOR, AUTHOR_PRIOR_TOTAL = 0.1, 1.0
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 
 
 def num_features(domains, match_set: str = "counts") -> int:
   per = len(PER_DOMAIN) + (len(AFFINITY) if match_set != "counts" else 0) + (
-      len(USER_RATES) if match_set == "affinity_user" else 0)
+      len(USER_RATES) if match_set == "affinity_user" else 0) + (
+      len(LOG_SHARES) if match_set == "affinity_log" else 0)
   return per * len(tuple(domains))
 
 
@@ -85,6 +96,25 @@ def _affinity(batch: dict, dom: str, same_author, same_cat, length) -> list:
           engaged, clicked]
 
 
+def _log_shares(batch: dict, dom: str, valid, same_author, same_cat, length) -> list:
+  """The ``LOG_SHARES`` columns of one domain, each [B] float32: the candidate's category's
+  and author's log shares of the valid history (with pseudo-counts), and the category's log
+  share of the engaged items (live: clicked, short video: liked) over its share of all items.
+  The log share is what a softmax choice over categories makes linear in the user's interest."""
+  f32 = jnp.float32
+  n = length.astype(f32)
+  cat = same_cat.sum(1).astype(f32)
+  action = jnp.asarray(batch[f"{dom}_action"])
+  bit = schema.ACTION_BITS[dom]["click" if dom == "lv" else "like"]
+  engaged = valid & ((action & bit) != 0)
+  cat_share = jnp.log((cat + CATEGORY_PRIOR_PER) / (n + CATEGORY_PRIOR))
+  eng_share = jnp.log(((engaged & same_cat).sum(1).astype(f32) + CATEGORY_PRIOR_PER)
+                      / (engaged.sum(1).astype(f32) + CATEGORY_PRIOR))
+  return [cat_share,
+          jnp.log((same_author.sum(1).astype(f32) + AUTHOR_PRIOR) / (n + AUTHOR_PRIOR_TOTAL)),
+          eng_share - cat_share]
+
+
 def match_features(batch: dict, domains, match_set: str = "counts") -> jnp.ndarray:
   """[B, num_features(domains, match_set)] float32 for domains in ("lv", "sv")."""
   if match_set not in MATCH_SETS:
@@ -107,4 +137,6 @@ def match_features(batch: dict, domains, match_set: str = "counts") -> jnp.ndarr
       cols += _affinity(batch, dom, same_author, same_cat, length)
     if match_set == "affinity_user":
       cols += _user_rates(batch, dom, valid, length)
+    if match_set == "affinity_log":
+      cols += _log_shares(batch, dom, valid, same_author, same_cat, length)
   return jnp.stack(cols, axis=-1)
