@@ -430,3 +430,19 @@ def _served_like(world) -> dict:
   target = state_lib.abstract_with_shardings(abstract, specs, mesh)
   return {k: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype, device=a.sharding),
                           getattr(target, k)) for k in ("tables", "params", "rest")}
+
+
+def test_swap_brings_only_counts_to_the_host_until_row_ids_are_asked():
+  from mcjax.serve import versions as V
+  import jax.numpy as jnp
+  table = jnp.zeros((6, 2), jnp.float32)
+  w0 = {"tables": {"user": table}, "params": {"w": jnp.ones(3)}, "rest": {}}
+  w1 = {"tables": {"user": table.at[jnp.array([1, 4])].set(1.0)}, "params": {"w": jnp.ones(3)},
+        "rest": {}}
+  vs = V.Versions()
+  assert vs.swap(w0, 0).changed is None
+  v = vs.swap(w1, 1)
+  assert "changed" not in v.__dict__  # no row ids fetched by the swap itself
+  assert vs.history[-1]["bytes"]["rows_changed"] == 2
+  assert vs.history[-1]["bytes"]["delta"] == 2 * (2 * 4 + 8) + 3 * 4
+  np.testing.assert_array_equal(v.changed["tables/user"], [1, 4])

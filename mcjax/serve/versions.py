@@ -45,6 +45,7 @@ disk and the seconds its write took.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -81,7 +82,16 @@ class Version:
   weights: dict
   published_s: float
   prev: int | None = None      # the version ``changed`` is counted from (None: none before)
-  changed: dict | None = None  # "tables/..." -> int64 ids of the rows that differ from prev
+  masks: dict | None = None    # per table, per row, on the device: differs from prev
+
+  @functools.cached_property
+  def changed(self) -> dict | None:
+    """"tables/..." -> int64 ids of the rows that differ from ``prev`` (None: no prev). The
+    per-row flags come to the host only when asked (a publisher writing a delta), once."""
+    if self.masks is None:
+      return None
+    masks = distributed.host(self.masks)
+    return {k: np.flatnonzero(m).astype(np.int64) for k, m in _flat({"tables": masks}).items()}
 
 
 def weights_of(state) -> dict:
@@ -123,22 +133,21 @@ def _nbytes(tree) -> int:
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-def changed_rows(new: dict, old: dict) -> dict:
-  """{"tables/...": int64 ids of the rows of ``new``'s table that differ bit for bit from
-  ``old``'s}, compared on the device (only the per-row flags move)."""
-  masks = distributed.host(_changed_mask(new["tables"], old["tables"]))
-  return {k: np.flatnonzero(m).astype(np.int64) for k, m in _flat({"tables": masks}).items()}
+@jax.jit
+def _counts(masks: dict) -> dict:
+  return jax.tree.map(lambda m: jnp.sum(m, dtype=jnp.int32), masks)
 
 
-def version_bytes(new: dict, changed: dict | None) -> dict:
-  """{"whole", "delta", "rows_changed"}: bytes to send ``new`` whole, and as its ``changed``
-  table rows (each with an int64 row id) plus its dense variables."""
+def version_bytes(new: dict, counts: dict | None) -> dict:
+  """{"whole", "delta", "rows_changed"}: bytes to send ``new`` whole, and as its changed
+  table rows (``counts``: "tables/..." -> how many; each row with an int64 row id) plus its
+  dense variables."""
   whole = _nbytes(new)
-  if changed is None:
+  if counts is None:
     return {"whole": whole, "delta": whole, "rows_changed": None}
   rows = delta = 0
   for key, t in _keyed({"tables": new["tables"]}).items():
-    n = len(changed[key])
+    n = int(counts[key])
     rows += n
     delta += n * ((t.size // max(t.shape[0], 1)) * t.dtype.itemsize + 8)
   delta += _nbytes(new["params"]) + _nbytes(new["rest"])
@@ -173,12 +182,16 @@ class Versions:
     jax.block_until_ready(weights)
     old = self._current
     number = self.next_number if number is None else number
-    changed = changed_rows(weights, old.weights) if old is not None else None
-    v = Version(number, int(step), weights, time.time(), old.number if old else None, changed)
+    masks = (_changed_mask(weights["tables"], old.weights["tables"]) if old is not None
+             else None)
+    # only one count per table comes to the host here; the row ids when a publisher asks
+    counts = (_flat({"tables": distributed.host(_counts(masks))}) if masks is not None
+              else None)
+    v = Version(number, int(step), weights, time.time(), old.number if old else None, masks)
     self._current = v  # the swap: one reference, replaced whole
     self.next_number = number + 1
     self.history.append({"version": number, "step": int(step), "published_s": v.published_s,
-                         "bytes": version_bytes(weights, changed)})
+                         "bytes": version_bytes(weights, counts)})
     return v
 
   def publish(self, state, step: int) -> Version:
@@ -227,7 +240,7 @@ class DirPublisher:
 
   def write(self, v: Version) -> str:
     t0, name, last = time.time(), _name(v.number), self._last
-    as_delta = (self.delta and last is not None and v.changed is not None
+    as_delta = (self.delta and last is not None and v.masks is not None
                 and v.prev == last["version"] and v.number - last["base"] < self.full_every)
     tmp, final = os.path.join(self.root, name + ".tmp"), os.path.join(self.root, name)
     if as_delta:
