@@ -26,6 +26,7 @@ from tabulate import tabulate  # noqa: E402
 from mcjax import highlight_freshness as fresh  # noqa: E402
 from mcjax import metrics, report  # noqa: E402
 from mcjax.eventlog.files import atomic_write  # noqa: E402
+from experiments import blocks  # noqa: E402
 from mcjax.contract import schema as S  # noqa: E402
 from mcjax.samples import shards  # noqa: E402
 
@@ -431,6 +432,7 @@ def write_results(out: str, *, command: str, plan: dict, runs: dict, timings: di
   lines += ["## Wall time", "", tabulate([[k, f"{v:.0f} s"] for k, v in timings.items()],
                                          ["stage", "time"], **TABLE), ""]
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  atomic_write(out, "\n".join(lines))
+  kept = blocks.carry_from(out)  # what other programs wrote into the report (the levers)
+  atomic_write(out, "\n".join(lines) + ("\n" + kept if kept else ""))
   print("\n".join(lines))
   return out

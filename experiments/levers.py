@@ -99,6 +99,12 @@ LEVERS = {
                   {**_TUNED, "moment.sv_hist_len": 1000}),
     "tuned_dense_x2": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 2e-3",
                        {**_TUNED, "train.learning_rate": 2e-3}),
+    "tuned_dense_x4": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 4e-3",
+                       {**_TUNED, "train.learning_rate": 4e-3}),
+    "tuned_dense_x2_warmup": ("`full_tuned` with the dense AdamW learning rate 2e-3 and a "
+                              "50-step warm-up",
+                              {**_TUNED, "train.learning_rate": 2e-3,
+                               "train.warmup_steps": 50}),
     "tuned_dense_half": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 5e-4",
                          {**_TUNED, "train.learning_rate": 5e-4}),
     "tuned_warmup": ("`full_tuned` with a linear warm-up of the dense learning rate over the "
@@ -107,6 +113,9 @@ LEVERS = {
     "tuned_log": ("`full_tuned` with the log shares beside the affinity features "
                   "(`model.match_set=affinity_log`)",
                   {**_TUNED, "model.match_set": "affinity_log"}),
+    "tuned_crowd_deep": ("`full_tuned` with a two-layer crowd MLP (`model.crowd.hidden=(128, "
+                         "64)`; one layer of 64)",
+                         {**_TUNED, "model.crowd.hidden": (128, 64)}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
                           {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                            "model.match_set": "affinity"}),
@@ -127,6 +136,10 @@ def define_flags() -> None:
   flags.DEFINE_bool("report_only", False, "Train nothing: report the finished runs (a lever "
                     "missing a world's seeds is left out there).")
   flags.DEFINE_integer("bench_repeats", 7, "--bench: interleaved repeats.")
+  flags.DEFINE_string("summary_into", None, "Also write the summary and the observable-"
+                      "reference tables as block 'levers' of this report (e.g. "
+                      "experiments/RESULTS.md; experiments.ablation keeps the block when it "
+                      "rewrites that file).")
   flags.DEFINE_list("reference_levers", ["combo_acc1e4"], "Levers shown beside base in the "
                     "observable-reference table.")
 
@@ -361,6 +374,22 @@ def reference_table(worlds, seeds: int, levers, rows: dict, refs: dict) -> str:
   return "\n".join(out)
 
 
+def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, refs: dict,
+                  chosen, full_report: str | None) -> str:
+  """The lever study in short, for another report: summary and observable-reference tables."""
+  where = (f" One table per lever, with calibration and the oracle headroom of every row: "
+           f"[{full_report}]({os.path.relpath(full_report, 'experiments')})."
+           if full_report else "")
+  return "\n".join([
+      "## Levers toward the oracle (`offline_tvt`, chosen on validation, tested once)", "",
+      f"Written by `{command}`; `full` with one config change at a time, {seeds} seeds "
+      f"(world seed = model seed), paired deltas of CTR AUC against `full` as it is (`base`)."
+      + where, "", summary(worlds, seeds, levers, rows, steps), "",
+      REFERENCE_INTRO.replace("## What the log allows: the observable reference",
+                              "### What the log allows: the observable reference"),
+      reference_table(worlds, seeds, chosen, rows, refs), ""])
+
+
 # A hand-written part of the report (its reading) goes below this line; --out keeps it.
 KEEP_BELOW = "<!-- written by hand below: experiments.levers --out keeps what follows -->"
 
@@ -418,6 +447,10 @@ def main(argv) -> None:
       if KEEP_BELOW in old:
         text += "\n" + KEEP_BELOW + old.split(KEEP_BELOW, 1)[1]
     atomic_write(F.out, text)  # replaced whole (but for the hand-written tail)
+  if F.summary_into:
+    from experiments import blocks
+    blocks.put(F.summary_into, "levers", summary_block(command, F.worlds, F.seeds, levers, rows,
+                                                       steps, refs, chosen, F.out))
 
 
 if __name__ == "__main__":

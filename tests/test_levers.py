@@ -36,3 +36,30 @@ def test_full_tuned_is_full_with_the_kept_levers():
   assert full_tuned.TUNED == levers.LEVERS["combo_acc1e4"][1]
   tuned.name = combo.name
   assert tuned.to_dict() == combo.to_dict()
+
+
+def test_reference_table_puts_models_between_base_and_oracle():
+  rows = {(w, s, n): _row(0.75, t) for w in ("default",) for s in range(2)
+          for n, t in (("base", 0.74), ("good", 0.76))}
+  refs = {("default", s): {"oracle_auc": 0.80, "oracle_affinity_estimated_auc": 0.78,
+                           "affinity_r2": 0.8, "lr_auc": 0.755} for s in range(2)}
+  table = levers.reference_table(("default",), 2, ["base", "good"], rows, refs)
+  line = table.splitlines()[2]
+  # shares of base's gap (0.06): half the gap 50%, the LR 25%, `good` 33%
+  assert "| 0.7700 ± 0.0000 (50%) |" in line and "| 0.7550 ± 0.0000 (25%) |" in line
+  assert "0.7600 ± 0.0000 (33%)" in line and "0.7800 ± 0.0000 (67%) R² 0.80" in line
+
+
+def test_a_block_survives_the_report_rewritten_around_it(tmp_path):
+  from experiments import blocks
+  path = tmp_path / "RESULTS.md"
+  path.write_text("# Ablation\n\nold body\n")
+  blocks.put(str(path), "levers", "## Levers\n\nfirst")
+  blocks.put(str(path), "levers", "## Levers\n\nsecond")  # replaced, not appended twice
+  text = path.read_text()
+  assert text.count("block levers: begin") == 1 and "second" in text and "first" not in text
+  assert text.startswith("# Ablation\n\nold body\n")
+  # a report rewritten whole carries the block over
+  kept = blocks.carry_from(str(path))
+  assert kept == blocks.wrap("levers", "## Levers\n\nsecond")
+  assert blocks.carry("no blocks here") == ""
