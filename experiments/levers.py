@@ -116,6 +116,13 @@ LEVERS = {
     "tuned_crowd_deep": ("`full_tuned` with a two-layer crowd MLP (`model.crowd.hidden=(128, "
                          "64)`; one layer of 64)",
                          {**_TUNED, "model.crowd.hidden": (128, 64)}),
+    "tuned_crowd_recent": ("`full_tuned` with the crowd encoder on the 30 s and 5 min "
+                           "windows only (`model.crowd.drop`: the since-start counts and the "
+                           "live's age, which grow with the evening's audience)",
+                           {**_TUNED, "model.crowd.drop": tuple(
+                               [f"{c}_all" for c in ("exposures", "clicks", "likes",
+                                                      "comments", "gifts", "gift_value",
+                                                      "click_rate")] + ["live_age_s"])}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
                           {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                            "model.match_set": "affinity"}),

@@ -196,6 +196,8 @@ def test_history_of_10000_items():
     ("esu.num_heads", 3, "model.esu.num_heads"),
     ("embedding.dim", 0, "model.embedding.dim"),
     ("ranking.fusion", "max", "model.ranking.fusion"),
+    ("crowd.drop", ("viewers_later",), "model.crowd.drop"),
+    ("crowd.drop", schema.CROWD_FEATURES, "model.crowd.drop leaves no crowd feature"),
 ])
 def test_config_validation_names_the_key(key, value, message):
   model_config.validate(model_config.default())
@@ -234,3 +236,17 @@ def test_costs():
   fwd = costs.flops_per_example(model, batch)
   both = costs.flops_per_example(model, batch, backward=True)
   assert 0 < fwd < both
+
+
+def test_crowd_drop_leaves_those_features_out_of_the_model():
+  drop = ("exposures_all", "live_age_s")
+  model = build_model(tiny(**{"crowd.drop": drop}), rngs=nnx.Rngs(0))
+  assert model.crowd.mlp.layers[0].in_features == len(schema.CROWD_FEATURES) - 2
+  fwd = jit_forward(model)
+  batch = schema.dummy_batch(4, 8, 6, seed=0)
+  base = np.asarray(fwd(batch)["logits"])
+  for name, moves in (("exposures_all", False), ("live_age_s", False), ("clicks_30s", True)):
+    b = dict(batch)
+    b["crowd"] = np.array(batch["crowd"])
+    b["crowd"][:, schema.CROWD_INDEX[name]] += 50.0
+    assert (not np.allclose(np.asarray(fwd(b)["logits"]), base)) == moves, name

@@ -86,6 +86,7 @@ def default() -> ml_collections.ConfigDict:
 
   c.crowd = ml_collections.ConfigDict()
   c.crowd.hidden = (64,)  # MLP widths over log1p-scaled CROWD_FEATURES (output is d_model)
+  c.crowd.drop = ()       # names of CROWD_FEATURES the crowd encoder leaves out
 
   c.towers = ml_collections.ConfigDict()
   c.towers.kind = "cgc"          # "cgc" (one extraction level) or "ple" (stacked CGC levels)
@@ -176,6 +177,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   extra = [t for t in cfg.embedding.vocab if t not in TABLES]
   if extra:
     _fail("embedding.vocab", f"has unknown table(s) {extra}; known: {TABLES}")
+  drop = cfg.crowd.get("drop", ())
+  unknown = [n for n in (drop if isinstance(drop, (tuple, list)) else [drop])
+             if n not in schema.CROWD_FEATURES]
+  if not isinstance(drop, (tuple, list)) or unknown:
+    _fail("crowd.drop", f"must be a tuple of names of CROWD_FEATURES {schema.CROWD_FEATURES}, "
+          f"got {drop!r}")
+  if len(set(drop)) >= len(schema.CROWD_FEATURES):
+    _fail("crowd.drop", "leaves no crowd feature; set model.use_crowd=False instead")
   if cfg.match_set not in MATCH_SETS:
     _fail("match_set", f"must be one of {MATCH_SETS}, got {cfg.match_set!r}")
   for key in ("use_crowd", "use_sv_history", "use_lv_history", "use_match_features",

@@ -106,7 +106,8 @@ class MomentCross(nnx.Module):
     self.use_recent = cfg.use_lv_history and cfg.esu.recent_n > 0
     self.lv_recent_esu = (esu.TargetAttention(d, heads, rngs=rngs, dtype=dtype)
                           if self.use_recent else None)
-    self.crowd = (crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs, dtype=dtype)
+    self.crowd = (crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs, dtype=dtype,
+                                     drop=tuple(cfg.crowd.get("drop", ())))
                   if cfg.use_crowd else None)
     self.match_domains = tuple(self.branches)
     self.matches = (layers.linear(matches.num_features(self.match_domains, cfg.match_set), d,
