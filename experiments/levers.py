@@ -123,6 +123,9 @@ LEVERS = {
                                [f"{c}_all" for c in ("exposures", "clicks", "likes",
                                                       "comments", "gifts", "gift_value",
                                                       "click_rate")] + ["live_age_s"])}),
+    "tuned_crowd_wide": ("`full_tuned` with a wide path: the log1p crowd features linearly "
+                         "to every task's logit beside the crowd MLP (`model.crowd.wide`)",
+                         {**_TUNED, "model.crowd.wide": True}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
                           {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                            "model.match_set": "affinity"}),

@@ -250,3 +250,19 @@ def test_crowd_drop_leaves_those_features_out_of_the_model():
     b["crowd"] = np.array(batch["crowd"])
     b["crowd"][:, schema.CROWD_INDEX[name]] += 50.0
     assert (not np.allclose(np.asarray(fwd(b)["logits"]), base)) == moves, name
+
+
+def test_crowd_wide_adds_a_linear_map_of_the_crowd_to_the_logits():
+  cfg = tiny(**{"crowd.drop": ("live_age_s",), "crowd.wide": True})
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  plain = build_model(tiny(**{"crowd.drop": ("live_age_s",)}), rngs=nnx.Rngs(0))
+  batch = schema.dummy_batch(4, 8, 6, seed=0)
+  # starts at 0, and the other layers start where they do without it
+  np.testing.assert_array_equal(np.asarray(model(batch)["logits"]),
+                                np.asarray(plain(batch)["logits"]))
+  kernel = np.random.default_rng(0).normal(size=model.crowd_wide.kernel.value.shape)
+  model.crowd_wide.kernel.value = jnp.asarray(kernel, jnp.float32)
+  keep = [i for i, n in enumerate(schema.CROWD_FEATURES) if n != "live_age_s"]
+  wide = np.log1p(np.maximum(np.asarray(batch["crowd"], np.float32)[:, keep], 0)) @ kernel
+  np.testing.assert_allclose(np.asarray(model(batch)["logits"]),
+                             np.asarray(plain(batch)["logits"]) + wide, rtol=2e-5, atol=2e-5)

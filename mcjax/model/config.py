@@ -87,6 +87,8 @@ def default() -> ml_collections.ConfigDict:
   c.crowd = ml_collections.ConfigDict()
   c.crowd.hidden = (64,)  # MLP widths over log1p-scaled CROWD_FEATURES (output is d_model)
   c.crowd.drop = ()       # names of CROWD_FEATURES the crowd encoder leaves out
+  c.crowd.wide = False    # also a linear map of those (log1p) features straight to every
+  #                         task's logit, starting at 0 (a wide path beside the deep one)
 
   c.towers = ml_collections.ConfigDict()
   c.towers.kind = "cgc"          # "cgc" (one extraction level) or "ple" (stacked CGC levels)
@@ -188,7 +190,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.match_set not in MATCH_SETS:
     _fail("match_set", f"must be one of {MATCH_SETS}, got {cfg.match_set!r}")
   for key in ("use_crowd", "use_sv_history", "use_lv_history", "use_match_features",
-              "contrastive.author_level"):
+              "contrastive.author_level", "crowd.wide"):
+    if key == "crowd.wide" and "wide" not in cfg.crowd:  # a config saved before the key
+      continue
     value = cfg
     for part in key.split("."):
       value = value[part]

@@ -22,7 +22,11 @@ class CrowdEncoder(nnx.Module):
     self.mlp = layers.MLP(len(self.keep), tuple(hidden), d_model, rngs=rngs, dtype=dtype)
     self.width = d_model  # of the output
 
-  def __call__(self, crowd):
+  def scaled(self, crowd):
+    """The encoder's input: log1p of the kept features, [B, len(keep)]."""
     if len(self.keep) < len(schema.CROWD_FEATURES):
       crowd = crowd[..., jnp.asarray(self.keep)]
-    return self.mlp(features.scale_crowd(crowd))
+    return features.scale_crowd(crowd)
+
+  def __call__(self, crowd):
+    return self.mlp(self.scaled(crowd))

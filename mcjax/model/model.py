@@ -120,6 +120,13 @@ class MomentCross(nnx.Module):
       self.author_lv_proj = layers.linear(dim, d, rngs=rngs, dtype=dtype)
     self.towers = towers.Towers(len(schema.TASKS), sum(widths), cfg.towers, rngs=rngs,
                                 dtype=dtype)
+    # wide path: the scaled crowd features straight to every task's logit, starting at 0
+    # (created last: the other layers' initial values do not depend on it)
+    self.crowd_wide = (layers.linear(len(self.crowd.keep), len(schema.TASKS), rngs=rngs,
+                                     use_bias=False, dtype=dtype)
+                       if cfg.use_crowd and cfg.crowd.get("wide", False) else None)
+    if self.crowd_wide is not None:
+      self.crowd_wide.kernel.value = jnp.zeros_like(self.crowd_wide.kernel.value)
 
   @property
   def branches(self) -> dict[str, DomainBranch]:
@@ -283,6 +290,9 @@ class MomentCross(nnx.Module):
       parts.append(jax.nn.relu(self.matches(matches.match_features(
           full_batch, self.match_domains, cfg.match_set))))
     out["logits"] = self.towers(jnp.concatenate(parts, axis=-1))
+    if self.crowd_wide is not None:
+      out["logits"] = out["logits"] + self.crowd_wide(
+          self.crowd.scaled(jnp.asarray(batch["crowd"]))).astype(out["logits"].dtype)
     if cfg.contrastive.author_level:
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])
       out["author_lv"] = self.author_lv_proj(r["author"])
