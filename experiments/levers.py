@@ -37,6 +37,11 @@ TVT = {"train.mode": "offline_tvt"}
 _TUNED = {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
           "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-4}
 
+# The crowd features counted since the live's start, and its age: they grow with the audience
+# of the evening hours the offline test reads.
+_COUNTS = ("exposures", "clicks", "likes", "comments", "gifts", "gift_value")
+_SINCE_START = tuple(f"{c}_all" for c in _COUNTS + ("click_rate",)) + ("live_age_s",)
+
 LEVERS = {
     "base": ("`full` as it is", {}),
     "hist256": ("short-video history 64 -> 256, two-stage search (`gsu.approx=simhash`)",
@@ -119,10 +124,17 @@ LEVERS = {
     "tuned_crowd_recent": ("`full_tuned` with the crowd encoder on the 30 s and 5 min "
                            "windows only (`model.crowd.drop`: the since-start counts and the "
                            "live's age, which grow with the evening's audience)",
-                           {**_TUNED, "model.crowd.drop": tuple(
-                               [f"{c}_all" for c in ("exposures", "clicks", "likes",
-                                                      "comments", "gifts", "gift_value",
-                                                      "click_rate")] + ["live_age_s"])}),
+                           {**_TUNED, "model.crowd.drop": _SINCE_START}),
+    "tuned_recent_x2": ("`tuned_crowd_recent` with the dense AdamW learning rate 2e-3",
+                        {**_TUNED, "model.crowd.drop": _SINCE_START,
+                         "train.learning_rate": 2e-3}),
+    "tuned_recent_wide": ("`tuned_crowd_recent` with the wide crowd path",
+                          {**_TUNED, "model.crowd.drop": _SINCE_START,
+                           "model.crowd.wide": True}),
+    "tuned_crowd_rates": ("`full_tuned` with the crowd encoder on the last 30 s counts and the "
+                          "30 s / 5 min click rates only",
+                          {**_TUNED, "model.crowd.drop": _SINCE_START + tuple(
+                              f"{c}_5m" for c in _COUNTS) + ("viewers_now",)}),
     "tuned_crowd_wide": ("`full_tuned` with a wide path: the log1p crowd features linearly "
                          "to every task's logit beside the crowd MLP (`model.crowd.wide`)",
                          {**_TUNED, "model.crowd.wide": True}),
