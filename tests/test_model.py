@@ -239,7 +239,7 @@ def test_costs():
 
 
 def test_crowd_drop_leaves_those_features_out_of_the_model():
-  drop = ("exposures_all", "live_age_s")
+  drop = ("exposures_all,live_age_s",)  # as --config.model.crowd.drop=a,b arrives
   model = build_model(tiny(**{"crowd.drop": drop}), rngs=nnx.Rngs(0))
   assert model.crowd.mlp.layers[0].in_features == len(schema.CROWD_FEATURES) - 2
   fwd = jit_forward(model)

@@ -87,6 +87,7 @@ def default() -> ml_collections.ConfigDict:
   c.crowd = ml_collections.ConfigDict()
   c.crowd.hidden = (64,)  # MLP widths over log1p-scaled CROWD_FEATURES (output is d_model)
   c.crowd.drop = ()       # names of CROWD_FEATURES the crowd encoder leaves out
+  #                         (command line: --config.model.crowd.drop=exposures_all,live_age_s)
   c.crowd.wide = False    # also a linear map of those (log1p) features straight to every
   #                         task's logit, starting at 0 (a wide path beside the deep one)
 
@@ -110,6 +111,13 @@ def default() -> ml_collections.ConfigDict:
   c.ranking.weights = ml_collections.ConfigDict(  # per-task weight in the fused score
       {"ctr": 1.0, "lvtr": 0.5, "ltr": 0.1, "cmtr": 0.1, "gtr": 0.2, "wtr": 0.1})
   return c
+
+
+def crowd_drop(cfg) -> tuple[str, ...]:
+  """``crowd.drop`` as names (an element may hold several, comma-separated: the command line's
+  ``--config.model.crowd.drop=a,b`` arrives as one string)."""
+  return tuple(n.strip() for item in cfg.crowd.get("drop", ()) for n in str(item).split(",")
+               if n.strip())
 
 
 def _fail(key: str, msg: str):
@@ -180,12 +188,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if extra:
     _fail("embedding.vocab", f"has unknown table(s) {extra}; known: {TABLES}")
   drop = cfg.crowd.get("drop", ())
-  unknown = [n for n in (drop if isinstance(drop, (tuple, list)) else [drop])
-             if n not in schema.CROWD_FEATURES]
-  if not isinstance(drop, (tuple, list)) or unknown:
-    _fail("crowd.drop", f"must be a tuple of names of CROWD_FEATURES {schema.CROWD_FEATURES}, "
-          f"got {drop!r}")
-  if len(set(drop)) >= len(schema.CROWD_FEATURES):
+  unknown = ([n for n in crowd_drop(cfg) if n not in schema.CROWD_FEATURES]
+             if isinstance(drop, (tuple, list)) else [drop])
+  if unknown:
+    _fail("crowd.drop", f"must be names of CROWD_FEATURES {schema.CROWD_FEATURES}, got "
+          f"unknown {unknown}")
+  if len(set(crowd_drop(cfg))) >= len(schema.CROWD_FEATURES):
     _fail("crowd.drop", "leaves no crowd feature; set model.use_crowd=False instead")
   if cfg.match_set not in MATCH_SETS:
     _fail("match_set", f"must be one of {MATCH_SETS}, got {cfg.match_set!r}")

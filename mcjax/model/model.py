@@ -107,7 +107,7 @@ class MomentCross(nnx.Module):
     self.lv_recent_esu = (esu.TargetAttention(d, heads, rngs=rngs, dtype=dtype)
                           if self.use_recent else None)
     self.crowd = (crowd.CrowdEncoder(cfg.crowd.hidden, d, rngs=rngs, dtype=dtype,
-                                     drop=tuple(cfg.crowd.get("drop", ())))
+                                     drop=model_config.crowd_drop(cfg))
                   if cfg.use_crowd else None)
     self.match_domains = tuple(self.branches)
     self.matches = (layers.linear(matches.num_features(self.match_domains, cfg.match_set), d,
