@@ -158,6 +158,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("report_only", False, "Train nothing: report the finished runs (a lever "
                     "missing a world's seeds is left out there).")
   flags.DEFINE_integer("bench_repeats", 7, "--bench: interleaved repeats.")
+  flags.DEFINE_list("bench_levers", None, "--bench: time only these levers (and base); "
+                    "default: every lever of --levers.")
   flags.DEFINE_string("summary_into", None, "Also write the summary and the observable-"
                       "reference tables as block 'levers' of this report (e.g. "
                       "experiments/RESULTS.md; experiments.ablation keeps the block when it "
@@ -440,9 +442,10 @@ def main(argv) -> None:
   F = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  unknown = [n for n in F.levers if n not in LEVERS]
-  if unknown:
-    raise app.UsageError(f"--levers: unknown {unknown}; known: {sorted(LEVERS)}")
+  for flag in ("levers", "bench_levers", "reference_levers"):
+    unknown = [n for n in (F[flag].value or ()) if n not in LEVERS]
+    if unknown:
+      raise app.UsageError(f"--{flag}: unknown {unknown}; known: {sorted(LEVERS)}")
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   levers = ["base"] + [n for n in F.levers if n != "base"]
@@ -456,7 +459,8 @@ def main(argv) -> None:
         if os.path.exists(path):
           rows[(w, s, lever)] = numbers(path)
   refs = {(w, s): reference(F.workdir, w, s) for w in F.worlds for s in range(F.seeds)}
-  steps = bench(levers, F.bench_repeats) if F.bench else None
+  timed = ["base"] + [n for n in (F.bench_levers or levers) if n != "base"]
+  steps = bench(timed, F.bench_repeats) if F.bench else None
   command = "python -m experiments.levers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   chosen = ["base"] + [n for n in F.reference_levers if n in levers and n != "base"]
   text = report(command, F.worlds, F.seeds, levers, rows, steps, refs, chosen)
