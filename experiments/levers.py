@@ -34,6 +34,7 @@ from mcjax import config as mcconfig
 
 TVT = {"train.mode": "offline_tvt"}
 # `full_tuned`'s overrides, spelled out (tests/test_levers.py keeps them equal to TUNED).
+TUNED_LEVER = "combo_acc1e4"  # `full_tuned` as a lever; the `tuned_*` levers build on it
 _TUNED = {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
           "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-4}
 
@@ -239,6 +240,7 @@ def numbers(path: str) -> dict:
           "test_logloss": t["logloss"], "test_base": t["base_logloss"],
           "gap": h.get("oracle_auc", float("nan")) - t["auc"],
           "affinity": (h.get("learned") or {}).get("affinity"),
+          "highlight": (h.get("learned") or {}).get("highlight"),
           "projected": h.get("projected_auc"), "residual_sd": h.get("residual_sd"),
           "step_s": m["train"].get("perf/step_time_s"), "wall_s": m["train"].get("wall_s")}
 
@@ -261,33 +263,41 @@ def verdict(deltas: dict) -> str:
   return "kept" if ok else "dropped"
 
 
+def parent_of(lever: str) -> str:
+  """The run a lever is measured against: `full_tuned`'s lever for the `tuned_*` levers
+  (changes on top of it), `base` for the others."""
+  return TUNED_LEVER if lever.startswith("tuned") else "base"
+
+
 def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
-  """(markdown table of ``lever`` against base on each world, verdict)."""
+  """(markdown table of ``lever`` against its parent on each world, verdict)."""
+  ref = parent_of(lever)
   head = ("| world | config | valid CTR AUC | Δ valid (paired) | test CTR AUC | Δ test (paired) "
           "| test logloss (base rate) | gap to oracle (test) | of it, residual noise "
-          "| affinity carried |")
-  out = [head, "|" + "---|" * 10]
+          "| affinity carried | highlight carried |")
+  out = [head, "|" + "---|" * 11]
   deltas, asked = {}, list(worlds)
-  worlds = [w for w in worlds if all((w, s, lever) in rows and (w, s, "base") in rows
+  worlds = [w for w in worlds if all((w, s, lever) in rows and (w, s, ref) in rows
                                      for s in range(seeds))]
   for w in worlds:
-    for name in ("base", lever) if lever != "base" else ("base",):
+    for name in (ref, lever) if lever != ref else (ref,):
       r = [rows[(w, s, name)] for s in range(seeds)]
-      b = [rows[(w, s, "base")] for s in range(seeds)]
+      b = [rows[(w, s, ref)] for s in range(seeds)]
       dv = [x["valid_auc"] - y["valid_auc"] for x, y in zip(r, b)]
       dt = [x["test_auc"] - y["test_auc"] for x, y in zip(r, b)]
-      if name != "base":
+      if name != ref:
         deltas[w] = dv
       delta = (lambda d: fmt(mean_sd(d), sign=True) + " (" + ", ".join(f"{x:+.4f}" for x in d)
-               + ")") if name != "base" else (lambda d: "")
+               + ")") if name != ref else (lambda d: "")
       out.append(f"| {w} | {name} | {fmt(mean_sd([x['valid_auc'] for x in r]))} | {delta(dv)} "
                  f"| {fmt(mean_sd([x['test_auc'] for x in r]))} | {delta(dt)} "
                  f"| {mean_sd([x['test_logloss'] for x in r])[0]:.4f} "
                  f"({mean_sd([x['test_base'] for x in r])[0]:.4f}) "
                  f"| {fmt(mean_sd([x['gap'] for x in r]))} "
                  f"| {fmt(mean_sd([x['projected'] - x['test_auc'] for x in r]))} "
-                 f"| {fmt(mean_sd([x['affinity'] for x in r]), 2)} |")
-  v = verdict(deltas) if lever != "base" and deltas else ""
+                 f"| {fmt(mean_sd([x['affinity'] for x in r]), 2)} "
+                 f"| {fmt(mean_sd([x['highlight'] for x in r]), 2)} |")
+  v = verdict(deltas) if lever != ref and deltas else ""
   if v and len(deltas) < len(asked):
     v += f" ({', '.join(deltas)} only)"
   return "\n".join(out), v
@@ -323,8 +333,10 @@ test columns are read for this report only. `gap to oracle` = the world's true p
 AUC minus the model's on the test records; `of it, residual noise` = the AUC of the model's
 logit projected on the true logit's terms minus the model's AUC (`mcjax.metrics.headroom`):
 the part of the gap that is logit variation unrelated to the truth rather than a term
-carried at the wrong scale. `affinity carried`: the coefficient of the true user-author
-affinity term in the model's logit (1 = its true scale). Logloss is the test CTR logloss
+carried at the wrong scale. `affinity carried` / `highlight carried`: the coefficient of the
+true user-author affinity / highlight term in the model's logit (1 = its true scale). The
+`tuned_*` levers are changes on top of `full_tuned` (lever `combo_acc1e4`): their deltas and
+verdicts are against it (column `vs`); a share of the gap is always of `base`'s gap. Logloss is the test CTR logloss
 beside the base rate's (predicting the test records' positive rate). Step time: the train
 step at batch 256 on one CPU device, median of interleaved repeats in one process
 (`--bench`).
@@ -333,15 +345,16 @@ step at batch 256 on one CPU device, median of interleaved repeats in one proces
 
 def summary(worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
   """One line per lever: the paired validation and test gains per world, the verdict."""
-  out = ["| lever | " + " | ".join(f"{w}: Δ valid | {w}: Δ test (share of the gap)"
-                                   for w in worlds)
-         + " | verdict | step time vs base |", "|" + "---|" * (2 * len(worlds) + 3)]
+  out = ["| lever | vs | " + " | ".join(f"{w}: Δ valid | {w}: Δ test (share of the gap)"
+                                        for w in worlds)
+         + " | verdict | step time vs base |", "|" + "---|" * (2 * len(worlds) + 4)]
   for lever in levers[1:]:
-    cells = []
+    cells, ref = [], parent_of(lever)
     for w in worlds:
-      have = all((w, s, lever) in rows and (w, s, "base") in rows for s in range(seeds))
+      have = all((w, s, lever) in rows and (w, s, ref) in rows and (w, s, "base") in rows
+                 for s in range(seeds))
       for key in ("valid_auc", "test_auc"):
-        d = [rows[(w, s, lever)][key] - rows[(w, s, "base")][key] for s in range(seeds)] \
+        d = [rows[(w, s, lever)][key] - rows[(w, s, ref)][key] for s in range(seeds)] \
             if have else None
         cell = fmt(mean_sd(d), sign=True) if d else "not run"
         if d and key == "test_auc":
@@ -350,7 +363,7 @@ def summary(worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
         cells.append(cell)
     v = lever_table(rows, lever, worlds, seeds)[1]
     cost = f"{steps[lever] / steps['base']:.2f}x" if steps and lever in steps else "-"
-    out.append(f"| {lever} | " + " | ".join(cells) + f" | {v or '-'} | {cost} |")
+    out.append(f"| {lever} | {ref} | " + " | ".join(cells) + f" | {v or '-'} | {cost} |")
   return "\n".join(out)
 
 

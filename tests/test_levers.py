@@ -5,7 +5,8 @@ from experiments import levers
 
 def _row(valid, test):
   return {"valid_auc": valid, "valid_logloss": 0.4, "test_auc": test, "test_logloss": 0.45,
-          "test_base": 0.55, "gap": 0.8 - test, "affinity": 0.7, "projected": test + 0.04,
+          "test_base": 0.55, "gap": 0.8 - test, "affinity": 0.7, "highlight": 0.4,
+          "projected": test + 0.04,
           "residual_sd": 0.6, "step_s": 0.1, "wall_s": 60.0}
 
 
@@ -63,3 +64,15 @@ def test_a_block_survives_the_report_rewritten_around_it(tmp_path):
   kept = blocks.carry_from(str(path))
   assert kept == blocks.wrap("levers", "## Levers\n\nsecond")
   assert blocks.carry("no blocks here") == ""
+
+
+def test_tuned_levers_are_judged_against_full_tuned():
+  rows = {}
+  for s in range(3):
+    rows[("default", s, "base")] = _row(0.75, 0.74)
+    rows[("default", s, levers.TUNED_LEVER)] = _row(0.77 + s / 1000, 0.76)
+    rows[("default", s, "tuned_x")] = _row(0.765 + s / 1000, 0.76)  # above base, below parent
+  table, verdict = levers.lever_table(rows, "tuned_x", ("default",), 3)
+  assert verdict == "dropped" and "-0.0050 ± 0.0000" in table
+  line = levers.summary(("default",), 3, ["base", "tuned_x"], rows, None).splitlines()[2]
+  assert line.startswith(f"| tuned_x | {levers.TUNED_LEVER} | -0.0050")
