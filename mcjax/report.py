@@ -10,6 +10,7 @@ AUC of live-sparse vs other users for `full` vs `no_cross`.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -110,6 +111,61 @@ def headroom_table(runs: dict[str, dict]) -> str | None:
   return tabulate(rows, ["config", "slice", "records", "model", "oracle", "no affinity",
                          "no highlight", "gap", "learned: base / affinity / highlight",
                          "projected", "residual sd / logit sd"],
+                  tablefmt="github", disable_numparse=True)
+
+
+REFERENCE_TEXT = (
+    "On the last {late:.0%} of the day's live exposures: each model's prequential CTR AUC beside "
+    "the observable reference of the log (`mcjax.sim.reference`, fitted on the exposures before "
+    "them): `LR reference`, a logistic regression on causal, oracle-shaped features (hour, "
+    "activity bucket, author, the live's crowd in the last 30 s / 5 min, the user's whole "
+    "short-video history against the candidate); `oracle, affinity estimated`, the oracle with "
+    "its affinity term estimated from those histories, the other terms exact (R² of that "
+    "estimate), near the best a model of these histories can reach.")
+
+
+def reference_rows(workdir: str, runs: dict[str, dict], log_dir: str,
+                   late: float = 0.2) -> dict | None:
+  """The observable reference on the live exposures of the last ``late`` share of the log's
+  span that every run scored, and each run's CTR AUC on them (its ``preds/``); None for a log
+  without oracle or runs without predictions."""
+  from mcjax.eventlog import io as eio  # pylint: disable=g-import-not-at-top
+  from mcjax.sim import metrics as sim_metrics  # pylint: disable=g-import-not-at-top
+  from mcjax.sim import reference as ref  # pylint: disable=g-import-not-at-top
+  if eio.read_oracle(log_dir, "exposures.parquet") is None:
+    return None
+  preds = {}
+  for name in runs:
+    files = sorted(glob.glob(os.path.join(workdir, name, "preds", "window_*.npz")))
+    if not files:
+      return None
+    parts = [np.load(f) for f in files]
+    keep = [p["mask"][:, 0] > 0 for p in parts]
+    preds[name] = {k: np.concatenate([p[k][m] if p[k].ndim == 1 else p[k][m, 0]
+                                      for p, m in zip(parts, keep)])
+                   for k in ("exposure_id", "probs", "labels")}
+  ex_ts = ref.live_exposure_times(log_dir)
+  lo, hi = int(ex_ts["ts_ms"].min()), int(ex_ts["ts_ms"].max())
+  split = lo + int((1.0 - late) * (hi - lo))
+  ids = ex_ts["exposure_id"][ex_ts["ts_ms"] >= split]
+  for p in preds.values():
+    ids = np.intersect1d(ids, p["exposure_id"])
+  if len(ids) < 50:
+    return None
+  out = {"late": late, "reference": ref.reference(log_dir, split, ids), "models": {}}
+  for name, p in preds.items():
+    sel = np.isin(p["exposure_id"], ids)
+    out["models"][name] = sim_metrics.auc(p["labels"][sel], p["probs"][sel])
+  return out
+
+
+def reference_table(rows: dict) -> str:
+  r = rows["reference"]
+  table = [[name, f"{r['n']:,}", _fmt(auc), _fmt(r["lr_auc"]),
+            f"{_fmt(r['oracle_affinity_estimated_auc'])} (R² {r['affinity_r2']:.2f})",
+            _fmt(r["oracle_auc"])] for name, auc in rows["models"].items()]
+  return tabulate(table, ["config", "records", "model", "LR reference",
+                          "oracle, affinity estimated", "oracle"],
                   tablefmt="github", disable_numparse=True)
 
 
@@ -239,9 +295,11 @@ def example_section(ex: dict) -> list[str]:
 def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None = None,
                  timings: dict[str, float] | None = None,
                  collisions: dict[str, dict] | None = None,
-                 example: dict | None = None, realtime: dict | None = None) -> str:
+                 example: dict | None = None, realtime: dict | None = None,
+                 reference: dict | None = None) -> str:
   """Writes ``workdir/report.md`` and its plots; returns the report path. ``realtime``: the
-  real-time loop's metrics.json (its own report in ``workdir/realtime/``)."""
+  real-time loop's metrics.json (its own report in ``workdir/realtime/``); ``reference``:
+  ``reference_rows``'s."""
   plots = os.path.join(workdir, "plots")
   os.makedirs(plots, exist_ok=True)
   lines = ["# mcjax run report", ""]
@@ -260,6 +318,9 @@ def write_report(workdir: str, runs: dict[str, dict], world_summary: str | None 
   room = headroom_table(runs)
   if room:
     lines += ["## Headroom to the oracle (CTR AUC)", "", HEADROOM_TEXT, "", room, ""]
+  if reference:
+    lines += ["## What the log allows: the observable reference (CTR AUC)", "",
+              REFERENCE_TEXT.format(late=reference["late"]), "", reference_table(reference), ""]
   p1 = plot_auc_over_time(runs, ("full", "no_moment"), os.path.join(plots, "auc_over_time.png"))
   if p1:
     lines += ["## Freshness: full vs no_moment over time", "",
@@ -314,7 +375,8 @@ def write_run_report(workdir: str, runs: dict[str, dict], log_dir: str, model_cf
   example = scored_example(os.path.join(workdir, first), log_dir,
                            after_ms=windows[3 * len(windows) // 4]["start_ms"]) if windows else None
   return write_report(workdir, runs, collisions=collision_report(log_dir, model_cfg),
-                      example=example, **kwargs)
+                      example=example, reference=reference_rows(workdir, runs, log_dir),
+                      **kwargs)
 
 
 def load_metrics(path: str) -> dict:

@@ -90,6 +90,13 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
       L(clicks_cat), L(seen_all)], axis=1)
 
 
+def live_exposure_times(log_dir: str) -> dict:
+  """{"exposure_id", "ts_ms"} of a log's live exposures."""
+  e = SM._load(log_dir)
+  ids, ts = SM._pick(e, SM._mask(e, S.LIVE, S.EXPOSURE), "exposure_id", "ts_ms")
+  return {"exposure_id": ids, "ts_ms": ts}
+
+
 def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None = None,
               after_ms: int | None = None) -> dict:
   """The observable reference (module doc) of a simulated log.
