@@ -336,10 +336,10 @@ the part of the gap that is logit variation unrelated to the truth rather than a
 carried at the wrong scale. `affinity carried` / `highlight carried`: the coefficient of the
 true user-author affinity / highlight term in the model's logit (1 = its true scale). The
 `tuned_*` levers are changes on top of `full_tuned` (lever `combo_acc1e4`): their deltas and
-verdicts are against it (column `vs`); a share of the gap is always of `base`'s gap. Logloss is the test CTR logloss
-beside the base rate's (predicting the test records' positive rate). Step time: the train
-step at batch 256 on one CPU device, median of interleaved repeats in one process
-(`--bench`).
+verdicts are against it (column `vs`); a share of the gap is always of `base`'s gap.
+Logloss is the test CTR logloss beside the base rate's (predicting the test records' positive
+rate). Step time: the train step at batch 256 on one CPU device, median of interleaved
+repeats in one process (`--bench`).
 """
 
 
@@ -420,7 +420,8 @@ def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, r
   return "\n".join([
       "## Levers toward the oracle (`offline_tvt`, chosen on validation, tested once)", "",
       f"Written by `{command}`; `full` with one config change at a time, {seeds} seeds "
-      f"(world seed = model seed), paired deltas of CTR AUC against `full` as it is (`base`)."
+      f"(world seed = model seed), paired deltas of CTR AUC against the run in column `vs` "
+      f"(`base`: `full` as it is; `combo_acc1e4`: `full_tuned`)."
       + where, "", summary(worlds, seeds, levers, rows, steps), "",
       REFERENCE_INTRO.replace("## What the log allows: the observable reference",
                               "### What the log allows: the observable reference"),

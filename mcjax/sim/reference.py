@@ -7,9 +7,9 @@ sees the log before the query time. Two numbers put a model's AUC between the tw
   (everything strictly before its time): the hour and the user's activity bucket, the author
   (one-hot: popularity), the live's crowd in the last 30 s and 5 min with its click rate, and
   the user's whole short-video history against the candidate (plays and likes of the author
-  and of its category, their log shares) and the category's share of the user's live clicks. It is fitted on
-  the exposures before the training boundary and scored on the given records: what a small
-  model with the right features reaches, not a bound.
+  and of its category, their log shares) and the category's share of the user's live clicks.
+  It is fitted on the exposures before the training boundary and scored on the given records:
+  what a small model with the right features reaches, not a bound.
 * ``oracle_affinity_estimated_auc``: the oracle's logit with its affinity term (interest in
   the author's category + familiarity) replaced by its least-squares estimate from the same
   history features (fitted on the training exposures; ``affinity_r2`` is its R^2 on the
