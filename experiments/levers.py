@@ -31,12 +31,11 @@ import numpy as np
 from absl import app, flags
 
 from mcjax import config as mcconfig
+from mcjax.configs import full_tuned
 
 TVT = {"train.mode": "offline_tvt"}
-# `full_tuned`'s overrides, spelled out (tests/test_levers.py keeps them equal to TUNED).
 TUNED_LEVER = "combo_acc1e4"  # `full_tuned` as a lever; the `tuned_*` levers build on it
-_TUNED = {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
-          "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-4}
+_TUNED = dict(full_tuned.TUNED)  # its overrides
 
 # The crowd features counted since the live's start, and its age: they grow with the audience
 # of the evening hours the offline test reads.
@@ -88,10 +87,7 @@ LEVERS = {
                     {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
                      "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-5,
                      "moment.lv_hist_len": 128}),
-    "combo_acc1e4": ("combo with Adagrad's initial accumulator 1e-4",
-                     {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
-                      "model.match_set": "affinity",
-                      "train.embedding_initial_accumulator": 1e-4}),
+    "combo_acc1e4": ("combo with Adagrad's initial accumulator 1e-4", _TUNED),
     "tuned_acc1e3": ("`full_tuned` with Adagrad's initial accumulator 1e-3",
                      {**_TUNED, "train.embedding_initial_accumulator": 1e-3}),
     "tuned_nouser": ("`full_tuned` without a user id row (`embedding.vocab.user=1`: every user "
