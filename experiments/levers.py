@@ -205,8 +205,6 @@ def reference(workdir: str, world: str, seed: int) -> dict:
   fitted on the live exposures of the first 70% of the log's span (the share the models train
   on); cached in ``reference.json`` beside the world. {} when the base run is missing."""
   from mcjax.sim import reference as ref
-  from mcjax.sim import summary as sim_summary
-  from mcjax.eventlog import schema as S
   root = os.path.join(workdir, world, f"seed_{seed}")
   cached = os.path.join(root, "reference.json")
   if os.path.exists(cached):
@@ -216,11 +214,11 @@ def reference(workdir: str, world: str, seed: int) -> dict:
   if not os.path.exists(preds):
     return {}
   log_dir = os.path.join(root, "world")
-  e = sim_summary._load(log_dir)
-  ts = e["ts_ms"][sim_summary._mask(e, S.LIVE, S.EXPOSURE)]
+  events = ref.load_events(log_dir)
+  ts = ref.live_exposure_times(events)["ts_ms"]
   split = mcconfig.load_config("full", TVT).train.valid_split
   r = ref.reference(log_dir, int(ts.min() + split * (ts.max() - ts.min())),
-                    np.load(preds)["exposure_id"])
+                    np.load(preds)["exposure_id"], events=events)
   from mcjax.eventlog.files import atomic_write
   atomic_write(cached, json.dumps(r, indent=1))
   return r

@@ -144,7 +144,8 @@ def reference_rows(workdir: str, runs: dict[str, dict], log_dir: str,
     preds[name] = {k: np.concatenate([p[k][m] if p[k].ndim == 1 else p[k][m, 0]
                                       for p, m in zip(parts, keep)])
                    for k in ("exposure_id", "probs", "labels")}
-  ex_ts = ref.live_exposure_times(log_dir)
+  events = ref.load_events(log_dir)
+  ex_ts = ref.live_exposure_times(events)
   lo, hi = int(ex_ts["ts_ms"].min()), int(ex_ts["ts_ms"].max())
   split = lo + int((1.0 - late) * (hi - lo))
   ids = ex_ts["exposure_id"][ex_ts["ts_ms"] >= split]
@@ -152,7 +153,8 @@ def reference_rows(workdir: str, runs: dict[str, dict], log_dir: str,
     ids = np.intersect1d(ids, p["exposure_id"])
   if len(ids) < 50:
     return None
-  out = {"late": late, "reference": ref.reference(log_dir, split, ids), "models": {}}
+  out = {"late": late, "reference": ref.reference(log_dir, split, ids, events=events),
+         "models": {}}
   for name, p in preds.items():
     sel = np.isin(p["exposure_id"], ids)
     out["models"][name] = sim_metrics.auc(p["labels"][sel], p["probs"][sel])

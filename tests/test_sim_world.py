@@ -355,7 +355,7 @@ def test_observable_reference_features_read_only_the_past(log_dir):
   from mcjax.sim import reference
   authors = eio.read_side(log_dir, "authors.parquet")
   x = _live_exposures(log_dir)
-  e = summary._load(log_dir)
+  e = reference.load_events(log_dir)
   q = {"user": x["user_id"], "author": x["author_id"], "ts": x["ts_ms"]}
   whole = reference.history_features(e, authors, q)
   rng = np.random.default_rng(0)

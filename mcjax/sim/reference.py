@@ -90,22 +90,27 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
       L(clicks_cat), L(seen_all)], axis=1)
 
 
-def live_exposure_times(log_dir: str) -> dict:
-  """{"exposure_id", "ts_ms"} of a log's live exposures."""
-  e = SM._load(log_dir)
-  ids, ts = SM._pick(e, SM._mask(e, S.LIVE, S.EXPOSURE), "exposure_id", "ts_ms")
+def load_events(log_dir: str) -> dict:
+  """The log's events as column arrays, for ``reference`` and ``live_exposure_times``."""
+  return SM._load(log_dir)
+
+
+def live_exposure_times(events: dict) -> dict:
+  """{"exposure_id", "ts_ms"} of the live exposures of ``load_events``'s arrays."""
+  ids, ts = SM._pick(events, SM._mask(events, S.LIVE, S.EXPOSURE), "exposure_id", "ts_ms")
   return {"exposure_id": ids, "ts_ms": ts}
 
 
 def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None = None,
-              after_ms: int | None = None) -> dict:
+              after_ms: int | None = None, events: dict | None = None) -> dict:
   """The observable reference (module doc) of a simulated log.
 
   Fits on the live exposures before ``train_before_ms``; scores the exposures whose id is in
-  ``score_ids`` (else those at or after ``after_ms``). Returns n, oracle_auc, lr_auc,
-  lr_logloss, affinity_r2, oracle_affinity_estimated_auc, oracle_no_affinity_auc.
+  ``score_ids`` (else those at or after ``after_ms``). ``events``: ``load_events(log_dir)``
+  when the caller already has them. Returns n, oracle_auc, lr_auc, lr_logloss, affinity_r2,
+  oracle_affinity_estimated_auc, oracle_no_affinity_auc.
   """
-  e = SM._load(log_dir)
+  e = events if events is not None else load_events(log_dir)
   oracle = eio.read_oracle(log_dir, "exposures.parquet")
   if oracle is None:
     raise ValueError(f"{log_dir} has no oracle; the observable reference needs a simulated "
