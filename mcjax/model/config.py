@@ -188,19 +188,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if extra:
     _fail("embedding.vocab", f"has unknown table(s) {extra}; known: {TABLES}")
   drop = cfg.crowd.get("drop", ())
-  unknown = ([n for n in crowd_drop(cfg) if n not in schema.CROWD_FEATURES]
-             if isinstance(drop, (tuple, list)) else [drop])
+  names = crowd_drop(cfg) if isinstance(drop, (tuple, list)) else (drop,)
+  unknown = [n for n in names if n not in schema.CROWD_FEATURES]
   if unknown:
     _fail("crowd.drop", f"must be names of CROWD_FEATURES {schema.CROWD_FEATURES}, got "
           f"unknown {unknown}")
-  if len(set(crowd_drop(cfg))) >= len(schema.CROWD_FEATURES):
+  if len(set(names)) >= len(schema.CROWD_FEATURES):
     _fail("crowd.drop", "leaves no crowd feature; set model.use_crowd=False instead")
+  if not isinstance(cfg.crowd.get("wide", False), bool):  # absent in configs saved before it
+    _fail("crowd.wide", f"must be a bool, got {cfg.crowd.wide!r}")
   if cfg.match_set not in MATCH_SETS:
     _fail("match_set", f"must be one of {MATCH_SETS}, got {cfg.match_set!r}")
   for key in ("use_crowd", "use_sv_history", "use_lv_history", "use_match_features",
-              "contrastive.author_level", "crowd.wide"):
-    if key == "crowd.wide" and "wide" not in cfg.crowd:  # a config saved before the key
-      continue
+              "contrastive.author_level"):
     value = cfg
     for part in key.split("."):
       value = value[part]

@@ -285,14 +285,14 @@ class MomentCross(nnx.Module):
         parts.append(recent)
       out[f"{dom}_interest"] = self.branches[dom].interest(interest)
     if cfg.use_crowd:
-      parts.append(self.crowd(jnp.asarray(batch["crowd"])))
+      crowd_in = self.crowd.scaled(jnp.asarray(batch["crowd"]))  # also the wide path's input
+      parts.append(self.crowd.mlp(crowd_in))
     if cfg.use_match_features and self.match_domains:
       parts.append(jax.nn.relu(self.matches(matches.match_features(
           full_batch, self.match_domains, cfg.match_set))))
     out["logits"] = self.towers(jnp.concatenate(parts, axis=-1))
     if self.crowd_wide is not None:
-      out["logits"] = out["logits"] + self.crowd_wide(
-          self.crowd.scaled(jnp.asarray(batch["crowd"]))).astype(out["logits"].dtype)
+      out["logits"] = out["logits"] + self.crowd_wide(crowd_in).astype(out["logits"].dtype)
     if cfg.contrastive.author_level:
       out["author_sv"] = self.author_sv_proj(r["author_in_sv"])
       out["author_lv"] = self.author_lv_proj(r["author"])
