@@ -371,7 +371,7 @@ crowd in the last 30 s / 5 min, and the user's whole short-video history against
 candidate: plays and likes of the author and its category, their log shares) and the oracle
 with its affinity term replaced by its least-squares estimate from those histories, its other
 terms exact (`oracle, affinity estimated`; `R²` is that estimate's). `half the gap` is the
-goal of issue 27: base + (oracle - base) / 2. Shares are of base's gap to the oracle.
+study's goal: base + (oracle - base) / 2. Shares are of base's gap to the oracle.
 """
 
 
