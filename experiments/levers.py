@@ -454,6 +454,9 @@ def main(argv) -> None:
     unknown = [n for n in (F[flag].value or ()) if n not in LEVERS]
     if unknown:
       raise app.UsageError(f"--{flag}: unknown {unknown}; known: {sorted(LEVERS)}")
+  if F.summary_into and not os.path.isfile(F.summary_into):
+    raise app.UsageError(f"--summary_into={F.summary_into}: no such report to write the "
+                         "block into (write the report first, e.g. with experiments.ablation)")
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   levers = ["base"] + [n for n in F.levers if n != "base"]

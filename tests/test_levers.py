@@ -76,3 +76,17 @@ def test_tuned_levers_are_judged_against_full_tuned():
   assert verdict == "dropped" and "-0.0050 ± 0.0000" in table
   line = levers.summary(("default",), 3, ["base", "tuned_x"], rows, None).splitlines()[2]
   assert line.startswith(f"| tuned_x | {levers.TUNED_LEVER} | -0.0050")
+
+
+def test_summary_into_a_missing_report_is_refused_before_any_run(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  missing = str(tmp_path / "nope" / "RESULTS.md")
+  out = subprocess.run([sys.executable, "-m", "experiments.levers", "--levers=base",
+                        f"--workdir={tmp_path / 'work'}", f"--summary_into={missing}"],
+                       cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode != 0 and f"--summary_into={missing}: no such report" in out.stderr
+  assert not os.path.exists(tmp_path / "work")  # nothing trained, nothing written
