@@ -4,9 +4,10 @@
         --levers=base,hist256,affinity --workdir=runs/levers_tvt \
         --out=experiments/levers/RESULTS.md [--bench]
 
-Every run is ``full`` in ``train.mode=offline_tvt`` (train on the first 70% of the logged
-day, validate on the next 10%, test on the last 20%; ``mcjax.train.plan``) with the lever's
-overrides (``LEVERS``), on world ``WORLD`` seed s with model seed s, s = 0..N-1; worlds and
+Every run is ``full`` as it was before the study (``mcjax.config.BEFORE_LEVERS``; the levers
+it kept, ``KEPT``, are ``full``'s defaults now) in ``train.mode=offline_tvt`` (train on the
+first 70% of the logged day, validate on the next 10%, test on the last 20%;
+``mcjax.train.plan``) with the lever's overrides (``LEVERS``), on world ``WORLD`` seed s with model seed s, s = 0..N-1; worlds and
 sample caches are shared by the levers of a seed, finished runs are reused. A lever is
 *kept* when its paired validation gain over ``base`` is positive on every world, by more
 than its spread over seeds; the test numbers are read only for the table (no tuning on test).
@@ -31,11 +32,15 @@ import numpy as np
 from absl import app, flags
 
 from mcjax import config as mcconfig
-from mcjax.configs import full_tuned
 
 TVT = {"train.mode": "offline_tvt"}
-TUNED_LEVER = "combo_acc1e4"  # `full_tuned` as a lever; the `tuned_*` levers build on it
-_TUNED = dict(full_tuned.TUNED)  # its overrides
+# The levers the study kept, now `full`'s defaults (mcjax.config.default_config). Every
+# lever's overrides below are of `full` as it was before (mcjax.config.BEFORE_LEVERS, the
+# lever `base`), so the study reproduces whatever the defaults are (``overrides``).
+KEPT = {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
+        "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-4}
+TUNED_LEVER = "combo_acc1e4"  # the kept levers together; the `tuned_*` levers build on them
+_TUNED = dict(KEPT)
 
 # The crowd features counted since the live's start, and its age: they grow with the audience
 # of the evening hours the offline test reads.
@@ -43,7 +48,7 @@ _COUNTS = ("exposures", "clicks", "likes", "comments", "gifts", "gift_value")
 _SINCE_START = tuple(f"{c}_all" for c in _COUNTS + ("click_rate",)) + ("live_age_s",)
 
 LEVERS = {
-    "base": ("`full` as it is", {}),
+    "base": ("`full` before the study (`mcjax.config.BEFORE_LEVERS`)", {}),
     "hist256": ("short-video history 64 -> 256, two-stage search (`gsu.approx=simhash`)",
                 {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash"}),
     "hist1000": ("short-video history 64 -> 1,000, two-stage search",
@@ -87,38 +92,39 @@ LEVERS = {
                     {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
                      "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-5,
                      "moment.lv_hist_len": 128}),
-    "combo_acc1e4": ("combo with Adagrad's initial accumulator 1e-4", _TUNED),
-    "tuned_acc1e3": ("`full_tuned` with Adagrad's initial accumulator 1e-3",
+    "combo_acc1e4": ("combo with Adagrad's initial accumulator 1e-4: `full` as it is now",
+                     _TUNED),
+    "tuned_acc1e3": ("`full` with Adagrad's initial accumulator 1e-3",
                      {**_TUNED, "train.embedding_initial_accumulator": 1e-3}),
-    "tuned_nouser": ("`full_tuned` without a user id row (`embedding.vocab.user=1`: every user "
+    "tuned_nouser": ("`full` without a user id row (`embedding.vocab.user=1`: every user "
                      "shares one row; the user is read from behaviour and side features)",
                      {**_TUNED, "model.embedding.vocab.user": 1}),
-    "tuned_noitem": ("`full_tuned` without item id rows (`embedding.vocab.sv_item=1`, "
+    "tuned_noitem": ("`full` without item id rows (`embedding.vocab.sv_item=1`, "
                      "`live_item=1`: items are read by author, category and side fields)",
                      {**_TUNED, "model.embedding.vocab.sv_item": 1,
                       "model.embedding.vocab.live_item": 1}),
-    "tuned1000": ("`full_tuned` with a 1,000-play short-video history",
+    "tuned1000": ("`full` with a 1,000-play short-video history",
                   {**_TUNED, "moment.sv_hist_len": 1000}),
-    "tuned_dense_x2": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 2e-3",
+    "tuned_dense_x2": ("`full` with the dense AdamW learning rate 1e-3 -> 2e-3",
                        {**_TUNED, "train.learning_rate": 2e-3}),
-    "tuned_dense_x4": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 4e-3",
+    "tuned_dense_x4": ("`full` with the dense AdamW learning rate 1e-3 -> 4e-3",
                        {**_TUNED, "train.learning_rate": 4e-3}),
-    "tuned_dense_x2_warmup": ("`full_tuned` with the dense AdamW learning rate 2e-3 and a "
+    "tuned_dense_x2_warmup": ("`full` with the dense AdamW learning rate 2e-3 and a "
                               "50-step warm-up",
                               {**_TUNED, "train.learning_rate": 2e-3,
                                "train.warmup_steps": 50}),
-    "tuned_dense_half": ("`full_tuned` with the dense AdamW learning rate 1e-3 -> 5e-4",
+    "tuned_dense_half": ("`full` with the dense AdamW learning rate 1e-3 -> 5e-4",
                          {**_TUNED, "train.learning_rate": 5e-4}),
-    "tuned_warmup": ("`full_tuned` with a linear warm-up of the dense learning rate over the "
+    "tuned_warmup": ("`full` with a linear warm-up of the dense learning rate over the "
                      "first 50 steps (`train.warmup_steps`)",
                      {**_TUNED, "train.warmup_steps": 50}),
-    "tuned_log": ("`full_tuned` with the log shares beside the affinity features "
+    "tuned_log": ("`full` with the log shares beside the affinity features "
                   "(`model.match_set=affinity_log`)",
                   {**_TUNED, "model.match_set": "affinity_log"}),
-    "tuned_crowd_deep": ("`full_tuned` with a two-layer crowd MLP (`model.crowd.hidden=(128, "
+    "tuned_crowd_deep": ("`full` with a two-layer crowd MLP (`model.crowd.hidden=(128, "
                          "64)`; one layer of 64)",
                          {**_TUNED, "model.crowd.hidden": (128, 64)}),
-    "tuned_crowd_recent": ("`full_tuned` with the crowd encoder on the 30 s and 5 min "
+    "tuned_crowd_recent": ("`full` with the crowd encoder on the 30 s and 5 min "
                            "windows only (`model.crowd.drop`: the since-start counts and the "
                            "live's age, which grow with the evening's audience)",
                            {**_TUNED, "model.crowd.drop": _SINCE_START}),
@@ -128,11 +134,11 @@ LEVERS = {
     "tuned_recent_wide": ("`tuned_crowd_recent` with the wide crowd path",
                           {**_TUNED, "model.crowd.drop": _SINCE_START,
                            "model.crowd.wide": True}),
-    "tuned_crowd_rates": ("`full_tuned` with the crowd encoder on the last 30 s counts and the "
+    "tuned_crowd_rates": ("`full` with the crowd encoder on the last 30 s counts and the "
                           "30 s / 5 min click rates only",
                           {**_TUNED, "model.crowd.drop": _SINCE_START + tuple(
                               f"{c}_5m" for c in _COUNTS) + ("viewers_now",)}),
-    "tuned_crowd_wide": ("`full_tuned` with a wide path: the log1p crowd features linearly "
+    "tuned_crowd_wide": ("`full` with a wide path: the log1p crowd features linearly "
                          "to every task's logit beside the crowd MLP (`model.crowd.wide`)",
                          {**_TUNED, "model.crowd.wide": True}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
@@ -146,7 +152,10 @@ def define_flags() -> None:
   """The program's flags, defined when it runs (importing the module for its tables defines
   none, so it can share a process with other launchers, as in the tests)."""
   flags.DEFINE_list("worlds", ["default", "m3like"], "World presets.")
-  flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 (world seed = model seed).")
+  flags.DEFINE_integer("seeds", 3, "Seeds first_seed..first_seed+N-1 (world seed = model "
+                       "seed).")
+  flags.DEFINE_integer("first_seed", 0, "The first seed (fresh seeds replicate a choice on "
+                       "worlds and models the study has not seen).", lower_bound=0)
   flags.DEFINE_list("levers", ["base", "hist256", "affinity"],
                     f"Levers to run (base is always included): {sorted(LEVERS)}.")
   flags.DEFINE_string("workdir", "runs/levers_tvt", "Worlds, samples and runs.")
@@ -165,6 +174,11 @@ def define_flags() -> None:
                     "observable-reference table.")
 
 
+def overrides(lever: str) -> dict:
+  """The config overrides of ``lever``'s runs: ``BEFORE_LEVERS``, then the lever's own."""
+  return {**mcconfig.BEFORE_LEVERS, **LEVERS[lever][1]}
+
+
 def run_one(workdir: str, world: str, seed: int, lever: str) -> str:
   """Trains and scores one (world, seed, lever); returns its metrics.json (reused if there)."""
   from mcjax.sim import world as sim_world
@@ -177,7 +191,7 @@ def run_one(workdir: str, world: str, seed: int, lever: str) -> str:
   log_dir = os.path.join(root, "world")
   if not os.path.exists(log_dir):
     sim_world.build(log_dir, world, seed)
-  cfg = mcconfig.load_config("full", {**TVT, **LEVERS[lever][1]})
+  cfg = mcconfig.load_config("full", {**TVT, **overrides(lever)})
   cfg.data.log_dir, cfg.seed = log_dir, seed
   t = time.time()
   samples = data.prepare(cfg, root, os.path.join(root, "samples"))
@@ -258,9 +272,14 @@ def verdict(deltas: dict) -> str:
 
 
 def parent_of(lever: str) -> str:
-  """The run a lever is measured against: `full_tuned`'s lever for the `tuned_*` levers
-  (changes on top of it), `base` for the others."""
+  """The run a lever is measured against: the kept levers' (`full` now) for the `tuned_*`
+  levers (changes on top of them), `base` for the others."""
   return TUNED_LEVER if lever.startswith("tuned") else "base"
+
+
+def _seeds(seeds) -> tuple:
+  """The seed numbers of a report: ``seeds`` itself, or 0..seeds-1 for a count."""
+  return tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
 
 
 def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
@@ -272,11 +291,11 @@ def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
   out = [head, "|" + "---|" * 11]
   deltas, asked = {}, list(worlds)
   worlds = [w for w in worlds if all((w, s, lever) in rows and (w, s, ref) in rows
-                                     for s in range(seeds))]
+                                     for s in _seeds(seeds))]
   for w in worlds:
     for name in (ref, lever) if lever != ref else (ref,):
-      r = [rows[(w, s, name)] for s in range(seeds)]
-      b = [rows[(w, s, ref)] for s in range(seeds)]
+      r = [rows[(w, s, name)] for s in _seeds(seeds)]
+      b = [rows[(w, s, ref)] for s in _seeds(seeds)]
       dv = [x["valid_auc"] - y["valid_auc"] for x, y in zip(r, b)]
       dt = [x["test_auc"] - y["test_auc"] for x, y in zip(r, b)]
       if name != ref:
@@ -303,7 +322,7 @@ def bench(levers, repeats: int) -> dict:
   from benchmarks.step_bench import StepBench
   benches = {}
   for name in levers:
-    cfg = mcconfig.load_config("full", dict(LEVERS[name][1]))
+    cfg = mcconfig.load_config("full", overrides(name))
     benches[name] = StepBench(cfg, batch_size=int(cfg.train.batch_size), mesh_shape=(1, 1),
                               model_flops=False)
   times = {name: [] for name in levers}
@@ -318,9 +337,11 @@ def bench(levers, repeats: int) -> dict:
 
 
 INTRO = """\
-Every run is `full` with one lever's config overrides, trained in `train.mode=offline_tvt`:
+Every run is `full` as it was before this study (`base`: `mcjax.config.BEFORE_LEVERS`, a
+64-play short-video history, exact GSU, the match counts, Adagrad's accumulator 0) with one
+lever's config overrides, trained in `train.mode=offline_tvt`:
 the first 70% of the logged day trains, the next 10% validates (`valid`), the last 20% is
-the test (`test`), on worlds `default` and `m3like` with world seed = model seed = 0, 1, 2.
+the test (`test`), on worlds `default` and `m3like` with world seed = model seed = {seeds}.
 A lever is **kept** when its validation CTR AUC gain over `base` (paired by seed) is
 positive on every world it ran on and larger than its standard deviation over seeds; the
 test columns are read for this report only. `gap to oracle` = the world's true p(click) CTR
@@ -329,8 +350,9 @@ logit projected on the true logit's terms minus the model's AUC (`mcjax.metrics.
 the part of the gap that is logit variation unrelated to the truth rather than a term
 carried at the wrong scale. `affinity carried` / `highlight carried`: the coefficient of the
 true user-author affinity / highlight term in the model's logit (1 = its true scale). The
-`tuned_*` levers are changes on top of `full_tuned` (lever `combo_acc1e4`): their deltas and
-verdicts are against it (column `vs`); a share of the gap is always of `base`'s gap.
+`tuned_*` levers are changes on top of the kept levers (lever `combo_acc1e4`, `full`'s
+defaults since this study): their deltas and verdicts are against it (column `vs`); a
+share of the gap is always of `base`'s gap.
 Logloss is the test CTR logloss beside the base rate's (predicting the test records' positive
 rate). Step time: the train step at batch 256 on one CPU device, median of interleaved
 repeats in one process (`--bench`).
@@ -346,13 +368,13 @@ def summary(worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
     cells, ref = [], parent_of(lever)
     for w in worlds:
       have = all((w, s, lever) in rows and (w, s, ref) in rows and (w, s, "base") in rows
-                 for s in range(seeds))
+                 for s in _seeds(seeds))
       for key in ("valid_auc", "test_auc"):
-        d = [rows[(w, s, lever)][key] - rows[(w, s, ref)][key] for s in range(seeds)] \
+        d = [rows[(w, s, lever)][key] - rows[(w, s, ref)][key] for s in _seeds(seeds)] \
             if have else None
         cell = fmt(mean_sd(d), sign=True) if d else "not run"
         if d and key == "test_auc":
-          gap = np.mean([rows[(w, s, "base")]["gap"] for s in range(seeds)])
+          gap = np.mean([rows[(w, s, "base")]["gap"] for s in _seeds(seeds)])
           cell += f" ({np.mean(d) / gap:.0%})"
         cells.append(cell)
     v = lever_table(rows, lever, worlds, seeds)[1]
@@ -380,8 +402,8 @@ def reference_table(worlds, seeds: int, levers, rows: dict, refs: dict) -> str:
   out = ["| world | oracle | oracle, affinity estimated (R²) | half the gap | LR reference "
          "| " + " | ".join(levers) + " |", "|" + "---|" * (5 + len(levers))]
   for w in worlds:
-    r = [refs.get((w, s)) for s in range(seeds)]
-    b = [rows.get((w, s, "base")) for s in range(seeds)]
+    r = [refs.get((w, s)) for s in _seeds(seeds)]
+    b = [rows.get((w, s, "base")) for s in _seeds(seeds)]
     if not all(r) or not all(b):
       continue
     oracle = [x["oracle_auc"] for x in r]
@@ -398,8 +420,8 @@ def reference_table(worlds, seeds: int, levers, rows: dict, refs: dict) -> str:
              cell([(o + t) / 2 for o, t in zip(oracle, base)]),
              cell([x["lr_auc"] for x in r])]
     for lever in levers:
-      have = all((w, s, lever) in rows for s in range(seeds))
-      cells.append(cell([rows[(w, s, lever)]["test_auc"] for s in range(seeds)])
+      have = all((w, s, lever) in rows for s in _seeds(seeds))
+      cells.append(cell([rows[(w, s, lever)]["test_auc"] for s in _seeds(seeds)])
                    if have else "not run")
     out.append(f"| {w} | " + " | ".join(cells) + " |")
   return "\n".join(out)
@@ -413,9 +435,10 @@ def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, r
            if full_report else "")
   return "\n".join([
       "## Levers toward the oracle (`offline_tvt`, chosen on validation, tested once)", "",
-      f"Written by `{command}`; `full` with one config change at a time, {seeds} seeds "
+      f"Written by `{command}`; `full` with one config change at a time, "
+      f"{len(_seeds(seeds))} seeds "
       f"(world seed = model seed), paired deltas of CTR AUC against the run in column `vs` "
-      f"(`base`: `full` as it is; `combo_acc1e4`: `full_tuned`)."
+      f"(`base`: `full` before this study; `combo_acc1e4`: the kept levers, `full` now)."
       + where, "", summary(worlds, seeds, levers, rows, steps), "",
       REFERENCE_INTRO.replace("## What the log allows: the observable reference",
                               "### What the log allows: the observable reference"),
@@ -429,7 +452,8 @@ KEEP_BELOW = "<!-- written by hand below: experiments.levers --out keeps what fo
 def report(command: str, worlds, seeds: int, levers, rows: dict, steps: dict | None,
            refs: dict | None = None, chosen=("base",)) -> str:
   parts = ["# Levers toward the oracle\n", f"Produced by (from the repository root):\n\n"
-           f"```\n{command}\n```\n", INTRO + "\n",
+           f"```\n{command}\n```\n",
+           INTRO.format(seeds=", ".join(str(x) for x in _seeds(seeds))) + "\n",
            summary(worlds, seeds, levers, rows, steps) + "\n"]
   if refs:
     parts.append(REFERENCE_INTRO + "\n" + reference_table(worlds, seeds, chosen, rows, refs)
@@ -460,21 +484,22 @@ def main(argv) -> None:
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   levers = ["base"] + [n for n in F.levers if n != "base"]
+  seeds = range(F.first_seed, F.first_seed + F.seeds)
   rows = {}
   for lever in levers:  # a lever at a time over every world and seed: base first
     for w in F.worlds:
-      for s in range(F.seeds):
+      for s in seeds:
         path = os.path.join(F.workdir, w, f"seed_{s}", lever, "metrics.json")
         if not F.report_only:
           path = run_one(F.workdir, w, s, lever)
         if os.path.exists(path):
           rows[(w, s, lever)] = numbers(path)
-  refs = {(w, s): reference(F.workdir, w, s) for w in F.worlds for s in range(F.seeds)}
+  refs = {(w, s): reference(F.workdir, w, s) for w in F.worlds for s in seeds}
   timed = ["base"] + [n for n in (F.bench_levers or levers) if n != "base"]
   steps = bench(timed, F.bench_repeats) if F.bench else None
   command = "python -m experiments.levers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   chosen = ["base"] + [n for n in F.reference_levers if n in levers and n != "base"]
-  text = report(command, F.worlds, F.seeds, levers, rows, steps, refs, chosen)
+  text = report(command, F.worlds, seeds, levers, rows, steps, refs, chosen)
   print(text)
   if F.out:
     from mcjax.eventlog.files import atomic_write
@@ -486,7 +511,7 @@ def main(argv) -> None:
     atomic_write(F.out, text)  # replaced whole (but for the hand-written tail)
   if F.summary_into:
     from experiments import blocks
-    blocks.put(F.summary_into, "levers", summary_block(command, F.worlds, F.seeds, levers, rows,
+    blocks.put(F.summary_into, "levers", summary_block(command, F.worlds, seeds, levers, rows,
                                                        steps, refs, chosen, F.out))
 
 

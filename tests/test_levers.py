@@ -29,14 +29,25 @@ def test_kept_only_when_validation_gains_on_every_world_beyond_the_spread():
   assert levers.lever_table(noisy, "good", ("default", "m3like"), 3)[1] == "dropped"
 
 
-def test_full_tuned_is_full_with_the_kept_levers():
+def test_full_is_the_kept_levers_and_base_is_full_before_the_study():
+  """`full`'s defaults are the levers the study kept; its `base` (and every non-tuned lever)
+  runs `full` as it was before, so the study's command reproduces its numbers."""
   from mcjax import config as mcconfig
-  from mcjax.configs import full_tuned
-  tuned = mcconfig.load_config("full_tuned")
-  combo = mcconfig.load_config("full", dict(levers.LEVERS["combo_acc1e4"][1]))
-  assert full_tuned.TUNED == levers.LEVERS["combo_acc1e4"][1]
-  tuned.name = combo.name
-  assert tuned.to_dict() == combo.to_dict()
+  full = mcconfig.load_config("full")
+  assert levers.overrides("combo_acc1e4") == levers.KEPT
+  assert set(mcconfig.BEFORE_LEVERS) == set(levers.KEPT)
+  assert mcconfig.load_config("full", levers.overrides("combo_acc1e4")).to_dict() == \
+      full.to_dict()
+  base = mcconfig.load_config("full", levers.overrides("base"))
+  for key, value in mcconfig.BEFORE_LEVERS.items():
+    node_full, node_base = full, base
+    for part in key.split("."):
+      node_full, node_base = node_full[part], node_base[part]
+    assert node_base == value and node_full == levers.KEPT[key] != value, key
+  hist = mcconfig.load_config("full", levers.overrides("hist256"))
+  assert (hist.moment.sv_hist_len, hist.model.match_set) == (256, "counts")
+  tuned = mcconfig.load_config("full", levers.overrides("tuned_dense_x2"))
+  assert tuned.train.learning_rate == 2e-3 and tuned.model.match_set == "affinity"
 
 
 def test_reference_table_puts_models_between_base_and_oracle():
@@ -66,7 +77,7 @@ def test_a_block_survives_the_report_rewritten_around_it(tmp_path):
   assert blocks.carry("no blocks here") == ""
 
 
-def test_tuned_levers_are_judged_against_full_tuned():
+def test_tuned_levers_are_judged_against_the_kept_levers():
   rows = {}
   for s in range(3):
     rows[("default", s, "base")] = _row(0.75, 0.74)
@@ -76,6 +87,18 @@ def test_tuned_levers_are_judged_against_full_tuned():
   assert verdict == "dropped" and "-0.0050 ± 0.0000" in table
   line = levers.summary(("default",), 3, ["base", "tuned_x"], rows, None).splitlines()[2]
   assert line.startswith(f"| tuned_x | {levers.TUNED_LEVER} | -0.0050")
+
+
+def test_fresh_seeds_are_reported_under_their_own_numbers():
+  """--first_seed: a replication on seeds 3..5 pairs and names those seeds, not 0..2."""
+  seeds = range(3, 6)
+  rows = {("default", s, n): _row(0.75 + s / 100 + (0.002 + s / 1000 if n == "good" else 0),
+                                  0.74) for s in seeds for n in ("base", "good")}
+  table, verdict = levers.lever_table(rows, "good", ("default",), seeds)
+  assert verdict == "kept" and "(+0.0050, +0.0060, +0.0070)" in table
+  rows.update({("default", s, "hist256"): r for (_, s, n), r in list(rows.items()) if n == "good"})
+  text = levers.report("cmd", ("default",), seeds, ["base", "hist256"], rows, None)
+  assert "world seed = model seed = 3, 4, 5." in text
 
 
 def test_summary_into_a_missing_report_is_refused_before_any_run(tmp_path):

@@ -40,7 +40,8 @@ def default() -> ml_collections.ConfigDict:
   c.use_lv_history = True       # live history branch (GSU + ESU + recent); off: learned null vectors
   c.use_match_features = True   # hard-search match counts of the enabled histories (same
   #                               author / category as the candidate, recency, length)
-  c.match_set = "counts"        # "counts": those four per history; "affinity": also the user x
+  c.match_set = "affinity"      # "counts": those four per history; "affinity" (the default,
+  #                               chosen on validation in experiments/levers): also the user x
   #                               author interaction features (shares, last hour / day, liked,
   #                               followed, engagement; mcjax.model.matches.AFFINITY);
   #                               "affinity_user": also the user's own rates (USER_RATES);
@@ -74,9 +75,10 @@ def default() -> ml_collections.ConfigDict:
   c.gsu.mode = "soft"   # "soft": inner product top-k; "hard_author" / "hard_category": same
   #                       author / category as the candidate, most recent first
   c.gsu.top_k = 32      # items kept per domain (capped by the padded history length)
-  c.gsu.approx = "off"  # "off": score every position with gradient (the reference); "f32" /
-  #                       "bf16" / "simhash": two-stage search, a pre-score of every position
-  #                       without gradient keeps `candidates`, the model runs on those only
+  c.gsu.approx = "simhash"  # two-stage search: a pre-score of every position without
+  #                       gradient ("f32" / "bf16" / "simhash": sign bits, the default, chosen
+  #                       on validation) keeps `candidates`, the model runs on those only;
+  #                       "off": score every position with gradient (the reference)
   c.gsu.candidates = 64  # positions kept by the pre-score (>= top_k; histories no longer than
   #                        this, plus the recent-N for live, are not cut)
 
