@@ -142,7 +142,7 @@ def test_config_validation_of_the_two_stage_keys():
     model_config.validate(tiny(**{"gsu.approx": "lsh"}))
   with pytest.raises(ValueError, match="model.gsu.candidates"):
     model_config.validate(tiny(**{"gsu.approx": "simhash", "gsu.candidates": 2}))
-  model_config.validate(tiny(**{"gsu.candidates": 2}))  # ignored while approx is off
+  model_config.validate(tiny(**{"gsu.approx": "off", "gsu.candidates": 2}))  # ignored while off
 
 
 def test_top_k_under_a_mesh_stays_on_each_batch_shard():
