@@ -5,7 +5,7 @@
         --out=experiments/levers/RESULTS.md [--bench]
 
 Every run is ``full`` as it was before the study (``mcjax.config.BEFORE_LEVERS``; the levers
-it kept, ``KEPT``, are ``full``'s defaults now) in ``train.mode=offline_tvt`` (train on the
+it kept, ``CURRENT``, are ``full``'s defaults now) in ``train.mode=offline_tvt`` (train on the
 first 70% of the logged day, validate on the next 10%, test on the last 20%;
 ``mcjax.train.plan``) with the lever's overrides (``LEVERS``), on world ``WORLD`` seed s with model seed s, s = 0..N-1; worlds and
 sample caches are shared by the levers of a seed, finished runs are reused. A lever is
@@ -32,20 +32,24 @@ import numpy as np
 from absl import app, flags
 
 from mcjax import config as mcconfig
+from mcjax.contract import schema
+from mcjax.model import config as model_config
 
 TVT = {"train.mode": "offline_tvt"}
-# The levers the study kept, now `full`'s defaults (mcjax.config.default_config). Every
-# lever's overrides below are of `full` as it was before (mcjax.config.BEFORE_LEVERS, the
-# lever `base`), so the study reproduces whatever the defaults are (``overrides``).
-KEPT = {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
-        "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-4}
-TUNED_LEVER = "combo_acc1e4"  # the kept levers together; the `tuned_*` levers build on them
-_TUNED = dict(KEPT)
-
-# The crowd features counted since the live's start, and its age: they grow with the audience
-# of the evening hours the offline test reads.
-_COUNTS = ("exposures", "clicks", "likes", "comments", "gifts", "gift_value")
-_SINCE_START = tuple(f"{c}_all" for c in _COUNTS + ("click_rate",)) + ("live_age_s",)
+# The study's first choice (validation on seeds 0-2): the lever `combo_acc1e4`; the `tuned_*`
+# levers are changes on top of it. Every lever's overrides below are of `full` as it was
+# before the study (mcjax.config.BEFORE_LEVERS, the lever `base`), so the study reproduces
+# whatever the defaults are (``overrides``).
+_TUNED = {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
+          "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-4}
+TUNED_LEVER = "combo_acc1e4"
+# The crowd features counted since the live's start, and its age (they grow with the audience
+# of the evening hours the offline test reads).
+_SINCE_START = model_config.SINCE_START
+_COUNTS = schema.CROWD_COUNTS
+# `full`'s defaults now: the first choice with the since-start crowd left out and the dense
+# learning rate doubled, kept on fresh seeds 3-5 (experiments/levers/fresh_seeds.md).
+CURRENT = "tuned_recent_x2"
 
 LEVERS = {
     "base": ("`full` before the study (`mcjax.config.BEFORE_LEVERS`)", {}),
@@ -92,53 +96,54 @@ LEVERS = {
                     {"moment.sv_hist_len": 256, "model.gsu.approx": "simhash",
                      "model.match_set": "affinity", "train.embedding_initial_accumulator": 1e-5,
                      "moment.lv_hist_len": 128}),
-    "combo_acc1e4": ("combo with Adagrad's initial accumulator 1e-4: `full` as it is now",
+    "combo_acc1e4": ("combo with Adagrad's initial accumulator 1e-4 (the first choice)",
                      _TUNED),
-    "tuned_acc1e3": ("`full` with Adagrad's initial accumulator 1e-3",
+    "tuned_acc1e3": ("`combo_acc1e4` with Adagrad's initial accumulator 1e-3",
                      {**_TUNED, "train.embedding_initial_accumulator": 1e-3}),
-    "tuned_nouser": ("`full` without a user id row (`embedding.vocab.user=1`: every user "
+    "tuned_nouser": ("`combo_acc1e4` without a user id row (`embedding.vocab.user=1`: every user "
                      "shares one row; the user is read from behaviour and side features)",
                      {**_TUNED, "model.embedding.vocab.user": 1}),
-    "tuned_noitem": ("`full` without item id rows (`embedding.vocab.sv_item=1`, "
+    "tuned_noitem": ("`combo_acc1e4` without item id rows (`embedding.vocab.sv_item=1`, "
                      "`live_item=1`: items are read by author, category and side fields)",
                      {**_TUNED, "model.embedding.vocab.sv_item": 1,
                       "model.embedding.vocab.live_item": 1}),
-    "tuned1000": ("`full` with a 1,000-play short-video history",
+    "tuned1000": ("`combo_acc1e4` with a 1,000-play short-video history",
                   {**_TUNED, "moment.sv_hist_len": 1000}),
-    "tuned_dense_x2": ("`full` with the dense AdamW learning rate 1e-3 -> 2e-3",
+    "tuned_dense_x2": ("`combo_acc1e4` with the dense AdamW learning rate 1e-3 -> 2e-3",
                        {**_TUNED, "train.learning_rate": 2e-3}),
-    "tuned_dense_x4": ("`full` with the dense AdamW learning rate 1e-3 -> 4e-3",
+    "tuned_dense_x4": ("`combo_acc1e4` with the dense AdamW learning rate 1e-3 -> 4e-3",
                        {**_TUNED, "train.learning_rate": 4e-3}),
-    "tuned_dense_x2_warmup": ("`full` with the dense AdamW learning rate 2e-3 and a "
+    "tuned_dense_x2_warmup": ("`combo_acc1e4` with the dense AdamW learning rate 2e-3 and a "
                               "50-step warm-up",
                               {**_TUNED, "train.learning_rate": 2e-3,
                                "train.warmup_steps": 50}),
-    "tuned_dense_half": ("`full` with the dense AdamW learning rate 1e-3 -> 5e-4",
+    "tuned_dense_half": ("`combo_acc1e4` with the dense AdamW learning rate 1e-3 -> 5e-4",
                          {**_TUNED, "train.learning_rate": 5e-4}),
-    "tuned_warmup": ("`full` with a linear warm-up of the dense learning rate over the "
+    "tuned_warmup": ("`combo_acc1e4` with a linear warm-up of the dense learning rate over the "
                      "first 50 steps (`train.warmup_steps`)",
                      {**_TUNED, "train.warmup_steps": 50}),
-    "tuned_log": ("`full` with the log shares beside the affinity features "
+    "tuned_log": ("`combo_acc1e4` with the log shares beside the affinity features "
                   "(`model.match_set=affinity_log`)",
                   {**_TUNED, "model.match_set": "affinity_log"}),
-    "tuned_crowd_deep": ("`full` with a two-layer crowd MLP (`model.crowd.hidden=(128, "
+    "tuned_crowd_deep": ("`combo_acc1e4` with a two-layer crowd MLP (`model.crowd.hidden=(128, "
                          "64)`; one layer of 64)",
                          {**_TUNED, "model.crowd.hidden": (128, 64)}),
-    "tuned_crowd_recent": ("`full` with the crowd encoder on the 30 s and 5 min "
+    "tuned_crowd_recent": ("`combo_acc1e4` with the crowd encoder on the 30 s and 5 min "
                            "windows only (`model.crowd.drop`: the since-start counts and the "
                            "live's age, which grow with the evening's audience)",
                            {**_TUNED, "model.crowd.drop": _SINCE_START}),
-    "tuned_recent_x2": ("`tuned_crowd_recent` with the dense AdamW learning rate 2e-3",
+    "tuned_recent_x2": ("`tuned_crowd_recent` with the dense AdamW learning rate 2e-3 (`full`'s "
+                        "defaults since its replication on fresh seeds)",
                         {**_TUNED, "model.crowd.drop": _SINCE_START,
                          "train.learning_rate": 2e-3}),
     "tuned_recent_wide": ("`tuned_crowd_recent` with the wide crowd path",
                           {**_TUNED, "model.crowd.drop": _SINCE_START,
                            "model.crowd.wide": True}),
-    "tuned_crowd_rates": ("`full` with the crowd encoder on the last 30 s counts and the "
+    "tuned_crowd_rates": ("`combo_acc1e4` with the crowd encoder on the last 30 s counts and the "
                           "30 s / 5 min click rates only",
                           {**_TUNED, "model.crowd.drop": _SINCE_START + tuple(
                               f"{c}_5m" for c in _COUNTS) + ("viewers_now",)}),
-    "tuned_crowd_wide": ("`full` with a wide path: the log1p crowd features linearly "
+    "tuned_crowd_wide": ("`combo_acc1e4` with a wide path: the log1p crowd features linearly "
                          "to every task's logit beside the crowd MLP (`model.crowd.wide`)",
                          {**_TUNED, "model.crowd.wide": True}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
@@ -272,8 +277,8 @@ def verdict(deltas: dict) -> str:
 
 
 def parent_of(lever: str) -> str:
-  """The run a lever is measured against: the kept levers' (`full` now) for the `tuned_*`
-  levers (changes on top of them), `base` for the others."""
+  """The run a lever is measured against: the first choice's (``TUNED_LEVER``) for the
+  `tuned_*` levers (changes on top of it), `base` for the others."""
   return TUNED_LEVER if lever.startswith("tuned") else "base"
 
 
@@ -338,9 +343,9 @@ def bench(levers, repeats: int) -> dict:
 
 INTRO = """\
 Every run is `full` as it was before this study (`base`: `mcjax.config.BEFORE_LEVERS`, a
-64-play short-video history, exact GSU, the match counts, Adagrad's accumulator 0) with one
-lever's config overrides, trained in `train.mode=offline_tvt`:
-the first 70% of the logged day trains, the next 10% validates (`valid`), the last 20% is
+64-play short-video history, exact GSU, the match counts, Adagrad's accumulator 0, every crowd
+feature, dense learning rate 1e-3) with one lever's config overrides, trained in
+`train.mode=offline_tvt`: the first 70% of the logged day trains, the next 10% validates (`valid`), the last 20% is
 the test (`test`), on worlds `default` and `m3like` with world seed = model seed = {seeds}.
 A lever is **kept** when its validation CTR AUC gain over `base` (paired by seed) is
 positive on every world it ran on and larger than its standard deviation over seeds; the
@@ -350,9 +355,9 @@ logit projected on the true logit's terms minus the model's AUC (`mcjax.metrics.
 the part of the gap that is logit variation unrelated to the truth rather than a term
 carried at the wrong scale. `affinity carried` / `highlight carried`: the coefficient of the
 true user-author affinity / highlight term in the model's logit (1 = its true scale). The
-`tuned_*` levers are changes on top of the kept levers (lever `combo_acc1e4`, `full`'s
-defaults since this study): their deltas and verdicts are against it (column `vs`); a
-share of the gap is always of `base`'s gap.
+`tuned_*` levers are changes on top of the study's first choice (lever `combo_acc1e4`):
+their deltas and verdicts are against it (column `vs`); a share of the gap is always of
+`base`'s gap. `full`'s defaults are now `tuned_recent_x2` (kept on fresh seeds).
 Logloss is the test CTR logloss beside the base rate's (predicting the test records' positive
 rate). Step time: the train step at batch 256 on one CPU device, median of interleaved
 repeats in one process (`--bench`).
@@ -438,7 +443,8 @@ def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, r
       f"Written by `{command}`; `full` with one config change at a time, "
       f"{len(_seeds(seeds))} seeds "
       f"(world seed = model seed), paired deltas of CTR AUC against the run in column `vs` "
-      f"(`base`: `full` before this study; `combo_acc1e4`: the kept levers, `full` now)."
+      f"(`base`: `full` before this study; `combo_acc1e4`: its first choice; `full` now: "
+      f"`{CURRENT}`)."
       + where, "", summary(worlds, seeds, levers, rows, steps), "",
       REFERENCE_INTRO.replace("## What the log allows: the observable reference",
                               "### What the log allows: the observable reference"),

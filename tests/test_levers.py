@@ -30,24 +30,30 @@ def test_kept_only_when_validation_gains_on_every_world_beyond_the_spread():
 
 
 def test_full_is_the_kept_levers_and_base_is_full_before_the_study():
-  """`full`'s defaults are the levers the study kept; its `base` (and every non-tuned lever)
-  runs `full` as it was before, so the study's command reproduces its numbers."""
+  """`full`'s defaults are the levers the study kept (``CURRENT``); its `base` (and every
+  lever's starting point) is `full` as it was before, so the study's command reproduces its
+  numbers whatever the defaults become."""
   from mcjax import config as mcconfig
   full = mcconfig.load_config("full")
-  assert levers.overrides("combo_acc1e4") == levers.KEPT
-  assert set(mcconfig.BEFORE_LEVERS) == set(levers.KEPT)
-  assert mcconfig.load_config("full", levers.overrides("combo_acc1e4")).to_dict() == \
-      full.to_dict()
+  current = levers.overrides(levers.CURRENT)
+  assert set(current) == set(mcconfig.BEFORE_LEVERS)
+  assert mcconfig.load_config("full", current).to_dict() == full.to_dict()
   base = mcconfig.load_config("full", levers.overrides("base"))
-  for key, value in mcconfig.BEFORE_LEVERS.items():
-    node_full, node_base = full, base
+
+  def at(cfg, key):
     for part in key.split("."):
-      node_full, node_base = node_full[part], node_base[part]
-    assert node_base == value and node_full == levers.KEPT[key] != value, key
+      cfg = cfg[part]
+    return cfg
+
+  for key, value in mcconfig.BEFORE_LEVERS.items():
+    assert at(base, key) == value and at(full, key) == current[key] != value, key
   hist = mcconfig.load_config("full", levers.overrides("hist256"))
-  assert (hist.moment.sv_hist_len, hist.model.match_set) == (256, "counts")
+  assert (hist.moment.sv_hist_len, hist.model.match_set, hist.train.learning_rate) == \
+      (256, "counts", 1e-3)
+  first = mcconfig.load_config("full", levers.overrides(levers.TUNED_LEVER))
+  assert first.model.match_set == "affinity" and first.model.crowd.drop == ()
   tuned = mcconfig.load_config("full", levers.overrides("tuned_dense_x2"))
-  assert tuned.train.learning_rate == 2e-3 and tuned.model.match_set == "affinity"
+  assert tuned.train.learning_rate == 2e-3 and tuned.model.crowd.drop == ()
 
 
 def test_reference_table_puts_models_between_base_and_oracle():

@@ -27,6 +27,13 @@ LOGICAL_AXES = ("vocab", "vocab_small", "embed", "mlp")
 LOGICAL_RULES = (("vocab", "model"), ("vocab_small", None), ("embed", None), ("mlp", None))
 
 
+# The crowd features counted since the live's start, and the live's age: they grow with the
+# audience over the day, so a model trained on earlier hours extrapolates them to later ones.
+# `full` leaves them out of the crowd encoder (``crowd.drop``; chosen on validation and kept on
+# fresh seeds, experiments/levers/RESULTS.md); the 30 s and 5 min windows carry the moment.
+SINCE_START = tuple(n for n in schema.CROWD_FEATURES if n.endswith("_all")) + ("live_age_s",)
+
+
 def default() -> ml_collections.ConfigDict:
   """The default model config, sized for a 2-core CPU."""
   c = ml_collections.ConfigDict()
@@ -88,8 +95,9 @@ def default() -> ml_collections.ConfigDict:
 
   c.crowd = ml_collections.ConfigDict()
   c.crowd.hidden = (64,)  # MLP widths over log1p-scaled CROWD_FEATURES (output is d_model)
-  c.crowd.drop = ()       # names of CROWD_FEATURES the crowd encoder leaves out
-  #                         (command line: --config.model.crowd.drop=exposures_all,live_age_s)
+  c.crowd.drop = SINCE_START  # names of CROWD_FEATURES the crowd encoder leaves out (command
+  #                         line: --config.model.crowd.drop=exposures_all,live_age_s; empty,
+  #                         --config.model.crowd.drop=, reads them all)
   c.crowd.wide = False    # also a linear map of those (log1p) features straight to every
   #                         task's logit, starting at 0 (a wide path beside the deep one)
 
