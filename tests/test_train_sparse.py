@@ -149,10 +149,10 @@ def test_warmup_steps_reach_the_dense_schedule():
   from mcjax import config as mcconfig
   cfg = mcconfig.default_config()
   assert state_lib.optim_config(cfg).schedule()(0) == cfg.train.learning_rate  # default: none
-  cfg.train.warmup_steps = 10
+  cfg.train.warmup_steps, lr = 10, cfg.train.learning_rate
   sched = state_lib.optim_config(cfg).schedule()
   np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(50)],
-                             [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+                             [0.0, lr / 2, lr, lr], rtol=1e-6)
   cfg.train.warmup_steps = -1
   with pytest.raises(ValueError, match="train.warmup_steps"):
     mcconfig.validate(cfg)

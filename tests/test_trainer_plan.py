@@ -90,9 +90,9 @@ def test_run_identity_names_what_differs():
   assert not any(k.startswith(("data.", "mesh.")) for k in a["config"])
   cfg.train.max_steps, cfg.train.log_every_steps, cfg.mesh.shape = 7, 3, (2, 1)
   assert rundir.differences(a, rundir.identity(cfg, data)) == []
-  cfg.train.learning_rate = 0.5
+  lr, cfg.train.learning_rate = cfg.train.learning_rate, 0.5
   got = rundir.differences(a, rundir.identity(cfg, {"sha256": "bbbb", "dir": "/e"}))
-  assert got == ["train.learning_rate (0.001 -> 0.5)",
+  assert got == [f"train.learning_rate ({lr} -> 0.5)",
                  "data (samples aaaa in /d -> bbbb in /e)"]
 
 

@@ -28,7 +28,8 @@ def test_rerun_refuses_another_config_or_data_continues_and_overwrites(s):
 
   line = fx.run_refused(s, work, *fx.SHORT, "--config.train.max_steps=2",
                         "--config.train.learning_rate=0.01")
-  assert "train.learning_rate (0.001 -> 0.01)" in line and "--overwrite" in line, line
+  lr = fx.tiny_config().train.learning_rate
+  assert f"train.learning_rate ({lr} -> 0.01)" in line and "--overwrite" in line, line
   assert fx.ckpt_steps(work) == [2]  # untouched
 
   other = os.path.join(s.root, "identity_other_samples")  # the same folder, one time moved
