@@ -2,7 +2,7 @@
 
 Command:  python -m launch.train --config=mcjax/configs/full.py --workdir=runs/full
 Hardware: any; sized for a 2-core CPU (one online pass over the default world).
-Expected: CTR AUC 0.7143 ± 0.0169 on the `small` world, 3 seeds; `make run` trains this
+Expected: CTR AUC 0.7194 ± 0.0172 on the `small` world, 3 seeds; `make run` trains this
           config (experiments/RESULTS.md, "CTR").
 """
 

@@ -7,6 +7,7 @@ Command:  python -m launch.train --config=mcjax/configs/full_bf16.py --workdir=r
 Hardware: any; on a CPU it is no faster than `full` (benchmarks/RESULTS.md), on GPU/TPU the
           matmuls run at the bf16 rate.
 Expected: CTR AUC 0.7667 ± 0.0054 on the `default` world, 3 seeds, +0.0000 ± 0.0004 vs `full`
+          with `full`'s earlier defaults
           (benchmarks/RESULTS.md, "Quality: `full` fp32 vs bf16").
 """
 
