@@ -7,8 +7,10 @@
 Every run is ``full`` as it was before the study (``mcjax.config.BEFORE_LEVERS``; the levers
 it kept, ``CURRENT``, are ``full``'s defaults now) in ``train.mode=offline_tvt`` (train on the
 first 70% of the logged day, validate on the next 10%, test on the last 20%;
-``mcjax.train.plan``) with the lever's overrides (``LEVERS``), on world ``WORLD`` seed s with model seed s, s = 0..N-1; worlds and
-sample caches are shared by the levers of a seed, finished runs are reused. A lever is
+``mcjax.train.plan``) with the lever's overrides (``LEVERS``), on world ``WORLD`` seed s with
+model seed s, s = first_seed..first_seed+N-1 (``--first_seed`` replicates a choice on fresh
+seeds); worlds and sample caches are shared by the levers of a seed, finished runs are
+reused. A lever is
 *kept* when its paired validation gain over ``base`` is positive on every world, by more
 than its spread over seeds; the test numbers are read only for the table (no tuning on test).
 Each row also has the test calibration (logloss against the base rate's) and the oracle's
