@@ -434,6 +434,16 @@ def reference_table(worlds, seeds: int, levers, rows: dict, refs: dict) -> str:
   return "\n".join(out)
 
 
+# What the study changed, for the summary block (the replication's report is
+# experiments/levers/fresh_seeds.md; the side-by-side step time, benchmarks/RESULTS.md).
+DEFAULTS_NOTE = (
+    f"**`full`'s defaults are `{CURRENT}`** since it was kept on fresh seeds 3-5 (written "
+    f"down before it ran: [levers/fresh_seeds.md](levers/fresh_seeds.md)); "
+    f"`mcjax.config.BEFORE_LEVERS` restores the earlier ones (`base`). Its train step beside "
+    f"the earlier `full`'s: benchmarks/RESULTS.md, \"`full`'s defaults: the train step before "
+    f"and after the lever study\".")
+
+
 def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, refs: dict,
                   chosen, full_report: str | None) -> str:
   """The lever study in short, for another report: summary and observable-reference tables."""
@@ -447,7 +457,7 @@ def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, r
       f"(world seed = model seed), paired deltas of CTR AUC against the run in column `vs` "
       f"(`base`: `full` before this study; `combo_acc1e4`: its first choice; `full` now: "
       f"`{CURRENT}`)."
-      + where, "", summary(worlds, seeds, levers, rows, steps), "",
+      + where, "", summary(worlds, seeds, levers, rows, steps), "", DEFAULTS_NOTE, "",
       REFERENCE_INTRO.replace("## What the log allows: the observable reference",
                               "### What the log allows: the observable reference"),
       reference_table(worlds, seeds, chosen, rows, refs), ""])
