@@ -331,8 +331,8 @@ def test_m3like_heavy_watch_tail(m3_ev):
 
 
 def _live_exposures(log_dir):
-  e = summary._load(log_dir)
-  m = summary._mask(e, S.LIVE, S.EXPOSURE)
+  e = summary.event_columns(log_dir)
+  m = summary.mask(e, S.LIVE, S.EXPOSURE)
   return {k: e[k][m] for k in ("exposure_id", "ts_ms", "user_id", "author_id")}
 
 

@@ -68,11 +68,11 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
     return (M.count_before(u * n_auth + a, t, q_auth, ts) if by_author
             else M.count_before(u * n_cat + top(a), t, q_cat, ts))
 
-  pu, pa, pt = SM._pick(e, SM._mask(e, S.SHORT_VIDEO, S.WATCH_END), "user_id", "author_id",
+  pu, pa, pt = SM.pick(e, SM.mask(e, S.SHORT_VIDEO, S.WATCH_END), "user_id", "author_id",
                         "ts_ms")
-  lu, la, lt = SM._pick(e, SM._mask(e, S.SHORT_VIDEO, S.LIKE), "user_id", "author_id", "ts_ms")
-  cu, ca, ct = SM._pick(e, SM._mask(e, S.LIVE, S.CLICK), "user_id", "author_id", "ts_ms")
-  xu, xa, xt = SM._pick(e, SM._mask(e, S.LIVE, S.EXPOSURE), "user_id", "author_id", "ts_ms")
+  lu, la, lt = SM.pick(e, SM.mask(e, S.SHORT_VIDEO, S.LIKE), "user_id", "author_id", "ts_ms")
+  cu, ca, ct = SM.pick(e, SM.mask(e, S.LIVE, S.CLICK), "user_id", "author_id", "ts_ms")
+  xu, xa, xt = SM.pick(e, SM.mask(e, S.LIVE, S.EXPOSURE), "user_id", "author_id", "ts_ms")
   plays = M.count_before(pu, pt, user, ts)
   plays_cat, plays_auth = before(pu, pa, pt, False), before(pu, pa, pt, True)
   seen_all, seen_cat = M.count_before(xu, xt, user, ts), before(xu, xa, xt, False)
@@ -92,12 +92,12 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
 
 def load_events(log_dir: str) -> dict:
   """The log's events as column arrays, for ``reference`` and ``live_exposure_times``."""
-  return SM._load(log_dir)
+  return SM.event_columns(log_dir)
 
 
 def live_exposure_times(events: dict) -> dict:
   """{"exposure_id", "ts_ms"} of the live exposures of ``load_events``'s arrays."""
-  ids, ts = SM._pick(events, SM._mask(events, S.LIVE, S.EXPOSURE), "exposure_id", "ts_ms")
+  ids, ts = SM.pick(events, SM.mask(events, S.LIVE, S.EXPOSURE), "exposure_id", "ts_ms")
   return {"exposure_id": ids, "ts_ms": ts}
 
 
@@ -117,10 +117,10 @@ def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None =
                      "world")
   authors = eio.read_side(log_dir, "authors.parquet")
   users = eio.read_side(log_dir, "users.parquet")
-  is_ex = SM._mask(e, S.LIVE, S.EXPOSURE)
-  ex_id, ts, user, item, author = SM._pick(e, is_ex, "exposure_id", "ts_ms", "user_id",
+  is_ex = SM.mask(e, S.LIVE, S.EXPOSURE)
+  ex_id, ts, user, item, author = SM.pick(e, is_ex, "exposure_id", "ts_ms", "user_id",
                                            "item_id", "author_id")
-  y = np.isin(ex_id, e["exposure_id"][SM._mask(e, S.LIVE, S.CLICK)]).astype(np.float64)
+  y = np.isin(ex_id, e["exposure_id"][SM.mask(e, S.LIVE, S.CLICK)]).astype(np.float64)
   o_id = oracle["exposure_id"].to_numpy()
   pos = np.minimum(np.searchsorted(o_id, ex_id), len(o_id) - 1)
   if len(o_id) == 0 or not np.array_equal(o_id[pos], ex_id):
@@ -137,7 +137,7 @@ def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None =
   hist = history_features(e, authors, {"user": user, "author": author, "ts": ts})
   crowd = {"exposure": (item, ts)}
   for name, ev in (("click", S.CLICK), ("like", S.LIKE), ("comment", S.COMMENT)):
-    crowd[name] = SM._pick(e, SM._mask(e, S.LIVE, ev), "item_id", "ts_ms")
+    crowd[name] = SM.pick(e, SM.mask(e, S.LIVE, ev), "item_id", "ts_ms")
   hour = 2 * np.pi * (ts / 3_600_000.0 % 24.0) / 24.0
   u_ids = users["user_id"].to_numpy()
   bucket = users["activity_bucket"].to_numpy()[

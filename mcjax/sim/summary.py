@@ -34,7 +34,8 @@ def _codes(column: pa.ChunkedArray, names: tuple[str, ...], where: str) -> np.nd
   return codes.to_numpy().astype(np.int8)
 
 
-def _load(log_dir: str) -> dict:
+def event_columns(log_dir: str) -> dict:
+  """The log's events as numpy columns (ts, ids, value) with domain and event as int8 codes."""
   ev = eio.read_events(log_dir)
   out = {c: ev[c].to_numpy() for c in ("ts_ms", "user_id", "exposure_id", "item_id",
                                         "author_id", "value")}
@@ -44,12 +45,14 @@ def _load(log_dir: str) -> dict:
   return out
 
 
-def _mask(e: dict, domain: str, event: str) -> np.ndarray:
+def mask(e: dict, domain: str, event: str) -> np.ndarray:
+  """Rows of ``event_columns``'s arrays with this domain and event."""
   return (e["domain"] == S.DOMAIN_CODE[domain]) & (e["event"] == S.EVENT_CODE[event])
 
 
-def _pick(e: dict, mask: np.ndarray, *cols: str) -> tuple:
-  return tuple(e[c][mask] for c in cols)
+def pick(e: dict, rows: np.ndarray, *cols: str) -> tuple:
+  """The named columns of those rows."""
+  return tuple(e[c][rows] for c in cols)
 
 
 def _concurrency(e: dict, lives: pa.Table) -> float:
@@ -61,15 +64,15 @@ def _concurrency(e: dict, lives: pa.Table) -> float:
   t = (np.repeat(first, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) * 60_000
   if len(t) == 0:
     return 0.0
-  c_item, c_ts = _pick(e, _mask(e, S.LIVE, S.CLICK), "item_id", "ts_ms")
-  w_item, w_ts = _pick(e, _mask(e, S.LIVE, S.WATCH_END), "item_id", "ts_ms")
+  c_item, c_ts = pick(e, mask(e, S.LIVE, S.CLICK), "item_id", "ts_ms")
+  w_item, w_ts = pick(e, mask(e, S.LIVE, S.WATCH_END), "item_id", "ts_ms")
   viewers = (M.count_before(c_item, c_ts, live, t + 1) - M.count_before(w_item, w_ts, live, t + 1))
   return float(np.median(viewers))
 
 
 def summarize(log_dir: str) -> dict:
   """Statistics and the observability check of a simulated log folder (see module doc)."""
-  e = _load(log_dir)
+  e = event_columns(log_dir)
   users = eio.read_side(log_dir, "users.parquet")
   authors = eio.read_side(log_dir, "authors.parquet")
   lives = eio.read_side(log_dir, "lives.parquet")
@@ -82,11 +85,11 @@ def summarize(log_dir: str) -> dict:
   counts = {f"{d}/{ev}": int(cnt[S.DOMAIN_CODE[d] * len(S.EVENTS) + S.EVENT_CODE[ev]])
             for d in S.DOMAINS for ev in S.EVENTS if ev in S.DOMAIN_EVENTS[d]}
 
-  is_live_ex = _mask(e, S.LIVE, S.EXPOSURE)
-  ex_id, ex_ts, ex_user, ex_item, ex_author = _pick(e, is_live_ex, "exposure_id", "ts_ms",
+  is_live_ex = mask(e, S.LIVE, S.EXPOSURE)
+  ex_id, ex_ts, ex_user, ex_item, ex_author = pick(e, is_live_ex, "exposure_id", "ts_ms",
                                                     "user_id", "item_id", "author_id")
   n_live, n_sv = len(ex_id), counts[f"{S.SHORT_VIDEO}/{S.EXPOSURE}"]
-  clicked = np.isin(ex_id, e["exposure_id"][_mask(e, S.LIVE, S.CLICK)])
+  clicked = np.isin(ex_id, e["exposure_id"][mask(e, S.LIVE, S.CLICK)])
   o_id = oracle["exposure_id"].to_numpy()
   pos = np.searchsorted(o_id, ex_id)
   if len(o_id) == 0 or not np.array_equal(o_id[np.minimum(pos, len(o_id) - 1)], ex_id):
@@ -102,12 +105,12 @@ def summarize(log_dir: str) -> dict:
 
   crowd = {"exposure": (ex_item, ex_ts)}
   for name, ev in (("click", S.CLICK), ("like", S.LIKE), ("comment", S.COMMENT)):
-    crowd[name] = _pick(e, _mask(e, S.LIVE, ev), "item_id", "ts_ms")
+    crowd[name] = pick(e, mask(e, S.LIVE, ev), "item_id", "ts_ms")
   a_ids = authors["author_id"].to_numpy()
   a_order = np.argsort(a_ids)
   author_topic = (a_ids[a_order], authors["category"].to_numpy()[a_order])
-  plays = _pick(e, _mask(e, S.SHORT_VIDEO, S.WATCH_END), "user_id", "author_id", "ts_ms")
-  likes = _pick(e, _mask(e, S.SHORT_VIDEO, S.LIKE), "user_id", "author_id", "ts_ms")
+  plays = pick(e, mask(e, S.SHORT_VIDEO, S.WATCH_END), "user_id", "author_id", "ts_ms")
+  likes = pick(e, mask(e, S.SHORT_VIDEO, S.LIKE), "user_id", "author_id", "ts_ms")
   train = ex_id % 2 == 0
   hl = O.recovery_share(O.highlight_features(ex_item, ex_ts, crowd), clicked,
                         p["p_click_no_highlight"], p["p_click"], train)
