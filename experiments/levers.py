@@ -284,13 +284,9 @@ def parent_of(lever: str) -> str:
   return TUNED_LEVER if lever.startswith("tuned") else "base"
 
 
-def _seeds(seeds) -> tuple:
-  """The seed numbers of a report: ``seeds`` itself, or 0..seeds-1 for a count."""
-  return tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
-
-
-def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
-  """(markdown table of ``lever`` against its parent on each world, verdict)."""
+def lever_table(rows: dict, lever: str, worlds, seeds) -> tuple[str, str]:
+  """(markdown table of ``lever`` against its parent on each world, verdict). ``seeds``: the
+  seed numbers of ``rows``, as in every table below."""
   ref = parent_of(lever)
   head = ("| world | config | valid CTR AUC | Δ valid (paired) | test CTR AUC | Δ test (paired) "
           "| test logloss (base rate) | gap to oracle (test) | of it, residual noise "
@@ -298,11 +294,11 @@ def lever_table(rows: dict, lever: str, worlds, seeds: int) -> tuple[str, str]:
   out = [head, "|" + "---|" * 11]
   deltas, asked = {}, list(worlds)
   worlds = [w for w in worlds if all((w, s, lever) in rows and (w, s, ref) in rows
-                                     for s in _seeds(seeds))]
+                                     for s in seeds)]
   for w in worlds:
     for name in (ref, lever) if lever != ref else (ref,):
-      r = [rows[(w, s, name)] for s in _seeds(seeds)]
-      b = [rows[(w, s, ref)] for s in _seeds(seeds)]
+      r = [rows[(w, s, name)] for s in seeds]
+      b = [rows[(w, s, ref)] for s in seeds]
       dv = [x["valid_auc"] - y["valid_auc"] for x, y in zip(r, b)]
       dt = [x["test_auc"] - y["test_auc"] for x, y in zip(r, b)]
       if name != ref:
@@ -347,8 +343,9 @@ INTRO = """\
 Every run is `full` as it was before this study (`base`: `mcjax.config.BEFORE_LEVERS`, a
 64-play short-video history, exact GSU, the match counts, Adagrad's accumulator 0, every crowd
 feature, dense learning rate 1e-3) with one lever's config overrides, trained in
-`train.mode=offline_tvt`: the first 70% of the logged day trains, the next 10% validates (`valid`), the last 20% is
-the test (`test`), on worlds `default` and `m3like` with world seed = model seed = {seeds}.
+`train.mode=offline_tvt`: the first 70% of the logged day trains, the next 10% validates
+(`valid`), the last 20% is the test (`test`), on worlds `default` and `m3like`
+with world seed = model seed = {seeds}.
 A lever is **kept** when its validation CTR AUC gain over `base` (paired by seed) is
 positive on every world it ran on and larger than its standard deviation over seeds; the
 test columns are read for this report only. `gap to oracle` = the world's true p(click) CTR
@@ -359,14 +356,14 @@ carried at the wrong scale. `affinity carried` / `highlight carried`: the coeffi
 true user-author affinity / highlight term in the model's logit (1 = its true scale). The
 `tuned_*` levers are changes on top of the study's first choice (lever `combo_acc1e4`):
 their deltas and verdicts are against it (column `vs`); a share of the gap is always of
-`base`'s gap. `full`'s defaults are now `tuned_recent_x2` (kept on fresh seeds).
+`base`'s gap. `full`'s defaults are now `{current}` (kept on fresh seeds).
 Logloss is the test CTR logloss beside the base rate's (predicting the test records' positive
 rate). Step time: the train step at batch 256 on one CPU device, median of interleaved
 repeats in one process (`--bench`).
 """
 
 
-def summary(worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
+def summary(worlds, seeds, levers, rows: dict, steps: dict | None) -> str:
   """One line per lever: the paired validation and test gains per world, the verdict."""
   out = ["| lever | vs | " + " | ".join(f"{w}: Δ valid | {w}: Δ test (share of the gap)"
                                         for w in worlds)
@@ -375,13 +372,13 @@ def summary(worlds, seeds: int, levers, rows: dict, steps: dict | None) -> str:
     cells, ref = [], parent_of(lever)
     for w in worlds:
       have = all((w, s, lever) in rows and (w, s, ref) in rows and (w, s, "base") in rows
-                 for s in _seeds(seeds))
+                 for s in seeds)
       for key in ("valid_auc", "test_auc"):
-        d = [rows[(w, s, lever)][key] - rows[(w, s, ref)][key] for s in _seeds(seeds)] \
+        d = [rows[(w, s, lever)][key] - rows[(w, s, ref)][key] for s in seeds] \
             if have else None
         cell = fmt(mean_sd(d), sign=True) if d else "not run"
         if d and key == "test_auc":
-          gap = np.mean([rows[(w, s, "base")]["gap"] for s in _seeds(seeds)])
+          gap = np.mean([rows[(w, s, "base")]["gap"] for s in seeds])
           cell += f" ({np.mean(d) / gap:.0%})"
         cells.append(cell)
     v = lever_table(rows, lever, worlds, seeds)[1]
@@ -404,13 +401,13 @@ study's goal: base + (oracle - base) / 2. Shares are of base's gap to the oracle
 """
 
 
-def reference_table(worlds, seeds: int, levers, rows: dict, refs: dict) -> str:
+def reference_table(worlds, seeds, levers, rows: dict, refs: dict) -> str:
   """Per world: the oracle, the observable reference and the models' test CTR AUC."""
   out = ["| world | oracle | oracle, affinity estimated (R²) | half the gap | LR reference "
          "| " + " | ".join(levers) + " |", "|" + "---|" * (5 + len(levers))]
   for w in worlds:
-    r = [refs.get((w, s)) for s in _seeds(seeds)]
-    b = [rows.get((w, s, "base")) for s in _seeds(seeds)]
+    r = [refs.get((w, s)) for s in seeds]
+    b = [rows.get((w, s, "base")) for s in seeds]
     if not all(r) or not all(b):
       continue
     oracle = [x["oracle_auc"] for x in r]
@@ -427,8 +424,8 @@ def reference_table(worlds, seeds: int, levers, rows: dict, refs: dict) -> str:
              cell([(o + t) / 2 for o, t in zip(oracle, base)]),
              cell([x["lr_auc"] for x in r])]
     for lever in levers:
-      have = all((w, s, lever) in rows for s in _seeds(seeds))
-      cells.append(cell([rows[(w, s, lever)]["test_auc"] for s in _seeds(seeds)])
+      have = all((w, s, lever) in rows for s in seeds)
+      cells.append(cell([rows[(w, s, lever)]["test_auc"] for s in seeds])
                    if have else "not run")
     out.append(f"| {w} | " + " | ".join(cells) + " |")
   return "\n".join(out)
@@ -444,7 +441,7 @@ DEFAULTS_NOTE = (
     f"and after the lever study\".")
 
 
-def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, refs: dict,
+def summary_block(command: str, worlds, seeds, levers, rows: dict, steps, refs: dict,
                   chosen, full_report: str | None) -> str:
   """The lever study in short, for another report: summary and observable-reference tables."""
   where = (f" One table per lever, with calibration and the oracle headroom of every row: "
@@ -453,7 +450,7 @@ def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, r
   return "\n".join([
       "## Levers toward the oracle (`offline_tvt`, chosen on validation, tested once)", "",
       f"Written by `{command}`; `full` with one config change at a time, "
-      f"{len(_seeds(seeds))} seeds "
+      f"{len(seeds)} seeds "
       f"(world seed = model seed), paired deltas of CTR AUC against the run in column `vs` "
       f"(`base`: `full` before this study; `combo_acc1e4`: its first choice; `full` now: "
       f"`{CURRENT}`)."
@@ -467,11 +464,11 @@ def summary_block(command: str, worlds, seeds: int, levers, rows: dict, steps, r
 KEEP_BELOW = "<!-- written by hand below: experiments.levers --out keeps what follows -->"
 
 
-def report(command: str, worlds, seeds: int, levers, rows: dict, steps: dict | None,
+def report(command: str, worlds, seeds, levers, rows: dict, steps: dict | None,
            refs: dict | None = None, chosen=("base",)) -> str:
   parts = ["# Levers toward the oracle\n", f"Produced by (from the repository root):\n\n"
            f"```\n{command}\n```\n",
-           INTRO.format(seeds=", ".join(str(x) for x in _seeds(seeds))) + "\n",
+           INTRO.format(seeds=", ".join(str(x) for x in seeds), current=CURRENT) + "\n",
            summary(worlds, seeds, levers, rows, steps) + "\n"]
   if refs:
     parts.append(REFERENCE_INTRO + "\n" + reference_table(worlds, seeds, chosen, rows, refs)

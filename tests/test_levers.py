@@ -18,15 +18,15 @@ def test_kept_only_when_validation_gains_on_every_world_beyond_the_spread():
       rows[(w, s, "good")] = _row(0.755 + s / 100 + (0.001 * s), 0.70)  # test ignored
       rows[(w, s, "mixed")] = _row(0.75 + s / 100 + (0.004 if w == "default" else -0.001),
                                    0.80)
-  table, verdict = levers.lever_table(rows, "good", ("default", "m3like"), 3)
+  table, verdict = levers.lever_table(rows, "good", ("default", "m3like"), range(3))
   assert verdict == "kept"
   assert "+0.0060 ± 0.0010 (+0.0050, +0.0060, +0.0070)" in table  # paired valid deltas
   assert "-0.0400" in table  # the test delta is reported, not used
-  assert levers.lever_table(rows, "mixed", ("default", "m3like"), 3)[1] == "dropped"
+  assert levers.lever_table(rows, "mixed", ("default", "m3like"), range(3))[1] == "dropped"
   noisy = dict(rows)
   for s, d in enumerate((0.004, -0.003, 0.002)):
     noisy[("default", s, "good")] = _row(0.75 + s / 100 + d, 0.74)
-  assert levers.lever_table(noisy, "good", ("default", "m3like"), 3)[1] == "dropped"
+  assert levers.lever_table(noisy, "good", ("default", "m3like"), range(3))[1] == "dropped"
 
 
 def test_full_is_the_kept_levers_and_base_is_full_before_the_study():
@@ -61,7 +61,7 @@ def test_reference_table_puts_models_between_base_and_oracle():
           for n, t in (("base", 0.74), ("good", 0.76))}
   refs = {("default", s): {"oracle_auc": 0.80, "oracle_affinity_estimated_auc": 0.78,
                            "affinity_r2": 0.8, "lr_auc": 0.755} for s in range(2)}
-  table = levers.reference_table(("default",), 2, ["base", "good"], rows, refs)
+  table = levers.reference_table(("default",), range(2), ["base", "good"], rows, refs)
   line = table.splitlines()[2]
   # shares of base's gap (0.06): half the gap 50%, the LR 25%, `good` 33%
   assert "| 0.7700 ± 0.0000 (50%) |" in line and "| 0.7550 ± 0.0000 (25%) |" in line
@@ -89,9 +89,9 @@ def test_tuned_levers_are_judged_against_the_kept_levers():
     rows[("default", s, "base")] = _row(0.75, 0.74)
     rows[("default", s, levers.TUNED_LEVER)] = _row(0.77 + s / 1000, 0.76)
     rows[("default", s, "tuned_x")] = _row(0.765 + s / 1000, 0.76)  # above base, below parent
-  table, verdict = levers.lever_table(rows, "tuned_x", ("default",), 3)
+  table, verdict = levers.lever_table(rows, "tuned_x", ("default",), range(3))
   assert verdict == "dropped" and "-0.0050 ± 0.0000" in table
-  line = levers.summary(("default",), 3, ["base", "tuned_x"], rows, None).splitlines()[2]
+  line = levers.summary(("default",), range(3), ["base", "tuned_x"], rows, None).splitlines()[2]
   assert line.startswith(f"| tuned_x | {levers.TUNED_LEVER} | -0.0050")
 
 

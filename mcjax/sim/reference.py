@@ -69,7 +69,7 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
             else M.count_before(u * n_cat + top(a), t, q_cat, ts))
 
   pu, pa, pt = SM.pick(e, SM.mask(e, S.SHORT_VIDEO, S.WATCH_END), "user_id", "author_id",
-                        "ts_ms")
+                       "ts_ms")
   lu, la, lt = SM.pick(e, SM.mask(e, S.SHORT_VIDEO, S.LIKE), "user_id", "author_id", "ts_ms")
   cu, ca, ct = SM.pick(e, SM.mask(e, S.LIVE, S.CLICK), "user_id", "author_id", "ts_ms")
   xu, xa, xt = SM.pick(e, SM.mask(e, S.LIVE, S.EXPOSURE), "user_id", "author_id", "ts_ms")
