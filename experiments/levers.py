@@ -52,6 +52,7 @@ _COUNTS = schema.CROWD_COUNTS
 # `full`'s defaults now: the first choice with the since-start crowd left out and the dense
 # learning rate doubled, kept on fresh seeds 3-5 (experiments/levers/fresh_seeds.md).
 CURRENT = "tuned_recent_x2"
+_NOW = {**_TUNED, "model.crowd.drop": _SINCE_START, "train.learning_rate": 2e-3}
 
 LEVERS = {
     "base": ("`full` before the study (`mcjax.config.BEFORE_LEVERS`)", {}),
@@ -148,6 +149,14 @@ LEVERS = {
     "tuned_crowd_wide": ("`combo_acc1e4` with a wide path: the log1p crowd features linearly "
                          "to every task's logit beside the crowd MLP (`model.crowd.wide`)",
                          {**_TUNED, "model.crowd.wide": True}),
+    "now_batch128": ("`full` (`tuned_recent_x2`) with training batch 256 -> 128 (twice the "
+                     "updates over the same samples)", {**_NOW, "train.batch_size": 128}),
+    "now_epochs2": ("`full` (`tuned_recent_x2`) with two passes over the training samples",
+                    {**_NOW, "train.epochs": 2}),
+    "now_batch64": ("`full` (`tuned_recent_x2`) with training batch 256 -> 64",
+                    {**_NOW, "train.batch_size": 64}),
+    "now_b128_epochs2": ("`full` (`tuned_recent_x2`) with training batch 128 and two passes",
+                         {**_NOW, "train.batch_size": 128, "train.epochs": 2}),
     "hist1000_affinity": ("history 1,000 (simhash) + affinity features",
                           {"moment.sv_hist_len": 1000, "model.gsu.approx": "simhash",
                            "model.match_set": "affinity"}),
@@ -179,6 +188,9 @@ def define_flags() -> None:
                       "rewrites that file).")
   flags.DEFINE_list("reference_levers", ["combo_acc1e4"], "Levers shown beside base in the "
                     "observable-reference table.")
+  flags.DEFINE_list("ensemble_levers", None, "Also report the test CTR AUC of the average "
+                    "logit of these levers' runs beside each one's (models of the same world "
+                    "and seed: how much of the gap is the variance of one model).")
 
 
 def overrides(lever: str) -> dict:
@@ -230,7 +242,9 @@ def reference(workdir: str, world: str, seed: int) -> dict:
   cached = os.path.join(root, "reference.json")
   if os.path.exists(cached):
     with open(cached) as f:
-      return json.load(f)
+      r = json.load(f)
+    if "oracle_estimated_auc" in r:  # else written before that field: computed again
+      return r
   preds = os.path.join(root, "base", "preds", "window_00001.npz")
   if not os.path.exists(preds):
     return {}
@@ -243,6 +257,54 @@ def reference(workdir: str, world: str, seed: int) -> dict:
   from mcjax.eventlog.files import atomic_write
   atomic_write(cached, json.dumps(r, indent=1))
   return r
+
+
+def test_logits(run_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(exposure ids, CTR logits, CTR labels) of a run's test records, sorted by exposure id."""
+  d = np.load(os.path.join(run_dir, "preds", "window_00001.npz"))
+  keep = d["mask"][:, 0] > 0
+  ids, p, y = d["exposure_id"][keep], d["probs"][keep, 0].astype(np.float64), \
+      d["labels"][keep, 0]
+  order = np.argsort(ids)
+  p = np.clip(p[order], 1e-7, 1 - 1e-7)
+  return ids[order], np.log(p / (1 - p)), y[order]
+
+
+def ensemble(workdir: str, worlds, seeds, levers) -> dict:
+  """(world, seed) -> {lever: test CTR AUC, "average": the AUC of the levers' mean logit}."""
+  from mcjax import metrics
+  out = {}
+  for w in worlds:
+    for s in seeds:
+      runs = [test_logits(os.path.join(workdir, w, f"seed_{s}", n)) for n in levers]
+      if any(not np.array_equal(r[0], runs[0][0]) for r in runs):
+        raise ValueError(f"{w} seed {s}: the runs of {levers} scored different test records")
+      y = runs[0][2]
+      out[(w, s)] = {n: metrics.auc(y, r[1]) for n, r in zip(levers, runs)}
+      out[(w, s)]["average"] = metrics.auc(y, np.mean([r[1] for r in runs], axis=0))
+  return out
+
+
+def ensemble_table(aucs: dict, levers) -> str:
+  """Markdown: per world and seed, each lever's test CTR AUC, the best of them and the
+  average-logit model's."""
+  out = ["| world | seed | " + " | ".join(levers) + " | best single | average logit | "
+         "average - best |", "|" + "---|" * (len(levers) + 5)]
+  for (w, s), a in aucs.items():
+    best = max(a[n] for n in levers)
+    out.append(f"| {w} | {s} | " + " | ".join(f"{a[n]:.4f}" for n in levers)
+               + f" | {best:.4f} | {a['average']:.4f} | {a['average'] - best:+.4f} |")
+  return "\n".join(out)
+
+
+ENSEMBLE_INTRO = """\
+## One model's variance: the average of several
+
+The test CTR AUC of the mean logit of the models named (each trained on the same world and
+seed, with its own settings) beside each model's. An average of models removes what varies
+between them (initialisation, batch order, the settings' own noise); what they share, the
+information their features carry about the oracle's terms, it cannot add.
+"""
 
 
 def numbers(path: str) -> dict:
@@ -281,6 +343,8 @@ def verdict(deltas: dict) -> str:
 def parent_of(lever: str) -> str:
   """The run a lever is measured against: the first choice's (``TUNED_LEVER``) for the
   `tuned_*` levers (changes on top of it), `base` for the others."""
+  if lever.startswith("now_"):
+    return CURRENT
   return TUNED_LEVER if lever.startswith("tuned") else "base"
 
 
@@ -320,7 +384,8 @@ def lever_table(rows: dict, lever: str, worlds, seeds) -> tuple[str, str]:
 
 
 def bench(levers, repeats: int) -> dict:
-  """lever -> median train-step seconds (batch 256, one device), interleaved repeats."""
+  """lever -> median train-step seconds per training example (the lever's own batch size, one
+  device), interleaved repeats; levers of the same batch size compare as their step times."""
   import jax
   from benchmarks.step_bench import StepBench
   benches = {}
@@ -335,7 +400,7 @@ def bench(levers, repeats: int) -> dict:
       for i in range(10):
         jax.block_until_ready(b.step(b.batches[i % len(b.batches)]))
       if r:
-        times[name].append((time.perf_counter() - t) / 10)
+        times[name].append((time.perf_counter() - t) / 10 / b.batch_size)
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -358,8 +423,8 @@ true user-author affinity / highlight term in the model's logit (1 = its true sc
 their deltas and verdicts are against it (column `vs`); a share of the gap is always of
 `base`'s gap. `full`'s defaults are now `{current}` (kept on fresh seeds).
 Logloss is the test CTR logloss beside the base rate's (predicting the test records' positive
-rate). Step time: the train step at batch 256 on one CPU device, median of interleaved
-repeats in one process (`--bench`).
+rate). Time per example: the train step divided by its batch (256 unless the lever sets
+another) on one CPU device, median of interleaved repeats in one process (`--bench`).
 """
 
 
@@ -367,7 +432,7 @@ def summary(worlds, seeds, levers, rows: dict, steps: dict | None) -> str:
   """One line per lever: the paired validation and test gains per world, the verdict."""
   out = ["| lever | vs | " + " | ".join(f"{w}: Δ valid | {w}: Δ test (share of the gap)"
                                         for w in worlds)
-         + " | verdict | step time vs base |", "|" + "---|" * (2 * len(worlds) + 4)]
+         + " | verdict | time per example vs base |", "|" + "---|" * (2 * len(worlds) + 4)]
   for lever in levers[1:]:
     cells, ref = [], parent_of(lever)
     for w in worlds:
@@ -396,15 +461,19 @@ causal, oracle-shaped features (`LR reference`: the hour, activity bucket, autho
 crowd in the last 30 s / 5 min, and the user's whole short-video history against the
 candidate: plays and likes of the author and its category, their log shares) and the oracle
 with its affinity term replaced by its least-squares estimate from those histories, its other
-terms exact (`oracle, affinity estimated`; `R²` is that estimate's). `half the gap` is the
-study's goal: base + (oracle - base) / 2. Shares are of base's gap to the oracle.
+terms exact (`oracle, affinity estimated`; `R²` is that estimate's), and the oracle with its
+highlight term estimated as well, by least squares on the live's crowd in the last 30 s and
+5 min (`oracle, both estimated`; `R²`: the highlight estimate's), only the base term exact.
+`half the gap` is the study's goal: base + (oracle - base) / 2. Shares are of base's gap to
+the oracle.
 """
 
 
 def reference_table(worlds, seeds, levers, rows: dict, refs: dict) -> str:
   """Per world: the oracle, the observable reference and the models' test CTR AUC."""
-  out = ["| world | oracle | oracle, affinity estimated (R²) | half the gap | LR reference "
-         "| " + " | ".join(levers) + " |", "|" + "---|" * (5 + len(levers))]
+  out = ["| world | oracle | oracle, affinity estimated (R²) | oracle, both estimated (R²) "
+         "| half the gap | LR reference | " + " | ".join(levers) + " |",
+         "|" + "---|" * (6 + len(levers))]
   for w in worlds:
     r = [refs.get((w, s)) for s in seeds]
     b = [rows.get((w, s, "base")) for s in seeds]
@@ -421,6 +490,8 @@ def reference_table(worlds, seeds, levers, rows: dict, refs: dict) -> str:
     cells = [fmt(mean_sd(oracle)),
              cell([x["oracle_affinity_estimated_auc"] for x in r])
              + f" R² {np.mean([x['affinity_r2'] for x in r]):.2f}",
+             cell([x["oracle_estimated_auc"] for x in r])
+             + f" R² {np.mean([x['highlight_r2'] for x in r]):.2f}",
              cell([(o + t) / 2 for o, t in zip(oracle, base)]),
              cell([x["lr_auc"] for x in r])]
     for lever in levers:
@@ -477,9 +548,9 @@ def report(command: str, worlds, seeds, levers, rows: dict, steps: dict | None,
     table, v = lever_table(rows, lever, worlds, seeds)
     cost = ""
     if steps and lever in steps:
-      cost = (f" Train step (batch 256, one CPU device, median of interleaved repeats): "
-              f"{steps[lever] * 1e3:.1f} ms vs base {steps['base'] * 1e3:.1f} ms "
-              f"({steps[lever] / steps['base']:.2f}x).")
+      cost = (f" Train step per example (the lever's batch size, one CPU device, median of "
+              f"interleaved repeats): {steps[lever] * 1e6:.0f} µs vs base "
+              f"{steps['base'] * 1e6:.0f} µs ({steps[lever] / steps['base']:.2f}x).")
     title = LEVERS[lever][0] + (f": **{v}**" if v else "")
     parts.append(f"### {lever}: {title}\n\n{table}\n{cost}\n")
   return "\n".join(parts)
@@ -489,7 +560,7 @@ def main(argv) -> None:
   F = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  for flag in ("levers", "bench_levers", "reference_levers"):
+  for flag in ("levers", "bench_levers", "reference_levers", "ensemble_levers"):
     unknown = [n for n in (F[flag].value or ()) if n not in LEVERS]
     if unknown:
       raise app.UsageError(f"--{flag}: unknown {unknown}; known: {sorted(LEVERS)}")
@@ -515,6 +586,9 @@ def main(argv) -> None:
   command = "python -m experiments.levers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   chosen = ["base"] + [n for n in F.reference_levers if n in levers and n != "base"]
   text = report(command, F.worlds, seeds, levers, rows, steps, refs, chosen)
+  if F.ensemble_levers:
+    text += "\n" + ENSEMBLE_INTRO + "\n" + ensemble_table(
+        ensemble(F.workdir, F.worlds, seeds, F.ensemble_levers), F.ensemble_levers) + "\n"
   print(text)
   if F.out:
     from mcjax.eventlog.files import atomic_write

@@ -121,7 +121,9 @@ REFERENCE_TEXT = (
     "activity bucket, author, the live's crowd in the last 30 s / 5 min, the user's whole "
     "short-video history against the candidate); `oracle, affinity estimated`, the oracle with "
     "its affinity term estimated from those histories, the other terms exact (R² of that "
-    "estimate), near the best a model of these histories can reach.")
+    "estimate), near the best a model of these histories can reach; `oracle, both estimated`, "
+    "its highlight term estimated too, from the live's crowd in the last 30 s and 5 min (R² of "
+    "the highlight estimate), only the base term exact.")
 
 
 def reference_rows(workdir: str, runs: dict[str, dict], log_dir: str,
@@ -165,9 +167,10 @@ def reference_table(rows: dict) -> str:
   r = rows["reference"]
   table = [[name, f"{r['n']:,}", _fmt(auc), _fmt(r["lr_auc"]),
             f"{_fmt(r['oracle_affinity_estimated_auc'])} (R² {r['affinity_r2']:.2f})",
+            f"{_fmt(r['oracle_estimated_auc'])} (R² {r['highlight_r2']:.2f})",
             _fmt(r["oracle_auc"])] for name, auc in rows["models"].items()]
   return tabulate(table, ["config", "records", "model", "LR reference",
-                          "oracle, affinity estimated", "oracle"],
+                          "oracle, affinity estimated", "oracle, both estimated", "oracle"],
                   tablefmt="github", disable_numparse=True)
 
 

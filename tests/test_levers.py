@@ -1,5 +1,10 @@
 """The lever study's table and verdict (experiments.levers) on made-up run rows."""
 
+import os
+
+import numpy as np
+import pytest
+
 from experiments import levers
 
 
@@ -60,12 +65,14 @@ def test_reference_table_puts_models_between_base_and_oracle():
   rows = {(w, s, n): _row(0.75, t) for w in ("default",) for s in range(2)
           for n, t in (("base", 0.74), ("good", 0.76))}
   refs = {("default", s): {"oracle_auc": 0.80, "oracle_affinity_estimated_auc": 0.78,
+                           "oracle_estimated_auc": 0.765, "highlight_r2": 0.5,
                            "affinity_r2": 0.8, "lr_auc": 0.755} for s in range(2)}
   table = levers.reference_table(("default",), range(2), ["base", "good"], rows, refs)
   line = table.splitlines()[2]
   # shares of base's gap (0.06): half the gap 50%, the LR 25%, `good` 33%
   assert "| 0.7700 ± 0.0000 (50%) |" in line and "| 0.7550 ± 0.0000 (25%) |" in line
   assert "0.7600 ± 0.0000 (33%)" in line and "0.7800 ± 0.0000 (67%) R² 0.80" in line
+  assert "| 0.7650 ± 0.0000 (42%) R² 0.50 |" in line  # the oracle with both terms estimated
 
 
 def test_a_block_survives_the_report_rewritten_around_it(tmp_path):
@@ -119,3 +126,31 @@ def test_summary_into_a_missing_report_is_refused_before_any_run(tmp_path):
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode != 0 and f"--summary_into={missing}: no such report" in out.stderr
   assert not os.path.exists(tmp_path / "work")  # nothing trained, nothing written
+
+
+def _preds(run_dir, ids, logit, y):
+  os.makedirs(os.path.join(run_dir, "preds"))
+  p = 1.0 / (1.0 + np.exp(-logit))
+  np.savez(os.path.join(run_dir, "preds", "window_00001.npz"), exposure_id=ids,
+           probs=np.stack([p, p], 1), labels=np.stack([y, y], 1),
+           mask=np.ones((len(ids), 2), np.float32))
+
+
+def test_the_average_of_two_noisy_models_beats_each_and_records_must_match(tmp_path):
+  rng = np.random.default_rng(0)
+  n = 4000
+  truth = rng.normal(size=n)
+  y = (rng.random(n) < 1.0 / (1.0 + np.exp(-truth))).astype(np.float32)
+  ids = np.arange(n)
+  seed_dir = tmp_path / "default" / "seed_0"
+  for name in ("a", "b"):  # the same truth, each with its own noise; rows in another order
+    order = rng.permutation(n)
+    logit = truth + rng.normal(scale=1.5, size=n)
+    _preds(str(seed_dir / name), ids[order], logit[order], y[order])
+  aucs = levers.ensemble(str(tmp_path), ("default",), range(1), ["a", "b"])[("default", 0)]
+  assert aucs["average"] > max(aucs["a"], aucs["b"]) + 0.01, aucs
+  line = levers.ensemble_table({("default", 0): aucs}, ["a", "b"]).splitlines()[2]
+  assert line.startswith("| default | 0 | ") and f"| {aucs['average']:.4f} |" in line
+  _preds(str(seed_dir / "c"), ids[:-1], truth[:-1], y[:-1])
+  with pytest.raises(ValueError, match="different test records"):
+    levers.ensemble(str(tmp_path), ("default",), range(1), ["a", "c"])

@@ -33,7 +33,7 @@ def test_make_run_on_the_small_world_with_the_real_time_loop(tmp_path):
   assert "## The real-time loop (`tiny` model)" in text and "(realtime/report.md)" in text
   ref = text.split("## What the log allows: the observable reference (CTR AUC)")[1]
   row = [x for x in ref.splitlines() if x.startswith("| full ")][0].split("|")
-  model, lr, oracle = float(row[3]), float(row[4]), float(row[6])  # AUCs of the same records
+  model, lr, oracle = float(row[3]), float(row[4]), float(row[7])  # AUCs of the same records
   assert 0.5 < model < oracle and 0.5 < lr < oracle, row
   assert os.path.exists(os.path.join(work, "realtime", "report.md"))
   line = [x for x in first.stdout.splitlines() if x.startswith("real-time loop (tiny)")]

@@ -346,6 +346,10 @@ def test_observable_reference_sits_between_the_offset_and_the_oracle(log_dir):
   assert (r["oracle_no_affinity_auc"] < r["oracle_affinity_estimated_auc"]
           < r["oracle_auc"]), r
   assert 0.3 < r["affinity_r2"] < 1.0, r
+  # estimating the highlight term too loses more of the oracle, but not all of the highlight
+  assert (r["oracle_no_affinity_auc"] < r["oracle_estimated_auc"]
+          <= r["oracle_affinity_estimated_auc"]), r
+  assert 0.0 < r["highlight_r2"] < 1.0, r
   assert r["lr_logloss"] > 0
 
 

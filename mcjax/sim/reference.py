@@ -16,6 +16,12 @@ sees the log before the query time. Two numbers put a model's AUC between the tw
   scored records), the other terms exact. The affinity term is the oracle's largest; what a
   one-day log cannot tell of it is out of any model's reach, so this is near the best a model
   of these histories can do.
+* ``oracle_estimated_auc``: the oracle's logit with both of its hidden terms estimated, the
+  affinity as above and the highlight term by least squares on the live's crowd before the
+  exposure (``crowd_features``; ``highlight_r2``), only the base term (activity, popularity,
+  hour) exact: what a model reaches that reads both effects as well as these linear
+  estimates do. Not a bound either (a better estimator of either term is possible), but a
+  model near it has little left in these features.
 
 ``reference`` works on any simulated log folder; ``experiments/levers.py`` reports it beside
 each run's test AUC.
@@ -90,6 +96,26 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
       L(clicks_cat), L(seen_all)], axis=1)
 
 
+def crowd_features(item: np.ndarray, ts: np.ndarray, crowd: dict) -> np.ndarray:
+  """The highlight estimate's features: ``observability.highlight_features`` (log1p crowd
+  counts in the last 30 s and 5 min, click rates) with, per counted event, the 30 s count's
+  log1p minus the 5 min count's and its square (a burst against the live's recent level)."""
+  x = O.highlight_features(item, ts, crowd)
+  per_window = len(crowd) + 1
+  burst = x[:, :len(crowd)] - x[:, per_window:per_window + len(crowd)]
+  return np.hstack([x, burst, burst ** 2])
+
+
+def _least_squares(x: np.ndarray, target: np.ndarray, train: np.ndarray,
+                   test: np.ndarray) -> tuple[np.ndarray, float]:
+  """(the fit of ``target`` on [1, x] from the ``train`` rows, at every row; its R^2 on the
+  ``test`` rows)."""
+  h = np.hstack([np.ones((len(x), 1)), x])
+  fit = h @ np.linalg.lstsq(h[train], target[train], rcond=None)[0]
+  resid = target[test] - fit[test]
+  return fit, float(1.0 - resid.var() / max(target[test].var(), 1e-12))
+
+
 def load_events(log_dir: str) -> dict:
   """The log's events as column arrays, for ``reference`` and ``live_exposure_times``."""
   return SM.event_columns(log_dir)
@@ -108,7 +134,7 @@ def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None =
   Fits on the live exposures before ``train_before_ms``; scores the exposures whose id is in
   ``score_ids`` (else those at or after ``after_ms``). ``events``: ``load_events(log_dir)``
   when the caller already has them. Returns n, oracle_auc, lr_auc, lr_logloss, affinity_r2,
-  oracle_affinity_estimated_auc, oracle_no_affinity_auc.
+  oracle_affinity_estimated_auc, highlight_r2, oracle_estimated_auc, oracle_no_affinity_auc.
   """
   e = events if events is not None else load_events(log_dir)
   oracle = eio.read_oracle(log_dir, "exposures.parquet")
@@ -126,7 +152,7 @@ def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None =
   if len(o_id) == 0 or not np.array_equal(o_id[pos], ex_id):
     raise ValueError(f"{log_dir}: oracle exposures do not match the live exposures")
   logit = {k: M.logit(oracle[k].to_numpy().astype(np.float64)[pos])
-           for k in ("p_click", "p_click_no_affinity")}
+           for k in ("p_click", "p_click_no_affinity", "p_click_no_highlight")}
   train = ts < train_before_ms
   test = (np.isin(ex_id, score_ids) if score_ids is not None
           else ts >= (after_ms if after_ms is not None else train_before_ms))
@@ -154,16 +180,19 @@ def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None =
   logloss = float(-np.mean(y[test] * np.log(p) + (1 - y[test]) * np.log(1 - p)))
 
   affinity = logit["p_click"] - logit["p_click_no_affinity"]
-  h = np.hstack([np.ones((len(y), 1)), hist])
-  w = np.linalg.lstsq(h[train], affinity[train], rcond=None)[0]
-  resid = affinity[test] - h[test] @ w
+  highlight = logit["p_click"] - logit["p_click_no_highlight"]
+  aff_fit, aff_r2 = _least_squares(hist, affinity, train, test)
+  hl_fit, hl_r2 = _least_squares(crowd_features(item, ts, crowd), highlight, train, test)
+  rest = logit["p_click"] - affinity - highlight
   return {
       "n": int(test.sum()),
       "oracle_auc": M.auc(y[test], logit["p_click"][test]),
       "oracle_no_affinity_auc": M.auc(y[test], logit["p_click_no_affinity"][test]),
       "lr_auc": M.auc(y[test], z),
       "lr_logloss": logloss,
-      "affinity_r2": float(1.0 - resid.var() / max(affinity[test].var(), 1e-12)),
+      "affinity_r2": aff_r2,
       "oracle_affinity_estimated_auc": M.auc(
-          y[test], logit["p_click_no_affinity"][test] + h[test] @ w),
+          y[test], logit["p_click_no_affinity"][test] + aff_fit[test]),
+      "highlight_r2": hl_r2,
+      "oracle_estimated_auc": M.auc(y[test], (rest + aff_fit + hl_fit)[test]),
   }
