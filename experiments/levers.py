@@ -186,6 +186,8 @@ def define_flags() -> None:
                       "reference tables as block 'levers' of this report (e.g. "
                       "experiments/RESULTS.md; experiments.ablation keeps the block when it "
                       "rewrites that file).")
+  flags.DEFINE_string("summary_block", "levers", "--summary_into: the name of the block (one "
+                      "per study: a second study of other seeds keeps the first's).")
   flags.DEFINE_list("reference_levers", ["combo_acc1e4"], "Levers shown beside base in the "
                     "observable-reference table.")
   flags.DEFINE_list("ensemble_levers", None, "Also report the test CTR AUC of the average "
@@ -420,8 +422,9 @@ the part of the gap that is logit variation unrelated to the truth rather than a
 carried at the wrong scale. `affinity carried` / `highlight carried`: the coefficient of the
 true user-author affinity / highlight term in the model's logit (1 = its true scale). The
 `tuned_*` levers are changes on top of the study's first choice (lever `combo_acc1e4`):
-their deltas and verdicts are against it (column `vs`); a share of the gap is always of
-`base`'s gap. `full`'s defaults are now `{current}` (kept on fresh seeds).
+their deltas and verdicts are against it (column `vs`); the `now_*` levers are changes on
+top of `full`'s defaults (`{current}`, kept on fresh seeds), against it; a share of the gap
+is always of `base`'s gap.
 Logloss is the test CTR logloss beside the base rate's (predicting the test records' positive
 rate). Time per example: the train step divided by its batch (256 unless the lever sets
 another) on one CPU device, median of interleaved repeats in one process (`--bench`).
@@ -519,7 +522,8 @@ def summary_block(command: str, worlds, seeds, levers, rows: dict, steps, refs: 
            f"[{full_report}]({os.path.relpath(full_report, 'experiments')})."
            if full_report else "")
   return "\n".join([
-      "## Levers toward the oracle (`offline_tvt`, chosen on validation, tested once)", "",
+      f"## Levers toward the oracle (`offline_tvt`, chosen on validation, tested once; seeds "
+      f"{seeds[0]}-{seeds[-1]})", "",
       f"Written by `{command}`; `full` with one config change at a time, "
       f"{len(seeds)} seeds "
       f"(world seed = model seed), paired deltas of CTR AUC against the run in column `vs` "
@@ -600,8 +604,8 @@ def main(argv) -> None:
     atomic_write(F.out, text)  # replaced whole (but for the hand-written tail)
   if F.summary_into:
     from experiments import blocks
-    blocks.put(F.summary_into, "levers", summary_block(command, F.worlds, seeds, levers, rows,
-                                                       steps, refs, chosen, F.out))
+    blocks.put(F.summary_into, F.summary_block,
+               summary_block(command, F.worlds, seeds, levers, rows, steps, refs, chosen, F.out))
 
 
 if __name__ == "__main__":
