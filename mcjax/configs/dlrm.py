@@ -6,8 +6,7 @@ Command:  python -m launch.bench --config=mcjax/configs/dlrm.py --mode=step \
           (throughput; it trains like any config:
           python -m launch.train --config=mcjax/configs/dlrm.py --workdir=runs/dlrm)
 Hardware: any; sized for a 2-core CPU.
-Expected: 38,854 examples/s at batch 1024 on the 2-core CPU, 10.66x DeepCTR-Torch DIN
-          with `full`'s earlier defaults
+Expected: 48,465 examples/s at batch 1024 on the 2-core CPU, 9.56x DeepCTR-Torch DIN
           (benchmarks/RESULTS.md, "mcjax vs DeepCTR-Torch DIN").
 """
 
