@@ -18,8 +18,8 @@ sees the log before the query time. Two numbers put a model's AUC between the tw
   of these histories can do.
 * ``oracle_estimated_auc``: the oracle's logit with both of its hidden terms estimated, the
   affinity as above and the highlight term by least squares on the live's crowd before the
-  exposure (``crowd_features``; ``highlight_r2``), only the base term (activity, popularity,
-  hour) exact: what a model reaches that reads both effects as well as these linear
+  exposure, the crowd counts ``full`` reads (``crowd_features``; ``highlight_r2``), only the base
+  term (activity, popularity, hour) exact: what a model reaches that reads both effects as well as these linear
   estimates do. Not a bound either (a better estimator of either term is possible), but a
   model near it has little left in these features.
 
@@ -37,6 +37,9 @@ from mcjax.sim import metrics as M
 from mcjax.sim import observability as O
 from mcjax.sim import summary as SM
 
+# What ``reference`` computes; a cache of its result (experiments.levers) holding another
+# version is computed again.
+VERSION = 2
 _SHARE_PRIOR = 0.5  # pseudo-count per category in the log shares
 LIVE_COUNTS = slice(12, 17)  # the columns of history_features the click model leaves out
 
@@ -96,14 +99,24 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
       L(clicks_cat), L(seen_all)], axis=1)
 
 
-def crowd_features(item: np.ndarray, ts: np.ndarray, crowd: dict) -> np.ndarray:
-  """The highlight estimate's features: ``observability.highlight_features`` (log1p crowd
-  counts in the last 30 s and 5 min, click rates) with, per counted event, the 30 s count's
-  log1p minus the 5 min count's and its square (a burst against the live's recent level)."""
-  x = O.highlight_features(item, ts, crowd)
-  per_window = len(crowd) + 1
-  burst = x[:, :len(crowd)] - x[:, per_window:per_window + len(crowd)]
-  return np.hstack([x, burst, burst ** 2])
+def crowd_features(e: dict, item: np.ndarray, ts: np.ndarray, crowd: dict) -> np.ndarray:
+  """The highlight estimate's features, the crowd counts ``full`` reads (not the gift values):
+  per event counted by ``crowd`` (exposure, click, like, comment) and gifts, log1p of the
+  live's count in the last 30 s and 5 min, the 30 s one minus the 5 min one and its square (a burst against the live's
+  recent level); the click rates of both windows; log1p of the viewers in the room (earlier
+  clicks of the live minus earlier watch_ends)."""
+  counted = {**crowd, "gift": SM.pick(e, SM.mask(e, S.LIVE, S.GIFT), "item_id", "ts_ms")}
+  logs = {(name, w): np.log1p(M.count_before(it, t, item, ts, w))
+          for name, (it, t) in counted.items() for w in O.WINDOWS_MS}
+  short, long_ = O.WINDOWS_MS
+  burst = [logs[(n, short)] - logs[(n, long_)] for n in counted]
+  rates = [np.expm1(logs[("click", w)]) / np.maximum(np.expm1(logs[("exposure", w)]), 1.0)
+           for w in O.WINDOWS_MS]
+  left = SM.pick(e, SM.mask(e, S.LIVE, S.WATCH_END), "item_id", "ts_ms")
+  viewers = (M.count_before(*crowd["click"], item, ts)
+             - M.count_before(*left, item, ts))
+  return np.stack(list(logs.values()) + burst + [b ** 2 for b in burst] + rates
+                  + [np.log1p(np.maximum(viewers, 0))], axis=1)
 
 
 def _least_squares(x: np.ndarray, target: np.ndarray, train: np.ndarray,
@@ -182,9 +195,10 @@ def reference(log_dir: str, train_before_ms: int, score_ids: np.ndarray | None =
   affinity = logit["p_click"] - logit["p_click_no_affinity"]
   highlight = logit["p_click"] - logit["p_click_no_highlight"]
   aff_fit, aff_r2 = _least_squares(hist, affinity, train, test)
-  hl_fit, hl_r2 = _least_squares(crowd_features(item, ts, crowd), highlight, train, test)
+  hl_fit, hl_r2 = _least_squares(crowd_features(e, item, ts, crowd), highlight, train, test)
   rest = logit["p_click"] - affinity - highlight
   return {
+      "version": VERSION,
       "n": int(test.sum()),
       "oracle_auc": M.auc(y[test], logit["p_click"][test]),
       "oracle_no_affinity_auc": M.auc(y[test], logit["p_click_no_affinity"][test]),
