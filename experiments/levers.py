@@ -52,7 +52,7 @@ _COUNTS = schema.CROWD_COUNTS
 # `full`'s defaults now: the first choice with the since-start crowd left out and the dense
 # learning rate doubled, kept on fresh seeds 3-5 (experiments/levers/fresh_seeds.md).
 CURRENT = "tuned_recent_x2"
-_NOW = {**_TUNED, "model.crowd.drop": _SINCE_START, "train.learning_rate": 2e-3}
+_NOW = {**_TUNED, "model.crowd.drop": _SINCE_START, "train.learning_rate": 2e-3}  # its overrides
 
 LEVERS = {
     "base": ("`full` before the study (`mcjax.config.BEFORE_LEVERS`)", {}),
@@ -137,8 +137,7 @@ LEVERS = {
                            {**_TUNED, "model.crowd.drop": _SINCE_START}),
     "tuned_recent_x2": ("`tuned_crowd_recent` with the dense AdamW learning rate 2e-3 (`full`'s "
                         "defaults since its replication on fresh seeds)",
-                        {**_TUNED, "model.crowd.drop": _SINCE_START,
-                         "train.learning_rate": 2e-3}),
+                        _NOW),
     "tuned_recent_wide": ("`tuned_crowd_recent` with the wide crowd path",
                           {**_TUNED, "model.crowd.drop": _SINCE_START,
                            "model.crowd.wide": True}),
@@ -222,17 +221,26 @@ def run_one(workdir: str, world: str, seed: int, lever: str) -> str:
   return path
 
 
+def held_out_records(run_dir: str) -> dict | None:
+  """The arrays of a run's test records (its last scored window, the mask's CTR column kept);
+  None when it has none."""
+  path = os.path.join(run_dir, "preds", "window_00001.npz")
+  if not os.path.exists(path):
+    return None
+  d = dict(np.load(path))
+  keep = d["mask"][:, 0] > 0
+  return {k: v[keep] for k, v in d.items()}
+
+
 def headroom(run_dir: str) -> dict:
   """``mcjax.metrics.headroom`` of the test records' CTR (recomputed from the predictions, so
   runs written before a headroom field existed read the same)."""
   from mcjax import metrics
-  path = os.path.join(run_dir, "preds", "window_00001.npz")
-  if not os.path.exists(path):
+  d = held_out_records(run_dir)
+  if d is None:
     return {}
-  d = dict(np.load(path))
-  keep = d["mask"][:, 0] > 0
-  return metrics.headroom(d["probs"][keep, 0], d["labels"][keep, 0],
-                          {k: d[k][keep] for k in metrics.ORACLE_FIELDS}) or {}
+  return metrics.headroom(d["probs"][:, 0], d["labels"][:, 0],
+                          {k: d[k] for k in metrics.ORACLE_FIELDS}) or {}
 
 
 def reference(workdir: str, world: str, seed: int) -> dict:
@@ -261,15 +269,13 @@ def reference(workdir: str, world: str, seed: int) -> dict:
   return r
 
 
-def test_logits(run_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ctr_logits(run_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(exposure ids, CTR logits, CTR labels) of a run's test records, sorted by exposure id."""
-  d = np.load(os.path.join(run_dir, "preds", "window_00001.npz"))
-  keep = d["mask"][:, 0] > 0
-  ids, p, y = d["exposure_id"][keep], d["probs"][keep, 0].astype(np.float64), \
-      d["labels"][keep, 0]
-  order = np.argsort(ids)
-  p = np.clip(p[order], 1e-7, 1 - 1e-7)
-  return ids[order], np.log(p / (1 - p)), y[order]
+  from mcjax.sim import metrics as sim_metrics
+  d = held_out_records(run_dir)
+  order = np.argsort(d["exposure_id"])
+  return (d["exposure_id"][order], sim_metrics.logit(d["probs"][order, 0]),
+          d["labels"][order, 0])
 
 
 def ensemble(workdir: str, worlds, seeds, levers) -> dict:
@@ -278,7 +284,7 @@ def ensemble(workdir: str, worlds, seeds, levers) -> dict:
   out = {}
   for w in worlds:
     for s in seeds:
-      runs = [test_logits(os.path.join(workdir, w, f"seed_{s}", n)) for n in levers]
+      runs = [ctr_logits(os.path.join(workdir, w, f"seed_{s}", n)) for n in levers]
       if any(not np.array_equal(r[0], runs[0][0]) for r in runs):
         raise ValueError(f"{w} seed {s}: the runs of {levers} scored different test records")
       y = runs[0][2]
@@ -343,8 +349,9 @@ def verdict(deltas: dict) -> str:
 
 
 def parent_of(lever: str) -> str:
-  """The run a lever is measured against: the first choice's (``TUNED_LEVER``) for the
-  `tuned_*` levers (changes on top of it), `base` for the others."""
+  """The run a lever is measured against: `full`'s defaults (``CURRENT``) for the `now_*`
+  levers, the first choice (``TUNED_LEVER``) for the `tuned_*` levers (changes on top of it),
+  `base` for the others."""
   if lever.startswith("now_"):
     return CURRENT
   return TUNED_LEVER if lever.startswith("tuned") else "base"

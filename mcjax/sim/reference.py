@@ -18,9 +18,9 @@ sees the log before the query time. Two numbers put a model's AUC between the tw
   of these histories can do.
 * ``oracle_estimated_auc``: the oracle's logit with both of its hidden terms estimated, the
   affinity as above and the highlight term by least squares on the live's crowd before the
-  exposure, the crowd counts ``full`` reads (``crowd_features``; ``highlight_r2``), only the base
-  term (activity, popularity, hour) exact: what a model reaches that reads both effects as well as these linear
-  estimates do. Not a bound either (a better estimator of either term is possible), but a
+  exposure, the crowd counts ``full`` reads (``crowd_features``; ``highlight_r2``), only the
+  base term (activity, popularity, hour) exact: what a model reaches that reads both effects
+  as well as these linear estimates do. Not a bound either (a better estimator of either term is possible), but a
   model near it has little left in these features.
 
 ``reference`` works on any simulated log folder; ``experiments/levers.py`` reports it beside
@@ -101,22 +101,16 @@ def history_features(e: dict, authors, ex: dict) -> np.ndarray:
 
 def crowd_features(e: dict, item: np.ndarray, ts: np.ndarray, crowd: dict) -> np.ndarray:
   """The highlight estimate's features, the crowd counts ``full`` reads (not the gift values):
-  per event counted by ``crowd`` (exposure, click, like, comment) and gifts, log1p of the
-  live's count in the last 30 s and 5 min, the 30 s one minus the 5 min one and its square (a burst against the live's
-  recent level); the click rates of both windows; log1p of the viewers in the room (earlier
-  clicks of the live minus earlier watch_ends)."""
+  ``observability.highlight_features`` of the events counted by ``crowd`` (exposure, click,
+  like, comment) and gifts (log1p counts in the last 30 s and 5 min, click rates); per event,
+  the 30 s log1p count minus the 5 min one and its square (a burst against the live's recent
+  level); log1p of the viewers in the room (``summary.viewers_before``)."""
   counted = {**crowd, "gift": SM.pick(e, SM.mask(e, S.LIVE, S.GIFT), "item_id", "ts_ms")}
-  logs = {(name, w): np.log1p(M.count_before(it, t, item, ts, w))
-          for name, (it, t) in counted.items() for w in O.WINDOWS_MS}
-  short, long_ = O.WINDOWS_MS
-  burst = [logs[(n, short)] - logs[(n, long_)] for n in counted]
-  rates = [np.expm1(logs[("click", w)]) / np.maximum(np.expm1(logs[("exposure", w)]), 1.0)
-           for w in O.WINDOWS_MS]
-  left = SM.pick(e, SM.mask(e, S.LIVE, S.WATCH_END), "item_id", "ts_ms")
-  viewers = (M.count_before(*crowd["click"], item, ts)
-             - M.count_before(*left, item, ts))
-  return np.stack(list(logs.values()) + burst + [b ** 2 for b in burst] + rates
-                  + [np.log1p(np.maximum(viewers, 0))], axis=1)
+  x = O.highlight_features(item, ts, counted)
+  per_window = len(counted) + 1  # the counts, then the click rate
+  burst = x[:, :len(counted)] - x[:, per_window:per_window + len(counted)]
+  viewers = np.maximum(SM.viewers_before(e, item, ts), 0)
+  return np.hstack([x, burst, burst ** 2, np.log1p(viewers)[:, None]])
 
 
 def _least_squares(x: np.ndarray, target: np.ndarray, train: np.ndarray,

@@ -55,6 +55,14 @@ def pick(e: dict, rows: np.ndarray, *cols: str) -> tuple:
   return tuple(e[c][rows] for c in cols)
 
 
+def viewers_before(e: dict, live: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """Viewers in each ``live``'s room just before ``t``: its clicks before ``t`` minus its
+  watch_ends before ``t`` (``event_columns``'s arrays)."""
+  c_item, c_ts = pick(e, mask(e, S.LIVE, S.CLICK), "item_id", "ts_ms")
+  w_item, w_ts = pick(e, mask(e, S.LIVE, S.WATCH_END), "item_id", "ts_ms")
+  return M.count_before(c_item, c_ts, live, t) - M.count_before(w_item, w_ts, live, t)
+
+
 def _concurrency(e: dict, lives: pa.Table) -> float:
   """Median over (live, minute on air) of the viewers in the room at that minute mark."""
   start, end = lives["start_ms"].to_numpy(), lives["end_ms"].to_numpy()
@@ -64,10 +72,7 @@ def _concurrency(e: dict, lives: pa.Table) -> float:
   t = (np.repeat(first, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) * 60_000
   if len(t) == 0:
     return 0.0
-  c_item, c_ts = pick(e, mask(e, S.LIVE, S.CLICK), "item_id", "ts_ms")
-  w_item, w_ts = pick(e, mask(e, S.LIVE, S.WATCH_END), "item_id", "ts_ms")
-  viewers = (M.count_before(c_item, c_ts, live, t + 1) - M.count_before(w_item, w_ts, live, t + 1))
-  return float(np.median(viewers))
+  return float(np.median(viewers_before(e, live, t + 1)))  # at the minute mark
 
 
 def summarize(log_dir: str) -> dict:
