@@ -154,3 +154,21 @@ def test_the_average_of_two_noisy_models_beats_each_and_records_must_match(tmp_p
   _preds(str(seed_dir / "c"), ids[:-1], truth[:-1], y[:-1])
   with pytest.raises(ValueError, match="different test records"):
     levers.ensemble(str(tmp_path), ("default",), range(1), ["a", "c"])
+
+
+def test_now_levers_are_judged_against_full_and_a_block_names_its_seeds():
+  """A `now_*` lever is a change on top of `full`'s defaults: its delta and verdict are
+  against ``CURRENT``; a study of other seeds writes a block whose heading names them."""
+  seeds = range(3, 6)
+  rows = {}
+  for s in seeds:
+    rows[("default", s, "base")] = _row(0.75, 0.74)
+    rows[("default", s, levers.CURRENT)] = _row(0.78 + s / 1000, 0.77)
+    rows[("default", s, "now_x")] = _row(0.776 + s / 1000, 0.77)  # above base, below full
+  assert levers.parent_of("now_x") == levers.CURRENT
+  table, verdict = levers.lever_table(rows, "now_x", ("default",), seeds)
+  assert verdict == "dropped" and "-0.0040 ± 0.0000" in table
+  block = levers.summary_block("cmd", ("default",), seeds, ["base", "now_x"], rows, None, {},
+                               ["base"], None)
+  assert block.splitlines()[0].endswith("tested once; seeds 3-5)")
+  assert f"| now_x | {levers.CURRENT} | -0.0040" in block
